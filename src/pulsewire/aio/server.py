@@ -1,0 +1,406 @@
+"""The asyncio WebSocket server: ``serve(handler, host, port)``.
+
+Each accepted TCP connection is a :class:`ServerConnection` that parses the opening handshake
+(with a time limit), routes it by path, answers 101 or a refusal, and then runs the handler
+coroutine with the open connection. Closing the server stops listening, sends 1001 (going away)
+to every client, and waits for them to leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import ssl as ssl_module
+import sys
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
+from typing import Any, Union
+
+from ..protocol.close import CloseCode
+from ..protocol.connection import Connection as CoreConnection
+from ..protocol.connection import Side, State
+from ..protocol.deflate import DeflateOptions, deflate_options
+from ..protocol.errors import ConnectionClosed, Refused
+from ..protocol.handshake import OriginPolicy, Request, ServerHandshake, http_response
+from .connection import Connection
+
+__all__ = ["serve", "Server", "ServerConnection", "HTTPResponse", "Handler"]
+
+logger = logging.getLogger("pulsewire.server")
+
+Handler = Callable[["ServerConnection"], Awaitable[Any]]
+HTTPResponse = tuple[int, Sequence[tuple[str, str]], Union[str, bytes]]
+"""(status, headers, body): what ``process_request`` returns to answer without upgrading."""
+ProcessRequest = Callable[[Request], Union[HTTPResponse, None, Awaitable[Union[HTTPResponse, None]]]]
+Compression = Union[str, DeflateOptions, None]
+
+
+class ServerConnection(Connection):
+    """A connection accepted by a :class:`Server`; handlers receive one of these."""
+
+    __slots__ = ("_server", "_handshake", "_handshake_timer", "_handler_task")
+
+    def __init__(self, server: Server) -> None:
+        opts = server.options
+        super().__init__(
+            max_queue=opts["max_queue"],
+            ping_interval=opts["ping_interval"],
+            ping_timeout=opts["ping_timeout"],
+            close_timeout=opts["close_timeout"],
+            write_limit=opts["write_limit"],
+        )
+        self._server = server
+        self._handshake: ServerHandshake | None = None
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._handler_task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self.remote_address = transport.get_extra_info("peername")
+        server = self._server
+        server._connections.add(self)
+        if server._closing:
+            transport.abort()
+            return
+        self._handshake = server._new_handshake()
+        self._handshake_timer = self._loop.call_later(server.options["open_timeout"], self._handshake_timed_out)
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        self._refuse(Refused(408, "opening handshake timed out"))
+
+    def _handshake_data(self, data: bytes) -> None:
+        handshake = self._handshake
+        if handshake is None:
+            return  # refused already; ignore what follows
+        try:
+            request = handshake.receive_data(data)
+        except Refused as exc:
+            self._refuse(exc)
+            return
+        if request is None or self.request is not None:
+            return
+        self.request = request
+        hook = self._server.process_request
+        if hook is not None:
+            try:
+                answer = hook(request)
+            except Exception:
+                logger.exception("process_request failed")
+                self._refuse(Refused(500, "internal server error during the opening handshake"))
+                return
+            if inspect.isawaitable(answer):
+                self._loop.create_task(self._await_process_request(request, answer))
+                return
+            if answer is not None:
+                self._answer(answer)
+                return
+        self._accept(request)
+
+    async def _await_process_request(self, request: Request, answer: Awaitable[HTTPResponse | None]) -> None:
+        try:
+            result = await answer
+        except Exception:
+            logger.exception("process_request failed")
+            self._refuse(Refused(500, "internal server error during the opening handshake"))
+            return
+        if result is not None:
+            self._answer(result)
+        else:
+            self._accept(request)
+
+    def _answer(self, answer: HTTPResponse) -> None:
+        status, headers, body = answer
+        self._write_and_close(http_response(status, body, headers))
+
+    def _accept(self, request: Request) -> None:
+        server = self._server
+        handshake = self._handshake
+        if handshake is None or self._transport is None or self._transport.is_closing():
+            return
+        try:
+            handler = server._route(request.path)
+            if handler is None:
+                raise Refused(404, f"no WebSocket endpoint at {request.path}")
+            response, subprotocol, codec = handshake.accept(request, extra_headers=server.options["extra_headers"])
+        except Refused as exc:
+            self._refuse(exc)
+            return
+        except Exception:
+            logger.exception("error while processing the opening handshake")
+            self._refuse(Refused(500, "internal server error during the opening handshake"))
+            return
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        self.subprotocol = subprotocol
+        if codec is not None:
+            self.extensions = "permessage-deflate"
+        self._transport.write(response)
+        core = CoreConnection(
+            Side.SERVER,
+            max_message_size=server.options["max_size"],
+            max_frame_size=server.options["max_frame_size"],
+            deflate=codec,
+        )
+        trailing = handshake.trailing
+        self._handshake = None
+        self._opened(core, trailing)
+        self._handler_task = self._loop.create_task(self._run_handler(handler))
+
+    async def _run_handler(self, handler: Handler) -> None:
+        try:
+            await handler(self)
+        except ConnectionClosed:
+            pass
+        except asyncio.CancelledError:
+            self._fail_soon(CloseCode.GOING_AWAY, "server shutting down")
+            raise
+        except Exception:
+            logger.exception("connection handler failed")
+            self._fail_soon(CloseCode.INTERNAL_ERROR, "internal server error")
+        else:
+            proto = self._proto
+            if proto is not None and proto.state is State.OPEN:
+                proto.send_close(CloseCode.NORMAL_CLOSURE, "")
+                self._flush()
+                self._start_close_timer()
+        finally:
+            self._handler_task = None
+
+    def _fail_soon(self, code: int, reason: str) -> None:
+        proto = self._proto
+        if proto is not None and proto.state is State.OPEN:
+            proto.send_close(code, reason)
+            self._flush()
+            self._start_close_timer()
+
+    def _refuse(self, exc: Refused) -> None:
+        self._handshake = None
+        self._server._count_refusal(exc)
+        body = exc.reason if exc.reason.endswith("\n") else exc.reason + "\n"
+        self._write_and_close(http_response(exc.status, body, exc.headers))
+
+    def _write_and_close(self, data: bytes) -> None:
+        transport = self._transport
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        if transport is None or transport.is_closing():
+            return
+        transport.write(data)
+        transport.close()
+        self._start_close_timer()
+
+    def connection_closed(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        self._server._connections.discard(self)
+        self._server._connection_gone()
+
+
+class Server:
+    """A listening WebSocket server. Use ``async with serve(...) as server`` or ``await serve(...)``."""
+
+    def __init__(
+        self,
+        handler: Handler | Mapping[str, Handler],
+        host: str | Sequence[str] | None = "127.0.0.1",
+        port: int | None = 8765,
+        *,
+        sock: Any = None,
+        ssl: ssl_module.SSLContext | None = None,
+        origins: OriginPolicy | Iterable[str] | None = None,
+        subprotocols: Sequence[str] = (),
+        select_subprotocol: Callable[[list[str]], str | None] | None = None,
+        require_subprotocol: bool = False,
+        compression: Compression = "deflate",
+        process_request: ProcessRequest | None = None,
+        extra_headers: Sequence[tuple[str, str]] = (),
+        max_size: int | None = 2**20,
+        max_frame_size: int | None = None,
+        max_queue: int = 16,
+        write_limit: int = 65536,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        open_timeout: float = 10.0,
+        close_timeout: float = 10.0,
+        max_request_line: int = 8192,
+        max_headers: int = 100,
+        max_header_bytes: int = 16384,
+        reuse_port: bool | None = None,
+        backlog: int = 1024,
+    ) -> None:
+        if callable(handler):
+            self._routes: Mapping[str, Handler] | None = None
+            self._default: Handler | None = handler
+        else:
+            self._routes = dict(handler)
+            self._default = None
+        self._host = host
+        self._port = port
+        self._sock = sock
+        self._ssl = ssl
+        self._reuse_port = reuse_port
+        self._backlog = backlog
+        self.process_request = process_request
+        self._deflate = deflate_options(compression)
+        self._origins = origins if isinstance(origins, OriginPolicy) else OriginPolicy(origins)
+        self._subprotocols = list(subprotocols)
+        self._select_subprotocol = select_subprotocol
+        self._require_subprotocol = require_subprotocol
+        self._limits = (max_request_line, max_headers, max_header_bytes)
+        self.options: dict[str, Any] = {
+            "max_size": max_size,
+            "max_frame_size": max_frame_size,
+            "max_queue": max_queue,
+            "write_limit": write_limit,
+            "ping_interval": ping_interval,
+            "ping_timeout": ping_timeout,
+            "open_timeout": open_timeout,
+            "close_timeout": close_timeout,
+            "extra_headers": list(extra_headers),
+        }
+        self._connections: set[ServerConnection] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._closing = False
+        self._closed_event: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self.refusals: dict[int, int] = {}
+        """How many handshakes were refused, by HTTP status."""
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> Server:
+        loop = asyncio.get_running_loop()
+        self._closed_event = asyncio.Event()
+        self._idle = asyncio.Event()
+        if self._sock is not None:
+            self._server = await loop.create_server(
+                lambda: ServerConnection(self), sock=self._sock, ssl=self._ssl, backlog=self._backlog
+            )
+        else:
+            self._server = await loop.create_server(
+                lambda: ServerConnection(self),
+                self._host,
+                self._port,
+                ssl=self._ssl,
+                reuse_port=self._reuse_port,
+                backlog=self._backlog,
+            )
+        return self
+
+    def __await__(self) -> Generator[Any, None, Server]:
+        return self.start().__await__()
+
+    async def __aenter__(self) -> Server:
+        if self._server is None:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    @property
+    def sockets(self) -> list[Any]:
+        return list(self._server.sockets) if self._server is not None else []
+
+    @property
+    def port(self) -> int:
+        """The port of the first listening socket (useful with ``port=0``)."""
+        return int(self.sockets[0].getsockname()[1])
+
+    @property
+    def connections(self) -> set[ServerConnection]:
+        """Open connections (including ones still in the opening handshake)."""
+        return set(self._connections)
+
+    async def serve_forever(self) -> None:
+        """Serve until :meth:`close` is called (or the task is cancelled)."""
+        assert self._closed_event is not None, "call start() first"
+        try:
+            await self._closed_event.wait()
+        except asyncio.CancelledError:
+            self.close()
+            await self.wait_closed()
+            raise
+
+    def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down") -> None:
+        """Stop accepting, then close every connection with ``code`` (1001 by default)."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            proto = conn._proto
+            if proto is None:
+                conn._refuse(Refused(503, "server shutting down"))
+            elif proto.state is State.OPEN:
+                proto.send_close(code, reason)
+                conn._flush()
+                conn._start_close_timer()
+        self._connection_gone()
+
+    async def wait_closed(self) -> None:
+        """Wait until the server is closed and every connection is gone."""
+        if self._idle is None:
+            return
+        if not self._closing:
+            assert self._closed_event is not None
+            await self._closed_event.wait()
+        await self._idle.wait()
+        tasks = [c._handler_task for c in self._connections if c._handler_task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._closed_event is not None:
+            self._closed_event.set()
+
+    def _connection_gone(self) -> None:
+        if self._closing and not self._connections and self._idle is not None:
+            self._idle.set()
+            if self._closed_event is not None:
+                self._closed_event.set()
+
+    # -- per-connection helpers ------------------------------------------------------------
+
+    def _new_handshake(self) -> ServerHandshake:
+        line, count, size = self._limits
+        return ServerHandshake(
+            origins=self._origins,
+            subprotocols=self._subprotocols,
+            select_subprotocol=self._select_subprotocol,
+            require_subprotocol=self._require_subprotocol,
+            deflate=self._deflate,
+            max_request_line=line,
+            max_headers=count,
+            max_header_bytes=size,
+        )
+
+    def _route(self, path: str) -> Handler | None:
+        if self._routes is None:
+            return self._default
+        return self._routes.get(path)
+
+    def _count_refusal(self, exc: Refused) -> None:
+        self.refusals[exc.status] = self.refusals.get(exc.status, 0) + 1
+
+
+def serve(handler: Handler | Mapping[str, Handler], host: str | Sequence[str] | None = "127.0.0.1",
+          port: int | None = 8765, **options: Any) -> Server:
+    """Create a WebSocket server running ``handler(connection)`` for each client.
+
+    ``handler`` is a coroutine function, or a mapping from path to coroutine function (other
+    paths get 404). ``await serve(...)`` starts it; ``async with serve(...) as server`` also
+    closes it. See :class:`Server` for the options (origins, subprotocols, compression,
+    limits, timeouts, TLS through ``ssl=``).
+    """
+    return Server(handler, host, port, **options)
+
+
+if sys.version_info < (3, 10):  # pragma: no cover
+    raise ImportError("pulsewire needs Python 3.10 or later")

@@ -1,0 +1,204 @@
+"""The ``pulsewire`` command line: ``echo`` (a test server), ``connect`` (a wscat-like client)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import ssl
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .aio import connect, serve
+from .aio.connection import Connection
+from .aio.loop import run
+from .protocol.errors import ConnectionClosed, InvalidHandshake
+
+__all__ = ["main"]
+
+
+def _size(text: str) -> int | None:
+    """Parse 1048576, 64KiB, 16MiB or 'none'."""
+    text = text.strip().lower()
+    if text in ("none", "0", "unlimited"):
+        return None
+    for suffix, factor in (("kib", 1024), ("mib", 1024**2), ("gib", 1024**3), ("k", 1024), ("m", 1024**2)):
+        if text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * factor)
+    return int(text)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pulsewire", description="Real-time WebSockets for Python.")
+    parser.add_argument("--version", action="version", version=f"pulsewire {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    echo = sub.add_parser("echo", help="run an echo server (a test tool: any Origin is accepted)")
+    echo.add_argument("--host", default="127.0.0.1")
+    echo.add_argument("--port", type=int, default=8765)
+    echo.add_argument("--no-compression", action="store_true", help="disable permessage-deflate")
+    echo.add_argument("--tls-cert", help="certificate chain (PEM) to serve wss://")
+    echo.add_argument("--tls-key", help="private key (PEM) for --tls-cert")
+    echo.add_argument(
+        "--max-size", type=_size, default=64 * 1024**2,
+        help="largest message accepted, e.g. 1MiB or none (default 64MiB)",
+    )
+
+    cli = sub.add_parser("connect", help="interactive client: lines you type are sent as text")
+    cli.add_argument("url", help="ws:// or wss:// URL")
+    cli.add_argument("--subprotocol", action="append", default=[], help="offer a subprotocol (repeatable)")
+    cli.add_argument("--header", action="append", default=[], help="extra header 'Name: value' (repeatable)")
+    cli.add_argument("--origin", help="send this Origin header")
+    cli.add_argument("--insecure", action="store_true", help="do not verify the server's TLS certificate")
+    cli.add_argument("--cafile", help="trust this CA bundle (PEM) for wss://")
+    cli.add_argument("--no-compression", action="store_true", help="do not offer permessage-deflate")
+    cli.add_argument(
+        "--linger", type=float, default=0.5,
+        help="after end of input, wait this long for replies before closing (default 0.5 s)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    if args.command == "echo":
+        return run(_echo(args))
+    if args.command == "connect":
+        return run(_connect(args))
+    raise AssertionError(args.command)
+
+
+# ------------------------------------------------------------------------------------ echo
+
+
+async def _echo_handler(ws: Connection) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+async def _echo(args: argparse.Namespace) -> int:
+    context = None
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    elif args.tls_key:
+        print("pulsewire echo: --tls-key needs --tls-cert", file=sys.stderr)
+        return 2
+    server = serve(
+        _echo_handler,
+        args.host,
+        args.port,
+        ssl=context,
+        compression=None if args.no_compression else "deflate",
+        max_size=args.max_size,
+        max_queue=64,
+    )
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    scheme = "wss" if context else "ws"
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"listening on {scheme}://{host}:{server.port}/", flush=True)
+    await stop.wait()
+    server.close()
+    await server.wait_closed()
+    return 0
+
+
+# --------------------------------------------------------------------------------- connect
+
+
+def _show(message: str | bytes, interactive: bool) -> None:
+    if isinstance(message, bytes):
+        text = f"[binary, {len(message)} bytes] {message[:64].hex()}" + ("…" if len(message) > 64 else "")
+    else:
+        text = message
+    print(f"< {text}" if interactive else text, flush=True)
+
+
+async def _connect(args: argparse.Namespace) -> int:
+    headers = []
+    for item in args.header:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            print(f"pulsewire connect: invalid header {item!r} (expected 'Name: value')", file=sys.stderr)
+            return 2
+        headers.append((name.strip(), value.strip()))
+    context: ssl.SSLContext | None = None
+    if args.url.startswith("wss://"):
+        context = ssl.create_default_context(cafile=args.cafile)
+        if args.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+    interactive = sys.stdin.isatty()
+    try:
+        ws = await connect(
+            args.url,
+            subprotocols=args.subprotocol,
+            additional_headers=headers,
+            origin=args.origin,
+            ssl=context,
+            compression=None if args.no_compression else "deflate",
+            max_size=None,
+        )
+    except (OSError, InvalidHandshake, ValueError, asyncio.TimeoutError) as exc:
+        print(f"pulsewire connect: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+    if interactive:
+        extra = f" (subprotocol {ws.subprotocol})" if ws.subprotocol else ""
+        print(f"connected to {args.url}{extra}; type a line to send it, Ctrl-D to close", flush=True)
+
+    received = asyncio.Event()
+
+    async def reader() -> None:
+        async for message in ws:
+            _show(message, interactive)
+            received.set()
+
+    read_task = asyncio.create_task(reader())
+    stdin = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), os.fdopen(os.dup(0), "rb"))
+    status = 0
+    try:
+        while not read_task.done():
+            line_task = asyncio.create_task(stdin.readline())
+            done, _ = await asyncio.wait({line_task, read_task}, return_when=asyncio.FIRST_COMPLETED)
+            if line_task not in done:
+                line_task.cancel()
+                break
+            line = line_task.result()
+            if not line:  # end of input
+                await _linger(received, read_task, args.linger)
+                break
+            await ws.send(line.decode("utf-8", "replace").rstrip("\r\n"))
+        await ws.close()
+        await asyncio.wait({read_task}, timeout=ws.close_timeout)
+    except ConnectionClosed:
+        pass
+    if read_task.done() and not read_task.cancelled() and read_task.exception() is not None:
+        exc = read_task.exception()
+        print(f"pulsewire connect: connection closed: {exc}", file=sys.stderr)
+        status = 1
+    elif interactive:
+        print(f"closed: {ws.close_code} {ws.close_reason or ''}".rstrip(), flush=True)
+    read_task.cancel()
+    return status
+
+
+async def _linger(received: asyncio.Event, read_task: asyncio.Task[None], seconds: float) -> None:
+    """Wait for replies to what was sent: until ``seconds`` pass without a new message."""
+    while not read_task.done():
+        received.clear()
+        try:
+            await asyncio.wait_for(received.wait(), seconds)
+        except asyncio.TimeoutError:
+            return
+
+
+if __name__ == "__main__":
+    sys.exit(main())

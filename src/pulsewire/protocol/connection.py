@@ -1,0 +1,476 @@
+"""The WebSocket connection state machine, Sans-I/O: bytes in, events out; send calls, bytes out.
+
+States and what moves between them (the opening handshake happens before a Connection exists)::
+
+    state     event                                  next      what the core does
+    -------   -------------------------------------  --------  ---------------------------------
+    OPEN      send_close()                           CLOSING   queue our Close
+    OPEN      Close frame received                   CLOSED    queue the echo; server: close TCP
+    OPEN      protocol error in the input            CLOSED    queue Close(code); close TCP
+    CLOSING   Close frame received                   CLOSED    server: close TCP
+    CLOSING   protocol error in the input            CLOSED    close TCP
+    any       receive_eof()                          CLOSED    (abnormal unless already CLOSED)
+
+"close TCP" means :attr:`Connection.close_transport` turns True: the I/O layer writes what
+:meth:`data_to_send` returns, then closes the socket. A client whose closing handshake is
+complete waits for the server to close TCP first (RFC 6455 section 7.1.1); enforcing that wait
+with a timeout is the I/O layer's job, since the core has no clock.
+
+Input is parsed as it arrives. A frame header is validated the moment it is complete (mask,
+reserved bits and opcodes, control-frame rules, size limits), and a data frame's payload is
+consumed chunk by chunk, so text is UTF-8 validated and compressed data inflated as bytes
+arrive. The only bytes ever held back are an incomplete header (at most 14 bytes) or an
+incomplete control frame (at most 131 bytes): buffering is bounded by design. Complete
+messages are assembled up to ``max_message_size`` and no further.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable
+
+from .close import Close, CloseCode, is_valid_close_code, parse_close, serialize_close
+from .deflate import PerMessageDeflate
+from .errors import PayloadTooBig, ProtocolError
+from .events import CloseReceived, Event, Ping, Pong
+from .frames import MAX_CONTROL_PAYLOAD, apply_mask, build_frame
+from .utf8 import Utf8Decoder, decode_text
+
+__all__ = ["Connection", "Side", "State", "InvalidState"]
+
+
+class Side(enum.Enum):
+    SERVER = "server"
+    CLIENT = "client"
+
+
+class State(enum.IntEnum):
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+class InvalidState(RuntimeError):
+    """A send call was made in a state that does not allow it (e.g. data after our Close)."""
+
+
+_NO_MESSAGE = 0
+_TEXT = 1
+_BINARY = 2
+_LARGE_PAYLOAD = 65536  # above this, header and payload are queued separately (no copy)
+
+
+class Connection:
+    """One WebSocket connection after the opening handshake.
+
+    ``max_message_size`` bounds a whole message after inflation (``None``: no limit, for tools
+    that need it, never the default); ``max_frame_size`` bounds one frame's payload (default:
+    the message limit). Both fail the connection with 1009.
+    """
+
+    __slots__ = (
+        "side",
+        "state",
+        "max_message_size",
+        "max_frame_size",
+        "deflate",
+        "close_sent",
+        "close_rcvd",
+        "close_rcvd_then_sent",
+        "failure",
+        "out_bytes",
+        "close_transport",
+        "_client",
+        "_mask_key",
+        "_events",
+        "_out",
+        "_pending",
+        "_discard_input",
+        # current incoming frame, while its payload is streaming in
+        "_frame_left",
+        "_frame_fin",
+        "_frame_mask",
+        "_frame_phase",
+        # current incoming message
+        "_msg_type",
+        "_msg_compressed",
+        "_msg_size",
+        "_msg_inflated",
+        "_msg_parts",
+        "_utf8",
+        # current outgoing fragmented message
+        "_out_fragmenting",
+        "_out_compressed",
+    )
+
+    def __init__(
+        self,
+        side: Side,
+        *,
+        max_message_size: int | None = 2**20,
+        max_frame_size: int | None = None,
+        deflate: PerMessageDeflate | None = None,
+        mask_key: Callable[[], bytes] | None = None,
+    ) -> None:
+        self.side = side
+        self.state = State.OPEN
+        self.max_message_size = max_message_size
+        self.max_frame_size = max_frame_size if max_frame_size is not None else max_message_size
+        self.deflate = deflate
+        self.close_sent: Close | None = None
+        self.close_rcvd: Close | None = None
+        self.close_rcvd_then_sent: bool | None = None
+        self.out_bytes = 0
+        """Bytes queued in :meth:`data_to_send` and not yet taken (for write backpressure)."""
+        self.failure: ProtocolError | None = None
+        self.close_transport = False
+        self._client = side is Side.CLIENT
+        self._mask_key: Callable[[], bytes] = mask_key or (lambda: os.urandom(4))
+        self._events: list[Event] = []
+        self._out: list[bytes] = []
+        self._pending = b""
+        self._discard_input = False
+        self._frame_left = 0
+        self._frame_fin = True
+        self._frame_mask: bytes | None = None
+        self._frame_phase = 0
+        self._msg_type = _NO_MESSAGE
+        self._msg_compressed = False
+        self._msg_size = 0
+        self._msg_inflated = 0
+        self._msg_parts: list[bytes] | list[str] = []
+        self._utf8: Utf8Decoder | None = None
+        self._out_fragmenting = 0
+        self._out_compressed = False
+
+    # ------------------------------------------------------------------------------ input
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the network; then read :meth:`events_received` and :meth:`data_to_send`."""
+        if self._discard_input:
+            return
+        if self._pending:
+            data = self._pending + data
+            self._pending = b""
+        try:
+            pos = self._parse(data)
+        except ProtocolError as exc:
+            self.fail(exc.code, exc.reason, exc)
+            return
+        if pos < len(data) and not self._discard_input:
+            self._pending = data[pos:]
+
+    def receive_eof(self) -> None:
+        """The peer closed the TCP connection (or it broke)."""
+        self._discard_input = True
+        self._pending = b""
+        if self.state is not State.CLOSED:
+            self.state = State.CLOSED
+        self.close_transport = True
+
+    def events_received(self) -> list[Event]:
+        """Events parsed since the last call: str/bytes messages, Ping, Pong, CloseReceived."""
+        events = self._events
+        if events:
+            self._events = []
+        return events
+
+    def _parse(self, data: bytes) -> int:
+        """Consume as much of ``data`` as possible; return how many bytes were used."""
+        pos = 0
+        end = len(data)
+        events = self._events
+        client = self._client
+        while pos < end:
+            if self._frame_left:
+                # Stream the payload of the current data frame.
+                take = min(self._frame_left, end - pos)
+                chunk = data[pos : pos + take]
+                pos += take
+                self._frame_left -= take
+                mask = self._frame_mask
+                if mask is not None:
+                    phase = self._frame_phase
+                    if phase:
+                        mask = mask[phase:] + mask[:phase]
+                    chunk = apply_mask(chunk, mask)
+                    self._frame_phase = (phase + take) & 3
+                self._on_data(chunk, self._frame_left == 0)
+                continue
+
+            if end - pos < 2:
+                break
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            length = b1 & 0x7F
+            if length < 126:
+                hlen = 2
+            elif length == 126:
+                if end - pos < 4:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+                hlen = 4
+            else:
+                if end - pos < 10:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                if length >> 63:
+                    raise ProtocolError("64-bit payload length with the most significant bit set")
+                hlen = 10
+            masked = b1 & 0x80
+            if masked:
+                hlen += 4
+            opcode = b0 & 0x0F
+            # Header checks run before the payload arrives: fail as soon as the bytes are wrong.
+            if client:
+                if masked:
+                    raise ProtocolError("masked frame from server")
+            elif not masked:
+                raise ProtocolError("unmasked frame from client")
+            if b0 & 0x70 and (b0 & 0x30 or opcode > 2 or opcode == 0 or self.deflate is None):
+                raise ProtocolError("reserved bits must be 0 (no extension negotiated them)")
+            fin = b0 & 0x80
+            if opcode >= 8:
+                if opcode > 10:
+                    raise ProtocolError(f"reserved control opcode {opcode:#x}")
+                if not fin:
+                    raise ProtocolError("fragmented control frame")
+                if length > MAX_CONTROL_PAYLOAD:
+                    raise ProtocolError("control frame payload longer than 125 bytes")
+                if end - pos < hlen + length:
+                    break  # wait for the whole control frame (<= 131 bytes)
+                start = pos + hlen
+                payload = data[start : start + length]
+                if masked:
+                    payload = apply_mask(payload, data[start - 4 : start])
+                pos = start + length
+                self._on_control(opcode, payload)
+                if self._discard_input:
+                    return pos
+                continue
+            if opcode > 2:
+                raise ProtocolError(f"reserved data opcode {opcode:#x}")
+            if opcode:
+                if self._msg_type:
+                    raise ProtocolError("new data frame inside a fragmented message")
+            elif not self._msg_type:
+                raise ProtocolError("continuation frame outside a fragmented message")
+            if end - pos < hlen:
+                break
+            limit = self.max_frame_size
+            if limit is not None and length > limit:
+                raise PayloadTooBig(f"frame of {length} bytes exceeds the limit of {limit}")
+            limit = self.max_message_size
+            if limit is not None and self._msg_size + length > limit:
+                raise PayloadTooBig(f"message exceeds the limit of {limit} bytes")
+            start = pos + hlen
+            rsv1 = b0 & 0x40
+            if fin and opcode and not rsv1 and end - start >= length:
+                # Fast path: a whole single-frame uncompressed message is in the buffer.
+                payload = data[start : start + length]
+                if masked:
+                    payload = apply_mask(payload, data[start - 4 : start])
+                pos = start + length
+                events.append(decode_text(payload) if opcode == 1 else payload)
+                continue
+            # General path: a fragment, a compressed message, or a payload not all here yet.
+            if opcode:
+                self._msg_type = opcode
+                self._msg_compressed = bool(rsv1)
+                self._msg_parts = []
+                if opcode == _TEXT:
+                    self._utf8 = Utf8Decoder()
+            self._msg_size += length
+            self._frame_fin = bool(fin)
+            self._frame_mask = data[start - 4 : start] if masked else None
+            self._frame_phase = 0
+            self._frame_left = length
+            pos = start
+            if not length:
+                self._on_data(b"", True)
+        return pos
+
+    def _on_data(self, chunk: bytes, frame_done: bool) -> None:
+        """Add a piece of the current frame's (unmasked) payload to the current message."""
+        last = frame_done and self._frame_fin
+        if self._msg_compressed:
+            assert self.deflate is not None
+            limit = self.max_message_size
+            budget = None if limit is None else limit - self._msg_inflated
+            chunk = self.deflate.inflate(chunk, last, budget)
+            self._msg_inflated += len(chunk)
+        parts = self._msg_parts
+        if self._msg_type == _TEXT:
+            assert self._utf8 is not None
+            text = self._utf8.decode(chunk, last)
+            if text:
+                parts.append(text)  # type: ignore[arg-type]
+        elif chunk:
+            parts.append(chunk)  # type: ignore[arg-type]
+        if last:
+            if self._msg_type == _TEXT:
+                self._events.append("".join(parts))  # type: ignore[arg-type]
+            else:
+                self._events.append(b"".join(parts))  # type: ignore[arg-type]
+            self._msg_type = _NO_MESSAGE
+            self._msg_compressed = False
+            self._msg_size = 0
+            self._msg_inflated = 0
+            self._msg_parts = []
+            self._utf8 = None
+
+    def _on_control(self, opcode: int, payload: bytes) -> None:
+        if opcode == 9:
+            self._events.append(Ping(payload))
+            if self.state is State.OPEN:
+                self._send_frame(0x8A, payload)
+        elif opcode == 10:
+            self._events.append(Pong(payload))
+        else:
+            close = parse_close(payload)
+            self.close_rcvd = close
+            self.close_rcvd_then_sent = self.state is State.OPEN
+            if self.state is State.OPEN:
+                # Echo the code (RFC 6455 5.5.1); an empty Close is answered with an empty one.
+                self.close_sent = Close(close.code, "")
+                self._send_frame(0x88, serialize_close(close.code))
+            self.state = State.CLOSED
+            self._discard_input = True
+            self._pending = b""
+            if not self._client:
+                self.close_transport = True
+            self._events.append(CloseReceived(close))
+
+    def fail(self, code: int, reason: str = "", exc: ProtocolError | None = None) -> None:
+        """Fail the connection: send Close(code) if we still may, then close TCP."""
+        if exc is None:
+            exc = ProtocolError(reason, code)
+        if self.failure is None:
+            self.failure = exc
+        if self.state is State.OPEN:
+            reason = _truncate_reason(reason)
+            self.close_sent = Close(code, reason)
+            self._send_frame(0x88, serialize_close(code, reason))
+        self.state = State.CLOSED
+        self._discard_input = True
+        self._pending = b""
+        self.close_transport = True
+
+    # ----------------------------------------------------------------------------- output
+
+    def data_to_send(self) -> list[bytes]:
+        """Bytes to write to the network since the last call, as a list of buffers."""
+        out = self._out
+        if out:
+            self._out = []
+            self.out_bytes = 0
+        return out
+
+    def send_text(self, data: str | bytes, *, fin: bool = True, compress: bool | None = None) -> None:
+        """Send a text message (``bytes`` must already be UTF-8; ``fin=False`` starts fragments)."""
+        payload = data.encode("utf-8") if isinstance(data, str) else data
+        self._send_data(_TEXT, payload, fin, compress)
+
+    def send_binary(self, data: bytes, *, fin: bool = True, compress: bool | None = None) -> None:
+        """Send a binary message (``fin=False`` starts a fragmented one)."""
+        self._send_data(_BINARY, bytes(data) if not isinstance(data, bytes) else data, fin, compress)
+
+    def send_continuation(self, data: str | bytes, *, fin: bool) -> None:
+        """Send the next fragment of the message started with ``fin=False``."""
+        if not self._out_fragmenting:
+            raise InvalidState("no fragmented message in progress")
+        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        self._send_data(0, payload, fin, None)
+
+    def _send_data(self, opcode: int, payload: bytes, fin: bool, compress: bool | None) -> None:
+        if self.state is not State.OPEN:
+            raise InvalidState(f"cannot send data in state {self.state.name}")
+        if opcode:
+            if self._out_fragmenting:
+                raise InvalidState("a fragmented message is in progress; send its continuation")
+            deflate = self.deflate
+            compressed = deflate is not None and deflate.should_compress(len(payload), compress)
+            self._out_compressed = compressed
+        else:
+            compressed = self._out_compressed
+        first = opcode | (0x80 if fin else 0)
+        if compressed:
+            assert self.deflate is not None
+            packed = self.deflate.compress(payload, fin)
+            if opcode and fin and len(packed) >= len(payload) and self.deflate.can_skip_after_compressing:
+                packed = payload  # incompressible: the history was reset, so send it raw
+            else:
+                first |= 0x40 if opcode else 0
+            payload = packed
+        self._out_fragmenting = 0 if fin else (opcode or self._out_fragmenting)
+        self._send_frame(first, payload)
+
+    def send_frame_bytes(self, frame: bytes) -> None:
+        """Queue an already serialised, unmasked data frame (server side; for fan-out, where
+        one frame is built once and shared by many connections)."""
+        if self._client:
+            raise InvalidState("a client must mask every frame")
+        if self.state is not State.OPEN or self._out_fragmenting:
+            raise InvalidState("cannot send a message now")
+        self._out.append(frame)
+        self.out_bytes += len(frame)
+
+    def send_ping(self, data: bytes = b"") -> None:
+        """Send a Ping (at most 125 bytes of payload)."""
+        if len(data) > MAX_CONTROL_PAYLOAD:
+            raise ValueError("ping payload longer than 125 bytes")
+        if self.state is not State.OPEN:
+            raise InvalidState(f"cannot send a ping in state {self.state.name}")
+        self._send_frame(0x89, bytes(data))
+
+    def send_pong(self, data: bytes = b"") -> None:
+        """Send an unsolicited Pong (a heartbeat that needs no answer)."""
+        if len(data) > MAX_CONTROL_PAYLOAD:
+            raise ValueError("pong payload longer than 125 bytes")
+        if self.state is not State.OPEN:
+            raise InvalidState(f"cannot send a pong in state {self.state.name}")
+        self._send_frame(0x8A, bytes(data))
+
+    def send_close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Start the closing handshake (code 1005 sends a Close without a status code)."""
+        if code != CloseCode.NO_STATUS_RCVD and not is_valid_close_code(code):
+            raise ValueError(f"invalid close code {code}")
+        if code == CloseCode.NO_STATUS_RCVD and reason:
+            raise ValueError("a reason needs a close code")
+        if self.state is not State.OPEN:
+            raise InvalidState(f"cannot send a close in state {self.state.name}")
+        payload = serialize_close(code, reason)  # validates the reason's length
+        self.close_sent = Close(code, reason)
+        self.state = State.CLOSING
+        self._send_frame(0x88, payload)
+
+    def _send_frame(self, first: int, payload: bytes) -> None:
+        mask = self._mask_key() if self._client else None
+        n = len(payload)
+        self.out_bytes += n + 14
+        if mask is None and n > _LARGE_PAYLOAD:
+            self._out.append(_header(first, n))
+            self._out.append(payload)
+        else:
+            self._out.append(build_frame(first, payload, mask))
+
+
+def serialize_message(opcode: int, payload: bytes) -> bytes:
+    """An unmasked, unfragmented, uncompressed frame, for :meth:`Connection.send_frame_bytes`."""
+    return _header(0x80 | opcode, len(payload)) + payload
+
+
+def _header(first: int, n: int) -> bytes:
+    if n < 126:
+        return bytes((first, n))
+    if n < 65536:
+        return bytes((first, 126)) + n.to_bytes(2, "big")
+    return bytes((first, 127)) + n.to_bytes(8, "big")
+
+
+def _truncate_reason(reason: str) -> str:
+    data = reason.encode("utf-8")
+    if len(data) <= 123:
+        return reason
+    return data[:123].decode("utf-8", "ignore")
