@@ -58,6 +58,22 @@ def _build_parser() -> argparse.ArgumentParser:
         "--linger", type=float, default=0.5,
         help="after end of input, wait this long for replies before closing (default 0.5 s)",
     )
+    srv = sub.add_parser("serve", help="run the real-time hub (WebSocket endpoint, HTTP API, demos)")
+    srv.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    srv.add_argument("--engine", default=None,
+                     help="memory (default), redis://HOST:PORT/DB or nats://HOST:PORT")
+    srv.add_argument("--config", help="a pulsewire.toml file ([server], [hub], [channel], [namespaces.*])")
+    srv.add_argument("--node-name", help="this node's name (default: random)")
+    srv.add_argument("--api-key", help="key for the /api/ endpoints (Authorization: apikey KEY)")
+    srv.add_argument("--token-secret", help="HMAC secret of HS256 connection tokens")
+    srv.add_argument("--allow-anonymous", action="store_true", help="admit clients without a token")
+    srv.add_argument("--allowed-origin", action="append", default=None,
+                     help="also accept WebSocket handshakes from this Origin (repeatable; '*' patterns)")
+    srv.add_argument("--demo", action="store_true",
+                     help="demo namespaces, /demo/token and the demo producers (loopback only)")
+    srv.add_argument("--tls-cert", help="certificate chain (PEM) to serve https:// and wss://")
+    srv.add_argument("--tls-key", help="private key (PEM) for --tls-cert")
     return parser
 
 
@@ -67,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(_echo(args))
     if args.command == "connect":
         return run(_connect(args))
+    if args.command == "serve":
+        from .server.main import serve_main
+
+        return serve_main(args)
     raise AssertionError(args.command)
 
 

@@ -291,6 +291,19 @@ class Server:
             )
         return self
 
+    def attach(self, transport: asyncio.BaseTransport, data: bytes = b"") -> ServerConnection:
+        """Take over a connection accepted elsewhere (e.g. an HTTP server that saw an
+        Upgrade request); ``data`` is what was read from it so far, request head included."""
+        if self._idle is None:
+            self._closed_event = asyncio.Event()
+            self._idle = asyncio.Event()
+        conn = ServerConnection(self)
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        if data:
+            conn.data_received(data)
+        return conn
+
     def __await__(self) -> Generator[Any, None, Server]:
         return self.start().__await__()
 

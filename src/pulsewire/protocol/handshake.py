@@ -141,16 +141,21 @@ def _check_header(name: str, value: str) -> None:
 
 
 class OriginPolicy:
-    """Which Origin headers a server accepts.
+    """Which Origin headers a server accepts (defence against Cross-Site WebSocket Hijacking).
 
     ``allowed`` holds exact origins (``https://example.com``) or patterns where ``*`` matches
     one or more DNS labels or a port (``https://*.example.com``, ``http://localhost:*``).
-    ``None`` accepts every origin. A request without an Origin header comes from a non-browser
-    client (browsers always send it) and is accepted unless ``require=True``.
+    With ``same_host=True`` an origin whose host[:port] equals the request's Host header is
+    accepted too. ``allowed=None`` with ``same_host=False`` accepts every origin. A request
+    without an Origin header comes from a non-browser client (browsers always send it) and
+    is accepted unless ``require=True``.
     """
 
-    def __init__(self, allowed: Iterable[str] | None = None, *, require: bool = False) -> None:
+    def __init__(
+        self, allowed: Iterable[str] | None = None, *, same_host: bool = False, require: bool = False
+    ) -> None:
         self.allowed = None if allowed is None else list(allowed)
+        self.same_host = same_host
         self.require = require
         self._exact: set[str] = set()
         self._patterns: list[re.Pattern[str]] = []
@@ -161,13 +166,22 @@ class OriginPolicy:
             else:
                 self._exact.add(origin.lower().rstrip("/"))
 
-    def allows(self, origin: str | None) -> bool:
+    @property
+    def open(self) -> bool:
+        return self.allowed is None and not self.same_host
+
+    def allows(self, origin: str | None, host: str | None = None) -> bool:
         if origin is None:
             return not self.require
-        if self.allowed is None:
+        if self.open:
             return True
         origin = origin.lower()
-        return origin in self._exact or any(p.fullmatch(origin) for p in self._patterns)
+        if origin in self._exact or any(p.fullmatch(origin) for p in self._patterns):
+            return True
+        if self.same_host and host:
+            netloc = urllib.parse.urlsplit(origin).netloc
+            return netloc == host.lower().strip() and netloc != ""
+        return False
 
 
 class _Parser:
@@ -323,7 +337,7 @@ class ServerHandshake:
         if len(origins) > 1:
             raise Refused(400, "repeated Origin header")
         origin = origins[0] if origins else None
-        if not self.origins.allows(origin):
+        if not self.origins.allows(origin, hosts[0]):
             raise Refused(403, f"origin {origin or '(none)'} is not allowed")
 
         response_headers = [

@@ -1,0 +1,122 @@
+"""Hub configuration: global settings and per-namespace channel options, loadable from TOML.
+
+A channel name ``chat:lobby`` belongs to namespace ``chat``; a name without ``:`` uses the
+default options (``[channel]`` in TOML). A ``#`` in a name limits it to the users listed
+after it (``notifications:#42`` or ``dm:#42,17``): see :mod:`pulsewire.hub.channels`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["ChannelOptions", "HubConfig", "load_config"]
+
+
+@dataclass(frozen=True)
+class ChannelOptions:
+    """What a namespace's channels keep and who may do what in them."""
+
+    presence: bool = False
+    """Track who is subscribed (presence and presence_stats commands)."""
+    join_leave: bool = False
+    """Push join/leave events to subscribers."""
+    history_size: int = 0
+    """Keep this many last publications (0: no history, no recovery)."""
+    history_ttl: float = 0.0
+    """Seconds the history is kept after the last publication."""
+    allow_subscribe: bool = True
+    """Clients may subscribe (private channels still need a token or a grant)."""
+    allow_publish: bool = False
+    """Subscribed clients may publish (the server API always may)."""
+    allow_presence: bool = True
+    """Subscribers may ask who else is here."""
+    allow_history: bool = True
+    """Subscribers may read the history."""
+    private: bool = False
+    """Subscribing needs a subscription token or a channel grant in the connection token."""
+    allow_anonymous: bool = False
+    """Connections without a user may subscribe (when the hub admits anonymous connections)."""
+
+    @property
+    def history(self) -> bool:
+        return self.history_size > 0 and self.history_ttl > 0
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """Hub-wide settings (the ``[hub]`` table, with ``[channel]`` and ``[namespaces.*]``)."""
+
+    node_name: str = ""
+    engine: str = "memory"
+    """``memory``, ``redis://host:port/db`` or ``nats://host:port``."""
+    engine_prefix: str = "pulsewire"
+    """Key/subject prefix, so several hubs (or tests) can share one Redis or NATS."""
+    token_hmac_secret: str | None = None
+    token_rsa_public_key: str | None = None
+    """PEM text, or a path to a PEM file, for RS256 tokens."""
+    token_audience: str | None = None
+    token_issuer: str | None = None
+    allow_anonymous: bool = False
+    """Admit connections without a token (their user id is empty)."""
+    connect_timeout: float = 10.0
+    """A client must send its connect command within this many seconds."""
+    presence_ttl: float = 60.0
+    presence_update_interval: float = 20.0
+    history_meta_ttl: float = 30 * 24 * 3600.0
+    max_channels_per_connection: int = 128
+    api_key: str | None = None
+    """Key for the server HTTP API (``Authorization: apikey KEY``); no key: API disabled."""
+    channel: ChannelOptions = field(default_factory=ChannelOptions)
+    namespaces: dict[str, ChannelOptions] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> HubConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _options(table: dict[str, Any], where: str) -> ChannelOptions:
+    names = {f.name for f in dataclasses.fields(ChannelOptions)}
+    unknown = set(table) - names
+    if unknown:
+        raise ValueError(f"unknown channel option(s) in {where}: {', '.join(sorted(unknown))}")
+    return ChannelOptions(**table)
+
+
+def config_from_dict(data: dict[str, Any]) -> HubConfig:
+    """Build a HubConfig from the ``[hub]``-level mapping (channel/namespaces included)."""
+    data = dict(data)
+    channel = _options(data.pop("channel", {}), "[channel]")
+    namespaces = {
+        name: _options(table, f"[namespaces.{name}]") for name, table in data.pop("namespaces", {}).items()
+    }
+    names = {f.name for f in dataclasses.fields(HubConfig)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown hub setting(s): {', '.join(sorted(unknown))}")
+    key = data.get("token_rsa_public_key")
+    if key and "BEGIN" not in key and os.path.exists(key):
+        with open(key, encoding="utf-8") as fh:
+            data["token_rsa_public_key"] = fh.read()
+    return HubConfig(channel=channel, namespaces=namespaces, **data)
+
+
+def load_config(path: str) -> tuple[HubConfig, dict[str, Any]]:
+    """Read a pulsewire.toml: returns the hub config and the ``[server]`` table as a dict."""
+    with open(path, "rb") as fh:
+        doc = tomllib.load(fh)
+    server = doc.pop("server", {})
+    hub = doc.pop("hub", {})
+    for key in ("channel", "namespaces"):
+        if key in doc:
+            hub[key] = doc.pop(key)
+    if doc:
+        raise ValueError(f"unknown section(s) in {path}: {', '.join(sorted(doc))}")
+    return config_from_dict(hub), server

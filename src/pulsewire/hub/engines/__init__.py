@@ -1,0 +1,23 @@
+"""Engines: in-memory (default), Redis and NATS. :func:`create_engine` picks one by URL."""
+
+from __future__ import annotations
+
+from .base import Engine, EngineHandler, EngineUnavailable
+from .memory import MemoryEngine
+
+__all__ = ["Engine", "EngineHandler", "EngineUnavailable", "MemoryEngine", "create_engine"]
+
+
+def create_engine(spec: str, *, prefix: str = "pulsewire") -> Engine:
+    """``memory``, ``redis://host:port/db`` or ``nats://host:port`` to an engine instance."""
+    if spec in ("", "memory"):
+        return MemoryEngine()
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        from .redis import RedisEngine
+
+        return RedisEngine(spec, prefix=prefix)
+    if spec.startswith(("nats://", "tls://")):
+        from .nats import NatsEngine
+
+        return NatsEngine(spec, prefix=prefix)
+    raise ValueError(f"unknown engine {spec!r}: use memory, redis://host:port/db or nats://host:port")

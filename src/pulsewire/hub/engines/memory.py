@@ -1,0 +1,139 @@
+"""The in-memory engine: one process, nothing to run beside it (the default)."""
+
+from __future__ import annotations
+
+import collections
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..types import ClientInfo, HistoryResult, Publication, PublishOptions, StreamPosition
+from .base import Engine
+
+__all__ = ["MemoryEngine"]
+
+
+@dataclass
+class _Stream:
+    epoch: str
+    offset: int = 0
+    items: collections.deque[Publication] = field(default_factory=collections.deque)
+    expires_at: float = 0.0
+    meta_expires_at: float = 0.0
+
+
+class MemoryEngine(Engine):
+    """History, presence and fan-out inside this process.
+
+    Delivery is synchronous with publish, so offsets reach subscribers in order. Expiry is
+    checked lazily on access (no timers per channel).
+    """
+
+    name = "memory"
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        super().__init__()
+        self._clock = clock
+        self._streams: dict[str, _Stream] = {}
+        self._presence: dict[str, dict[str, tuple[ClientInfo, float]]] = {}
+        self._subscribed: set[str] = set()
+
+    async def subscribe(self, channel: str) -> None:
+        self._subscribed.add(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._subscribed.discard(channel)
+
+    def _stream(self, channel: str, options: PublishOptions, create: bool) -> _Stream | None:
+        now = self._clock()
+        stream = self._streams.get(channel)
+        if stream is not None:
+            if stream.meta_expires_at and now >= stream.meta_expires_at:
+                del self._streams[channel]
+                stream = None
+            elif stream.expires_at and now >= stream.expires_at:
+                stream.items.clear()
+        if stream is None and create:
+            stream = self._streams[channel] = _Stream(epoch=secrets.token_hex(4))
+        return stream
+
+    async def publish(
+        self, channel: str, publication: Publication, options: PublishOptions
+    ) -> StreamPosition | None:
+        position = None
+        if options.history:
+            stream = self._stream(channel, options, create=True)
+            assert stream is not None
+            publication.prev = stream.offset
+            stream.offset += 1
+            publication.offset = stream.offset
+            publication.epoch = stream.epoch
+            stream.items.append(publication)
+            while len(stream.items) > options.history_size:
+                stream.items.popleft()
+            now = self._clock()
+            stream.expires_at = now + options.history_ttl
+            stream.meta_expires_at = now + max(options.history_meta_ttl, options.history_ttl)
+            position = StreamPosition(stream.offset, stream.epoch)
+        if channel in self._subscribed and self.handler is not None:
+            self.handler.on_publication(channel, publication)
+        return position
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+        if channel in self._subscribed and self.handler is not None:
+            self.handler.on_join(channel, info)
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
+        if channel in self._subscribed and self.handler is not None:
+            self.handler.on_leave(channel, info)
+
+    async def publish_control(self, message: dict[str, Any]) -> None:
+        if self.handler is not None:
+            self.handler.on_control(message)
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+        options: PublishOptions,
+    ) -> HistoryResult:
+        stream = self._stream(channel, options, create=options.history)
+        if stream is None:
+            return HistoryResult([], StreamPosition(0, ""))
+        items = list(stream.items)
+        if since is not None:
+            items = [p for p in items if p.offset > since.offset]
+        if reverse:
+            items.reverse()
+        if limit is not None and limit >= 0:
+            items = items[:limit]
+        return HistoryResult(items, StreamPosition(stream.offset, stream.epoch))
+
+    async def remove_history(self, channel: str) -> None:
+        stream = self._streams.get(channel)
+        if stream is not None:
+            stream.items.clear()
+
+    async def add_presence(self, channel: str, info: ClientInfo, ttl: float) -> None:
+        self._presence.setdefault(channel, {})[info.client] = (info, self._clock() + ttl)
+
+    async def remove_presence(self, channel: str, client_id: str) -> None:
+        entries = self._presence.get(channel)
+        if entries is not None:
+            entries.pop(client_id, None)
+            if not entries:
+                del self._presence[channel]
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        entries = self._presence.get(channel)
+        if not entries:
+            return {}
+        now = self._clock()
+        expired = [cid for cid, (_, exp) in entries.items() if exp <= now]
+        for cid in expired:
+            del entries[cid]
+        return {cid: info for cid, (info, _) in entries.items()}

@@ -1,0 +1,63 @@
+"""Prometheus metrics of a hub (prometheus_client), in a registry of the hub's own.
+
+Each hub gets its own ``CollectorRegistry`` so several hubs (tests, embedded apps) never
+collide; the HTTP front door exposes it at ``/metrics``. Per-message paths touch
+pre-resolved label children only.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["HubMetrics"]
+
+
+class HubMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connections = Gauge(
+            "pulsewire_connections", "Open client sessions by transport", ["transport"], registry=r
+        )
+        self.connects = Counter(
+            "pulsewire_connects", "Sessions that completed the connect command", ["transport"], registry=r
+        )
+        self.disconnects = Counter(
+            "pulsewire_disconnects", "Sessions ended, by disconnect code", ["code"], registry=r
+        )
+        self.commands = Counter("pulsewire_commands", "Client commands by method", ["method"], registry=r)
+        self.publications = Counter(
+            "pulsewire_publications", "Publications accepted by this node", registry=r
+        )
+        self.deliveries = Counter(
+            "pulsewire_deliveries", "Publication pushes written to local subscribers", registry=r
+        )
+        self.latency = Histogram(
+            "pulsewire_publish_to_deliver_seconds",
+            "Time from publish (on any node) to the push being queued to local subscribers",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.engine_errors = Counter(
+            "pulsewire_engine_errors", "Engine calls that failed (service unavailable)", registry=r
+        )
+        self.engine_up = Gauge("pulsewire_engine_up", "1 while the engine's service is reachable", registry=r)
+        self.engine_up.set(1)
+        self.gap_fills = Counter(
+            "pulsewire_history_gap_fills", "Live-delivery gaps filled from history", registry=r
+        )
+        self.channels = Gauge("pulsewire_channels", "Channels with local subscribers", registry=r)
+        self._commands = {}  # type: dict[str, Counter]
+        self._connections = {}  # type: dict[str, Gauge]
+
+    def command(self, method: str) -> None:
+        child = self._commands.get(method)
+        if child is None:
+            child = self._commands[method] = self.commands.labels(method)  # type: ignore[assignment]
+        child.inc()
+
+    def connection_gauge(self, transport: str) -> Gauge:
+        child = self._connections.get(transport)
+        if child is None:
+            child = self._connections[transport] = self.connections.labels(transport)  # type: ignore[assignment]
+        return child

@@ -1,0 +1,447 @@
+"""A client session: one connected client, whatever transport carries it.
+
+A transport (WebSocket, SSE, long-polling) creates a :class:`Session` through
+:meth:`Hub.open_session`, feeds it each message from the client with :meth:`Session.handle`,
+and calls :meth:`Session.transport_closed` when the client is gone. The session answers with
+replies and pushes through the transport's non-blocking ``send``.
+
+Subscribing with recovery is where ordering matters: the session registers for live
+publications *before* it reads history, buffers what arrives meanwhile, and then delivers
+recovered publications, then the buffered ones newer than the last recovered, then live ones.
+Nothing is lost between history and live delivery, and nothing is delivered twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .auth import Credentials, grant_allows
+from .channels import ChannelName, parse_channel
+from .errors import Disconnect, DisconnectCode, ErrorCode, HubError
+from .types import ClientInfo, Publication, StreamPosition
+from .wire import PROTOCOL_VERSION, Codec
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+__all__ = ["Session", "Transport", "ConnectRequest"]
+
+logger = logging.getLogger("pulsewire.hub")
+
+
+class Transport(Protocol):
+    """What a session needs from the connection that carries it."""
+
+    kind: str
+    """"websocket", "sse", "longpoll" (shown in metrics and the admin page)."""
+
+    def send(self, message: str | bytes, publication: Publication | None = None) -> None:
+        """Queue one encoded message for the client without blocking.
+
+        ``publication`` is given for publication pushes so that a transport can share work
+        between subscribers (e.g. one WebSocket frame built once for all of them).
+        """
+
+    def buffered(self) -> int:
+        """Bytes queued for the client and not yet written."""
+
+    def close(self, code: int, reason: str) -> None:
+        """End the connection with a disconnect code and reason."""
+
+
+@dataclass
+class ConnectRequest:
+    """What an ``authenticate`` hook sees of a connecting client."""
+
+    transport: str
+    path: str
+    headers: list[tuple[str, str]]
+    remote_address: str
+    token: str | None = None
+    data: Any = None
+
+
+@dataclass(slots=True)
+class Subscription:
+    channel: ChannelName
+    info: ClientInfo
+    recovering: bool = False
+    buffer: list[Publication] = field(default_factory=list)
+    offset: int = 0
+    epoch: str = ""
+
+
+_CONNECTING, _CONNECTED, _CLOSED = 0, 1, 2
+
+
+class Session:
+    """One client connection to the hub (see the module docstring)."""
+
+    def __init__(self, hub: Hub, transport: Transport, codec: Codec, request: ConnectRequest) -> None:
+        self.hub = hub
+        self.transport = transport
+        self.codec = codec
+        self.request = request
+        self.id = secrets.token_hex(8)
+        self.user = ""
+        self.credentials: Credentials | None = None
+        self.conn_info: Any = None
+        self.subscriptions: dict[str, Subscription] = {}
+        self.state = _CONNECTING
+        self.connected_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(hub.config.connect_timeout, self._stale)
+
+    # ------------------------------------------------------------------------- plumbing
+
+    @property
+    def connected(self) -> bool:
+        return self.state == _CONNECTED
+
+    def info(self, chan_info: Any = None) -> ClientInfo:
+        return ClientInfo(self.id, self.user, self.conn_info, chan_info)
+
+    def _stale(self) -> None:
+        self._timer = None
+        if self.state == _CONNECTING:
+            self.disconnect(DisconnectCode.STALE, "no connect command in time")
+
+    def _token_expired(self) -> None:
+        self._timer = None
+        if self.state == _CONNECTED:
+            self.disconnect(DisconnectCode.TOKEN_EXPIRED, "token expired")
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.state != _CLOSED:
+            self.transport.send(self.codec.encode(message))
+
+    def push(self, message: dict[str, Any]) -> None:
+        self.send(message)
+
+    def disconnect(self, code: int, reason: str) -> None:
+        """End this session: tell the client why (code 4000-4499: reconnect; 4500+: don't)."""
+        if self.state == _CLOSED:
+            return
+        self.transport.close(code, reason)
+        self._closed(code, reason)
+
+    def transport_closed(self, code: int = 1006, reason: str = "") -> None:
+        """The transport is gone (the client left or the network broke)."""
+        self._closed(code, reason)
+
+    def _closed(self, code: int, reason: str) -> None:
+        if self.state == _CLOSED:
+            return
+        was_connected = self.state == _CONNECTED
+        self.state = _CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.hub._session_closed(self, was_connected, code, reason)
+
+    # ---------------------------------------------------------------------- dispatching
+
+    async def handle(self, data: str | bytes) -> None:
+        """Process one message from the client (one or more commands)."""
+        if self.state == _CLOSED:
+            return
+        try:
+            commands = self.codec.decode_commands(data)
+        except HubError as exc:
+            self.disconnect(DisconnectCode.BAD_REQUEST, exc.message)
+            return
+        for command in commands:
+            if self.state == _CLOSED:
+                return
+            await self._handle_command(command)
+
+    async def _handle_command(self, command: dict[str, Any]) -> None:
+        cid = command.get("id")
+        method = command.get("method")
+        params = command.get("params") or {}
+        if not isinstance(cid, int) or cid <= 0 or not isinstance(method, str) or not isinstance(params, dict):
+            self.disconnect(DisconnectCode.BAD_REQUEST, "a command needs a positive integer id, a method and object params")
+            return
+        handler = _METHODS.get(method)
+        try:
+            if handler is None:
+                raise HubError(ErrorCode.METHOD_NOT_FOUND, f"unknown method {method!r}")
+            if method != "connect" and self.state != _CONNECTED:
+                raise Disconnect(DisconnectCode.BAD_REQUEST, f"{method} before connect")
+            self.hub.metrics.command(method)
+            result = await handler(self, params)
+        except Disconnect as exc:
+            self.disconnect(exc.code, exc.reason)
+            return
+        except HubError as exc:
+            self.send({"id": cid, "error": exc.to_dict()})
+            return
+        except Exception:
+            logger.exception("hub command %s failed", method)
+            self.send({"id": cid, "error": {"code": ErrorCode.INTERNAL, "message": "internal error"}})
+            return
+        reply: dict[str, Any] = {"id": cid, "result": result if result is not None else {}}
+        self.send(reply)
+        for sub in list(self.subscriptions.values()):
+            if sub.recovering:
+                self._flush_recovery(sub)
+
+    # ------------------------------------------------------------------------- commands
+
+    async def _connect(self, params: dict[str, Any]) -> dict[str, Any]:
+        if self.state != _CONNECTING:
+            raise Disconnect(DisconnectCode.BAD_REQUEST, "already connected")
+        version = params.get("version", PROTOCOL_VERSION)
+        if version != PROTOCOL_VERSION:
+            raise Disconnect(DisconnectCode.UNSUPPORTED_PROTOCOL, f"protocol version {version!r} is not supported")
+        token = params.get("token")
+        if token is not None and not isinstance(token, str):
+            raise Disconnect(DisconnectCode.BAD_REQUEST, "token must be a string")
+        self.request.token = token
+        self.request.data = params.get("data")
+        credentials = await self.hub._authenticate(self.request)
+        self.credentials = credentials
+        self.user = credentials.user
+        self.conn_info = credentials.info
+        hook = self.hub.on_connect
+        if hook is not None:
+            outcome = hook(self)
+            if inspect.isawaitable(outcome):
+                await outcome
+        if self.state == _CLOSED:
+            raise Disconnect(DisconnectCode.FORCE_NO_RECONNECT, "closed during connect")
+        self.state = _CONNECTED
+        self.connected_at = time.time()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        result: dict[str, Any] = {
+            "client": self.id,
+            "user": self.user,
+            "version": PROTOCOL_VERSION,
+            "node": self.hub.node_id,
+            "transport": self.transport.kind,
+        }
+        if credentials.expires_at is not None:
+            ttl = credentials.expires_at - time.time()
+            if ttl <= 0:
+                raise Disconnect(DisconnectCode.TOKEN_EXPIRED, "token expired")
+            self._timer = self._loop.call_later(ttl, self._token_expired)
+            result["expires"] = True
+            result["ttl"] = int(ttl)
+        self.hub._session_connected(self)
+        subs = params.get("subs")
+        if isinstance(subs, dict) and subs:
+            result["subs"] = {}
+            for channel, options in subs.items():
+                sub_params = dict(options) if isinstance(options, dict) else {}
+                sub_params["channel"] = channel
+                try:
+                    result["subs"][channel] = await self._subscribe(sub_params)
+                except HubError as exc:
+                    result["subs"][channel] = {"error": exc.to_dict()}
+        return result
+
+    async def _refresh(self, params: dict[str, Any]) -> dict[str, Any]:
+        token = params.get("token")
+        if not isinstance(token, str):
+            raise HubError(ErrorCode.BAD_REQUEST, "refresh needs a token")
+        credentials = self.hub.tokens.connection(token)
+        if credentials.user != self.user:
+            raise Disconnect(DisconnectCode.INVALID_TOKEN, "refresh token is for another user")
+        self.credentials = credentials
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        result: dict[str, Any] = {"expires": credentials.expires_at is not None}
+        if credentials.expires_at is not None:
+            ttl = credentials.expires_at - time.time()
+            self._timer = self._loop.call_later(max(ttl, 0), self._token_expired)
+            result["ttl"] = int(ttl)
+        return result
+
+    def _channel(self, params: dict[str, Any]) -> ChannelName:
+        return parse_channel(params.get("channel"), self.hub.config)
+
+    async def _subscribe(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel(params)
+        name = channel.name
+        options = channel.options
+        if name in self.subscriptions:
+            raise HubError(ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {name}")
+        if len(self.subscriptions) >= self.hub.config.max_channels_per_connection:
+            raise HubError(ErrorCode.LIMIT_EXCEEDED, "too many channels for one connection")
+        chan_info = self._check_subscribe(channel, params)
+        hook = self.hub.on_subscribe
+        if hook is not None:
+            outcome = hook(self, name, params)
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+            if outcome is not None:
+                chan_info = outcome
+        sub = Subscription(channel, self.info(chan_info), recovering=options.history)
+        self.subscriptions[name] = sub
+        try:
+            await self.hub._add_subscriber(name, self)
+            result: dict[str, Any] = {}
+            if options.history:
+                result = await self._position_subscription(sub, params)
+            if options.presence:
+                await self.hub._add_presence(name, sub.info)
+            if options.join_leave:
+                await self.hub._publish_join(name, sub.info)
+        except BaseException:
+            self.subscriptions.pop(name, None)
+            self.hub._remove_subscriber(name, self)
+            raise
+        return result
+
+    def _check_subscribe(self, channel: ChannelName, params: dict[str, Any]) -> Any:
+        """Permission checks; returns channel info from a subscription token, if any."""
+        options = channel.options
+        credentials = self.credentials
+        granted = credentials is not None and grant_allows(credentials.channels, channel.name)
+        token = params.get("token")
+        if token is not None:
+            if not isinstance(token, str):
+                raise HubError(ErrorCode.BAD_REQUEST, "subscription token must be a string")
+            claims = self.hub.tokens.subscription(token, user=self.user, channel=channel.name)
+            return claims.get("info")
+        if granted:
+            return None
+        if channel.users is not None and self.user not in channel.users:
+            raise HubError(ErrorCode.PERMISSION_DENIED, f"{channel.name} is limited to other users")
+        if options.private or not options.allow_subscribe:
+            raise HubError(ErrorCode.PERMISSION_DENIED, f"subscribing to {channel.name} needs a token")
+        if not self.user and not options.allow_anonymous:
+            raise HubError(ErrorCode.PERMISSION_DENIED, "anonymous connections cannot subscribe here")
+        return None
+
+    async def _position_subscription(self, sub: Subscription, params: dict[str, Any]) -> dict[str, Any]:
+        name = sub.channel.name
+        recover = bool(params.get("recover"))
+        offset = params.get("offset")
+        epoch = params.get("epoch")
+        since = None
+        if recover:
+            if not isinstance(offset, int) or offset < 0 or not isinstance(epoch, str):
+                raise HubError(ErrorCode.BAD_REQUEST, "recover needs an integer offset and a string epoch")
+            since = StreamPosition(offset, epoch)
+        publications, position, recovered = await self.hub._recover(name, sub.channel, since)
+        sub.epoch = position.epoch
+        sub.offset = max(position.offset, publications[-1].offset if publications else 0)
+        result: dict[str, Any] = {"recoverable": True, "epoch": position.epoch, "offset": position.offset}
+        if recover:
+            result["recovered"] = recovered
+            result["publications"] = [self.hub._publication_dict(p) for p in publications]
+        return result
+
+    def _flush_recovery(self, sub: Subscription) -> None:
+        """After the subscribe reply: deliver what arrived live while history was read."""
+        sub.recovering = False
+        buffered, sub.buffer = sub.buffer, []
+        for publication in buffered:
+            self.deliver(sub.channel.name, sub, publication)
+
+    def deliver(self, name: str, sub: Subscription, publication: Publication) -> None:
+        """Send a publication push, in offset order, once."""
+        if sub.recovering:
+            sub.buffer.append(publication)
+            return
+        if publication.offset:
+            if publication.epoch and sub.epoch and publication.epoch != sub.epoch:
+                return  # the hub tells the client to resubscribe on epoch changes
+            if publication.offset <= sub.offset:
+                return  # delivered already (recovered, or a duplicate)
+            sub.offset = publication.offset
+        self.transport.send(self.hub._encode_publication(self.codec, name, publication), publication)
+
+    async def _unsubscribe(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel(params)
+        if channel.name not in self.subscriptions:
+            raise HubError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {channel.name}")
+        await self._leave(channel.name)
+        return {}
+
+    async def _leave(self, name: str) -> None:
+        sub = self.subscriptions.pop(name, None)
+        if sub is None:
+            return
+        self.hub._remove_subscriber(name, self)
+        await self.hub._forget_presence(sub)
+
+    async def _publish(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel(params)
+        if "data" not in params:
+            raise HubError(ErrorCode.BAD_REQUEST, "publish needs data")
+        if not channel.options.allow_publish:
+            raise HubError(ErrorCode.PERMISSION_DENIED, f"clients may not publish to {channel.name}")
+        sub = self.subscriptions.get(channel.name)
+        if sub is None:
+            raise HubError(ErrorCode.PERMISSION_DENIED, f"subscribe to {channel.name} before publishing")
+        data = params["data"]
+        hook = self.hub.on_publish
+        if hook is not None:
+            outcome = hook(self, channel.name, data)
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+            if outcome is not None:
+                data = outcome
+        position = await self.hub.publish(channel.name, data, info=sub.info)
+        return {} if position is None else {"offset": position.offset, "epoch": position.epoch}
+
+    def _subscribed_channel(self, params: dict[str, Any], flag: str) -> ChannelName:
+        channel = self._channel(params)
+        if channel.name not in self.subscriptions:
+            raise HubError(ErrorCode.PERMISSION_DENIED, f"subscribe to {channel.name} first")
+        if not getattr(channel.options, flag):
+            raise HubError(ErrorCode.PERMISSION_DENIED, f"{flag.replace('allow_', '')} is not allowed in {channel.name}")
+        return channel
+
+    async def _presence(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._subscribed_channel(params, "allow_presence")
+        clients = await self.hub.presence(channel.name)
+        return {"clients": {cid: info.to_dict() for cid, info in clients.items()}}
+
+    async def _presence_stats(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._subscribed_channel(params, "allow_presence")
+        clients, users = await self.hub.presence_stats(channel.name)
+        return {"num_clients": clients, "num_users": users}
+
+    async def _history(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._subscribed_channel(params, "allow_history")
+        return await self.hub._history_reply(channel.name, params)
+
+    async def _ping(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    async def _rpc(self, params: dict[str, Any]) -> Any:
+        hook = self.hub.on_rpc
+        method = params.get("method")
+        if hook is None or not isinstance(method, str):
+            raise HubError(ErrorCode.METHOD_NOT_FOUND, "no RPC handler for this method")
+        outcome = hook(self, method, params.get("data"))
+        if inspect.isawaitable(outcome):
+            outcome = await outcome
+        return {"data": outcome}
+
+
+_METHODS = {
+    "connect": Session._connect,
+    "refresh": Session._refresh,
+    "subscribe": Session._subscribe,
+    "unsubscribe": Session._unsubscribe,
+    "publish": Session._publish,
+    "presence": Session._presence,
+    "presence_stats": Session._presence_stats,
+    "history": Session._history,
+    "ping": Session._ping,
+    "rpc": Session._rpc,
+}

@@ -1,0 +1,107 @@
+"""The hub's wire protocol (docs/protocol.md), version 1: JSON or MessagePack.
+
+Client to server, one command per message (JSON clients may send several, one per line)::
+
+    {"id": 1, "method": "subscribe", "params": {"channel": "chat:lobby"}}
+
+Replies carry the command's id and either ``result`` or ``error`` ({code, message}).
+Server pushes carry no id and name their kind in ``push``::
+
+    {"push": "publication", "channel": "chat:lobby", "data": {...}, "offset": 7, "info": {...}}
+
+The subprotocol picks the encoding: ``pulsewire.v1.json`` (text messages, the default when
+none is offered) or ``pulsewire.v1.msgpack`` (binary messages).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from .errors import HubError, ErrorCode
+
+__all__ = ["Codec", "JsonCodec", "MsgpackCodec", "codec_for", "SUBPROTOCOLS", "PROTOCOL_VERSION"]
+
+PROTOCOL_VERSION = 1
+JSON_SUBPROTOCOL = "pulsewire.v1.json"
+MSGPACK_SUBPROTOCOL = "pulsewire.v1.msgpack"
+SUBPROTOCOLS = (JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL)
+
+
+class Codec(Protocol):
+    name: str
+    binary: bool
+
+    def decode_commands(self, data: str | bytes) -> list[dict[str, Any]]: ...
+
+    def encode(self, message: dict[str, Any]) -> str | bytes: ...
+
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+class JsonCodec:
+    name = "json"
+    binary = False
+
+    def decode_commands(self, data: str | bytes) -> list[dict[str, Any]]:
+        if isinstance(data, bytes):
+            try:
+                data = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise HubError(ErrorCode.BAD_REQUEST, "commands must be UTF-8 JSON") from None
+        commands = []
+        for line in data.split("\n"):
+            if not line.strip():
+                continue
+            try:
+                command = json.loads(line)
+            except ValueError as exc:
+                raise HubError(ErrorCode.BAD_REQUEST, f"invalid JSON: {exc}") from None
+            if not isinstance(command, dict):
+                raise HubError(ErrorCode.BAD_REQUEST, "a command is a JSON object")
+            commands.append(command)
+        return commands
+
+    def encode(self, message: dict[str, Any]) -> str:
+        return _encoder.encode(message)
+
+
+class MsgpackCodec:
+    name = "msgpack"
+    binary = True
+
+    def __init__(self) -> None:
+        import msgpack
+
+        self._packb = msgpack.packb
+        self._unpacker = msgpack.Unpacker
+
+    def decode_commands(self, data: str | bytes) -> list[dict[str, Any]]:
+        if isinstance(data, str):
+            raise HubError(ErrorCode.BAD_REQUEST, "msgpack commands are binary messages")
+        unpacker = self._unpacker(raw=False, max_buffer_size=len(data) + 1, strict_map_key=False)
+        unpacker.feed(data)
+        commands = []
+        try:
+            for command in unpacker:
+                if not isinstance(command, dict):
+                    raise HubError(ErrorCode.BAD_REQUEST, "a command is a map")
+                commands.append(command)
+        except HubError:
+            raise
+        except Exception as exc:
+            raise HubError(ErrorCode.BAD_REQUEST, f"invalid msgpack: {exc}") from None
+        return commands
+
+    def encode(self, message: dict[str, Any]) -> bytes:
+        return self._packb(message, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+JSON = JsonCodec()
+
+
+def codec_for(subprotocol: str | None) -> Codec:
+    if subprotocol == MSGPACK_SUBPROTOCOL:
+        return MsgpackCodec()
+    return JSON

@@ -1,0 +1,146 @@
+"""``pulsewire serve``: the hub on one port, with its HTTP front door.
+
+Routes: ``/connection/websocket`` (the client endpoint), ``/api/*`` (the server API),
+``/health``, ``/metrics`` (Prometheus), ``/`` and the static pages under ``/demo/`` plus
+``/pulsewire.js`` (the browser client), all served from ``pulsewire/web``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mimetypes
+import ssl as ssl_module
+import time
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..aio.server import Server as WebSocketServer
+from ..hub.hub import Hub
+from ..protocol.handshake import OriginPolicy
+from ..transports.websocket import SUBPROTOCOLS, serve_hub_session
+from .api import ApiHandler
+from .http import HttpRequest, HttpResponse, HttpServer, json_response
+
+__all__ = ["HubServer", "WEB_ROOT"]
+
+logger = logging.getLogger("pulsewire.server")
+
+WEB_ROOT = Path(str(resources.files("pulsewire") / "web"))
+
+
+class HubServer:
+    """Serves a :class:`Hub` over HTTP and WebSocket on one port."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        *,
+        api_key: str | None = None,
+        allowed_origins: Iterable[str] | None = None,
+        check_origin: bool = True,
+        ssl: ssl_module.SSLContext | None = None,
+        web_root: Path | None = WEB_ROOT,
+        max_message_size: int = 65536,
+        max_buffered: int = 1 << 20,
+        reuse_port: bool = False,
+        sock: Any = None,
+    ) -> None:
+        self.hub = hub
+        self.host = host
+        self.port = port
+        self.ssl = ssl
+        self.sock = sock
+        self.reuse_port = reuse_port
+        self.web_root = web_root
+        self.started_at = time.time()
+        origins = OriginPolicy(list(allowed_origins or ()), same_host=True) if check_origin else OriginPolicy(None)
+        self.websocket = WebSocketServer(
+            lambda ws: serve_hub_session(hub, ws, max_buffered=max_buffered),  # type: ignore[arg-type]
+            None,
+            None,
+            origins=origins,
+            subprotocols=SUBPROTOCOLS,
+            compression="deflate",
+            max_size=max_message_size,
+        )
+        self.http = HttpServer()
+        self.http.add_websocket("/connection/websocket", self.websocket)
+        self.http.add("/health", self.health)
+        self.http.add("/metrics", self.metrics)
+        self.http.add("/api/", ApiHandler(hub, api_key), methods=("POST",), prefix=True)
+        if web_root is not None:
+            self.http.add("/", self.static, prefix=True)
+        self._server: asyncio.base_events.Server | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.hub.start()
+        loop = asyncio.get_running_loop()
+        if self.sock is not None:
+            self._server = await loop.create_server(self.http.protocol_factory, sock=self.sock, ssl=self.ssl)
+        else:
+            self._server = await loop.create_server(
+                self.http.protocol_factory, self.host, self.port, ssl=self.ssl,
+                reuse_port=self.reuse_port or None, backlog=2048,
+            )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.ssl else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}/"
+
+    async def close(self, code: int = 1001, reason: str = "server shutting down") -> None:
+        """Stop accepting, disconnect clients (they reconnect elsewhere), stop the hub."""
+        if self._server is not None:
+            self._server.close()
+        self.http.close_idle()
+        await self.hub.close()
+        self.websocket.close(code, reason)
+        await self.websocket.wait_closed()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # -- routes ----------------------------------------------------------------------------------
+
+    async def health(self, request: HttpRequest) -> HttpResponse:
+        engine = self.hub.engine
+        return json_response(
+            {
+                "status": "ok",
+                "node": self.hub.node_id,
+                "engine": engine.name,
+                "engine_available": engine.available,
+                "connections": len(self.hub.sessions),
+                "uptime": round(time.time() - self.started_at, 3),
+            }
+        )
+
+    async def metrics(self, request: HttpRequest) -> HttpResponse:
+        body = generate_latest(self.hub.metrics.registry)
+        return HttpResponse(200, body, [("Content-Type", CONTENT_TYPE_LATEST)])
+
+    async def static(self, request: HttpRequest) -> HttpResponse:
+        assert self.web_root is not None
+        path = request.path
+        if path.endswith("/"):
+            path += "index.html"
+        target = (self.web_root / path.lstrip("/")).resolve()
+        root = self.web_root.resolve()
+        if root not in target.parents and target != root or not target.is_file():
+            return HttpResponse(404, f"not found: {request.path}\n")
+        kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        if kind.startswith("text/") or kind in ("application/javascript",):
+            kind += "; charset=utf-8"
+        if target.suffix in (".js", ".mjs"):
+            kind = "text/javascript; charset=utf-8"
+        return HttpResponse(200, target.read_bytes(), [("Content-Type", kind), ("Cache-Control", "no-cache")])

@@ -1,0 +1,390 @@
+"""A small HTTP/1.1 server on httptools: the front door of ``pulsewire serve``.
+
+It serves plain requests (API, health, metrics, static pages) with keep-alive, streams
+responses (Server-Sent Events), and hands WebSocket upgrade requests over to a
+:class:`pulsewire.aio.Server` on the same port: the request head is replayed into a
+``ServerConnection``, which runs the real handshake checks (Origin, version, key, ...).
+
+Limits: request line, header count and head size (414/431), body size (413), a deadline for
+the request head (408, slow-loris protection) and an idle keep-alive timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import httptools
+
+from ..aio.server import Server as WebSocketServer
+from ..protocol.handshake import Headers, http_response
+
+__all__ = ["HttpRequest", "HttpResponse", "StreamResponse", "HttpServer", "Route", "json_response"]
+
+logger = logging.getLogger("pulsewire.server")
+
+
+@dataclass
+class HttpRequest:
+    method: str
+    target: str
+    headers: Headers
+    body: bytes
+    remote_address: str
+    version: str = "1.1"
+
+    @property
+    def path(self) -> str:
+        return urllib.parse.urlsplit(self.target).path or "/"
+
+    @property
+    def query(self) -> dict[str, str]:
+        return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.target).query))
+
+    def json(self) -> Any:
+        """The body as JSON; raises ValueError with a readable reason."""
+        if not self.body:
+            raise ValueError("empty body: expected a JSON object")
+        return json.loads(self.body)
+
+
+@dataclass
+class HttpResponse:
+    status: int = 200
+    body: bytes | str = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class StreamResponse:
+    """A response whose body is produced over time (e.g. text/event-stream).
+
+    ``stream`` yields chunks; the connection closes when it ends. ``on_close`` runs when the
+    client goes away first.
+    """
+
+    stream: AsyncIterator[bytes]
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def json_response(data: Any, status: int = 200, headers: list[tuple[str, str]] | None = None) -> HttpResponse:
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return HttpResponse(status, body, [("Content-Type", "application/json"), *(headers or [])])
+
+
+Handler = Callable[[HttpRequest], Awaitable[Union[HttpResponse, StreamResponse]]]
+
+
+@dataclass
+class Route:
+    handler: Handler | None = None
+    websocket: WebSocketServer | None = None
+    methods: tuple[str, ...] = ("GET",)
+    prefix: bool = False
+
+
+class _Limits:
+    max_target = 8192
+    max_headers = 100
+    max_head = 16384
+    max_body = 1 << 20
+    head_timeout = 10.0
+    idle_timeout = 75.0
+
+
+class HttpServer:
+    """Routes by exact path or prefix; WebSocket routes hand the connection over."""
+
+    def __init__(self, *, max_body: int = 1 << 20, head_timeout: float = 10.0, idle_timeout: float = 75.0) -> None:
+        self.routes: dict[str, Route] = {}
+        self.prefixes: list[tuple[str, Route]] = []
+        self.limits = _Limits()
+        self.limits.max_body = max_body
+        self.limits.head_timeout = head_timeout
+        self.limits.idle_timeout = idle_timeout
+        self.connections: set[HttpProtocol] = set()
+        self.closing = False
+
+    def add(self, path: str, handler: Handler, methods: tuple[str, ...] = ("GET",), *, prefix: bool = False) -> None:
+        route = Route(handler=handler, methods=methods, prefix=prefix)
+        if prefix:
+            self.prefixes.append((path, route))
+            self.prefixes.sort(key=lambda item: -len(item[0]))
+        else:
+            self.routes[path] = route
+
+    def add_websocket(self, path: str, server: WebSocketServer) -> None:
+        self.routes[path] = Route(websocket=server)
+
+    def route(self, path: str) -> Route | None:
+        route = self.routes.get(path)
+        if route is not None:
+            return route
+        for prefix, candidate in self.prefixes:
+            if path.startswith(prefix):
+                return candidate
+        return None
+
+    def protocol_factory(self) -> HttpProtocol:
+        return HttpProtocol(self)
+
+    def close_idle(self) -> None:
+        """Stop keep-alive: close connections that are between requests."""
+        self.closing = True
+        for conn in list(self.connections):
+            conn.close_if_idle()
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One HTTP/1.1 connection: requests are handled one at a time, in order."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.limits = server.limits
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.remote = ""
+        self._reset()
+        self.queue: asyncio.Queue[HttpRequest | None] | None = None
+        self.worker: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.busy = False
+        self.streaming: asyncio.Task[None] | None = None
+
+    def _reset(self) -> None:
+        self.url = bytearray()
+        self.headers: list[tuple[str, str]] = []
+        self.body = bytearray()
+        self.head_bytes = 0
+        self.head_done = False
+
+    # -- asyncio callbacks -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.remote = str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
+        self.server.connections.add(self)
+        self._arm(self.limits.head_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self.transport = None
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.worker is not None:
+            self.worker.cancel()
+        if self.streaming is not None:
+            self.streaming.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.head_done:
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade(data[exc.args[0]:])
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Refusal):
+                self._error(cause.status, cause.reason)
+            else:
+                self._error(400, f"malformed HTTP request: {exc}")
+        except httptools.HttpParserError as exc:
+            self._error(400, f"malformed HTTP request: {exc}")
+            return
+        if not self.head_done and self.head_bytes > self.limits.max_head and self.transport is not None:
+            self._error(431, f"request head larger than {self.limits.max_head} bytes")
+
+    # -- httptools callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._reset()
+        self._arm(self.limits.head_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.limits.max_target:
+            raise _Refusal(414, f"request target longer than {self.limits.max_target} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if len(self.headers) > self.limits.max_headers:
+            raise _Refusal(431, f"more than {self.limits.max_headers} header fields")
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def on_body(self, body: bytes) -> None:
+        if len(self.body) + len(body) > self.limits.max_body:
+            raise _Refusal(413, f"request body larger than {self.limits.max_body} bytes")
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        if self.parser.should_upgrade():
+            return  # handled by HttpParserUpgrade
+        request = HttpRequest(
+            method=self.parser.get_method().decode("ascii", "replace"),
+            target=self.url.decode("latin-1"),
+            headers=Headers(self.headers),
+            body=bytes(self.body),
+            remote_address=self.remote,
+            version=self.parser.get_http_version(),
+        )
+        if self.queue is None:
+            self.queue = asyncio.Queue()
+            self.worker = self.loop.create_task(self._work())
+        self.queue.put_nowait(request)
+
+    # -- request handling ----------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        assert self.queue is not None
+        while True:
+            request = await self.queue.get()
+            if request is None or self.transport is None:
+                return
+            self.busy = True
+            try:
+                keep = await self._respond(request)
+            finally:
+                self.busy = False
+            if not keep:
+                self._close()
+                return
+            if self.queue.empty():
+                if self.server.closing:
+                    self._close()
+                    return
+                self._arm(self.limits.idle_timeout)
+
+    async def _respond(self, request: HttpRequest) -> bool:
+        keep_alive = self.parser.should_keep_alive() and not self.server.closing
+        route = self.server.route(request.path)
+        try:
+            if route is None or route.handler is None:
+                if route is not None and route.websocket is not None:
+                    response: HttpResponse | StreamResponse = HttpResponse(
+                        426, "this is a WebSocket endpoint: Upgrade: websocket is required\n",
+                        [("Upgrade", "websocket")],
+                    )
+                else:
+                    response = HttpResponse(404, f"not found: {request.path}\n")
+            elif request.method not in route.methods and not (
+                request.method == "HEAD" and "GET" in route.methods
+            ):
+                allowed = ", ".join(route.methods)
+                response = HttpResponse(405, f"method {request.method} not allowed; use {allowed}\n",
+                                        [("Allow", allowed)])
+            else:
+                response = await route.handler(request)
+        except Exception:
+            logger.exception("HTTP handler failed for %s %s", request.method, request.path)
+            response = HttpResponse(500, "internal server error\n")
+        if self.transport is None:
+            return False
+        if isinstance(response, StreamResponse):
+            await self._stream(response)
+            return False
+        body = response.body.encode("utf-8") if isinstance(response.body, str) else response.body
+        headers = list(response.headers)
+        if not keep_alive:
+            headers.append(("Connection", "close"))
+        data = http_response(response.status, body, headers, close=False)
+        if request.method == "HEAD":
+            data = data[: data.index(b"\r\n\r\n") + 4]
+        self.transport.write(data)
+        return keep_alive
+
+    async def _stream(self, response: StreamResponse) -> None:
+        assert self.transport is not None
+        head = http_response(response.status, b"", [*response.headers, ("Connection", "close")], close=False)
+        head = head.replace(b"Content-Length: 0\r\n", b"")
+        self.transport.write(head)
+        self.streaming = asyncio.current_task()  # type: ignore[assignment]
+        try:
+            async for chunk in response.stream:
+                if self.transport is None:
+                    break
+                self.transport.write(chunk)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            closer = getattr(response.stream, "aclose", None)
+            if closer is not None:
+                try:
+                    await closer()
+                except Exception:
+                    pass
+
+    def _upgrade(self, trailing: bytes) -> None:
+        """Hand the connection to the WebSocket server of this path (or refuse)."""
+        path = urllib.parse.urlsplit(self.url.decode("latin-1")).path or "/"
+        route = self.server.route(path)
+        transport = self.transport
+        if transport is None:
+            return
+        if route is None or route.websocket is None:
+            self._error(404, f"no WebSocket endpoint at {path}")
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.server.connections.discard(self)
+        # Replay the parsed head: the WebSocket server runs the full handshake checks on it.
+        method = self.parser.get_method().decode("ascii", "replace")
+        lines = [f"{method} {self.url.decode('latin-1')} HTTP/{self.parser.get_http_version()}"]
+        lines += [f"{name}: {value}" for name, value in self.headers]
+        raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.transport = None
+        route.websocket.attach(transport, raw + trailing)
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    def _arm(self, seconds: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(seconds, self._timeout)
+
+    def _timeout(self) -> None:
+        self.timer = None
+        if self.busy or self.streaming is not None:
+            return
+        if self.url or self.head_bytes:
+            self._error(408, "request not received in time")
+        else:
+            self._close()
+
+    def _error(self, status: int, reason: str) -> None:
+        if self.transport is not None:
+            self.transport.write(http_response(status, reason + "\n"))
+        self._close()
+
+    def _close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    def close_if_idle(self) -> None:
+        if not self.busy and self.streaming is None:
+            self._close()
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason

@@ -1,0 +1,99 @@
+"""The hub over WebSocket: one session per connection, one command message per frame.
+
+Pushes never block the publisher: they are queued on the connection and written once per
+loop tick. A client that stops reading is disconnected (1013, "slow consumer") as soon as
+its queued bytes pass ``max_buffered``, so memory stays bounded whatever the publish rate.
+For uncompressed connections a publication's frame is built once and shared by every
+subscriber.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..aio.server import ServerConnection
+from ..protocol.close import CloseCode
+from ..protocol.connection import State, serialize_message
+from ..protocol.errors import ConnectionClosed
+from ..hub.errors import Disconnect
+from ..hub.hub import Hub
+from ..hub.session import ConnectRequest, Session
+from ..hub.types import Publication
+from ..hub.wire import SUBPROTOCOLS, codec_for
+
+__all__ = ["WebSocketTransport", "serve_hub_session", "SUBPROTOCOLS"]
+
+logger = logging.getLogger("pulsewire.transports")
+
+SLOW_CONSUMER = CloseCode.TRY_AGAIN_LATER
+
+
+class WebSocketTransport:
+    kind = "websocket"
+    __slots__ = ("ws", "binary", "max_buffered", "session")
+
+    def __init__(self, ws: ServerConnection, binary: bool, max_buffered: int) -> None:
+        self.ws = ws
+        self.binary = binary
+        self.max_buffered = max_buffered
+        self.session: Session | None = None
+
+    def send(self, message: str | bytes, publication: Publication | None = None) -> None:
+        ws = self.ws
+        proto = ws._proto
+        if proto is None or proto.state is not State.OPEN:
+            return
+        if ws.buffered_amount > self.max_buffered:
+            if self.session is not None:
+                self.session.disconnect(SLOW_CONSUMER, "slow consumer: too much data queued")
+            return
+        deflate = proto.deflate
+        if publication is not None and (deflate is None or not deflate.should_compress(len(message), None)):
+            frame = publication.cache.get(message)
+            if frame is None:
+                payload = message.encode("utf-8") if isinstance(message, str) else message
+                frame = publication.cache[message] = serialize_message(2 if self.binary else 1, payload)
+            proto.send_frame_bytes(frame)
+        elif self.binary:
+            proto.send_binary(message if isinstance(message, bytes) else message.encode("utf-8"))
+        else:
+            proto.send_text(message)
+        ws._schedule_flush()
+
+    def buffered(self) -> int:
+        return self.ws.buffered_amount
+
+    def close(self, code: int, reason: str) -> None:
+        ws = self.ws
+        proto = ws._proto
+        if proto is not None and proto.state is State.OPEN:
+            proto.send_close(code, reason[:120])
+            ws._flush()
+            ws._start_close_timer()
+
+
+async def serve_hub_session(hub: Hub, ws: ServerConnection, *, max_buffered: int = 1 << 20) -> None:
+    """The WebSocket handler of the hub endpoint: runs one client session to its end."""
+    codec = codec_for(ws.subprotocol)
+    transport = WebSocketTransport(ws, codec.binary, max_buffered)
+    request = ws.request
+    remote = ws.remote_address
+    connect_request = ConnectRequest(
+        transport="websocket",
+        path=request.path if request is not None else "/",
+        headers=request.headers.items() if request is not None else [],
+        remote_address=str(remote[0]) if isinstance(remote, tuple) else str(remote or ""),
+    )
+    try:
+        session = hub.open_session(transport, codec, connect_request)
+    except Disconnect as exc:
+        await ws.close(exc.code, exc.reason)
+        return
+    transport.session = session
+    try:
+        async for message in ws:
+            await session.handle(message)
+    except ConnectionClosed:
+        pass
+    finally:
+        session.transport_closed(ws.close_code or CloseCode.ABNORMAL_CLOSURE, ws.close_reason or "")
