@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml setup.py
 install: $(BIN)/.installed
 
 run: install
-	$(BIN)/pulsewire serve --host $(HOST) --port $(PORT)
+	$(BIN)/pulsewire serve --demo --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -24,14 +24,22 @@ def _size(text: str) -> int | None:
     text = text.strip().lower()
     if text in ("none", "0", "unlimited"):
         return None
-    for suffix, factor in (("kib", 1024), ("mib", 1024**2), ("gib", 1024**3), ("k", 1024), ("m", 1024**2)):
+    for suffix, factor in (
+        ("kib", 1024),
+        ("mib", 1024**2),
+        ("gib", 1024**3),
+        ("k", 1024),
+        ("m", 1024**2),
+    ):
         if text.endswith(suffix):
             return int(float(text[: -len(suffix)]) * factor)
     return int(text)
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pulsewire", description="Real-time WebSockets for Python.")
+    parser = argparse.ArgumentParser(
+        prog="pulsewire", description="Real-time WebSockets for Python."
+    )
     parser.add_argument("--version", action="version", version=f"pulsewire {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -42,36 +50,60 @@ def _build_parser() -> argparse.ArgumentParser:
     echo.add_argument("--tls-cert", help="certificate chain (PEM) to serve wss://")
     echo.add_argument("--tls-key", help="private key (PEM) for --tls-cert")
     echo.add_argument(
-        "--max-size", type=_size, default=64 * 1024**2,
+        "--max-size",
+        type=_size,
+        default=64 * 1024**2,
         help="largest message accepted, e.g. 1MiB or none (default 64MiB)",
     )
 
     cli = sub.add_parser("connect", help="interactive client: lines you type are sent as text")
     cli.add_argument("url", help="ws:// or wss:// URL")
-    cli.add_argument("--subprotocol", action="append", default=[], help="offer a subprotocol (repeatable)")
-    cli.add_argument("--header", action="append", default=[], help="extra header 'Name: value' (repeatable)")
-    cli.add_argument("--origin", help="send this Origin header")
-    cli.add_argument("--insecure", action="store_true", help="do not verify the server's TLS certificate")
-    cli.add_argument("--cafile", help="trust this CA bundle (PEM) for wss://")
-    cli.add_argument("--no-compression", action="store_true", help="do not offer permessage-deflate")
     cli.add_argument(
-        "--linger", type=float, default=0.5,
+        "--subprotocol", action="append", default=[], help="offer a subprotocol (repeatable)"
+    )
+    cli.add_argument(
+        "--header", action="append", default=[], help="extra header 'Name: value' (repeatable)"
+    )
+    cli.add_argument("--origin", help="send this Origin header")
+    cli.add_argument(
+        "--insecure", action="store_true", help="do not verify the server's TLS certificate"
+    )
+    cli.add_argument("--cafile", help="trust this CA bundle (PEM) for wss://")
+    cli.add_argument(
+        "--no-compression", action="store_true", help="do not offer permessage-deflate"
+    )
+    cli.add_argument(
+        "--linger",
+        type=float,
+        default=0.5,
         help="after end of input, wait this long for replies before closing (default 0.5 s)",
     )
-    srv = sub.add_parser("serve", help="run the real-time hub (WebSocket endpoint, HTTP API, demos)")
+    srv = sub.add_parser(
+        "serve", help="run the real-time hub (WebSocket endpoint, HTTP API, demos)"
+    )
     srv.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     srv.add_argument("--port", type=int, default=None, help="port (default 8000)")
-    srv.add_argument("--engine", default=None,
-                     help="memory (default), redis://HOST:PORT/DB or nats://HOST:PORT")
-    srv.add_argument("--config", help="a pulsewire.toml file ([server], [hub], [channel], [namespaces.*])")
+    srv.add_argument(
+        "--engine", default=None, help="memory (default), redis://HOST:PORT/DB or nats://HOST:PORT"
+    )
+    srv.add_argument(
+        "--config", help="a pulsewire.toml file ([server], [hub], [channel], [namespaces.*])"
+    )
     srv.add_argument("--node-name", help="this node's name (default: random)")
     srv.add_argument("--api-key", help="key for the /api/ endpoints (Authorization: apikey KEY)")
     srv.add_argument("--token-secret", help="HMAC secret of HS256 connection tokens")
     srv.add_argument("--allow-anonymous", action="store_true", help="admit clients without a token")
-    srv.add_argument("--allowed-origin", action="append", default=None,
-                     help="also accept WebSocket handshakes from this Origin (repeatable; '*' patterns)")
-    srv.add_argument("--demo", action="store_true",
-                     help="demo namespaces, /demo/token and the demo producers (loopback only)")
+    srv.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=None,
+        help="also accept WebSocket handshakes from this Origin (repeatable; '*' patterns)",
+    )
+    srv.add_argument(
+        "--demo",
+        action="store_true",
+        help="demo namespaces, /demo/token and the demo producers (loopback only)",
+    )
     srv.add_argument("--tls-cert", help="certificate chain (PEM) to serve https:// and wss://")
     srv.add_argument("--tls-key", help="private key (PEM) for --tls-cert")
     return parser
@@ -134,7 +166,9 @@ async def _echo(args: argparse.Namespace) -> int:
 
 def _show(message: str | bytes, interactive: bool) -> None:
     if isinstance(message, bytes):
-        text = f"[binary, {len(message)} bytes] {message[:64].hex()}" + ("…" if len(message) > 64 else "")
+        text = f"[binary, {len(message)} bytes] {message[:64].hex()}" + (
+            "…" if len(message) > 64 else ""
+        )
     else:
         text = message
     print(f"< {text}" if interactive else text, flush=True)
@@ -145,7 +179,10 @@ async def _connect(args: argparse.Namespace) -> int:
     for item in args.header:
         name, sep, value = item.partition(":")
         if not sep or not name.strip():
-            print(f"pulsewire connect: invalid header {item!r} (expected 'Name: value')", file=sys.stderr)
+            print(
+                f"pulsewire connect: invalid header {item!r} (expected 'Name: value')",
+                file=sys.stderr,
+            )
             return 2
         headers.append((name.strip(), value.strip()))
     context: ssl.SSLContext | None = None
@@ -170,7 +207,9 @@ async def _connect(args: argparse.Namespace) -> int:
         return 1
     if interactive:
         extra = f" (subprotocol {ws.subprotocol})" if ws.subprotocol else ""
-        print(f"connected to {args.url}{extra}; type a line to send it, Ctrl-D to close", flush=True)
+        print(
+            f"connected to {args.url}{extra}; type a line to send it, Ctrl-D to close", flush=True
+        )
 
     received = asyncio.Event()
 
@@ -182,12 +221,16 @@ async def _connect(args: argparse.Namespace) -> int:
     read_task = asyncio.create_task(reader())
     stdin = asyncio.StreamReader()
     loop = asyncio.get_running_loop()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), os.fdopen(os.dup(0), "rb"))
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(stdin), os.fdopen(os.dup(0), "rb")
+    )
     status = 0
     try:
         while not read_task.done():
             line_task = asyncio.create_task(stdin.readline())
-            done, _ = await asyncio.wait({line_task, read_task}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {line_task, read_task}, return_when=asyncio.FIRST_COMPLETED
+            )
             if line_task not in done:
                 line_task.cancel()
                 break
@@ -201,8 +244,8 @@ async def _connect(args: argparse.Namespace) -> int:
     except ConnectionClosed:
         pass
     if read_task.done() and not read_task.cancelled() and read_task.exception() is not None:
-        exc = read_task.exception()
-        print(f"pulsewire connect: connection closed: {exc}", file=sys.stderr)
+        failure = read_task.exception()
+        print(f"pulsewire connect: connection closed: {failure}", file=sys.stderr)
         status = 1
     elif interactive:
         print(f"closed: {ws.close_code} {ws.close_reason or ''}".rstrip(), flush=True)

@@ -10,7 +10,9 @@ from .connection import Connection, Data
 __all__ = ["broadcast"]
 
 
-def broadcast(connections: Iterable[Connection], message: Data, *, compress: bool | None = None) -> int:
+def broadcast(
+    connections: Iterable[Connection], message: Data, *, compress: bool | None = None
+) -> int:
     """Send ``message`` to every open connection in ``connections``; returns how many got it.
 
     Never blocks. A connection whose write buffer is above its high-water mark (a slow

@@ -294,14 +294,14 @@ class WebSocket:
         if listener is None:
             return
         entries = self._listeners.setdefault(type, [])
-        if any(entry.callback is listener for entry in entries):
+        if any(entry.callback == listener for entry in entries):  # ==: bound methods too
             return
         entries.append(_Entry(listener, once))
 
     def removeEventListener(self, type: str, listener: Listener | None) -> None:
         """Stop calling ``listener`` for events of ``type``."""
         for entry in self._listeners.get(type, []):
-            if entry.callback is listener and listener is not None:
+            if entry.callback == listener and listener is not None:
                 self._remove(type, entry)
                 return
 

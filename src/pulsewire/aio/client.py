@@ -5,37 +5,39 @@ from __future__ import annotations
 import asyncio
 import ssl as ssl_module
 from collections.abc import Generator, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..protocol.connection import Connection as CoreConnection
 from ..protocol.connection import Side
+from ..protocol.deflate import deflate_options
 from ..protocol.errors import InvalidHandshake
 from ..protocol.handshake import ClientHandshake, Headers, Request, WsURI, parse_uri
 from .connection import Connection
-from ..protocol.deflate import deflate_options
 from .server import Compression
 
-__all__ = ["connect", "ClientConnection", "Connect"]
+__all__ = ["ClientConnection", "Connect", "connect"]
 
 
 class ClientConnection(Connection):
     """The client side of a connection, as returned by :func:`connect`."""
 
-    __slots__ = ("_handshake", "_opening", "_core_options")
+    __slots__ = ("_core_options", "_handshake", "_opening")
 
-    def __init__(self, handshake: ClientHandshake, core_options: dict[str, Any], **options: Any) -> None:
+    def __init__(
+        self, handshake: ClientHandshake, core_options: dict[str, Any], **options: Any
+    ) -> None:
         super().__init__(**options)
         self._handshake: ClientHandshake | None = handshake
         self._opening: asyncio.Future[None] = self._loop.create_future()
         self._core_options = core_options
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = tcp = cast(asyncio.Transport, transport)
         self.remote_address = transport.get_extra_info("peername")
         assert self._handshake is not None
         request = self._handshake.request_bytes()
         self.request = _sent_request(self._handshake)
-        transport.write(request)
+        tcp.write(request)
 
     def _handshake_data(self, data: bytes) -> None:
         handshake = self._handshake
@@ -158,7 +160,9 @@ class Connect:
             if self._sock is not None:
                 _, conn = await loop.create_connection(factory, sock=self._sock, **kwargs)
             else:
-                _, conn = await loop.create_connection(factory, self.uri.host, self.uri.port, **kwargs)
+                _, conn = await loop.create_connection(
+                    factory, self.uri.host, self.uri.port, **kwargs
+                )
             try:
                 await conn._opening
             except BaseException:

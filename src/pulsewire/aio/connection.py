@@ -28,7 +28,7 @@ from ..protocol.errors import ConnectionClosed, ConnectionClosedOK, connection_c
 from ..protocol.events import CloseReceived, Ping, Pong
 from ..protocol.handshake import Headers, Request
 
-__all__ = ["Connection", "ConcurrencyError", "Data"]
+__all__ = ["ConcurrencyError", "Connection", "Data"]
 
 logger = logging.getLogger("pulsewire")
 
@@ -48,33 +48,33 @@ class Connection(asyncio.Protocol):
     """
 
     __slots__ = (
-        "_loop",
-        "_transport",
-        "_proto",
-        "_messages",
-        "_recv_waiter",
+        "__weakref__",
+        "_close_timer",
         "_closed",
         "_closed_exc",
         "_drain_waiter",
-        "_paused_writing",
-        "_paused_reading",
         "_flush_scheduled",
-        "_pings",
         "_keepalive",
-        "_close_timer",
+        "_loop",
+        "_messages",
+        "_paused_reading",
+        "_paused_writing",
+        "_pings",
+        "_proto",
+        "_recv_waiter",
+        "_transport",
+        "close_timeout",
+        "extensions",
+        "id",
+        "latency",
         "max_queue",
         "ping_interval",
         "ping_timeout",
-        "close_timeout",
-        "write_limit",
-        "latency",
+        "remote_address",
         "request",
         "response_headers",
         "subprotocol",
-        "extensions",
-        "remote_address",
-        "id",
-        "__weakref__",
+        "write_limit",
     )
 
     def __init__(
@@ -239,13 +239,13 @@ class Connection(asyncio.Protocol):
 
     def _control_event(self, event: object) -> None:
         if type(event) is Pong:
-            self._pong_received(event.data)  # type: ignore[attr-defined]
+            self._pong_received(event.data)
         elif type(event) is CloseReceived:
-            close: Close = event.close  # type: ignore[attr-defined]
+            close: Close = event.close
             proto = self._proto
             assert proto is not None
             if not proto.close_transport:
-                # Client: the handshake is done; the server should close TCP now. Don't wait forever.
+                # Client: handshake done; the server should close TCP now. Don't wait forever.
                 self._start_close_timer()
             self.closing_handshake_done(close)
         elif type(event) is Ping:
@@ -263,7 +263,9 @@ class Connection(asyncio.Protocol):
         proto = self._proto
         if proto is not None:
             proto.receive_eof()
-            closed = connection_closed(proto.close_rcvd, proto.close_sent, proto.close_rcvd_then_sent)
+            closed = connection_closed(
+                proto.close_rcvd, proto.close_sent, proto.close_rcvd_then_sent
+            )
         else:
             closed = connection_closed(None, None, None)
         self._closed_exc = closed
@@ -295,7 +297,9 @@ class Connection(asyncio.Protocol):
 
     # ----------------------------------------------------------------------- sending
 
-    async def send(self, message: Data | Iterable[Data] | AsyncIterable[Data], *, compress: bool | None = None) -> None:
+    async def send(
+        self, message: Data | Iterable[Data] | AsyncIterable[Data], *, compress: bool | None = None
+    ) -> None:
         """Send a message: ``str`` as text, bytes-like as binary.
 
         An iterable or async iterable of str/bytes is sent as one fragmented message.
@@ -315,7 +319,7 @@ class Connection(asyncio.Protocol):
             await self._send_fragments_async(message, compress)
             return
         elif isinstance(message, Iterable) and not isinstance(message, dict):
-            await self._send_fragments_async(_aiter_sync(message), compress)
+            await self._send_fragments_async(_aiter_sync(message), compress)  # type: ignore[arg-type]
             return
         else:
             raise TypeError(f"cannot send {kind.__name__}: send str, bytes or an iterable of them")
@@ -327,7 +331,9 @@ class Connection(asyncio.Protocol):
         if self._paused_writing:
             await self._drain()
 
-    async def _send_fragments_async(self, fragments: AsyncIterable[Data], compress: bool | None) -> None:
+    async def _send_fragments_async(
+        self, fragments: AsyncIterable[Data], compress: bool | None
+    ) -> None:
         proto = self._proto
         assert proto is not None
         iterator = fragments.__aiter__()
@@ -466,7 +472,9 @@ class Connection(asyncio.Protocol):
 
     def _start_close_timer(self) -> None:
         if self._close_timer is None and self._transport is not None:
-            self._close_timer = self._loop.call_later(self.close_timeout, self._close_timeout_expired)
+            self._close_timer = self._loop.call_later(
+                self.close_timeout, self._close_timeout_expired
+            )
 
     def _close_timeout_expired(self) -> None:
         self._close_timer = None
@@ -538,7 +546,9 @@ class Connection(asyncio.Protocol):
         proto.send_ping(data)
         self._flush()
         if self.ping_timeout:
-            self._keepalive = self._loop.call_later(self.ping_timeout, self._check_keepalive, waiter)
+            self._keepalive = self._loop.call_later(
+                self.ping_timeout, self._check_keepalive, waiter
+            )
         elif self.ping_interval:
             self._keepalive = self._loop.call_later(self.ping_interval, self._send_keepalive)
 

@@ -37,5 +37,5 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     if uvloop_available():
         import uvloop
 
-        return uvloop.run(main)  # type: ignore[no-any-return]
+        return uvloop.run(main)
     return asyncio.run(main)

@@ -12,9 +12,8 @@ import asyncio
 import inspect
 import logging
 import ssl as ssl_module
-import sys
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any, cast
 
 from ..protocol.close import CloseCode
 from ..protocol.connection import Connection as CoreConnection
@@ -24,21 +23,21 @@ from ..protocol.errors import ConnectionClosed, Refused
 from ..protocol.handshake import OriginPolicy, Request, ServerHandshake, http_response
 from .connection import Connection
 
-__all__ = ["serve", "Server", "ServerConnection", "HTTPResponse", "Handler"]
+__all__ = ["HTTPResponse", "Handler", "Server", "ServerConnection", "serve"]
 
 logger = logging.getLogger("pulsewire.server")
 
 Handler = Callable[["ServerConnection"], Awaitable[Any]]
-HTTPResponse = tuple[int, Sequence[tuple[str, str]], Union[str, bytes]]
+HTTPResponse = tuple[int, Sequence[tuple[str, str]], str | bytes]
 """(status, headers, body): what ``process_request`` returns to answer without upgrading."""
-ProcessRequest = Callable[[Request], Union[HTTPResponse, None, Awaitable[Union[HTTPResponse, None]]]]
-Compression = Union[str, DeflateOptions, None]
+ProcessRequest = Callable[[Request], Awaitable[HTTPResponse | None] | HTTPResponse | None]
+Compression = str | DeflateOptions | None
 
 
 class ServerConnection(Connection):
     """A connection accepted by a :class:`Server`; handlers receive one of these."""
 
-    __slots__ = ("_server", "_handshake", "_handshake_timer", "_handler_task")
+    __slots__ = ("_handler_task", "_handshake", "_handshake_timer", "_server")
 
     def __init__(self, server: Server) -> None:
         opts = server.options
@@ -55,15 +54,17 @@ class ServerConnection(Connection):
         self._handler_task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = tcp = cast(asyncio.Transport, transport)
         self.remote_address = transport.get_extra_info("peername")
         server = self._server
         server._connections.add(self)
         if server._closing:
-            transport.abort()
+            tcp.abort()
             return
         self._handshake = server._new_handshake()
-        self._handshake_timer = self._loop.call_later(server.options["open_timeout"], self._handshake_timed_out)
+        self._handshake_timer = self._loop.call_later(
+            server.options["open_timeout"], self._handshake_timed_out
+        )
 
     def _handshake_timed_out(self) -> None:
         self._handshake_timer = None
@@ -97,7 +98,9 @@ class ServerConnection(Connection):
                 return
         self._accept(request)
 
-    async def _await_process_request(self, request: Request, answer: Awaitable[HTTPResponse | None]) -> None:
+    async def _await_process_request(
+        self, request: Request, answer: Awaitable[HTTPResponse | None]
+    ) -> None:
         try:
             result = await answer
         except Exception:
@@ -122,7 +125,9 @@ class ServerConnection(Connection):
             handler = server._route(request.path)
             if handler is None:
                 raise Refused(404, f"no WebSocket endpoint at {request.path}")
-            response, subprotocol, codec = handshake.accept(request, extra_headers=server.options["extra_headers"])
+            response, subprotocol, codec = handshake.accept(
+                request, extra_headers=server.options["extra_headers"]
+            )
         except Refused as exc:
             self._refuse(exc)
             return
@@ -201,7 +206,7 @@ class ServerConnection(Connection):
 
 
 class Server:
-    """A listening WebSocket server. Use ``async with serve(...) as server`` or ``await serve(...)``."""
+    """A WebSocket server: ``async with serve(...) as server`` or ``await serve(...)``."""
 
     def __init__(
         self,
@@ -278,13 +283,16 @@ class Server:
         self._idle = asyncio.Event()
         if self._sock is not None:
             self._server = await loop.create_server(
-                lambda: ServerConnection(self), sock=self._sock, ssl=self._ssl, backlog=self._backlog
+                lambda: ServerConnection(self),
+                sock=self._sock,
+                ssl=self._ssl,
+                backlog=self._backlog,
             )
         else:
             self._server = await loop.create_server(
                 lambda: ServerConnection(self),
                 self._host,
-                self._port,
+                self._port,  # type: ignore[arg-type]  # None means every interface
                 ssl=self._ssl,
                 reuse_port=self._reuse_port,
                 backlog=self._backlog,
@@ -403,8 +411,12 @@ class Server:
         self.refusals[exc.status] = self.refusals.get(exc.status, 0) + 1
 
 
-def serve(handler: Handler | Mapping[str, Handler], host: str | Sequence[str] | None = "127.0.0.1",
-          port: int | None = 8765, **options: Any) -> Server:
+def serve(
+    handler: Handler | Mapping[str, Handler],
+    host: str | Sequence[str] | None = "127.0.0.1",
+    port: int | None = 8765,
+    **options: Any,
+) -> Server:
     """Create a WebSocket server running ``handler(connection)`` for each client.
 
     ``handler`` is a coroutine function, or a mapping from path to coroutine function (other
@@ -414,6 +426,3 @@ def serve(handler: Handler | Mapping[str, Handler], host: str | Sequence[str] | 
     """
     return Server(handler, host, port, **options)
 
-
-if sys.version_info < (3, 10):  # pragma: no cover
-    raise ImportError("pulsewire needs Python 3.10 or later")

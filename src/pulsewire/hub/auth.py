@@ -32,7 +32,9 @@ class Credentials:
 
 
 def grant_allows(grants: tuple[str, ...], channel: str) -> bool:
-    return any(g == channel or (g.endswith("*") and fnmatch.fnmatchcase(channel, g)) for g in grants)
+    return any(
+        g == channel or (g.endswith("*") and fnmatch.fnmatchcase(channel, g)) for g in grants
+    )
 
 
 class TokenVerifier:
@@ -60,16 +62,22 @@ class TokenVerifier:
         for key_alg, key in self._keys:
             if key_alg == alg:
                 options = {"require": ["sub"], "verify_aud": self._audience is not None}
-                return jwt.decode(  # type: ignore[no-any-return]
-                    token, key, algorithms=[key_alg], audience=self._audience,
-                    issuer=self._issuer, options=options,  # type: ignore[arg-type]
+                return jwt.decode(
+                    token,
+                    key,
+                    algorithms=[key_alg],
+                    audience=self._audience,
+                    issuer=self._issuer,
+                    options=options,  # type: ignore[arg-type]
                 )
         raise jwt.InvalidAlgorithmError(f"tokens signed with {alg!r} are not accepted")
 
     def connection(self, token: str) -> Credentials:
         """Verify a connection token; raises Disconnect (expired: reconnect; forged: do not)."""
         if not self._keys:
-            raise Disconnect(DisconnectCode.INVALID_TOKEN, "this hub accepts no tokens (no key configured)")
+            raise Disconnect(
+                DisconnectCode.INVALID_TOKEN, "this hub accepts no tokens (no key configured)"
+            )
         try:
             claims = self._decode(token)
         except jwt.ExpiredSignatureError:
@@ -78,7 +86,9 @@ class TokenVerifier:
             raise Disconnect(DisconnectCode.INVALID_TOKEN, f"invalid token: {exc}") from None
         channels = claims.get("channels") or ()
         if not isinstance(channels, (list, tuple)) or not all(isinstance(c, str) for c in channels):
-            raise Disconnect(DisconnectCode.INVALID_TOKEN, "invalid token: channels must be a list of strings")
+            raise Disconnect(
+                DisconnectCode.INVALID_TOKEN, "invalid token: channels must be a list of strings"
+            )
         exp = claims.get("exp")
         return Credentials(
             user=str(claims["sub"]),
@@ -97,7 +107,11 @@ class TokenVerifier:
         except jwt.ExpiredSignatureError:
             raise HubError(ErrorCode.TOKEN_EXPIRED, "subscription token expired") from None
         except jwt.PyJWTError as exc:
-            raise HubError(ErrorCode.PERMISSION_DENIED, f"invalid subscription token: {exc}") from None
+            raise HubError(
+                ErrorCode.PERMISSION_DENIED, f"invalid subscription token: {exc}"
+            ) from None
         if str(claims.get("sub", "")) != user or claims.get("channel") != channel:
-            raise HubError(ErrorCode.PERMISSION_DENIED, "subscription token is for another user or channel")
+            raise HubError(
+                ErrorCode.PERMISSION_DENIED, "subscription token is for another user or channel"
+            )
         return claims

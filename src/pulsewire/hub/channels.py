@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from .config import ChannelOptions, HubConfig
 from .errors import ErrorCode, HubError
 
-__all__ = ["ChannelName", "parse_channel", "MAX_CHANNEL_LENGTH"]
+__all__ = ["MAX_CHANNEL_LENGTH", "ChannelName", "parse_channel"]
 
 MAX_CHANNEL_LENGTH = 255
 # Printable ASCII without spaces, quotes or backslashes: safe in Redis keys, NATS subjects

@@ -95,7 +95,8 @@ def config_from_dict(data: dict[str, Any]) -> HubConfig:
     data = dict(data)
     channel = _options(data.pop("channel", {}), "[channel]")
     namespaces = {
-        name: _options(table, f"[namespaces.{name}]") for name, table in data.pop("namespaces", {}).items()
+        name: _options(table, f"[namespaces.{name}]")
+        for name, table in data.pop("namespaces", {}).items()
     }
     names = {f.name for f in dataclasses.fields(HubConfig)}
     unknown = set(data) - names

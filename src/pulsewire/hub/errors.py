@@ -7,7 +7,7 @@ WebSocket close codes (and as ``disconnect`` pushes on SSE/long-polling): 4000-4
 
 from __future__ import annotations
 
-__all__ = ["HubError", "Disconnect", "ErrorCode", "DisconnectCode"]
+__all__ = ["Disconnect", "DisconnectCode", "ErrorCode", "HubError"]
 
 
 class ErrorCode:

@@ -17,7 +17,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from .auth import Credentials, TokenVerifier
 from .channels import ChannelName, parse_channel
@@ -35,6 +35,7 @@ __all__ = ["Hub"]
 logger = logging.getLogger("pulsewire.hub")
 
 Hook = Callable[..., Any]
+T = TypeVar("T")
 UNSUBSCRIBE_INSUFFICIENT_STATE = 2500
 UNSUBSCRIBE_SERVER = 2000
 
@@ -93,7 +94,9 @@ class Hub:
         self._presence_task = asyncio.create_task(self._refresh_presence_forever())
         self._node_task = asyncio.create_task(self._announce_forever())
 
-    async def close(self, code: int = DisconnectCode.SHUTDOWN, reason: str = "server shutting down") -> None:
+    async def close(
+        self, code: int = DisconnectCode.SHUTDOWN, reason: str = "server shutting down"
+    ) -> None:
         """Disconnect every local session (they may reconnect elsewhere), then stop the engine."""
         self.closing = True
         for session in list(self.sessions.values()):
@@ -149,7 +152,9 @@ class Hub:
         self.users.setdefault(session.user, set()).add(session)
         self.metrics.connects.labels(session.transport.kind).inc()
 
-    def _session_closed(self, session: Session, was_connected: bool, code: int, reason: str) -> None:
+    def _session_closed(
+        self, session: Session, was_connected: bool, code: int, reason: str
+    ) -> None:
         self.sessions.pop(session.id, None)
         self.metrics.connection_gauge(session.transport.kind).dec()
         self.metrics.disconnects.labels(str(code)).inc()
@@ -206,32 +211,46 @@ class Hub:
         return channel, self._publish_options(channel.options)
 
     def _publish_options(self, options: ChannelOptions) -> PublishOptions:
-        return PublishOptions(options.history_size, options.history_ttl, self.config.history_meta_ttl)
+        return PublishOptions(
+            options.history_size, options.history_ttl, self.config.history_meta_ttl
+        )
 
     # ------------------------------------------------------------------- publishing API
 
     async def publish(
-        self, channel: str, data: Any, *, info: ClientInfo | None = None, tags: dict[str, str] | None = None
+        self,
+        channel: str,
+        data: Any,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
     ) -> StreamPosition | None:
         """Publish ``data`` to ``channel`` on every node; returns its history position, if kept."""
         _, options = self._options(channel)
-        publication = Publication(data, info=info, tags=tags, origin=self.node_id, published_at=time.time())
+        publication = Publication(
+            data, info=info, tags=tags, origin=self.node_id, published_at=time.time()
+        )
         self.metrics.publications.inc()
         if options.history:
             try:
                 return await self.engine.publish(channel, publication, options)
             except EngineUnavailable:
                 self.metrics.engine_errors.inc()
-                raise HubError(ErrorCode.NOT_AVAILABLE, "history is unavailable while the engine is down") from None
+                raise HubError(
+                    ErrorCode.NOT_AVAILABLE, "history is unavailable while the engine is down"
+                ) from None
         if self.engine.local_fanout:
             self.on_publication(channel, publication)
         try:
             await self.engine.publish(channel, publication, options)
         except EngineUnavailable:
-            self.metrics.engine_errors.inc()  # delivered locally; other nodes miss it (at most once)
+            # Delivered locally; other nodes miss it (at most once for channels without history).
+            self.metrics.engine_errors.inc()
         return None
 
-    async def broadcast(self, channels: Iterable[str], data: Any) -> list[StreamPosition | HubError | None]:
+    async def broadcast(
+        self, channels: Iterable[str], data: Any
+    ) -> list[StreamPosition | HubError | None]:
         """Publish the same data to many channels; one result (or error) per channel."""
         results: list[StreamPosition | HubError | None] = []
         for channel in channels:
@@ -254,7 +273,12 @@ class Hub:
         return await self._engine_call(self.engine.presence_stats(channel))
 
     async def history(
-        self, channel: str, *, limit: int | None = None, since: StreamPosition | None = None, reverse: bool = False
+        self,
+        channel: str,
+        *,
+        limit: int | None = None,
+        since: StreamPosition | None = None,
+        reverse: bool = False,
     ) -> HistoryResult:
         _, options = self._options(channel)
         if not options.history:
@@ -273,22 +297,28 @@ class Hub:
             if not isinstance(since, dict) or not isinstance(since.get("offset"), int):
                 raise HubError(ErrorCode.BAD_REQUEST, "since must be {offset, epoch}")
             position = StreamPosition(since["offset"], str(since.get("epoch", "")))
-        result = await self.history(channel, limit=limit, since=position, reverse=bool(params.get("reverse")))
+        result = await self.history(
+            channel, limit=limit, since=position, reverse=bool(params.get("reverse"))
+        )
         return {
             "publications": [self._publication_dict(p) for p in result.publications],
             "offset": result.position.offset,
             "epoch": result.position.epoch,
         }
 
-    async def _engine_call(self, awaitable: Awaitable[Any]) -> Any:
+    async def _engine_call(self, awaitable: Awaitable[T]) -> T:
         try:
             return await awaitable
         except EngineUnavailable:
             self.metrics.engine_errors.inc()
             raise HubError(ErrorCode.NOT_AVAILABLE, "engine unavailable, try again") from None
 
-    async def disconnect_user(self, user: str, code: int = DisconnectCode.FORCE_NO_RECONNECT,
-                              reason: str = "disconnected by the server") -> None:
+    async def disconnect_user(
+        self,
+        user: str,
+        code: int = DisconnectCode.FORCE_NO_RECONNECT,
+        reason: str = "disconnected by the server",
+    ) -> None:
         """Disconnect every connection of ``user`` on every node."""
         await self._control({"op": "disconnect", "user": user, "code": code, "reason": reason})
 
@@ -341,10 +371,14 @@ class Hub:
                     self._syncing[channel] = [publication]
                     self._spawn(self._fill_gap(channel, position))
                     return
-            self._positions[channel] = StreamPosition(publication.offset, publication.epoch or (position.epoch if position else ""))
+            self._positions[channel] = StreamPosition(
+                publication.offset, publication.epoch or (position.epoch if position else "")
+            )
         self._deliver(channel, subs, publication)
 
-    def _deliver(self, channel: str, subs: dict[Session, Subscription], publication: Publication) -> None:
+    def _deliver(
+        self, channel: str, subs: dict[Session, Subscription], publication: Publication
+    ) -> None:
         for session, sub in list(subs.items()):
             session.deliver(channel, sub, publication)
         self.metrics.deliveries.inc(len(subs))
@@ -374,7 +408,9 @@ class Hub:
             last = since.offset
             subs = self._channels.get(channel, {})
             for publication in sorted([*publications, *buffered], key=lambda p: p.offset):
-                if publication.offset <= last or (publication.epoch and publication.epoch != since.epoch):
+                if publication.offset <= last or (
+                    publication.epoch and publication.epoch != since.epoch
+                ):
                     continue
                 last = publication.offset
                 publication.epoch = publication.epoch or since.epoch
@@ -393,8 +429,15 @@ class Hub:
             sub = session.subscriptions.get(channel)
             if sub is None:
                 continue
-            session.push({"push": "unsubscribe", "channel": channel, "code": UNSUBSCRIBE_INSUFFICIENT_STATE,
-                          "reason": "insufficient state", "resubscribe": True})
+            session.push(
+                {
+                    "push": "unsubscribe",
+                    "channel": channel,
+                    "code": UNSUBSCRIBE_INSUFFICIENT_STATE,
+                    "reason": "insufficient state",
+                    "resubscribe": True,
+                }
+            )
             session.subscriptions.pop(channel, None)
             self._remove_subscriber(channel, session)
             self._spawn(self._forget_presence(sub))
@@ -428,23 +471,36 @@ class Hub:
             targets = [session] if session is not None else []
         for session in targets:
             if op == "disconnect":
-                session.disconnect(int(message.get("code", DisconnectCode.FORCE_NO_RECONNECT)),
-                                   str(message.get("reason", "")))
+                session.disconnect(
+                    int(message.get("code", DisconnectCode.FORCE_NO_RECONNECT)),
+                    str(message.get("reason", "")),
+                )
             elif op == "unsubscribe":
                 channel = str(message.get("channel"))
                 sub = session.subscriptions.pop(channel, None)
                 if sub is not None:
                     self._remove_subscriber(channel, session)
                     self._spawn(self._forget_presence(sub))
-                    session.push({"push": "unsubscribe", "channel": channel, "code": UNSUBSCRIBE_SERVER,
-                                  "reason": "unsubscribed by the server", "resubscribe": False})
+                    session.push(
+                        {
+                            "push": "unsubscribe",
+                            "channel": channel,
+                            "code": UNSUBSCRIBE_SERVER,
+                            "reason": "unsubscribed by the server",
+                            "resubscribe": False,
+                        }
+                    )
             elif op == "message":
                 session.push({"push": "message", "data": message.get("data")})
 
     def on_engine_state(self, available: bool) -> None:
         self.metrics.engine_up.set(1 if available else 0)
         if available:
-            logger.info("engine %s is back: filling gaps in %d channels", self.engine.name, len(self._positions))
+            logger.info(
+                "engine %s is back: filling gaps in %d channels",
+                self.engine.name,
+                len(self._positions),
+            )
             for channel, position in list(self._positions.items()):
                 if channel in self._channels and channel not in self._syncing:
                     self._syncing[channel] = []
@@ -466,9 +522,9 @@ class Hub:
         )
         position = result.position
         known = self._positions.get(channel)
-        if known is None or known.epoch != position.epoch or known.offset < position.offset:
-            if channel not in self._syncing:
-                self._positions[channel] = position
+        stale = known is None or known.epoch != position.epoch or known.offset < position.offset
+        if stale and channel not in self._syncing:
+            self._positions[channel] = position
         if since is None:
             return [], position, False
         if position.epoch != since.epoch or since.offset > position.offset:
@@ -514,10 +570,17 @@ class Hub:
 
     async def _announce_forever(self) -> None:
         while True:
-            info = {"name": self.node_id, "sessions": len(self.sessions), "users": len(self.users),
-                    "channels": len(self._channels), "engine": self.engine.name}
+            info = {
+                "name": self.node_id,
+                "sessions": len(self.sessions),
+                "users": len(self.users),
+                "channels": len(self._channels),
+                "engine": self.engine.name,
+            }
             try:
-                await self.engine.publish_control({"op": "node", "from": self.node_id, "info": info})
+                await self.engine.publish_control(
+                    {"op": "node", "from": self.node_id, "info": info}
+                )
             except EngineUnavailable:
                 self.metrics.engine_errors.inc()
             await asyncio.sleep(max(self.config.presence_update_interval, 1.0))
@@ -534,7 +597,9 @@ class Hub:
             out["tags"] = publication.tags
         return out
 
-    def _encode_publication(self, codec: Codec, channel: str, publication: Publication) -> str | bytes:
+    def _encode_publication(
+        self, codec: Codec, channel: str, publication: Publication
+    ) -> str | bytes:
         key = (codec.name, channel)
         encoded = publication.cache.get(key)
         if encoded is None:
@@ -542,7 +607,7 @@ class Hub:
             message["push"] = "publication"
             message["channel"] = channel
             encoded = publication.cache[key] = codec.encode(message)
-        return encoded  # type: ignore[no-any-return]
+        return encoded
 
 
 def _first_follows(publication: Publication, offset: int) -> bool:

@@ -20,12 +20,17 @@ class HubMetrics:
             "pulsewire_connections", "Open client sessions by transport", ["transport"], registry=r
         )
         self.connects = Counter(
-            "pulsewire_connects", "Sessions that completed the connect command", ["transport"], registry=r
+            "pulsewire_connects",
+            "Sessions that completed the connect command",
+            ["transport"],
+            registry=r,
         )
         self.disconnects = Counter(
             "pulsewire_disconnects", "Sessions ended, by disconnect code", ["code"], registry=r
         )
-        self.commands = Counter("pulsewire_commands", "Client commands by method", ["method"], registry=r)
+        self.commands = Counter(
+            "pulsewire_commands", "Client commands by method", ["method"], registry=r
+        )
         self.publications = Counter(
             "pulsewire_publications", "Publications accepted by this node", registry=r
         )
@@ -41,7 +46,9 @@ class HubMetrics:
         self.engine_errors = Counter(
             "pulsewire_engine_errors", "Engine calls that failed (service unavailable)", registry=r
         )
-        self.engine_up = Gauge("pulsewire_engine_up", "1 while the engine's service is reachable", registry=r)
+        self.engine_up = Gauge(
+            "pulsewire_engine_up", "1 while the engine's service is reachable", registry=r
+        )
         self.engine_up.set(1)
         self.gap_fills = Counter(
             "pulsewire_history_gap_fills", "Live-delivery gaps filled from history", registry=r
@@ -53,11 +60,11 @@ class HubMetrics:
     def command(self, method: str) -> None:
         child = self._commands.get(method)
         if child is None:
-            child = self._commands[method] = self.commands.labels(method)  # type: ignore[assignment]
+            child = self._commands[method] = self.commands.labels(method)
         child.inc()
 
     def connection_gauge(self, transport: str) -> Gauge:
         child = self._connections.get(transport)
         if child is None:
-            child = self._connections[transport] = self.connections.labels(transport)  # type: ignore[assignment]
+            child = self._connections[transport] = self.connections.labels(transport)
         return child

@@ -30,7 +30,7 @@ from .wire import PROTOCOL_VERSION, Codec
 if TYPE_CHECKING:
     from .hub import Hub
 
-__all__ = ["Session", "Transport", "ConnectRequest"]
+__all__ = ["ConnectRequest", "Session", "Transport"]
 
 logger = logging.getLogger("pulsewire.hub")
 
@@ -83,7 +83,9 @@ _CONNECTING, _CONNECTED, _CLOSED = 0, 1, 2
 class Session:
     """One client connection to the hub (see the module docstring)."""
 
-    def __init__(self, hub: Hub, transport: Transport, codec: Codec, request: ConnectRequest) -> None:
+    def __init__(
+        self, hub: Hub, transport: Transport, codec: Codec, request: ConnectRequest
+    ) -> None:
         self.hub = hub
         self.transport = transport
         self.codec = codec
@@ -166,8 +168,16 @@ class Session:
         cid = command.get("id")
         method = command.get("method")
         params = command.get("params") or {}
-        if not isinstance(cid, int) or cid <= 0 or not isinstance(method, str) or not isinstance(params, dict):
-            self.disconnect(DisconnectCode.BAD_REQUEST, "a command needs a positive integer id, a method and object params")
+        if (
+            not isinstance(cid, int)
+            or cid <= 0
+            or not isinstance(method, str)
+            or not isinstance(params, dict)
+        ):
+            self.disconnect(
+                DisconnectCode.BAD_REQUEST,
+                "a command needs a positive integer id, a method and object params",
+            )
             return
         handler = _METHODS.get(method)
         try:
@@ -185,7 +195,9 @@ class Session:
             return
         except Exception:
             logger.exception("hub command %s failed", method)
-            self.send({"id": cid, "error": {"code": ErrorCode.INTERNAL, "message": "internal error"}})
+            self.send(
+                {"id": cid, "error": {"code": ErrorCode.INTERNAL, "message": "internal error"}}
+            )
             return
         reply: dict[str, Any] = {"id": cid, "result": result if result is not None else {}}
         self.send(reply)
@@ -200,7 +212,10 @@ class Session:
             raise Disconnect(DisconnectCode.BAD_REQUEST, "already connected")
         version = params.get("version", PROTOCOL_VERSION)
         if version != PROTOCOL_VERSION:
-            raise Disconnect(DisconnectCode.UNSUPPORTED_PROTOCOL, f"protocol version {version!r} is not supported")
+            raise Disconnect(
+                DisconnectCode.UNSUPPORTED_PROTOCOL,
+                f"protocol version {version!r} is not supported",
+            )
         token = params.get("token")
         if token is not None and not isinstance(token, str):
             raise Disconnect(DisconnectCode.BAD_REQUEST, "token must be a string")
@@ -319,12 +334,18 @@ class Session:
         if channel.users is not None and self.user not in channel.users:
             raise HubError(ErrorCode.PERMISSION_DENIED, f"{channel.name} is limited to other users")
         if options.private or not options.allow_subscribe:
-            raise HubError(ErrorCode.PERMISSION_DENIED, f"subscribing to {channel.name} needs a token")
+            raise HubError(
+                ErrorCode.PERMISSION_DENIED, f"subscribing to {channel.name} needs a token"
+            )
         if not self.user and not options.allow_anonymous:
-            raise HubError(ErrorCode.PERMISSION_DENIED, "anonymous connections cannot subscribe here")
+            raise HubError(
+                ErrorCode.PERMISSION_DENIED, "anonymous connections cannot subscribe here"
+            )
         return None
 
-    async def _position_subscription(self, sub: Subscription, params: dict[str, Any]) -> dict[str, Any]:
+    async def _position_subscription(
+        self, sub: Subscription, params: dict[str, Any]
+    ) -> dict[str, Any]:
         name = sub.channel.name
         recover = bool(params.get("recover"))
         offset = params.get("offset")
@@ -332,12 +353,18 @@ class Session:
         since = None
         if recover:
             if not isinstance(offset, int) or offset < 0 or not isinstance(epoch, str):
-                raise HubError(ErrorCode.BAD_REQUEST, "recover needs an integer offset and a string epoch")
+                raise HubError(
+                    ErrorCode.BAD_REQUEST, "recover needs an integer offset and a string epoch"
+                )
             since = StreamPosition(offset, epoch)
         publications, position, recovered = await self.hub._recover(name, sub.channel, since)
         sub.epoch = position.epoch
         sub.offset = max(position.offset, publications[-1].offset if publications else 0)
-        result: dict[str, Any] = {"recoverable": True, "epoch": position.epoch, "offset": position.offset}
+        result: dict[str, Any] = {
+            "recoverable": True,
+            "epoch": position.epoch,
+            "offset": position.offset,
+        }
         if recover:
             result["recovered"] = recovered
             result["publications"] = [self.hub._publication_dict(p) for p in publications]
@@ -361,7 +388,9 @@ class Session:
             if publication.offset <= sub.offset:
                 return  # delivered already (recovered, or a duplicate)
             sub.offset = publication.offset
-        self.transport.send(self.hub._encode_publication(self.codec, name, publication), publication)
+        self.transport.send(
+            self.hub._encode_publication(self.codec, name, publication), publication
+        )
 
     async def _unsubscribe(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(params)
@@ -382,10 +411,14 @@ class Session:
         if "data" not in params:
             raise HubError(ErrorCode.BAD_REQUEST, "publish needs data")
         if not channel.options.allow_publish:
-            raise HubError(ErrorCode.PERMISSION_DENIED, f"clients may not publish to {channel.name}")
+            raise HubError(
+                ErrorCode.PERMISSION_DENIED, f"clients may not publish to {channel.name}"
+            )
         sub = self.subscriptions.get(channel.name)
         if sub is None:
-            raise HubError(ErrorCode.PERMISSION_DENIED, f"subscribe to {channel.name} before publishing")
+            raise HubError(
+                ErrorCode.PERMISSION_DENIED, f"subscribe to {channel.name} before publishing"
+            )
         data = params["data"]
         hook = self.hub.on_publish
         if hook is not None:
@@ -402,7 +435,10 @@ class Session:
         if channel.name not in self.subscriptions:
             raise HubError(ErrorCode.PERMISSION_DENIED, f"subscribe to {channel.name} first")
         if not getattr(channel.options, flag):
-            raise HubError(ErrorCode.PERMISSION_DENIED, f"{flag.replace('allow_', '')} is not allowed in {channel.name}")
+            raise HubError(
+                ErrorCode.PERMISSION_DENIED,
+                f"{flag.replace('allow_', '')} is not allowed in {channel.name}",
+            )
         return channel
 
     async def _presence(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ClientInfo", "Publication", "StreamPosition", "HistoryResult", "PublishOptions"]
+__all__ = ["ClientInfo", "HistoryResult", "Publication", "PublishOptions", "StreamPosition"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +27,12 @@ class ClientInfo:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClientInfo:
-        return cls(str(data.get("client", "")), str(data.get("user", "")), data.get("conn_info"),
-                   data.get("chan_info"))
+        return cls(
+            str(data.get("client", "")),
+            str(data.get("user", "")),
+            data.get("conn_info"),
+            data.get("chan_info"),
+        )
 
 
 @dataclass(frozen=True, slots=True)

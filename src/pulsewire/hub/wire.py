@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from .errors import HubError, ErrorCode
+from .errors import ErrorCode, HubError
 
-__all__ = ["Codec", "JsonCodec", "MsgpackCodec", "codec_for", "SUBPROTOCOLS", "PROTOCOL_VERSION"]
+__all__ = ["PROTOCOL_VERSION", "SUBPROTOCOLS", "Codec", "JsonCodec", "MsgpackCodec", "codec_for"]
 
 PROTOCOL_VERSION = 1
 JSON_SUBPROTOCOL = "pulsewire.v1.json"

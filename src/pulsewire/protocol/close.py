@@ -32,7 +32,9 @@ class CloseCode(enum.IntEnum):
 # Codes a peer may put in a Close frame: the registered ones that are not reserved for local use
 # (1004 reserved, 1005/1006/1015 "MUST NOT be set as a status code in a Close control frame"),
 # plus the 3000-4999 ranges for libraries, frameworks and applications.
-_VALID_REGISTERED = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+_VALID_REGISTERED = frozenset(
+    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+)
 
 
 def is_valid_close_code(code: int) -> bool:

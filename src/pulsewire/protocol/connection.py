@@ -34,10 +34,10 @@ from .close import Close, CloseCode, is_valid_close_code, parse_close, serialize
 from .deflate import PerMessageDeflate
 from .errors import PayloadTooBig, ProtocolError
 from .events import CloseReceived, Event, Ping, Pong
-from .frames import MAX_CONTROL_PAYLOAD, apply_mask, build_frame
+from .frames import MAX_CONTROL_PAYLOAD, apply_mask, build_frame, scan_messages
 from .utf8 import Utf8Decoder, decode_text
 
-__all__ = ["Connection", "Side", "State", "InvalidState"]
+__all__ = ["Connection", "InvalidState", "Side", "State"]
 
 
 class Side(enum.Enum):
@@ -147,7 +147,7 @@ class Connection:
     # ------------------------------------------------------------------------------ input
 
     def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the network; then read :meth:`events_received` and :meth:`data_to_send`."""
+        """Feed bytes from the network, then read :meth:`events_received`, :meth:`data_to_send`."""
         if self._discard_input:
             return
         if self._pending:
@@ -182,7 +182,18 @@ class Connection:
         end = len(data)
         events = self._events
         client = self._client
+        scan = scan_messages
+        if scan is not None:
+            frame_limit, message_limit = self.max_frame_size, self.max_message_size
+            if frame_limit is None or (message_limit is not None and message_limit < frame_limit):
+                frame_limit = message_limit
         while pos < end:
+            if scan is not None and not self._frame_left and not self._msg_type:
+                # C fast path: every whole unfragmented uncompressed message at once.
+                moved = scan(data, pos, client, frame_limit, events)
+                if moved != pos:
+                    pos = moved
+                    continue
             if self._frame_left:
                 # Stream the payload of the current data frame.
                 take = min(self._frame_left, end - pos)
@@ -323,7 +334,9 @@ class Connection:
     def _on_control(self, opcode: int, payload: bytes) -> None:
         if opcode == 9:
             self._events.append(Ping(payload))
-            if self.state is State.OPEN:
+            # A Ping is answered "unless [we] already received a Close frame" (RFC 6455 5.5.2);
+            # having sent one ourselves (CLOSING) only forbids data frames.
+            if self.state is not State.CLOSED:
                 self._send_frame(0x8A, payload)
         elif opcode == 10:
             self._events.append(Pong(payload))
@@ -367,14 +380,18 @@ class Connection:
             self.out_bytes = 0
         return out
 
-    def send_text(self, data: str | bytes, *, fin: bool = True, compress: bool | None = None) -> None:
+    def send_text(
+        self, data: str | bytes, *, fin: bool = True, compress: bool | None = None
+    ) -> None:
         """Send a text message (``bytes`` must already be UTF-8; ``fin=False`` starts fragments)."""
         payload = data.encode("utf-8") if isinstance(data, str) else data
         self._send_data(_TEXT, payload, fin, compress)
 
     def send_binary(self, data: bytes, *, fin: bool = True, compress: bool | None = None) -> None:
         """Send a binary message (``fin=False`` starts a fragmented one)."""
-        self._send_data(_BINARY, bytes(data) if not isinstance(data, bytes) else data, fin, compress)
+        self._send_data(
+            _BINARY, bytes(data) if not isinstance(data, bytes) else data, fin, compress
+        )
 
     def send_continuation(self, data: str | bytes, *, fin: bool) -> None:
         """Send the next fragment of the message started with ``fin=False``."""
@@ -398,7 +415,12 @@ class Connection:
         if compressed:
             assert self.deflate is not None
             packed = self.deflate.compress(payload, fin)
-            if opcode and fin and len(packed) >= len(payload) and self.deflate.can_skip_after_compressing:
+            if (
+                opcode
+                and fin
+                and len(packed) >= len(payload)
+                and self.deflate.can_skip_after_compressing
+            ):
                 packed = payload  # incompressible: the history was reset, so send it raw
             else:
                 first |= 0x40 if opcode else 0

@@ -20,11 +20,11 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from .errors import NegotiationError, PayloadTooBig, ProtocolError
 from .close import CloseCode
+from .errors import NegotiationError, PayloadTooBig, ProtocolError
 from .headers import ExtensionOffer, format_extension
 
-__all__ = ["DeflateOptions", "PerMessageDeflate", "EXTENSION_NAME", "deflate_options"]
+__all__ = ["EXTENSION_NAME", "DeflateOptions", "PerMessageDeflate", "deflate_options"]
 
 EXTENSION_NAME = "permessage-deflate"
 _TAIL = b"\x00\x00\xff\xff"
@@ -69,7 +69,9 @@ class DeflateOptions:
         if not -1 <= self.level <= 9 or not 1 <= self.mem_level <= 9:
             raise ValueError("invalid zlib level or mem_level")
 
-    def _codec(self, local_nct: bool, remote_nct: bool, local_bits: int, remote_bits: int) -> PerMessageDeflate:
+    def _codec(
+        self, local_nct: bool, remote_nct: bool, local_bits: int, remote_bits: int
+    ) -> PerMessageDeflate:
         return PerMessageDeflate(
             local_no_context_takeover=local_nct,
             remote_no_context_takeover=remote_nct,
@@ -114,9 +116,9 @@ class DeflateOptions:
         client_bits = got["client_max_window_bits"]
         if client_bits is True:
             raise NegotiationError("client_max_window_bits without a value in response")
-        if self.client_max_window_bits is not None and client_bits is not None:
-            if client_bits > self.client_max_window_bits:
-                raise NegotiationError("server raised client_max_window_bits above the offer")
+        limit = self.client_max_window_bits
+        if limit is not None and client_bits is not None and client_bits > limit:
+            raise NegotiationError("server raised client_max_window_bits above the offer")
         local_bits = client_bits if client_bits is not None else (self.client_max_window_bits or 15)
         return self._codec(
             bool(got["client_no_context_takeover"]) or self.client_no_context_takeover,
@@ -183,27 +185,29 @@ def _read_params(params: list[tuple[str, str | None]]) -> dict[str, bool | int |
         elif value is None:
             got[name] = True
         else:
-            if not (value.isdigit() and len(value) <= 2 and value[0] != "0" and 8 <= int(value) <= 15):
+            if not (
+                value.isdigit() and len(value) <= 2 and value[0] != "0" and 8 <= int(value) <= 15
+            ):
                 raise ValueError(f"invalid {name} value {value!r}")
             got[name] = int(value)
     return got
 
 
 class PerMessageDeflate:
-    """The negotiated codec of one connection ("local" = what we send, "remote" = what we receive)."""
+    """The negotiated codec of one connection ("local": what we send; "remote": we receive)."""
 
     __slots__ = (
-        "local_no_context_takeover",
-        "remote_no_context_takeover",
-        "local_max_window_bits",
-        "remote_max_window_bits",
-        "window_bits",
-        "level",
-        "mem_level",
-        "threshold",
         "_compressor",
         "_decompressor",
         "_flush_mode",
+        "level",
+        "local_max_window_bits",
+        "local_no_context_takeover",
+        "mem_level",
+        "remote_max_window_bits",
+        "remote_no_context_takeover",
+        "threshold",
+        "window_bits",
     )
 
     def __init__(
@@ -296,9 +300,10 @@ class PerMessageDeflate:
             # next message starts a new stream. Bytes after the end, other than our tail, are junk.
             self._decompressor = None
             if dec.unused_data not in (b"", _TAIL):
-                raise ProtocolError("data after the end of the deflate stream", CloseCode.INVALID_DATA)
+                raise ProtocolError(
+                    "data after the end of the deflate stream", CloseCode.INVALID_DATA
+                )
         return out
-
 
 
 def deflate_options(compression: str | DeflateOptions | None) -> DeflateOptions | None:

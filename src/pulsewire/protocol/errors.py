@@ -54,7 +54,9 @@ class InvalidStatus(InvalidHandshake):
 
     def __init__(self, status: int, headers: Sequence[tuple[str, str]], body: bytes) -> None:
         text = body[:200].decode("utf-8", "replace").strip()
-        super().__init__(f"server rejected WebSocket connection: HTTP {status}" + (f": {text}" if text else ""))
+        super().__init__(
+            f"server rejected WebSocket connection: HTTP {status}" + (f": {text}" if text else "")
+        )
         self.status = status
         self.headers = list(headers)
         self.body = body
@@ -65,11 +67,9 @@ class NegotiationError(InvalidHandshake):
 
 
 class Refused(PulsewireError):
-    """The server refuses an opening handshake with an HTTP ``status`` and a plain-text ``reason``."""
+    """A refused opening handshake: an HTTP ``status`` and a plain-text ``reason``."""
 
-    def __init__(
-        self, status: int, reason: str, headers: Sequence[tuple[str, str]] = ()
-    ) -> None:
+    def __init__(self, status: int, reason: str, headers: Sequence[tuple[str, str]] = ()) -> None:
         super().__init__(f"{status}: {reason}")
         self.status = status
         self.reason = reason
@@ -83,7 +83,9 @@ class ConnectionClosed(PulsewireError):
     e.g. when TCP broke); :attr:`code` and :attr:`reason` are the peer's, or 1006 (abnormal).
     """
 
-    def __init__(self, rcvd: Close | None, sent: Close | None, rcvd_then_sent: bool | None = None) -> None:
+    def __init__(
+        self, rcvd: Close | None, sent: Close | None, rcvd_then_sent: bool | None = None
+    ) -> None:
         self.rcvd = rcvd
         self.sent = sent
         self.rcvd_then_sent = rcvd_then_sent
@@ -120,7 +122,9 @@ class ConnectionClosedError(ConnectionClosed):
 _OK_CODES = (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD)
 
 
-def connection_closed(rcvd: Close | None, sent: Close | None, rcvd_then_sent: bool | None) -> ConnectionClosed:
+def connection_closed(
+    rcvd: Close | None, sent: Close | None, rcvd_then_sent: bool | None
+) -> ConnectionClosed:
     """The right ConnectionClosed subclass for how the connection ended."""
     ok = rcvd is not None and sent is not None and rcvd.code in _OK_CODES and sent.code in _OK_CODES
     return (ConnectionClosedOK if ok else ConnectionClosedError)(rcvd, sent, rcvd_then_sent)

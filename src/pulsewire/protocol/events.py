@@ -8,11 +8,10 @@ classes below. Pongs to pings and the answer to a Close are queued by the core i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 from .close import Close
 
-__all__ = ["Event", "Ping", "Pong", "CloseReceived"]
+__all__ = ["CloseReceived", "Event", "Ping", "Pong"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,4 +35,4 @@ class CloseReceived:
     close: Close
 
 
-Event = Union[str, bytes, Ping, Pong, CloseReceived]
+Event = str | bytes | Ping | Pong | CloseReceived

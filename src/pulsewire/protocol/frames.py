@@ -3,7 +3,8 @@
 Parsing lives in :mod:`pulsewire.protocol.connection`, which needs the connection's state to
 validate a header as soon as it arrives. This module holds the stateless pieces, and is where
 the optional C accelerator plugs in: :func:`apply_mask` and :func:`build_frame` are replaced by
-``pulsewire.protocol._speedups`` when it is built, unless ``PULSEWIRE_NO_EXTENSIONS=1``.
+``pulsewire.protocol._speedups`` when it is built, unless ``PULSEWIRE_NO_EXTENSIONS=1``, and
+``scan_messages`` (the receive fast path of :class:`~pulsewire.protocol.Connection`) is set.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import struct
 from dataclasses import dataclass
 
 __all__ = [
-    "Opcode",
+    "MAX_CONTROL_PAYLOAD",
+    "SPEEDUPS",
     "Frame",
+    "Opcode",
     "apply_mask",
     "build_frame",
     "serialize_frame",
-    "MAX_CONTROL_PAYLOAD",
-    "SPEEDUPS",
 ]
 
 MAX_CONTROL_PAYLOAD = 125
@@ -70,6 +71,7 @@ def _py_build_frame(first_byte: int, payload: bytes, mask: bytes | None) -> byte
 
 apply_mask = _py_apply_mask
 build_frame = _py_build_frame
+scan_messages = None
 SPEEDUPS = False
 
 if not os.environ.get("PULSEWIRE_NO_EXTENSIONS"):
@@ -80,6 +82,7 @@ if not os.environ.get("PULSEWIRE_NO_EXTENSIONS"):
     else:
         apply_mask = _speedups.apply_mask
         build_frame = _speedups.build_frame
+        scan_messages = _speedups.scan_messages
         SPEEDUPS = True
 
 

@@ -24,10 +24,11 @@ import httptools
 
 from .deflate import EXTENSION_NAME, DeflateOptions, PerMessageDeflate
 from .errors import InvalidHandshake, InvalidStatus, NegotiationError, Refused
-from .headers import parse_extension_list, parse_token_list
+from .headers import parse_extension_list, parse_token_list, parse_upgrade_list
 
 __all__ = [
     "ClientHandshake",
+    "OriginPolicy",
     "Request",
     "Response",
     "ServerHandshake",
@@ -35,7 +36,6 @@ __all__ = [
     "accept_key",
     "http_response",
     "parse_uri",
-    "OriginPolicy",
 ]
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -112,7 +112,11 @@ class Response:
 
 
 def http_response(
-    status: int, body: str | bytes = b"", headers: Sequence[tuple[str, str]] = (), *, close: bool = True
+    status: int,
+    body: str | bytes = b"",
+    headers: Sequence[tuple[str, str]] = (),
+    *,
+    close: bool = True,
 ) -> bytes:
     """Serialise a plain HTTP/1.1 response (text bodies are sent as UTF-8 text/plain)."""
     try:
@@ -136,7 +140,9 @@ def http_response(
 
 
 def _check_header(name: str, value: str) -> None:
-    if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name) or not _HEADER_VALUE_RE.fullmatch(value):
+    if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name) or not _HEADER_VALUE_RE.fullmatch(
+        value
+    ):
         raise ValueError(f"invalid header field {name!r}: {value!r}")
 
 
@@ -152,7 +158,11 @@ class OriginPolicy:
     """
 
     def __init__(
-        self, allowed: Iterable[str] | None = None, *, same_host: bool = False, require: bool = False
+        self,
+        allowed: Iterable[str] | None = None,
+        *,
+        same_host: bool = False,
+        require: bool = False,
     ) -> None:
         self.allowed = None if allowed is None else list(allowed)
         self.same_host = same_host
@@ -278,7 +288,7 @@ class ServerHandshake:
             return None
         # Headers complete; count only the head against the limit.
         head_size = self._received - len(self.trailing)
-        if head_size > self.max_header_bytes and not p.message_complete:
+        if head_size > self.max_header_bytes:
             raise Refused(431, f"request head larger than {self.max_header_bytes} bytes")
         version = self._parser.get_http_version()
         self.request = Request(
@@ -298,7 +308,9 @@ class ServerHandshake:
         """
         headers = request.headers
         if request.method != "GET":
-            raise Refused(405, f"WebSocket handshake needs GET, not {request.method}", [("Allow", "GET")])
+            raise Refused(
+                405, f"WebSocket handshake needs GET, not {request.method}", [("Allow", "GET")]
+            )
         if request.version in ("0.9", "1.0"):
             raise Refused(400, f"WebSocket handshake needs HTTP/1.1, not HTTP/{request.version}")
         hosts = headers.get_all("Host")
@@ -308,19 +320,24 @@ class ServerHandshake:
             raise Refused(400, "a WebSocket handshake request has no body")
         upgrade_headers = [("Upgrade", "websocket"), ("Connection", "Upgrade")]
         try:
-            upgrade = [t.lower() for t in parse_token_list(headers.get("Upgrade", "") or "")]
+            upgrade = parse_upgrade_list(headers.get("Upgrade", "") or "")
             connection = [t.lower() for t in parse_token_list(headers.get("Connection", "") or "")]
         except ValueError as exc:
             raise Refused(400, f"invalid Upgrade or Connection header: {exc}") from None
         if "websocket" not in upgrade:
-            raise Refused(426, "this is a WebSocket endpoint: Upgrade: websocket is required", upgrade_headers)
+            raise Refused(
+                426, "this is a WebSocket endpoint: Upgrade: websocket is required", upgrade_headers
+            )
         if "upgrade" not in connection:
-            raise Refused(426, "Connection: Upgrade is required for a WebSocket handshake", upgrade_headers)
+            raise Refused(
+                426, "Connection: Upgrade is required for a WebSocket handshake", upgrade_headers
+            )
         versions = headers.get_all("Sec-WebSocket-Version")
         if versions != ["13"]:
             got = ", ".join(versions) or "none"
             raise Refused(
-                426, f"unsupported Sec-WebSocket-Version ({got}); this server speaks 13",
+                426,
+                f"unsupported Sec-WebSocket-Version ({got}); this server speaks 13",
                 [("Sec-WebSocket-Version", "13")],
             )
         keys = headers.get_all("Sec-WebSocket-Key")
@@ -411,7 +428,10 @@ def parse_uri(uri: str) -> WsURI:
         resource += "?" + parts.query
     user_info = None
     if parts.username is not None:
-        user_info = (urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
+        user_info = (
+            urllib.parse.unquote(parts.username),
+            urllib.parse.unquote(parts.password or ""),
+        )
     return WsURI(secure, parts.hostname, port, resource, user_info)
 
 
@@ -495,7 +515,7 @@ class ClientHandshake:
 
     def _check(self, headers: Headers) -> Response:
         try:
-            upgrade = [t.lower() for t in parse_token_list(headers.get("Upgrade", "") or "")]
+            upgrade = parse_upgrade_list(headers.get("Upgrade", "") or "")
             connection = [t.lower() for t in parse_token_list(headers.get("Connection", "") or "")]
         except ValueError as exc:
             raise InvalidHandshake(f"invalid Upgrade or Connection header: {exc}") from None
@@ -510,7 +530,9 @@ class ClientHandshake:
         subprotocol = None
         if protocols:
             if len(protocols) > 1 or protocols[0] not in self.subprotocols:
-                raise NegotiationError(f"server chose subprotocol {protocols!r}, which was not offered")
+                raise NegotiationError(
+                    f"server chose subprotocol {protocols!r}, which was not offered"
+                )
             subprotocol = protocols[0]
         extensions = headers.get("Sec-WebSocket-Extensions")
         codec = None
@@ -521,6 +543,8 @@ class ClientHandshake:
                 raise NegotiationError(f"invalid Sec-WebSocket-Extensions: {exc}") from None
             for name, params in chosen:
                 if name != EXTENSION_NAME or self.deflate is None or codec is not None:
-                    raise NegotiationError(f"server chose extension {name!r}, which was not offered")
+                    raise NegotiationError(
+                        f"server chose extension {name!r}, which was not offered"
+                    )
                 codec = self.deflate.client_accept(params)
         return Response(101, headers, subprotocol, extensions, codec)

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["parse_token_list", "parse_extension_list", "format_extension", "ExtensionOffer"]
+__all__ = [
+    "ExtensionOffer",
+    "format_extension",
+    "parse_extension_list",
+    "parse_token_list",
+    "parse_upgrade_list",
+]
 
 ExtensionOffer = tuple[str, list[tuple[str, "str | None"]]]
 
@@ -34,8 +40,22 @@ def parse_token_list(value: str) -> list[str]:
     return result
 
 
+def parse_upgrade_list(value: str) -> list[str]:
+    """Protocol names of an Upgrade header (``websocket, HTTP/2.0`` -> websocket, http)."""
+    names = []
+    for item in value.split(","):
+        item = item.strip(" \t")
+        if not item:
+            continue
+        name, _, version = item.partition("/")
+        if not _TOKEN_RE.fullmatch(name) or (version and not _TOKEN_RE.fullmatch(version)):
+            raise ValueError(f"invalid protocol {item!r}")
+        names.append(name.lower())
+    return names
+
+
 def parse_extension_list(value: str) -> list[ExtensionOffer]:
-    """Parse a Sec-WebSocket-Extensions value into ``[(name, [(param, value or None), ...]), ...]``."""
+    """Parse Sec-WebSocket-Extensions into ``[(name, [(param, value or None), ...]), ...]``."""
     pos, end = 0, len(value)
     result: list[ExtensionOffer] = []
 

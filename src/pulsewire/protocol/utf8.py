@@ -24,7 +24,9 @@ def decode_text(data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}", CloseCode.INVALID_DATA) from None
+        raise ProtocolError(
+            f"invalid UTF-8 in text message: {exc.reason}", CloseCode.INVALID_DATA
+        ) from None
 
 
 class Utf8Decoder:
@@ -39,9 +41,13 @@ class Utf8Decoder:
         try:
             text: str = self._decoder.decode(data, final)
         except UnicodeDecodeError as exc:
-            raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}", CloseCode.INVALID_DATA) from None
+            raise ProtocolError(
+                f"invalid UTF-8 in text message: {exc.reason}", CloseCode.INVALID_DATA
+            ) from None
         if not final:
             pending = self._decoder.getstate()[0]
             if len(pending) >= 2 and pending[0] == 0xED and pending[1] >= 0xA0:
-                raise ProtocolError("invalid UTF-8 in text message: surrogate", CloseCode.INVALID_DATA)
+                raise ProtocolError(
+                    "invalid UTF-8 in text message: surrogate", CloseCode.INVALID_DATA
+                )
         return text

@@ -31,7 +31,9 @@ _STATUS = {
 
 
 def _error(code: int, message: str, status: int | None = None) -> HttpResponse:
-    return json_response({"error": {"code": code, "message": message}}, status or _STATUS.get(code, 500))
+    return json_response(
+        {"error": {"code": code, "message": message}}, status or _STATUS.get(code, 500)
+    )
 
 
 def _str(params: dict[str, Any], key: str) -> str:
@@ -62,14 +64,18 @@ class ApiHandler:
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
         if self.api_key is None:
-            return _error(ErrorCode.PERMISSION_DENIED, "the HTTP API is disabled: configure api_key", 403)
+            return _error(
+                ErrorCode.PERMISSION_DENIED, "the HTTP API is disabled: configure api_key", 403
+            )
         auth = request.headers.get("Authorization") or ""
         scheme, _, key = auth.partition(" ")
         if scheme.lower() != "apikey" or not key:
-            return _error(ErrorCode.UNAUTHORIZED, "missing 'Authorization: apikey <key>' header", 401)
+            return _error(
+                ErrorCode.UNAUTHORIZED, "missing 'Authorization: apikey <key>' header", 401
+            )
         if not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
             return _error(ErrorCode.PERMISSION_DENIED, "wrong API key", 403)
-        method = request.path[len("/api/"):]
+        method = request.path[len("/api/") :]
         handler = self.methods.get(method)
         if handler is None:
             return _error(ErrorCode.METHOD_NOT_FOUND, f"unknown API method {method!r}")
@@ -91,14 +97,20 @@ class ApiHandler:
         if "data" not in params:
             raise HubError(ErrorCode.BAD_REQUEST, "publish needs data")
         tags = params.get("tags")
-        if tags is not None and not (isinstance(tags, dict) and all(isinstance(v, str) for v in tags.values())):
+        if tags is not None and not (
+            isinstance(tags, dict) and all(isinstance(v, str) for v in tags.values())
+        ):
             raise HubError(ErrorCode.BAD_REQUEST, "tags must map strings to strings")
         position = await self.hub.publish(_str(params, "channel"), params["data"], tags=tags)
         return {} if position is None else {"offset": position.offset, "epoch": position.epoch}
 
     async def broadcast(self, params: dict[str, Any]) -> Any:
         channels = params.get("channels")
-        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels) or not channels:
+        if (
+            not isinstance(channels, list)
+            or not all(isinstance(c, str) for c in channels)
+            or not channels
+        ):
             raise HubError(ErrorCode.BAD_REQUEST, "channels must be a non-empty list of strings")
         if "data" not in params:
             raise HubError(ErrorCode.BAD_REQUEST, "broadcast needs data")
@@ -127,7 +139,9 @@ class ApiHandler:
         code = params.get("code", 4502)
         if not isinstance(code, int) or not 4000 <= code <= 4999:
             raise HubError(ErrorCode.BAD_REQUEST, "code must be an integer in 4000-4999")
-        await self.hub.disconnect_user(_str(params, "user"), code, str(params.get("reason", "disconnected by the server")))
+        await self.hub.disconnect_user(
+            _str(params, "user"), code, str(params.get("reason", "disconnected by the server"))
+        )
         return {}
 
     async def unsubscribe(self, params: dict[str, Any]) -> Any:
@@ -148,5 +162,3 @@ class ApiHandler:
 
     async def info(self, params: dict[str, Any]) -> Any:
         return {"node": self.hub.node_id, "nodes": self.hub.nodes}
-
-

@@ -26,7 +26,7 @@ from ..transports.websocket import SUBPROTOCOLS, serve_hub_session
 from .api import ApiHandler
 from .http import HttpRequest, HttpResponse, HttpServer, json_response
 
-__all__ = ["HubServer", "WEB_ROOT"]
+__all__ = ["WEB_ROOT", "HubServer"]
 
 logger = logging.getLogger("pulsewire.server")
 
@@ -60,9 +60,13 @@ class HubServer:
         self.reuse_port = reuse_port
         self.web_root = web_root
         self.started_at = time.time()
-        origins = OriginPolicy(list(allowed_origins or ()), same_host=True) if check_origin else OriginPolicy(None)
+        origins = (
+            OriginPolicy(list(allowed_origins or ()), same_host=True)
+            if check_origin
+            else OriginPolicy(None)
+        )
         self.websocket = WebSocketServer(
-            lambda ws: serve_hub_session(hub, ws, max_buffered=max_buffered),  # type: ignore[arg-type]
+            lambda ws: serve_hub_session(hub, ws, max_buffered=max_buffered),
             None,
             None,
             origins=origins,
@@ -85,11 +89,17 @@ class HubServer:
         await self.hub.start()
         loop = asyncio.get_running_loop()
         if self.sock is not None:
-            self._server = await loop.create_server(self.http.protocol_factory, sock=self.sock, ssl=self.ssl)
+            self._server = await loop.create_server(
+                self.http.protocol_factory, sock=self.sock, ssl=self.ssl
+            )
         else:
             self._server = await loop.create_server(
-                self.http.protocol_factory, self.host, self.port, ssl=self.ssl,
-                reuse_port=self.reuse_port or None, backlog=2048,
+                self.http.protocol_factory,
+                self.host,
+                self.port,
+                ssl=self.ssl,
+                reuse_port=self.reuse_port or None,
+                backlog=2048,
             )
         self.port = int(self._server.sockets[0].getsockname()[1])
 
@@ -136,11 +146,13 @@ class HubServer:
             path += "index.html"
         target = (self.web_root / path.lstrip("/")).resolve()
         root = self.web_root.resolve()
-        if root not in target.parents and target != root or not target.is_file():
+        if (root not in target.parents and target != root) or not target.is_file():
             return HttpResponse(404, f"not found: {request.path}\n")
         kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         if kind.startswith("text/") or kind in ("application/javascript",):
             kind += "; charset=utf-8"
         if target.suffix in (".js", ".mjs"):
             kind = "text/javascript; charset=utf-8"
-        return HttpResponse(200, target.read_bytes(), [("Content-Type", kind), ("Cache-Control", "no-cache")])
+        return HttpResponse(
+            200, target.read_bytes(), [("Content-Type", kind), ("Cache-Control", "no-cache")]
+        )

@@ -17,18 +17,20 @@ import jwt
 from ..hub.config import ChannelOptions, HubConfig
 from .http import HttpRequest, HttpResponse, json_response
 
-__all__ = ["demo_config", "DemoTokens"]
+__all__ = ["DemoTokens", "demo_config"]
 
 
 def demo_config(base: HubConfig) -> HubConfig:
     """``base`` plus the demo namespaces (kept when already configured) and a token secret."""
     namespaces = {
-        "chat": ChannelOptions(presence=True, join_leave=True, history_size=100, history_ttl=3600,
-                               allow_publish=True),
+        "chat": ChannelOptions(
+            presence=True, join_leave=True, history_size=100, history_ttl=3600, allow_publish=True
+        ),
         "typing": ChannelOptions(allow_publish=True),
         "dashboard": ChannelOptions(history_size=50, history_ttl=300),
-        "notes": ChannelOptions(presence=True, join_leave=True, history_size=1000, history_ttl=3600,
-                                allow_publish=True),
+        "notes": ChannelOptions(
+            presence=True, join_leave=True, history_size=1000, history_ttl=3600, allow_publish=True
+        ),
         "scores": ChannelOptions(history_size=50, history_ttl=86400),
         **base.namespaces,
     }
@@ -49,6 +51,10 @@ class DemoTokens:
     async def __call__(self, request: HttpRequest) -> HttpResponse:
         user = request.query.get("user", "").strip()
         if not _NAME.fullmatch(user):
-            return json_response({"error": "user must be 1-32 letters, digits, spaces, '.', '-' or '_'"}, 400)
+            return json_response(
+                {"error": "user must be 1-32 letters, digits, spaces, '.', '-' or '_'"}, 400
+            )
         claims = {"sub": user, "exp": int(time.time() + self.ttl), "info": {"name": user}}
-        return json_response({"token": jwt.encode(claims, self.secret, algorithm="HS256"), "user": user})
+        return json_response(
+            {"token": jwt.encode(claims, self.secret, algorithm="HS256"), "user": user}
+        )

@@ -17,14 +17,14 @@ import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import httptools
 
 from ..aio.server import Server as WebSocketServer
 from ..protocol.handshake import Headers, http_response
 
-__all__ = ["HttpRequest", "HttpResponse", "StreamResponse", "HttpServer", "Route", "json_response"]
+__all__ = ["HttpRequest", "HttpResponse", "HttpServer", "Route", "StreamResponse", "json_response"]
 
 logger = logging.getLogger("pulsewire.server")
 
@@ -73,12 +73,14 @@ class StreamResponse:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
-def json_response(data: Any, status: int = 200, headers: list[tuple[str, str]] | None = None) -> HttpResponse:
+def json_response(
+    data: Any, status: int = 200, headers: list[tuple[str, str]] | None = None
+) -> HttpResponse:
     body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return HttpResponse(status, body, [("Content-Type", "application/json"), *(headers or [])])
 
 
-Handler = Callable[[HttpRequest], Awaitable[Union[HttpResponse, StreamResponse]]]
+Handler = Callable[[HttpRequest], Awaitable[HttpResponse | StreamResponse]]
 
 
 @dataclass
@@ -101,7 +103,9 @@ class _Limits:
 class HttpServer:
     """Routes by exact path or prefix; WebSocket routes hand the connection over."""
 
-    def __init__(self, *, max_body: int = 1 << 20, head_timeout: float = 10.0, idle_timeout: float = 75.0) -> None:
+    def __init__(
+        self, *, max_body: int = 1 << 20, head_timeout: float = 10.0, idle_timeout: float = 75.0
+    ) -> None:
         self.routes: dict[str, Route] = {}
         self.prefixes: list[tuple[str, Route]] = []
         self.limits = _Limits()
@@ -111,7 +115,14 @@ class HttpServer:
         self.connections: set[HttpProtocol] = set()
         self.closing = False
 
-    def add(self, path: str, handler: Handler, methods: tuple[str, ...] = ("GET",), *, prefix: bool = False) -> None:
+    def add(
+        self,
+        path: str,
+        handler: Handler,
+        methods: tuple[str, ...] = ("GET",),
+        *,
+        prefix: bool = False,
+    ) -> None:
         route = Route(handler=handler, methods=methods, prefix=prefix)
         if prefix:
             self.prefixes.append((path, route))
@@ -190,7 +201,7 @@ class HttpProtocol(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self._upgrade(data[exc.args[0]:])
+            self._upgrade(data[exc.args[0] :])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _Refusal):
@@ -200,7 +211,11 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._error(400, f"malformed HTTP request: {exc}")
             return
-        if not self.head_done and self.head_bytes > self.limits.max_head and self.transport is not None:
+        if (
+            not self.head_done
+            and self.head_bytes > self.limits.max_head
+            and self.transport is not None
+        ):
             self._error(431, f"request head larger than {self.limits.max_head} bytes")
 
     # -- httptools callbacks -------------------------------------------------------------------
@@ -275,7 +290,8 @@ class HttpProtocol(asyncio.Protocol):
             if route is None or route.handler is None:
                 if route is not None and route.websocket is not None:
                     response: HttpResponse | StreamResponse = HttpResponse(
-                        426, "this is a WebSocket endpoint: Upgrade: websocket is required\n",
+                        426,
+                        "this is a WebSocket endpoint: Upgrade: websocket is required\n",
                         [("Upgrade", "websocket")],
                     )
                 else:
@@ -284,8 +300,11 @@ class HttpProtocol(asyncio.Protocol):
                 request.method == "HEAD" and "GET" in route.methods
             ):
                 allowed = ", ".join(route.methods)
-                response = HttpResponse(405, f"method {request.method} not allowed; use {allowed}\n",
-                                        [("Allow", allowed)])
+                response = HttpResponse(
+                    405,
+                    f"method {request.method} not allowed; use {allowed}\n",
+                    [("Allow", allowed)],
+                )
             else:
                 response = await route.handler(request)
         except Exception:
@@ -308,10 +327,12 @@ class HttpProtocol(asyncio.Protocol):
 
     async def _stream(self, response: StreamResponse) -> None:
         assert self.transport is not None
-        head = http_response(response.status, b"", [*response.headers, ("Connection", "close")], close=False)
+        head = http_response(
+            response.status, b"", [*response.headers, ("Connection", "close")], close=False
+        )
         head = head.replace(b"Content-Length: 0\r\n", b"")
         self.transport.write(head)
-        self.streaming = asyncio.current_task()  # type: ignore[assignment]
+        self.streaming = asyncio.current_task()
         try:
             async for chunk in response.stream:
                 if self.transport is None:

@@ -17,7 +17,7 @@ from ..hub.hub import Hub
 from .app import HubServer
 from .demo import DemoTokens, demo_config
 
-__all__ = ["serve_main", "build_server"]
+__all__ = ["build_server", "serve_main"]
 
 logger = logging.getLogger("pulsewire.server")
 
@@ -33,7 +33,7 @@ def _is_loopback(host: str) -> bool:
 
 def build_server(args: argparse.Namespace) -> HubServer:
     """Settings from flags (first), the config file, then defaults; raises ValueError if bad."""
-    config, server_table = (load_config(args.config) if args.config else (HubConfig(), {}))
+    config, server_table = load_config(args.config) if args.config else (HubConfig(), {})
     changes: dict[str, Any] = {}
     if args.engine:
         changes["engine"] = args.engine
@@ -48,11 +48,17 @@ def build_server(args: argparse.Namespace) -> HubServer:
     config = config.replace(**changes)
     host = args.host or server_table.get("host", "127.0.0.1")
     port = args.port if args.port is not None else int(server_table.get("port", 8000))
-    origins = args.allowed_origin if args.allowed_origin is not None else server_table.get("allowed_origins", [])
+    origins = (
+        args.allowed_origin
+        if args.allowed_origin is not None
+        else server_table.get("allowed_origins", [])
+    )
     demo = args.demo or bool(server_table.get("demo", False))
     if demo:
         if not _is_loopback(host) and not config.api_key:
-            raise ValueError("--demo hands out tokens to anyone: on a non-loopback host set --api-key too")
+            raise ValueError(
+                "--demo hands out tokens to anyone: on a non-loopback host set --api-key too"
+            )
         config = demo_config(config)
         if not config.api_key:
             config = config.replace(api_key="demo")
@@ -62,7 +68,9 @@ def build_server(args: argparse.Namespace) -> HubServer:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, args.tls_key or server_table.get("tls_key"))
     hub = Hub(config)
-    server = HubServer(hub, host, port, api_key=config.api_key, allowed_origins=origins, ssl=context)
+    server = HubServer(
+        hub, host, port, api_key=config.api_key, allowed_origins=origins, ssl=context
+    )
     if demo:
         assert config.token_hmac_secret is not None
         server.http.add("/demo/token", DemoTokens(config.token_hmac_secret))
@@ -94,5 +102,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def serve_main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return run(_serve(args))

@@ -12,16 +12,16 @@ from __future__ import annotations
 import logging
 
 from ..aio.server import ServerConnection
-from ..protocol.close import CloseCode
-from ..protocol.connection import State, serialize_message
-from ..protocol.errors import ConnectionClosed
 from ..hub.errors import Disconnect
 from ..hub.hub import Hub
 from ..hub.session import ConnectRequest, Session
 from ..hub.types import Publication
 from ..hub.wire import SUBPROTOCOLS, codec_for
+from ..protocol.close import CloseCode
+from ..protocol.connection import State, serialize_message
+from ..protocol.errors import ConnectionClosed
 
-__all__ = ["WebSocketTransport", "serve_hub_session", "SUBPROTOCOLS"]
+__all__ = ["SUBPROTOCOLS", "WebSocketTransport", "serve_hub_session"]
 
 logger = logging.getLogger("pulsewire.transports")
 
@@ -30,7 +30,7 @@ SLOW_CONSUMER = CloseCode.TRY_AGAIN_LATER
 
 class WebSocketTransport:
     kind = "websocket"
-    __slots__ = ("ws", "binary", "max_buffered", "session")
+    __slots__ = ("binary", "max_buffered", "session", "ws")
 
     def __init__(self, ws: ServerConnection, binary: bool, max_buffered: int) -> None:
         self.ws = ws
@@ -48,11 +48,15 @@ class WebSocketTransport:
                 self.session.disconnect(SLOW_CONSUMER, "slow consumer: too much data queued")
             return
         deflate = proto.deflate
-        if publication is not None and (deflate is None or not deflate.should_compress(len(message), None)):
+        if publication is not None and (
+            deflate is None or not deflate.should_compress(len(message), None)
+        ):
             frame = publication.cache.get(message)
             if frame is None:
                 payload = message.encode("utf-8") if isinstance(message, str) else message
-                frame = publication.cache[message] = serialize_message(2 if self.binary else 1, payload)
+                frame = publication.cache[message] = serialize_message(
+                    2 if self.binary else 1, payload
+                )
             proto.send_frame_bytes(frame)
         elif self.binary:
             proto.send_binary(message if isinstance(message, bytes) else message.encode("utf-8"))

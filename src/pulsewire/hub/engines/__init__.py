@@ -20,4 +20,6 @@ def create_engine(spec: str, *, prefix: str = "pulsewire") -> Engine:
         from .nats import NatsEngine
 
         return NatsEngine(spec, prefix=prefix)
-    raise ValueError(f"unknown engine {spec!r}: use memory, redis://host:port/db or nats://host:port")
+    raise ValueError(
+        f"unknown engine {spec!r}: use memory, redis://host:port/db or nats://host:port"
+    )
