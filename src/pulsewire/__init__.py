@@ -28,6 +28,7 @@ from .aio import (
     run,
     serve,
 )
+from .aio.browser import CloseEvent, MessageEvent, WebSocket
 from .protocol import (
     Close,
     CloseCode,
@@ -51,6 +52,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ClientConnection",
     "Close",
+    "CloseEvent",
     "CloseCode",
     "ConcurrencyError",
     "Connection",
@@ -60,6 +62,7 @@ __all__ = [
     "DeflateOptions",
     "InvalidHandshake",
     "InvalidStatus",
+    "MessageEvent",
     "NegotiationError",
     "OriginPolicy",
     "PayloadTooBig",
@@ -69,6 +72,7 @@ __all__ = [
     "Server",
     "ServerConnection",
     "State",
+    "WebSocket",
     "broadcast",
     "connect",
     "run",

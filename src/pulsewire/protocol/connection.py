@@ -269,14 +269,20 @@ class Connection:
                 raise ProtocolError("continuation frame outside a fragmented message")
             if end - pos < hlen:
                 break
+            rsv1 = b0 & 0x40
+            # Compressed data may be larger than what it inflates to (incompressible data):
+            # allow deflate's worst-case overhead on the wire; the inflated size is held to
+            # the message limit by the inflate budget.
+            compressed = rsv1 if opcode else self._msg_compressed
             limit = self.max_frame_size
-            if limit is not None and length > limit:
+            if limit is not None and length > (_with_overhead(limit) if compressed else limit):
                 raise PayloadTooBig(f"frame of {length} bytes exceeds the limit of {limit}")
             limit = self.max_message_size
-            if limit is not None and self._msg_size + length > limit:
+            if limit is not None and self._msg_size + length > (
+                _with_overhead(limit) if compressed else limit
+            ):
                 raise PayloadTooBig(f"message exceeds the limit of {limit} bytes")
             start = pos + hlen
-            rsv1 = b0 & 0x40
             if fin and opcode and not rsv1 and end - start >= length:
                 # Fast path: a whole single-frame uncompressed message is in the buffer.
                 payload = data[start : start + length]
@@ -481,6 +487,12 @@ class Connection:
 def serialize_message(opcode: int, payload: bytes) -> bytes:
     """An unmasked, unfragmented, uncompressed frame, for :meth:`Connection.send_frame_bytes`."""
     return _header(0x80 | opcode, len(payload)) + payload
+
+
+def _with_overhead(limit: int) -> int:
+    """The largest deflate encoding of ``limit`` bytes, whatever the sender's zlib settings
+    (zlib's conservative deflateBound: incompressible data grows by up to ~14% in tiny blocks)."""
+    return limit + (limit >> 3) + (limit >> 6) + 64
 
 
 def _header(first: int, n: int) -> bytes:

@@ -1,0 +1,1 @@
+"""Autobahn|Testsuite conformance harness (see test_autobahn.py)."""
