@@ -145,6 +145,7 @@ async def _echo(args: argparse.Namespace) -> int:
         ssl=context,
         compression=None if args.no_compression else "deflate",
         max_size=args.max_size,
+        max_fragments=None,  # Autobahn sends 4 MiB in 64-byte fragments
         max_queue=64,
     )
     await server.start()

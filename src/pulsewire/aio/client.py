@@ -110,6 +110,7 @@ class Connect:
         open_timeout: float | None = 10.0,
         max_size: int | None = 2**20,
         max_frame_size: int | None = None,
+        max_fragments: int | None = 4096,
         max_queue: int = 16,
         write_limit: int = 65536,
         ping_interval: float | None = 20.0,
@@ -136,7 +137,11 @@ class Connect:
         self._server_hostname = server_hostname
         self._sock = sock
         self._open_timeout = open_timeout
-        self._core_options = {"max_message_size": max_size, "max_frame_size": max_frame_size}
+        self._core_options = {
+            "max_message_size": max_size,
+            "max_frame_size": max_frame_size,
+            "max_fragments": max_fragments,
+        }
         self._options = {
             "max_queue": max_queue,
             "write_limit": write_limit,

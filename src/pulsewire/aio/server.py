@@ -146,6 +146,7 @@ class ServerConnection(Connection):
             Side.SERVER,
             max_message_size=server.options["max_size"],
             max_frame_size=server.options["max_frame_size"],
+            max_fragments=server.options["max_fragments"],
             deflate=codec,
         )
         trailing = handshake.trailing
@@ -225,6 +226,7 @@ class Server:
         extra_headers: Sequence[tuple[str, str]] = (),
         max_size: int | None = 2**20,
         max_frame_size: int | None = None,
+        max_fragments: int | None = 4096,
         max_queue: int = 16,
         write_limit: int = 65536,
         ping_interval: float | None = 20.0,
@@ -259,6 +261,7 @@ class Server:
         self.options: dict[str, Any] = {
             "max_size": max_size,
             "max_frame_size": max_frame_size,
+            "max_fragments": max_fragments,
             "max_queue": max_queue,
             "write_limit": write_limit,
             "ping_interval": ping_interval,
@@ -425,4 +428,3 @@ def serve(
     limits, timeouts, TLS through ``ssl=``).
     """
     return Server(handler, host, port, **options)
-

@@ -45,6 +45,13 @@ class ChannelOptions:
     """Subscribing needs a subscription token or a channel grant in the connection token."""
     allow_anonymous: bool = False
     """Connections without a user may subscribe (when the hub admits anonymous connections)."""
+    slow_consumer: str = "disconnect"
+    """When a subscriber's queue is full: "disconnect" it (1013, it reconnects and recovers)
+    or "drop" the publication for it (counted in pulsewire_queue_drops)."""
+
+    def __post_init__(self) -> None:
+        if self.slow_consumer not in ("disconnect", "drop"):
+            raise ValueError('slow_consumer must be "disconnect" or "drop"')
 
     @property
     def history(self) -> bool:
@@ -73,10 +80,23 @@ class HubConfig:
     presence_update_interval: float = 20.0
     history_meta_ttl: float = 30 * 24 * 3600.0
     max_channels_per_connection: int = 128
+    client_queue_max_bytes: int = 1 << 20
+    """Bytes queued for one client before it counts as a slow consumer."""
+    client_messages_per_second: float = 100.0
+    client_messages_burst: float = 200.0
+    client_bytes_per_second: float = 1 << 20
+    client_bytes_burst: float = 4 << 20
+    rate_limit_policy: str = "disconnect"
+    """Over a client rate limit: "disconnect" (1008 with a reason) or "drop" the command
+    (answered with error 111 when it has an id, counted in pulsewire_rate_limited)."""
     api_key: str | None = None
     """Key for the server HTTP API (``Authorization: apikey KEY``); no key: API disabled."""
     channel: ChannelOptions = field(default_factory=ChannelOptions)
     namespaces: dict[str, ChannelOptions] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rate_limit_policy not in ("disconnect", "drop"):
+            raise ValueError('rate_limit_policy must be "disconnect" or "drop"')
 
     def replace(self, **changes: Any) -> HubConfig:
         return dataclasses.replace(self, **changes)

@@ -7,7 +7,11 @@ pre-resolved label children only.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = ["HubMetrics"]
 
@@ -53,9 +57,33 @@ class HubMetrics:
         self.gap_fills = Counter(
             "pulsewire_history_gap_fills", "Live-delivery gaps filled from history", registry=r
         )
+        self.queue_drops = Counter(
+            "pulsewire_queue_drops", "Publications dropped for slow consumers", registry=r
+        )
+        self.slow_consumers = Counter(
+            "pulsewire_slow_consumer_disconnects",
+            "Sessions disconnected as slow consumers",
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "pulsewire_rate_limited",
+            "Client messages over the rate limit, by policy",
+            ["policy"],
+            registry=r,
+        )
+        self.traffic: dict[str, list[int]] = {}
+        """Per transport: [messages in, bytes in, messages out, bytes out], plain ints bumped
+        on the per-message path and turned into counters only when /metrics is scraped."""
+        r.register(_TrafficCollector(self.traffic))
         self.channels = Gauge("pulsewire_channels", "Channels with local subscribers", registry=r)
         self._commands = {}  # type: dict[str, Counter]
         self._connections = {}  # type: dict[str, Gauge]
+
+    def traffic_of(self, transport: str) -> list[int]:
+        counts = self.traffic.get(transport)
+        if counts is None:
+            counts = self.traffic[transport] = [0, 0, 0, 0]
+        return counts
 
     def command(self, method: str) -> None:
         child = self._commands.get(method)
@@ -68,3 +96,22 @@ class HubMetrics:
         if child is None:
             child = self._connections[transport] = self.connections.labels(transport)
         return child
+
+
+class _TrafficCollector(Collector):
+    _NAMES = (
+        ("pulsewire_messages_in", "Messages received from clients"),
+        ("pulsewire_bytes_in", "Bytes received from clients"),
+        ("pulsewire_messages_out", "Messages queued to clients"),
+        ("pulsewire_bytes_out", "Bytes queued to clients"),
+    )
+
+    def __init__(self, traffic: dict[str, list[int]]) -> None:
+        self.traffic = traffic
+
+    def collect(self) -> Iterator[Metric]:
+        for index, (name, doc) in enumerate(self._NAMES):
+            family = CounterMetricFamily(name, doc, labels=["transport"])
+            for transport, counts in self.traffic.items():
+                family.add_metric([transport], counts[index])
+            yield family

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .auth import Credentials, grant_allows
 from .channels import ChannelName, parse_channel
 from .errors import Disconnect, DisconnectCode, ErrorCode, HubError
+from .ratelimit import TokenBucket
 from .types import ClientInfo, Publication, StreamPosition
 from .wire import PROTOCOL_VERSION, Codec
 
@@ -78,6 +79,8 @@ class Subscription:
 
 
 _CONNECTING, _CONNECTED, _CLOSED = 0, 1, 2
+POLICY_VIOLATION = 1008
+SLOW_CONSUMER = 1013
 
 
 class Session:
@@ -97,9 +100,16 @@ class Session:
         self.subscriptions: dict[str, Subscription] = {}
         self.state = _CONNECTING
         self.connected_at = 0.0
-        self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
-        self._timer = self._loop.call_later(hub.config.connect_timeout, self._stale)
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(
+            hub.config.connect_timeout, self._stale
+        )
+        config = hub.config
+        self._message_rate = TokenBucket(
+            config.client_messages_per_second, config.client_messages_burst
+        )
+        self._byte_rate = TokenBucket(config.client_bytes_per_second, config.client_bytes_burst)
+        self._traffic = hub.metrics.traffic_of(transport.kind)
 
     # ------------------------------------------------------------------------- plumbing
 
@@ -122,7 +132,11 @@ class Session:
 
     def send(self, message: dict[str, Any]) -> None:
         if self.state != _CLOSED:
-            self.transport.send(self.codec.encode(message))
+            encoded = self.codec.encode(message)
+            traffic = self._traffic
+            traffic[2] += 1
+            traffic[3] += len(encoded)
+            self.transport.send(encoded)
 
     def push(self, message: dict[str, Any]) -> None:
         self.send(message)
@@ -154,6 +168,17 @@ class Session:
         """Process one message from the client (one or more commands)."""
         if self.state == _CLOSED:
             return
+        traffic = self._traffic
+        traffic[0] += 1
+        traffic[1] += len(data)
+        if not self._message_rate.take() or not self._byte_rate.take(len(data)):
+            policy = self.hub.config.rate_limit_policy
+            self.hub.metrics.rate_limited.labels(policy).inc()
+            if policy == "disconnect":
+                self.disconnect(POLICY_VIOLATION, "rate limit exceeded")
+                return
+            self._refuse_over_limit(data)
+            return
         try:
             commands = self.codec.decode_commands(data)
         except HubError as exc:
@@ -163,6 +188,18 @@ class Session:
             if self.state == _CLOSED:
                 return
             await self._handle_command(command)
+
+    def _refuse_over_limit(self, data: str | bytes) -> None:
+        """Drop policy: answer each command that has an id with error 111, run none."""
+        try:
+            commands = self.codec.decode_commands(data)
+        except HubError:
+            return
+        for command in commands:
+            cid = command.get("id")
+            if isinstance(cid, int):
+                error = {"code": ErrorCode.TOO_MANY_REQUESTS, "message": "rate limit exceeded"}
+                self.send({"id": cid, "error": error})
 
     async def _handle_command(self, command: dict[str, Any]) -> None:
         cid = command.get("id")
@@ -387,10 +424,21 @@ class Session:
                 return  # the hub tells the client to resubscribe on epoch changes
             if publication.offset <= sub.offset:
                 return  # delivered already (recovered, or a duplicate)
+        transport = self.transport
+        if transport.buffered() > self.hub.config.client_queue_max_bytes:
+            if sub.channel.options.slow_consumer == "drop":
+                self.hub.metrics.queue_drops.inc()
+                return
+            self.hub.metrics.slow_consumers.inc()
+            self.disconnect(SLOW_CONSUMER, "slow consumer: too much data queued")
+            return
+        if publication.offset:
             sub.offset = publication.offset
-        self.transport.send(
-            self.hub._encode_publication(self.codec, name, publication), publication
-        )
+        encoded = self.hub._encode_publication(self.codec, name, publication)
+        traffic = self._traffic
+        traffic[2] += 1
+        traffic[3] += len(encoded)
+        transport.send(encoded, publication)
 
     async def _unsubscribe(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(params)

@@ -74,6 +74,7 @@ class Connection:
         "state",
         "max_message_size",
         "max_frame_size",
+        "max_fragments",
         "deflate",
         "close_sent",
         "close_rcvd",
@@ -96,6 +97,7 @@ class Connection:
         "_msg_type",
         "_msg_compressed",
         "_msg_size",
+        "_msg_frames",
         "_msg_inflated",
         "_msg_parts",
         "_utf8",
@@ -110,6 +112,7 @@ class Connection:
         *,
         max_message_size: int | None = 2**20,
         max_frame_size: int | None = None,
+        max_fragments: int | None = 4096,
         deflate: PerMessageDeflate | None = None,
         mask_key: Callable[[], bytes] | None = None,
     ) -> None:
@@ -117,6 +120,7 @@ class Connection:
         self.state = State.OPEN
         self.max_message_size = max_message_size
         self.max_frame_size = max_frame_size if max_frame_size is not None else max_message_size
+        self.max_fragments = max_fragments
         self.deflate = deflate
         self.close_sent: Close | None = None
         self.close_rcvd: Close | None = None
@@ -138,6 +142,7 @@ class Connection:
         self._msg_type = _NO_MESSAGE
         self._msg_compressed = False
         self._msg_size = 0
+        self._msg_frames = 0
         self._msg_inflated = 0
         self._msg_parts: list[bytes] | list[str] = []
         self._utf8: Utf8Decoder | None = None
@@ -299,6 +304,13 @@ class Connection:
                 if opcode == _TEXT:
                     self._utf8 = Utf8Decoder()
             self._msg_size += length
+            self._msg_frames += 1
+            if self.max_fragments is not None and self._msg_frames > self.max_fragments:
+                # Empty continuation frames cost CPU without growing the message: bound them.
+                raise ProtocolError(
+                    f"more than {self.max_fragments} frames in one message",
+                    CloseCode.POLICY_VIOLATION,
+                )
             self._frame_fin = bool(fin)
             self._frame_mask = data[start - 4 : start] if masked else None
             self._frame_phase = 0
@@ -333,6 +345,7 @@ class Connection:
             self._msg_type = _NO_MESSAGE
             self._msg_compressed = False
             self._msg_size = 0
+            self._msg_frames = 0
             self._msg_inflated = 0
             self._msg_parts = []
             self._utf8 = None

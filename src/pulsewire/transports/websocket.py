@@ -44,6 +44,8 @@ class WebSocketTransport:
         if proto is None or proto.state is not State.OPEN:
             return
         if ws.buffered_amount > self.max_buffered:
+            # Past the hard cap (replies, pushes, or a "drop" channel gone wild): memory stays
+            # bounded whatever the session's policy.
             if self.session is not None:
                 self.session.disconnect(SLOW_CONSUMER, "slow consumer: too much data queued")
             return

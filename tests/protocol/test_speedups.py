@@ -1,0 +1,106 @@
+"""The C accelerator agrees with the pure-Python path, byte for byte and event for event."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pulsewire.protocol import frames
+from pulsewire.protocol.connection import Connection, Side
+
+try:
+    from pulsewire.protocol import _speedups  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - exercised on machines without a compiler
+    _speedups = None
+
+needs_speedups = pytest.mark.skipif(_speedups is None, reason="C accelerator not built")
+
+
+def test_accelerator_is_used_when_built() -> None:
+    disabled = bool(os.environ.get("PULSEWIRE_NO_EXTENSIONS"))
+    if os.environ.get("CI") == "true" and not disabled:
+        # CI has a compiler: a silent fallback to pure Python would hide a broken build.
+        assert _speedups is not None, "the C accelerator was not built"
+    assert frames.SPEEDUPS == (_speedups is not None and not disabled)
+    assert (frames.scan_messages is None) == (not frames.SPEEDUPS)
+
+
+@needs_speedups
+@given(st.binary(max_size=300), st.binary(min_size=4, max_size=4))
+@settings(max_examples=300)
+def test_apply_mask_matches_python(data: bytes, mask: bytes) -> None:
+    assert _speedups.apply_mask(data, mask) == frames._py_apply_mask(data, mask)
+
+
+@needs_speedups
+@given(
+    st.integers(0, 255),
+    st.one_of(
+        st.binary(max_size=200),
+        st.integers(65530, 65540).map(lambda n: (bytes(range(256)) * 257)[:n]),
+    ),
+    st.one_of(st.none(), st.binary(min_size=4, max_size=4)),
+)
+@settings(max_examples=200)
+def test_build_frame_matches_python(first: int, payload: bytes, mask: bytes | None) -> None:
+    assert _speedups.build_frame(first, payload, mask) == frames._py_build_frame(first, payload, mask)
+
+
+@needs_speedups
+def test_mask_must_be_four_bytes() -> None:
+    with pytest.raises(ValueError):
+        _speedups.apply_mask(b"abc", b"xyz")
+    with pytest.raises(ValueError):
+        _speedups.build_frame(0x81, b"abc", b"xyzzy")
+
+
+message = st.one_of(st.text(max_size=300), st.binary(max_size=300))
+
+
+@needs_speedups
+@given(st.lists(message, max_size=8), st.data())
+@settings(max_examples=200)
+def test_scan_messages_equals_the_python_parser(messages: list[str | bytes], data: st.DataObject) -> None:
+    """Feed the same masked stream with and without the fast path, in the same chunks."""
+    mask = b"\x01\x02\x03\x04"
+    stream = b"".join(
+        frames._py_build_frame(0x81 if isinstance(m, str) else 0x82,
+                               m.encode() if isinstance(m, str) else m, mask)
+        for m in messages
+    )
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=4)))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+
+    def run(fast: bool) -> list[object]:
+        saved = frames.scan_messages
+        import pulsewire.protocol.connection as module
+
+        module.scan_messages = saved if fast else None
+        try:
+            conn = Connection(Side.SERVER)
+            for chunk in chunks:
+                conn.receive_data(chunk)
+            assert conn.failure is None
+            return list(conn.events_received())
+        finally:
+            module.scan_messages = saved
+
+    assert run(True) == run(False) == messages
+
+
+@needs_speedups
+def test_scan_stops_without_raising_at_what_it_does_not_handle() -> None:
+    mask = b"abcd"
+    ok = frames._py_build_frame(0x81, b"hi", mask)
+    invalid_utf8 = frames._py_build_frame(0x81, b"\xff", mask)
+    events: list[object] = []
+    pos = _speedups.scan_messages(ok + invalid_utf8, 0, False, 2**20, events)
+    assert (pos, events) == (len(ok), ["hi"])
+    unmasked = frames._py_build_frame(0x81, b"hi", None)
+    assert _speedups.scan_messages(unmasked, 0, False, 2**20, []) == 0  # a server needs masks
+    big = frames._py_build_frame(0x82, b"x" * 100, mask)
+    assert _speedups.scan_messages(big, 0, False, 99, []) == 0  # over the limit
+    assert _speedups.scan_messages(ok[:5], 0, False, 2**20, []) == 0  # incomplete
