@@ -54,6 +54,7 @@ class Connection(asyncio.Protocol):
         "_closed_exc",
         "_drain_waiter",
         "_flush_scheduled",
+        "_fragmenting",
         "_keepalive",
         "_loop",
         "_messages",
@@ -97,6 +98,7 @@ class Connection(asyncio.Protocol):
         self._paused_writing = False
         self._paused_reading = False
         self._flush_scheduled = False
+        self._fragmenting: asyncio.Future[None] | None = None
         self._pings: dict[bytes, tuple[asyncio.Future[float], float]] | None = None
         self._keepalive: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
@@ -305,8 +307,11 @@ class Connection(asyncio.Protocol):
         An iterable or async iterable of str/bytes is sent as one fragmented message.
         ``compress=False`` skips permessage-deflate for this message (incompressible data);
         ``None`` compresses when the extension is on and the message is above its threshold.
-        Waits while the write buffer is above its high-water mark.
+        Waits while the write buffer is above its high-water mark, and while another
+        coroutine's fragmented message is being sent (frames of two messages never interleave).
         """
+        while self._fragmenting is not None:
+            await asyncio.shield(self._fragmenting)
         proto = self._proto
         if proto is None or proto.state is not State.OPEN:
             raise self._closed_error()
@@ -334,6 +339,14 @@ class Connection(asyncio.Protocol):
     async def _send_fragments_async(
         self, fragments: AsyncIterable[Data], compress: bool | None
     ) -> None:
+        done = self._fragmenting = self._loop.create_future()
+        try:
+            await self._send_fragments(fragments, compress)
+        finally:
+            self._fragmenting = None
+            done.set_result(None)
+
+    async def _send_fragments(self, fragments: AsyncIterable[Data], compress: bool | None) -> None:
         proto = self._proto
         assert proto is not None
         iterator = fragments.__aiter__()

@@ -152,7 +152,9 @@ class ServerConnection(Connection):
         trailing = handshake.trailing
         self._handshake = None
         self._opened(core, trailing)
-        self._handler_task = self._loop.create_task(self._run_handler(handler))
+        self._handler_task = task = self._loop.create_task(self._run_handler(handler))
+        server._handler_tasks.add(task)
+        task.add_done_callback(server._handler_tasks.discard)
 
     async def _run_handler(self, handler: Handler) -> None:
         try:
@@ -271,6 +273,7 @@ class Server:
             "extra_headers": list(extra_headers),
         }
         self._connections: set[ServerConnection] = set()
+        self._handler_tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
         self._closing = False
         self._closed_event: asyncio.Event | None = None
@@ -376,9 +379,8 @@ class Server:
             assert self._closed_event is not None
             await self._closed_event.wait()
         await self._idle.wait()
-        tasks = [c._handler_task for c in self._connections if c._handler_task is not None]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._handler_tasks:
+            await asyncio.gather(*self._handler_tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
         if self._closed_event is not None:

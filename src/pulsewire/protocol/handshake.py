@@ -338,7 +338,7 @@ class ServerHandshake:
             raise Refused(
                 426,
                 f"unsupported Sec-WebSocket-Version ({got}); this server speaks 13",
-                [("Sec-WebSocket-Version", "13")],
+                [("Sec-WebSocket-Version", "13"), *upgrade_headers],
             )
         keys = headers.get_all("Sec-WebSocket-Key")
         if len(keys) != 1:
