@@ -37,7 +37,7 @@ Compression = str | DeflateOptions | None
 class ServerConnection(Connection):
     """A connection accepted by a :class:`Server`; handlers receive one of these."""
 
-    __slots__ = ("_handler_task", "_handshake", "_handshake_timer", "_server")
+    __slots__ = ("_handler_task", "_handshake", "_handshake_timer", "_on_closed", "_server")
 
     def __init__(self, server: Server) -> None:
         opts = server.options
@@ -52,6 +52,7 @@ class ServerConnection(Connection):
         self._handshake: ServerHandshake | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._handler_task: asyncio.Task[None] | None = None
+        self._on_closed: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = tcp = cast(asyncio.Transport, transport)
@@ -142,6 +143,7 @@ class ServerConnection(Connection):
         if codec is not None:
             self.extensions = "permessage-deflate"
         self._transport.write(response)
+        server.handshakes += 1
         core = CoreConnection(
             Side.SERVER,
             max_message_size=server.options["max_size"],
@@ -204,6 +206,9 @@ class ServerConnection(Connection):
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
+        if self._on_closed is not None:
+            self._on_closed()
+            self._on_closed = None
         self._server._connections.discard(self)
         self._server._connection_gone()
 
@@ -278,6 +283,8 @@ class Server:
         self._closing = False
         self._closed_event: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
+        self.handshakes = 0
+        """How many opening handshakes were accepted."""
         self.refusals: dict[int, int] = {}
         """How many handshakes were refused, by HTTP status."""
 
@@ -305,13 +312,20 @@ class Server:
             )
         return self
 
-    def attach(self, transport: asyncio.BaseTransport, data: bytes = b"") -> ServerConnection:
+    def attach(
+        self,
+        transport: asyncio.BaseTransport,
+        data: bytes = b"",
+        on_closed: Callable[[], None] | None = None,
+    ) -> ServerConnection:
         """Take over a connection accepted elsewhere (e.g. an HTTP server that saw an
-        Upgrade request); ``data`` is what was read from it so far, request head included."""
+        Upgrade request); ``data`` is what was read from it so far, request head included.
+        ``on_closed`` runs once when the connection is gone (e.g. to release a limit slot)."""
         if self._idle is None:
             self._closed_event = asyncio.Event()
             self._idle = asyncio.Event()
         conn = ServerConnection(self)
+        conn._on_closed = on_closed
         transport.set_protocol(conn)
         conn.connection_made(transport)
         if data:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import secrets
 import time
@@ -227,6 +228,7 @@ class Hub:
     ) -> StreamPosition | None:
         """Publish ``data`` to ``channel`` on every node; returns its history position, if kept."""
         _, options = self._options(channel)
+        _check_data(data)
         publication = Publication(
             data, info=info, tags=tags, origin=self.node_id, published_at=time.time()
         )
@@ -615,3 +617,14 @@ def _first_follows(publication: Publication, offset: int) -> bool:
     if publication.prev is not None:
         return publication.prev == offset
     return publication.offset == offset + 1
+
+
+_json_check = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+
+
+def _check_data(data: Any) -> None:
+    """Publications travel and are stored as JSON: refuse what JSON cannot represent."""
+    try:
+        _json_check(data)
+    except (TypeError, ValueError) as exc:
+        raise HubError(ErrorCode.BAD_REQUEST, f"data must be representable as JSON: {exc}") from None

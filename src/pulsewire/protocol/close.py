@@ -6,7 +6,14 @@ import enum
 import struct
 from typing import NamedTuple
 
-__all__ = ["Close", "CloseCode", "is_valid_close_code", "parse_close", "serialize_close"]
+__all__ = [
+    "Close",
+    "CloseCode",
+    "is_valid_close_code",
+    "parse_close",
+    "serialize_close",
+    "truncate_reason",
+]
 
 
 class CloseCode(enum.IntEnum):
@@ -72,6 +79,14 @@ def parse_close(payload: bytes) -> Close:
     except UnicodeDecodeError:
         raise ProtocolError("close reason is not valid UTF-8", CloseCode.INVALID_DATA) from None
     return Close(code, reason)
+
+
+def truncate_reason(reason: str) -> str:
+    """Cut ``reason`` to the 123 bytes of UTF-8 a Close frame has room for (whole characters)."""
+    data = reason.encode("utf-8")
+    if len(data) <= 123:
+        return reason
+    return data[:123].decode("utf-8", "ignore")
 
 
 def serialize_close(code: int, reason: str = "") -> bytes:

@@ -30,7 +30,14 @@ import enum
 import os
 from collections.abc import Callable
 
-from .close import Close, CloseCode, is_valid_close_code, parse_close, serialize_close
+from .close import (
+    Close,
+    CloseCode,
+    is_valid_close_code,
+    parse_close,
+    serialize_close,
+    truncate_reason,
+)
 from .deflate import PerMessageDeflate
 from .errors import PayloadTooBig, ProtocolError
 from .events import CloseReceived, Event, Ping, Pong
@@ -381,7 +388,7 @@ class Connection:
         if self.failure is None:
             self.failure = exc
         if self.state is State.OPEN:
-            reason = _truncate_reason(reason)
+            reason = truncate_reason(reason)
             self.close_sent = Close(code, reason)
             self._send_frame(0x88, serialize_close(code, reason))
         self.state = State.CLOSED
@@ -514,10 +521,3 @@ def _header(first: int, n: int) -> bytes:
     if n < 65536:
         return bytes((first, 126)) + n.to_bytes(2, "big")
     return bytes((first, 127)) + n.to_bytes(8, "big")
-
-
-def _truncate_reason(reason: str) -> str:
-    data = reason.encode("utf-8")
-    if len(data) <= 123:
-        return reason
-    return data[:123].decode("utf-8", "ignore")

@@ -12,19 +12,23 @@ import logging
 import mimetypes
 import ssl as ssl_module
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ..aio.server import Server as WebSocketServer
 from ..hub.hub import Hub
 from ..protocol.handshake import OriginPolicy
 from ..transports.websocket import SUBPROTOCOLS, serve_hub_session
+from .admin import AdminPages
 from .api import ApiHandler
 from .http import HttpRequest, HttpResponse, HttpServer, json_response
+from .limits import ConnectionLimiter, ConnectionLimits
 
 __all__ = ["WEB_ROOT", "HubServer"]
 
@@ -48,9 +52,11 @@ class HubServer:
         ssl: ssl_module.SSLContext | None = None,
         web_root: Path | None = WEB_ROOT,
         max_message_size: int = 65536,
-        max_buffered: int = 1 << 20,
+        max_buffered: int | None = None,
         reuse_port: bool = False,
         sock: Any = None,
+        limits: ConnectionLimits | None = None,
+        admin_password: str | None = None,
     ) -> None:
         self.hub = hub
         self.host = host
@@ -60,6 +66,10 @@ class HubServer:
         self.reuse_port = reuse_port
         self.web_root = web_root
         self.started_at = time.time()
+        if max_buffered is None:
+            # A hard cap above the hub's slow-consumer threshold: the channel policy (drop or
+            # disconnect) decides first, the cap only guarantees bounded memory.
+            max_buffered = 2 * hub.config.client_queue_max_bytes
         origins = (
             OriginPolicy(list(allowed_origins or ()), same_host=True)
             if check_origin
@@ -74,14 +84,34 @@ class HubServer:
             compression="deflate",
             max_size=max_message_size,
         )
-        self.http = HttpServer()
+        self.limiter = ConnectionLimiter(limits)
+        self.http = HttpServer(limiter=self.limiter)
         self.http.add_websocket("/connection/websocket", self.websocket)
         self.http.add("/health", self.health)
         self.http.add("/metrics", self.metrics)
-        self.http.add("/api/", ApiHandler(hub, api_key), methods=("POST",), prefix=True)
+        self.api = ApiHandler(hub, api_key)
+        self.http.add("/api/", self.api, methods=("POST",), prefix=True)
+        self.admin = AdminPages(self, admin_password)
+        self.http.add("/admin", self.admin.page)
+        self.http.add("/admin/stats", self.admin.stats)
+        hub.metrics.registry.register(_FrontDoorCollector(self))
         if web_root is not None:
             self.http.add("/", self.static, prefix=True)
         self._server: asyncio.base_events.Server | None = None
+        self._add_fallback_transports(origins, max_buffered, max_message_size)
+
+    def _add_fallback_transports(
+        self, origins: OriginPolicy, max_buffered: int, max_message_size: int
+    ) -> None:
+        """SSE (``/connection/sse``) and long-polling (``/connection/longpoll/*``) endpoints."""
+        from ..transports.longpoll import LongPollEndpoints
+        from ..transports.sse import SseEndpoints
+
+        limits = {"max_buffered": max_buffered, "max_message_size": max_message_size}
+        self.sse = SseEndpoints(self.hub, origins, **limits)
+        self.sse.register(self.http)
+        self.longpoll = LongPollEndpoints(self.hub, origins, **limits)
+        self.longpoll.register(self.http)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -156,3 +186,34 @@ class HubServer:
         return HttpResponse(
             200, target.read_bytes(), [("Content-Type", kind), ("Cache-Control", "no-cache")]
         )
+
+
+class _FrontDoorCollector(Collector):
+    """Handshakes, refusals and open connections, read from the servers at scrape time."""
+
+    def __init__(self, server: HubServer) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        server = self.server
+        handshakes = CounterMetricFamily(
+            "pulsewire_handshakes", "Accepted opening handshakes", labels=["transport"]
+        )
+        handshakes.add_metric(["websocket"], server.websocket.handshakes)
+        yield handshakes
+        refusals = CounterMetricFamily(
+            "pulsewire_refusals",
+            "Connections, handshakes and requests refused, by HTTP status",
+            labels=["status"],
+        )
+        merged: dict[int, int] = dict(server.http.refusals)
+        for status, count in server.websocket.refusals.items():
+            merged[status] = merged.get(status, 0) + count
+        for status, count in sorted(merged.items()):
+            refusals.add_metric([str(status)], count)
+        yield refusals
+        open_connections = GaugeMetricFamily(
+            "pulsewire_tcp_connections", "Open TCP connections admitted by the front door"
+        )
+        open_connections.add_metric([], server.limiter.total)
+        yield open_connections

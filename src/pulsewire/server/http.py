@@ -23,6 +23,7 @@ import httptools
 
 from ..aio.server import Server as WebSocketServer
 from ..protocol.handshake import Headers, http_response
+from .limits import ConnectionLimiter
 
 __all__ = ["HttpRequest", "HttpResponse", "HttpServer", "Route", "StreamResponse", "json_response"]
 
@@ -37,6 +38,7 @@ class HttpRequest:
     body: bytes
     remote_address: str
     version: str = "1.1"
+    keep_alive: bool = True
 
     @property
     def path(self) -> str:
@@ -104,8 +106,16 @@ class HttpServer:
     """Routes by exact path or prefix; WebSocket routes hand the connection over."""
 
     def __init__(
-        self, *, max_body: int = 1 << 20, head_timeout: float = 10.0, idle_timeout: float = 75.0
+        self,
+        *,
+        max_body: int = 1 << 20,
+        head_timeout: float = 10.0,
+        idle_timeout: float = 75.0,
+        limiter: ConnectionLimiter | None = None,
     ) -> None:
+        self.limiter = limiter
+        self.refusals: dict[int, int] = {}
+        """Requests and connections refused at the front door, by HTTP status."""
         self.routes: dict[str, Route] = {}
         self.prefixes: list[tuple[str, Route]] = []
         self.limits = _Limits()
@@ -168,12 +178,14 @@ class HttpProtocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.busy = False
         self.streaming: asyncio.Task[None] | None = None
+        self.admitted = False
+        self.pending_head = 0
 
     def _reset(self) -> None:
         self.url = bytearray()
         self.headers: list[tuple[str, str]] = []
         self.body = bytearray()
-        self.head_bytes = 0
+        self.head_size = 0
         self.head_done = False
 
     # -- asyncio callbacks -------------------------------------------------------------------
@@ -182,10 +194,18 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
+        limiter = self.server.limiter
+        if limiter is not None:
+            refusal = limiter.admit(self.remote)
+            if refusal is not None:
+                self._error(*refusal)
+                return
+            self.admitted = True
         self.server.connections.add(self)
         self._arm(self.limits.head_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
         self.server.connections.discard(self)
         self.transport = None
         if self.timer is not None:
@@ -196,27 +216,29 @@ class HttpProtocol(asyncio.Protocol):
             self.streaming.cancel()
 
     def data_received(self, data: bytes) -> None:
-        if not self.head_done:
-            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._upgrade(data[exc.args[0] :])
+            return
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _Refusal):
                 self._error(cause.status, cause.reason)
             else:
                 self._error(400, f"malformed HTTP request: {exc}")
+            return
         except httptools.HttpParserError as exc:
             self._error(400, f"malformed HTTP request: {exc}")
             return
-        if (
-            not self.head_done
-            and self.head_bytes > self.limits.max_head
-            and self.transport is not None
-        ):
-            self._error(431, f"request head larger than {self.limits.max_head} bytes")
+        if not self.head_done and self.transport is not None:
+            # An unfinished head: count raw bytes (a single huge header line never reaches
+            # on_header). Finished heads are measured field by field in the callbacks.
+            self.pending_head += len(data)
+            if self.pending_head > self.limits.max_head:
+                self._error(431, f"request head larger than {self.limits.max_head} bytes")
+        else:
+            self.pending_head = 0
 
     # -- httptools callbacks -------------------------------------------------------------------
 
@@ -226,16 +248,24 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self._grow_head(len(url))
         if len(self.url) > self.limits.max_target:
             raise _Refusal(414, f"request target longer than {self.limits.max_target} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self._grow_head(len(name) + len(value) + 4)
         if len(self.headers) > self.limits.max_headers:
             raise _Refusal(431, f"more than {self.limits.max_headers} header fields")
 
+    def _grow_head(self, n: int) -> None:
+        self.head_size += n
+        if self.head_size > self.limits.max_head:
+            raise _Refusal(431, f"request head larger than {self.limits.max_head} bytes")
+
     def on_headers_complete(self) -> None:
         self.head_done = True
+        self.pending_head = 0
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -255,6 +285,7 @@ class HttpProtocol(asyncio.Protocol):
             body=bytes(self.body),
             remote_address=self.remote,
             version=self.parser.get_http_version(),
+            keep_alive=self.parser.should_keep_alive(),
         )
         if self.queue is None:
             self.queue = asyncio.Queue()
@@ -284,7 +315,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._arm(self.limits.idle_timeout)
 
     async def _respond(self, request: HttpRequest) -> bool:
-        keep_alive = self.parser.should_keep_alive() and not self.server.closing
+        keep_alive = request.keep_alive and not self.server.closing
         route = self.server.route(request.path)
         try:
             if route is None or route.handler is None:
@@ -368,7 +399,9 @@ class HttpProtocol(asyncio.Protocol):
         lines += [f"{name}: {value}" for name, value in self.headers]
         raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         self.transport = None
-        route.websocket.attach(transport, raw + trailing)
+        # The WebSocket connection now owns the transport, and the admission slot with it.
+        release = self._release if self.admitted else None
+        route.websocket.attach(transport, raw + trailing, on_closed=release)
 
     # -- closing ---------------------------------------------------------------------------------
 
@@ -381,12 +414,18 @@ class HttpProtocol(asyncio.Protocol):
         self.timer = None
         if self.busy or self.streaming is not None:
             return
-        if self.url or self.head_bytes:
+        if self.url or self.pending_head or self.headers:
             self._error(408, "request not received in time")
         else:
             self._close()
 
+    def _release(self) -> None:
+        if self.admitted and self.server.limiter is not None:
+            self.admitted = False
+            self.server.limiter.release(self.remote)
+
     def _error(self, status: int, reason: str) -> None:
+        self.server.refusals[status] = self.server.refusals.get(status, 0) + 1
         if self.transport is not None:
             self.transport.write(http_response(status, reason + "\n"))
         self._close()

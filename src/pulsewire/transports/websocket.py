@@ -17,7 +17,7 @@ from ..hub.hub import Hub
 from ..hub.session import ConnectRequest, Session
 from ..hub.types import Publication
 from ..hub.wire import SUBPROTOCOLS, codec_for
-from ..protocol.close import CloseCode
+from ..protocol.close import CloseCode, truncate_reason
 from ..protocol.connection import State, serialize_message
 from ..protocol.errors import ConnectionClosed
 
@@ -73,7 +73,7 @@ class WebSocketTransport:
         ws = self.ws
         proto = ws._proto
         if proto is not None and proto.state is State.OPEN:
-            proto.send_close(code, reason[:120])
+            proto.send_close(code, truncate_reason(reason))
             ws._flush()
             ws._start_close_timer()
 
