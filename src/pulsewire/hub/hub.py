@@ -627,4 +627,5 @@ def _check_data(data: Any) -> None:
     try:
         _json_check(data)
     except (TypeError, ValueError) as exc:
-        raise HubError(ErrorCode.BAD_REQUEST, f"data must be representable as JSON: {exc}") from None
+        message = f"data must be representable as JSON: {exc}"
+        raise HubError(ErrorCode.BAD_REQUEST, message) from None
