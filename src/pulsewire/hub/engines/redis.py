@@ -1,0 +1,535 @@
+"""The Redis engine: many hub processes on one Redis act as one hub.
+
+* Fan-out: Redis pub/sub on one dedicated connection per engine (``{prefix}.ch.<channel>``,
+  control messages on ``{prefix}.control``). SUBSCRIBE/UNSUBSCRIBE calls made in the same
+  loop tick go out as one batch, followed by a ``PING`` used as a barrier: replies come in
+  order, so its ``pong`` proves the batch was applied and ``subscribe()`` returns only then.
+* History: per channel a stream (``{prefix}:{<channel>}:stream``, entry id ``<offset>-0``) and
+  a meta hash (``...:meta``: ``epoch``, ``offset``), written by one Lua script that also
+  PUBLISHes the publication, so every node receives a channel's publications in offset order.
+* Presence: a hash (client id -> ClientInfo JSON) and a sorted set (client id -> expiry, in
+  Redis time) per channel; expired members are removed when presence is read.
+* Faults: commands fail fast with :class:`EngineUnavailable` (socket timeouts, no retries);
+  the pub/sub reader pings an idle connection, reconnects with exponential backoff and jitter,
+  resubscribes and only then reports ``on_engine_state(True)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import random
+import re
+import secrets
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from ..types import ClientInfo, HistoryResult, Publication, PublishOptions, StreamPosition
+from . import redis_scripts
+from .base import Engine, EngineUnavailable
+
+__all__ = ["RedisEngine"]
+
+logger = logging.getLogger(__name__)
+
+_ERRORS = (RedisError, OSError, asyncio.TimeoutError, EngineUnavailable)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """Turn connection-level failures into EngineUnavailable."""
+    try:
+        yield
+    except EngineUnavailable:
+        raise
+    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        raise EngineUnavailable(f"redis: {exc}") from exc
+
+
+@dataclass(eq=False)
+class _Barrier:
+    """Futures resolved when the ``PING`` sent after a batch of commands is answered."""
+
+    waiters: list[asyncio.Future[None]]
+    sync: bool = False
+
+    def fail(self, reason: str) -> None:
+        for fut in self.waiters:
+            if not fut.done():
+                fut.set_exception(EngineUnavailable(reason))
+
+
+@dataclass(eq=False)
+class _Session:
+    """One pub/sub connection and what is in flight on it."""
+
+    conn: AbstractConnection
+    barriers: collections.deque[_Barrier] = field(default_factory=collections.deque)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    awaiting_reply: bool = True
+    synced: bool = False
+
+
+class RedisEngine(Engine):
+    """History, presence and fan-out through Redis (5 or later; Cluster-friendly keys).
+
+    ``connect_timeout`` and ``command_timeout`` bound every call; ``ping_interval`` is how
+    long the pub/sub connection may stay silent before it is pinged (a lost connection is
+    noticed within two intervals); ``backoff_min``/``backoff_max`` shape reconnection;
+    ``max_connections`` bounds the command connections (the pub/sub one comes on top).
+    """
+
+    name = "redis"
+    #: Publications of channels without history come back through Redis: the hub delivers
+    #: them locally itself and the engine skips its own echo (``origin == node_id``).
+    local_fanout = True
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        prefix: str = "pulsewire",
+        *,
+        connect_timeout: float = 1.0,
+        command_timeout: float = 2.0,
+        ping_interval: float = 1.0,
+        backoff_min: float = 0.05,
+        backoff_max: float = 2.0,
+        max_connections: int = 64,
+        client_name: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.url = url
+        self.prefix = prefix
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._ping_interval = ping_interval
+        self._backoff_min = backoff_min
+        self._backoff_max = backoff_max
+        self._max_connections = max_connections
+        self._client_name = client_name
+        self._ch_prefix = f"{prefix}.ch."
+        self._ch_prefix_b = self._ch_prefix.encode()
+        self._control = f"{prefix}.control"
+        self._control_b = self._control.encode()
+        self._redis: aioredis.Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._session: _Session | None = None
+        self._available = False
+        self._reader: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Channels this node wants; channels whose subscription changed since the last flush.
+        self._wanted: set[str] = set()
+        self._dirty: set[str] = set()
+        self._sub_waiters: list[asyncio.Future[None]] = []
+        self._flush_scheduled = False
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def _key(self, channel: str, kind: str) -> str:
+        return f"{self.prefix}:{{{channel}}}:{kind}"
+
+    def _pubsub_name(self, channel: str) -> str:
+        return self._ch_prefix + channel
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    async def start(self) -> None:
+        """Connect both connections and subscribe; raises EngineUnavailable on failure."""
+        if self._redis is not None:
+            return
+        if not self.node_id:
+            self.node_id = secrets.token_hex(6)
+        name = self._client_name or re.sub(r"[^\w.:-]", "_", f"pulsewire-{self.node_id}")
+        # A bounded pool: a burst of calls waits for a connection (at most command_timeout)
+        # instead of opening hundreds. No retries: a failed call raises EngineUnavailable.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=self._max_connections,
+            timeout=self._command_timeout,
+            socket_timeout=self._command_timeout,
+            socket_connect_timeout=self._connect_timeout,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),
+            client_name=name,
+            protocol=2,
+        )
+        self._redis = aioredis.Redis.from_pool(pool)
+        self._scripts = {
+            "publish": self._redis.register_script(redis_scripts.PUBLISH),
+            "history": self._redis.register_script(redis_scripts.HISTORY),
+            "presence_add": self._redis.register_script(redis_scripts.PRESENCE_ADD),
+            "presence_get": self._redis.register_script(redis_scripts.PRESENCE_GET),
+        }
+        try:
+            with _unavailable():
+                await self._redis.ping()
+                session = await self._open_session()
+                await asyncio.wait_for(
+                    self._serve(session, until_synced=True), self._command_timeout
+                )
+        except BaseException:
+            await self.close()
+            raise
+        self._reader = asyncio.create_task(self._run(session), name=f"redis-engine-{name}")
+
+    async def close(self) -> None:
+        """Stop the reader, fail pending subscribes, close the connections."""
+        self._available = False
+        tasks = [t for t in (self._reader, *self._tasks) if t is not None]
+        self._reader = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._flush_scheduled = False
+        session, self._session = self._session, None
+        if session is not None:
+            await self._drop(session, "engine closed")
+        for fut in self._sub_waiters:
+            if not fut.done():
+                fut.set_exception(EngineUnavailable("engine closed"))
+        self._sub_waiters = []
+        client, self._redis = self._redis, None
+        if client is not None:
+            with contextlib.suppress(*_ERRORS):
+                await client.aclose()
+
+    # -- pub/sub connection ----------------------------------------------------------------
+
+    async def _open_session(self) -> _Session:
+        """Connect the pub/sub connection and (re)subscribe to every wanted channel."""
+        assert self._redis is not None
+        pool = self._redis.connection_pool
+        # RESP2 whatever the URL says: pub/sub messages are then plain replies, not pushes.
+        conn: AbstractConnection = pool.connection_class(
+            **{**pool.connection_kwargs, "protocol": 2}
+        )
+        try:
+            await cast(Any, conn).connect()
+            session = _Session(conn)
+            names = [self._control, *(self._pubsub_name(c) for c in self._wanted)]
+            self._session = session
+            self._dirty.clear()
+            await self._send(session, [("SUBSCRIBE", *names)], _Barrier([], sync=True))
+        except BaseException:
+            if self._session is not None and self._session.conn is conn:
+                self._session = None
+            await conn.disconnect(nowait=True)
+            raise
+        return session
+
+    async def _drop(self, session: _Session, reason: str) -> None:
+        if self._session is session:
+            self._session = None
+        while session.barriers:
+            session.barriers.popleft().fail(reason)
+        with contextlib.suppress(*_ERRORS):
+            await session.conn.disconnect(nowait=True)
+
+    async def _send(
+        self, session: _Session, commands: list[tuple[str, ...]], barrier: _Barrier | None
+    ) -> None:
+        """Send commands on the pub/sub connection, optionally followed by a barrier PING."""
+        async with session.lock:
+            # Never let redis-py transparently reconnect a dropped pub/sub connection.
+            if self._session is not session or not session.conn.is_connected:
+                raise EngineUnavailable("redis pub/sub connection lost")
+            if barrier is not None:
+                commands = [*commands, ("PING", "b")]
+                session.barriers.append(barrier)
+            packed = session.conn.pack_commands(commands)
+            await session.conn.send_packed_command(packed, check_health=False)
+
+    async def _run(self, session: _Session | None) -> None:
+        """The reader task: serve the session, reconnect with backoff when it fails."""
+        backoff = self._backoff_min
+        while True:
+            try:
+                if session is None:
+                    session = await self._open_session()
+                await self._serve(session, until_synced=False)
+            except asyncio.CancelledError:
+                raise
+            except _ERRORS as exc:
+                if self._available:
+                    logger.warning("redis engine: pub/sub connection lost: %s", exc)
+                else:
+                    logger.debug("redis engine: cannot reconnect yet: %s", exc)
+            except Exception:
+                logger.exception("redis engine: pub/sub reader failed")
+            if session is not None:
+                if session.synced:
+                    backoff = self._backoff_min
+                await self._drop(session, "redis pub/sub connection lost")
+                session = None
+            self._set_available(False)
+            await asyncio.sleep(random.uniform(backoff / 2, backoff))
+            backoff = min(backoff * 2, self._backoff_max)
+
+    async def _serve(self, session: _Session, *, until_synced: bool) -> None:
+        """Read and dispatch messages; raises when the connection fails or stays silent."""
+        conn = session.conn
+        while not (until_synced and session.synced):
+            response = await conn.read_response(timeout=self._ping_interval)
+            if response is None:
+                if session.awaiting_reply:
+                    raise EngineUnavailable("redis pub/sub connection silent")
+                session.awaiting_reply = True
+                await self._send(session, [("PING", "h")], None)
+                continue
+            session.awaiting_reply = False
+            if isinstance(response, list) and len(response) >= 2:
+                kind = response[0]
+                if kind == b"message" and len(response) == 3:
+                    self._dispatch(response[1], response[2])
+                elif kind == b"pong" and response[1] == b"b" and session.barriers:
+                    self._complete(session, session.barriers.popleft())
+
+    def _complete(self, session: _Session, barrier: _Barrier) -> None:
+        for fut in barrier.waiters:
+            if not fut.done():
+                fut.set_result(None)
+        if barrier.sync:
+            session.synced = True
+            self._set_available(True)
+
+    def _set_available(self, available: bool) -> None:
+        if available == self._available:
+            return
+        self._available = available
+        if self._reader is None:
+            return  # start() or close(): the hub is not told about these
+        logger.info("redis engine %s", "available" if available else "unavailable")
+        if self.handler is not None:
+            try:
+                self.handler.on_engine_state(available)
+            except Exception:
+                logger.exception("redis engine: on_engine_state handler failed")
+
+    def _dispatch(self, name: bytes, data: bytes) -> None:
+        handler = self.handler
+        if handler is None:
+            return
+        try:
+            if name == self._control_b:
+                message = json.loads(data)
+                if isinstance(message, dict):
+                    handler.on_control(message)
+                return
+            if not name.startswith(self._ch_prefix_b):
+                return
+            channel = name[len(self._ch_prefix_b) :].decode()
+            if channel not in self._wanted:
+                return
+            envelope = json.loads(data)
+            kind = envelope.pop("t", None)
+            if kind == "p":
+                publication = Publication.from_dict(envelope)
+                if publication.offset == 0 and publication.origin == self.node_id:
+                    return  # our own echo: the hub has delivered it locally already
+                handler.on_publication(channel, publication)
+            elif kind == "j":
+                handler.on_join(channel, ClientInfo.from_dict(envelope["info"]))
+            elif kind == "l":
+                handler.on_leave(channel, ClientInfo.from_dict(envelope["info"]))
+        except Exception:
+            logger.exception("redis engine: cannot dispatch a message from %r", name)
+
+    # -- fan-out ---------------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            task = asyncio.create_task(self._flush())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self) -> None:
+        """Send the (un)subscriptions requested since the last flush, as one batch."""
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        barrier = _Barrier(self._sub_waiters)
+        self._sub_waiters = []
+        commands: list[tuple[str, ...]] = []
+        subs = [self._pubsub_name(c) for c in dirty if c in self._wanted]
+        unsubs = [self._pubsub_name(c) for c in dirty if c not in self._wanted]
+        if subs:
+            commands.append(("SUBSCRIBE", *subs))
+        if unsubs:
+            commands.append(("UNSUBSCRIBE", *unsubs))
+        session = self._session
+        if session is None:
+            barrier.fail("redis pub/sub connection lost")
+            return
+        try:
+            await self._send(session, commands, barrier)
+        except _ERRORS as exc:
+            barrier.fail(f"redis: {exc}")
+
+    async def subscribe(self, channel: str) -> None:
+        """Subscribe; returns once Redis applied it. On failure (EngineUnavailable) the
+        channel stays wanted and is subscribed on reconnection: unsubscribe to drop it."""
+        self._wanted.add(channel)
+        self._dirty.add(channel)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sub_waiters.append(fut)
+        self._schedule_flush()
+        try:
+            await asyncio.wait_for(fut, self._command_timeout)
+        except asyncio.TimeoutError:
+            raise EngineUnavailable("redis: SUBSCRIBE not confirmed in time") from None
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop delivering ``channel`` at once; the UNSUBSCRIBE goes out with the next batch."""
+        if channel in self._wanted:
+            self._wanted.discard(channel)
+            self._dirty.add(channel)
+            self._schedule_flush()
+
+    def _client(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise EngineUnavailable("redis engine is not started")
+        return self._redis
+
+    async def _script(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        self._client()
+        with _unavailable():
+            return await self._scripts[script](keys=list(keys), args=list(args))
+
+    def _encode(self, publication: Publication) -> str:
+        """JSON without offset/prev/epoch (the script adds them); TypeError for data JSON
+        cannot carry (bytes...), before anything reaches Redis."""
+        out = publication.to_dict()
+        for key in ("offset", "prev", "epoch"):
+            out.pop(key, None)
+        out["origin"] = self.node_id
+        return _dumps(out)
+
+    async def publish(
+        self, channel: str, publication: Publication, options: PublishOptions
+    ) -> StreamPosition | None:
+        body = self._encode(publication)
+        if not options.history:
+            client = self._client()
+            with _unavailable():
+                await client.publish(self._pubsub_name(channel), '{"t":"p",' + body[1:])
+            return None
+        offset, epoch = await self._script(
+            "publish",
+            [self._key(channel, "stream"), self._key(channel, "meta")],
+            [
+                body,
+                options.history_size,
+                _ms(options.history_ttl),
+                _ms(max(options.history_meta_ttl, options.history_ttl)),
+                secrets.token_hex(4),
+                self._pubsub_name(channel),
+            ],
+        )
+        publication.offset = int(offset)
+        publication.prev = publication.offset - 1
+        publication.epoch = epoch.decode()
+        return StreamPosition(publication.offset, publication.epoch)
+
+    async def _publish_event(self, channel: str, kind: str, info: ClientInfo) -> None:
+        message = _dumps({"t": kind, "info": info.to_dict(), "origin": self.node_id})
+        client = self._client()
+        with _unavailable():
+            await client.publish(self._pubsub_name(channel), message)
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+        await self._publish_event(channel, "j", info)
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
+        await self._publish_event(channel, "l", info)
+
+    async def publish_control(self, message: dict[str, Any]) -> None:
+        client = self._client()
+        with _unavailable():
+            await client.publish(self._control, _dumps(message))
+
+    # -- history ---------------------------------------------------------------------------
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+        options: PublishOptions,
+    ) -> HistoryResult:
+        offset, epoch, items = await self._script(
+            "history",
+            [self._key(channel, "stream"), self._key(channel, "meta")],
+            [
+                "" if since is None else max(since.offset, 0),
+                -1 if limit is None else limit,
+                int(reverse),
+                int(options.history),
+                secrets.token_hex(4),
+                _ms(max(options.history_meta_ttl, options.history_ttl)),
+            ],
+        )
+        publications = [Publication.from_dict(json.loads(item)) for item in items]
+        return HistoryResult(publications, StreamPosition(int(offset), epoch.decode()))
+
+    async def remove_history(self, channel: str) -> None:
+        """Drop the kept publications; the stream's offset and epoch stay."""
+        client = self._client()
+        with _unavailable():
+            await client.delete(self._key(channel, "stream"))
+
+    # -- presence --------------------------------------------------------------------------
+
+    def _presence_keys(self, channel: str) -> list[str]:
+        return [self._key(channel, "presence"), self._key(channel, "presence_exp")]
+
+    async def add_presence(self, channel: str, info: ClientInfo, ttl: float) -> None:
+        await self._script(
+            "presence_add",
+            self._presence_keys(channel),
+            [info.client, _dumps(info.to_dict()), _ms(ttl)],
+        )
+
+    async def remove_presence(self, channel: str, client_id: str) -> None:
+        hash_key, zset_key = self._presence_keys(channel)
+        client = self._client()
+        with _unavailable():
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.hdel(hash_key, client_id)
+                pipe.zrem(zset_key, client_id)
+                await pipe.execute()
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        flat = await self._script("presence_get", self._presence_keys(channel), ["all"])
+        return {
+            flat[i].decode(): ClientInfo.from_dict(json.loads(flat[i + 1]))
+            for i in range(0, len(flat), 2)
+        }
+
+    async def presence_stats(self, channel: str) -> tuple[int, int]:
+        clients, users = await self._script("presence_get", self._presence_keys(channel), ["stats"])
+        return int(clients), int(users)

@@ -1,0 +1,230 @@
+"""Engine fixtures: a cluster of engine nodes of one kind, each bound to a recording handler.
+
+* ``redis_url``: the Redis at 127.0.0.1:6379; the test is skipped when it does not answer
+  (failed instead when ``CI=true``).
+* ``cluster``: parametrised over :data:`ENGINE_KINDS`; ``await cluster.add_engine()`` starts
+  one more node (another process, as far as the engine can tell) on a per-test key prefix;
+  for single-process engines (memory) a second node skips the test. Teardown closes the
+  nodes and deletes the prefix's keys.
+* ``engine``: the cluster's first node, started, its ``handler`` a :class:`Recorder`.
+
+A new engine kind is one more :class:`EngineKind` entry: how to build an engine from the value
+of its service fixture (e.g. a ``nats_url`` fixture) and a prefix, and how to clean up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from pulsewire.hub.engines.base import Engine
+from pulsewire.hub.engines.memory import MemoryEngine
+from pulsewire.hub.types import ClientInfo, Publication
+
+REDIS_HOST = "127.0.0.1"
+REDIS_PORT = 6379
+
+
+def redis_answers(host: str = REDIS_HOST, port: int = REDIS_PORT, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def service_missing(message: str) -> None:
+    """Skip the test, or fail it on CI where every service must be there."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    if not redis_answers():
+        service_missing(f"Redis not reachable at {REDIS_HOST}:{REDIS_PORT}")
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+
+
+async def delete_redis_keys(url: str, prefix: str) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+# ------------------------------------------------------------------------------ recorder
+
+
+class Recorder:
+    """An EngineHandler that records every callback and lets tests wait for conditions."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.publications: list[tuple[str, Publication]] = []
+        self.joins: list[tuple[str, ClientInfo]] = []
+        self.leaves: list[tuple[str, ClientInfo]] = []
+        self.controls: list[dict[str, Any]] = []
+        self.states: list[bool] = []
+        self._changed = asyncio.Event()
+
+    def on_publication(self, channel: str, publication: Publication) -> None:
+        self.publications.append((channel, publication))
+        self._changed.set()
+
+    def on_join(self, channel: str, info: ClientInfo) -> None:
+        self.joins.append((channel, info))
+        self._changed.set()
+
+    def on_leave(self, channel: str, info: ClientInfo) -> None:
+        self.leaves.append((channel, info))
+        self._changed.set()
+
+    def on_control(self, message: dict[str, Any]) -> None:
+        self.controls.append(message)
+        self._changed.set()
+
+    def on_engine_state(self, available: bool) -> None:
+        self.states.append(available)
+        self._changed.set()
+
+    def pubs(self, channel: str) -> list[Publication]:
+        return [p for c, p in self.publications if c == channel]
+
+    async def wait_for(
+        self, predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition"
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"node {self.name}: timed out waiting for {what}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.1))
+            except asyncio.TimeoutError:
+                pass
+
+
+def recorder(engine: Engine) -> Recorder:
+    assert isinstance(engine.handler, Recorder)
+    return engine.handler
+
+
+# ------------------------------------------------------------------------------ clusters
+
+
+@dataclass(frozen=True)
+class EngineKind:
+    #: (service fixture value, key prefix) -> an engine, not started.
+    make: Callable[[Any, str], Engine]
+    #: Name of the fixture giving the service address (skips when the service is missing).
+    service_fixture: str | None = None
+    #: Whether several engine instances share state (act as one hub).
+    multi_node: bool = True
+    #: (service fixture value, key prefix) -> delete what the test left behind.
+    cleanup: Callable[[Any, str], Awaitable[None]] | None = None
+
+
+def _make_redis(url: str, prefix: str) -> Engine:
+    from pulsewire.hub.engines.redis import RedisEngine
+
+    return RedisEngine(url, prefix, ping_interval=0.5)
+
+
+ENGINE_KINDS: dict[str, EngineKind] = {
+    "memory": EngineKind(lambda _service, _prefix: MemoryEngine(), multi_node=False),
+    "redis": EngineKind(_make_redis, "redis_url", cleanup=delete_redis_keys),
+}
+
+
+@dataclass
+class Cluster:
+    """Engine nodes of one kind sharing one key prefix."""
+
+    kind_name: str
+    kind: EngineKind
+    service: Any
+    prefix: str
+    engines: list[Engine] = field(default_factory=list)
+
+    @property
+    def multi_node(self) -> bool:
+        return self.kind.multi_node
+
+    async def add_engine(self, name: str | None = None) -> Engine:
+        if self.engines and not self.kind.multi_node:
+            pytest.skip(f"the {self.kind_name} engine runs in one process only")
+        name = name or "abcdefgh"[len(self.engines)]
+        engine = self.kind.make(self.service, self.prefix)
+        engine.bind(Recorder(name), f"{self.prefix}-{name}")
+        await engine.start()
+        self.engines.append(engine)
+        return engine
+
+    async def up_to(self, count: int) -> list[Engine]:
+        """``count`` nodes when the engine connects processes, else the only one."""
+        want = count if self.kind.multi_node else 1
+        while len(self.engines) < want:
+            await self.add_engine()
+        return self.engines[:want]
+
+    async def settle(self, engines: list[Engine] | None = None) -> None:
+        """Wait until a control message sent now has reached every node: whatever was
+        published before it has been delivered."""
+        engines = engines or self.engines
+        marker = {"settle": uuid.uuid4().hex}
+        await engines[0].publish_control(marker)
+        for engine in engines:
+            rec = recorder(engine)
+            await rec.wait_for(lambda rec=rec: marker in rec.controls, what="settle marker")
+
+    async def close(self) -> None:
+        for engine in self.engines:
+            await engine.close()
+        if self.kind.cleanup is not None:
+            await self.kind.cleanup(self.service, self.prefix)
+
+
+@pytest.fixture(params=list(ENGINE_KINDS))
+def engine_kind(request: pytest.FixtureRequest) -> tuple[str, EngineKind, Any]:
+    kind = ENGINE_KINDS[request.param]
+    service = request.getfixturevalue(kind.service_fixture) if kind.service_fixture else None
+    return request.param, kind, service
+
+
+@pytest.fixture
+async def cluster(engine_kind: tuple[str, EngineKind, Any]) -> AsyncIterator[Cluster]:
+    name, kind, service = engine_kind
+    cluster = Cluster(name, kind, service, f"pwtest-{uuid.uuid4().hex[:12]}")
+    try:
+        yield cluster
+    finally:
+        await cluster.close()
+
+
+@pytest.fixture
+async def engine(cluster: Cluster) -> Engine:
+    return await cluster.add_engine()
+
+
+@pytest.fixture
+def recorder_class() -> type[Recorder]:
+    """The Recorder class, for tests that build engines by hand."""
+    return Recorder

@@ -1,0 +1,302 @@
+"""The Engine contract, run against every engine kind of ``conftest.ENGINE_KINDS``.
+
+Tests that need several nodes use as many as the engine supports: for the in-memory engine
+(one process) "every node" is the only node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pulsewire.hub.engines.base import Engine
+from pulsewire.hub.types import ClientInfo, Publication, PublishOptions, StreamPosition
+
+if TYPE_CHECKING:
+    from conftest import Cluster, Recorder
+
+pytestmark = pytest.mark.timeout(60)
+
+HISTORY = PublishOptions(history_size=100, history_ttl=60.0)
+NO_HISTORY = PublishOptions()
+
+
+def recorder(engine: Engine) -> Recorder:
+    handler: Any = engine.handler
+    return handler  # bound by the cluster fixture
+
+
+def pub(data: object, **fields: object) -> Publication:
+    return Publication(data, published_at=time.time(), **fields)  # type: ignore[arg-type]
+
+
+async def publish_many(engine: Engine, channel: str, count: int, options: PublishOptions) -> list:
+    return [await engine.publish(channel, pub(i), options) for i in range(count)]
+
+
+# -- fan-out -------------------------------------------------------------------------------
+
+
+async def test_publish_without_history_reaches_subscribed_nodes(
+    cluster: Cluster, engine: Engine
+) -> None:
+    nodes = await cluster.up_to(3)
+    for node in nodes[:2]:
+        await node.subscribe("chat")
+    position = await engine.publish("chat", pub({"n": 1}, origin=engine.node_id), NO_HISTORY)
+    assert position is None
+    await cluster.settle()
+    own = recorder(engine).pubs("chat")
+    if engine.local_fanout:
+        assert own == [], "the hub delivers local copies itself: the echo must be skipped"
+        (received,) = recorder(nodes[1]).pubs("chat")
+        assert received.data == {"n": 1}
+        assert received.offset == 0
+        assert received.origin == engine.node_id
+        if len(nodes) > 2:
+            assert recorder(nodes[2]).pubs("chat") == [], "not subscribed"
+    else:
+        assert [p.data for p in own] == [{"n": 1}]
+
+
+async def test_unsubscribe_stops_delivery(cluster: Cluster, engine: Engine) -> None:
+    nodes = await cluster.up_to(2)
+    publisher = nodes[-1]
+    await engine.subscribe("h")
+    await publisher.publish("h", pub("one"), HISTORY)
+    rec = recorder(engine)
+    await rec.wait_for(lambda: len(rec.pubs("h")) == 1)
+    await engine.unsubscribe("h")
+    await publisher.publish("h", pub("two"), HISTORY)
+    await cluster.settle()
+    assert [p.data for p in rec.pubs("h")] == ["one"]
+
+
+async def test_publication_fields_round_trip(cluster: Cluster, engine: Engine) -> None:
+    nodes = await cluster.up_to(2)
+    for node in nodes:
+        await node.subscribe("h")
+    info = ClientInfo("client-1", "user-1", {"name": "Zoë"}, ["chan", 1])
+    data = {"text": "héllo ✓", "n": [1, 2.5, None, True], "big": 2**53}
+    sent = pub(data, info=info, tags={"k": "v"})
+    position = await engine.publish("h", sent, HISTORY)
+    assert position is not None and position.offset == 1 and position.epoch
+    (stored,) = (await engine.history("h", options=HISTORY)).publications
+    for node in nodes:
+        rec = recorder(node)
+        await rec.wait_for(lambda rec=rec: len(rec.pubs("h")) == 1)
+    for got in [stored, *(recorder(node).pubs("h")[0] for node in nodes)]:
+        assert got.data == data
+        assert got.info == info
+        assert got.tags == {"k": "v"}
+        assert got.published_at == pytest.approx(sent.published_at)
+        assert (got.offset, got.prev) == (1, 0)
+        assert got.epoch == position.epoch
+
+
+async def test_join_and_leave_reach_subscribed_nodes(cluster: Cluster, engine: Engine) -> None:
+    nodes = await cluster.up_to(3)
+    subscribed = nodes[:2]
+    for node in subscribed:
+        await node.subscribe("room")
+    info = ClientInfo("c1", "u1", {"a": 1})
+    await subscribed[-1].publish_join("room", info)
+    await subscribed[-1].publish_leave("room", info)
+    await cluster.settle()
+    for node in subscribed:
+        assert recorder(node).joins == [("room", info)]
+        assert recorder(node).leaves == [("room", info)]
+    for node in nodes[2:]:
+        assert recorder(node).joins == recorder(node).leaves == []
+
+
+async def test_control_reaches_every_node(cluster: Cluster, engine: Engine) -> None:
+    nodes = await cluster.up_to(3)
+    message = {"op": "disconnect", "user": "u1", "data": {"x": [1, "é"]}}
+    await nodes[-1].publish_control(message)
+    for node in nodes:
+        rec = recorder(node)
+        await rec.wait_for(lambda rec=rec: message in rec.controls)
+    await cluster.settle()
+    for node in nodes:
+        assert recorder(node).controls.count(message) == 1
+
+
+# -- history -------------------------------------------------------------------------------
+
+
+async def test_history_offsets_prev_and_epoch(cluster: Cluster, engine: Engine) -> None:
+    nodes = await cluster.up_to(2)
+    for node in nodes:
+        await node.subscribe("h")
+    positions = await publish_many(engine, "h", 5, HISTORY)
+    assert [p.offset for p in positions] == [1, 2, 3, 4, 5]
+    epoch = positions[0].epoch
+    assert epoch and all(p.epoch == epoch for p in positions)
+    for node in nodes:  # the publishing node included
+        rec = recorder(node)
+        await rec.wait_for(lambda rec=rec: len(rec.pubs("h")) == 5)
+        got = rec.pubs("h")
+        assert [(p.offset, p.prev, p.data) for p in got] == [(i + 1, i, i) for i in range(5)]
+        assert {p.epoch for p in got} == {epoch}
+    result = await nodes[-1].history("h", options=HISTORY)
+    assert [(p.offset, p.prev, p.data) for p in result.publications] == [
+        (i + 1, i, i) for i in range(5)
+    ]
+    assert result.position == StreamPosition(5, epoch)
+
+
+async def test_history_is_trimmed_to_size(engine: Engine) -> None:
+    options = PublishOptions(history_size=3, history_ttl=60.0)
+    await publish_many(engine, "h", 5, options)
+    result = await engine.history("h", options=options)
+    assert [p.offset for p in result.publications] == [3, 4, 5]
+    assert result.position.offset == 5
+
+
+async def test_history_expires_after_ttl_but_keeps_position(engine: Engine) -> None:
+    options = PublishOptions(history_size=10, history_ttl=0.5)
+    positions = await publish_many(engine, "h", 3, options)
+    assert len((await engine.history("h", options=options)).publications) == 3
+    await asyncio.sleep(0.8)
+    result = await engine.history("h", options=options)
+    assert result.publications == []
+    assert result.position == positions[-1]
+    after = await engine.publish("h", pub("again"), options)
+    assert after == StreamPosition(4, positions[-1].epoch)
+
+
+async def test_history_since(engine: Engine) -> None:
+    positions = await publish_many(engine, "h", 5, HISTORY)
+    epoch = positions[0].epoch
+
+    async def offsets(since: StreamPosition) -> list[int]:
+        result = await engine.history("h", since=since, options=HISTORY)
+        assert result.position == StreamPosition(5, epoch)
+        return [p.offset for p in result.publications]
+
+    assert await offsets(StreamPosition(2, epoch)) == [3, 4, 5]
+    assert await offsets(StreamPosition(0, epoch)) == [1, 2, 3, 4, 5]
+    assert await offsets(StreamPosition(5, epoch)) == []
+    assert await offsets(StreamPosition(9, epoch)) == []
+    assert await offsets(StreamPosition(3, "other-epoch")) == [4, 5], "no epoch filtering"
+
+
+async def test_history_reverse_and_limit(engine: Engine) -> None:
+    positions = await publish_many(engine, "h", 5, HISTORY)
+    epoch = positions[0].epoch
+
+    async def offsets(**kwargs: object) -> list[int]:
+        result = await engine.history("h", options=HISTORY, **kwargs)  # type: ignore[arg-type]
+        assert result.position == StreamPosition(5, epoch)
+        return [p.offset for p in result.publications]
+
+    since = StreamPosition(2, epoch)
+    assert await offsets(reverse=True) == [5, 4, 3, 2, 1]
+    assert await offsets(limit=2) == [1, 2]
+    assert await offsets(limit=2, reverse=True) == [5, 4]
+    assert await offsets(limit=0) == []
+    assert await offsets(limit=10) == [1, 2, 3, 4, 5]
+    assert await offsets(since=since, limit=2) == [3, 4]
+    assert await offsets(since=since, reverse=True) == [5, 4, 3]
+    assert await offsets(since=since, limit=2, reverse=True) == [5, 4]
+
+
+async def test_history_read_creates_the_epoch(engine: Engine) -> None:
+    empty = await engine.history("plain", options=NO_HISTORY)
+    assert empty.publications == [] and empty.position == StreamPosition(0, "")
+    first = await engine.history("h", options=HISTORY)
+    assert first.publications == [] and first.position.offset == 0 and first.position.epoch
+    again = await engine.history("h", options=HISTORY)
+    assert again.position == first.position
+    assert await engine.publish("h", pub(1), HISTORY) == StreamPosition(1, first.position.epoch)
+
+
+async def test_epoch_changes_once_the_stream_meta_is_gone(engine: Engine) -> None:
+    options = PublishOptions(history_size=10, history_ttl=0.3, history_meta_ttl=0.5)
+    first = await publish_many(engine, "h", 2, options)
+    assert first[0].epoch == first[1].epoch
+    await asyncio.sleep(0.8)
+    after = await engine.publish("h", pub("new"), options)
+    assert after is not None and after.offset == 1 and after.epoch != first[0].epoch
+    result = await engine.history("h", options=options)
+    assert [(p.offset, p.data) for p in result.publications] == [(1, "new")]
+    assert result.position == after
+
+
+async def test_remove_history_keeps_the_position(engine: Engine) -> None:
+    positions = await publish_many(engine, "h", 3, HISTORY)
+    await engine.remove_history("h")
+    result = await engine.history("h", options=HISTORY)
+    assert result.publications == [] and result.position == positions[-1]
+    assert await engine.publish("h", pub(4), HISTORY) == StreamPosition(4, positions[0].epoch)
+
+
+async def test_concurrent_publishers_keep_offset_order(cluster: Cluster, engine: Engine) -> None:
+    nodes = await cluster.up_to(2)
+    for node in nodes:
+        await node.subscribe("h")
+    publishers = nodes if len(nodes) > 1 else [engine, engine]
+    options = PublishOptions(history_size=1000, history_ttl=60.0)
+
+    async def run(index: int, node: Engine) -> list[int]:
+        positions = [await node.publish("h", pub([index, i]), options) for i in range(200)]
+        return [p.offset for p in positions if p is not None]
+
+    results = await asyncio.gather(*(run(i, node) for i, node in enumerate(publishers)))
+    for offsets in results:
+        assert offsets == sorted(offsets) and len(offsets) == 200
+    assert sorted(results[0] + results[1]) == list(range(1, 401))
+    for node in nodes:
+        rec = recorder(node)
+        await rec.wait_for(lambda rec=rec: len(rec.pubs("h")) >= 400, timeout=15)
+        got = rec.pubs("h")
+        assert [p.offset for p in got] == list(range(1, 401)), "strictly increasing, no gaps"
+        assert all(p.prev == p.offset - 1 for p in got)
+        assert sorted(map(tuple, (p.data for p in got))) == sorted(
+            (i, j) for i in range(2) for j in range(200)
+        )
+    result = await engine.history("h", options=options)
+    assert [p.offset for p in result.publications] == list(range(1, 401))
+
+
+# -- presence ------------------------------------------------------------------------------
+
+
+async def test_presence_add_refresh_remove_and_stats(cluster: Cluster, engine: Engine) -> None:
+    nodes = await cluster.up_to(2)
+    other = nodes[-1]
+    assert await engine.presence("room") == {}
+    assert await engine.presence_stats("room") == (0, 0)
+    c1, c2, c3 = ClientInfo("c1", "u1"), ClientInfo("c2", "u1"), ClientInfo("c3", "u2", {"x": 1})
+    for info in (c1, c2, c3):
+        await engine.add_presence("room", info, 30.0)
+    assert await other.presence("room") == {"c1": c1, "c2": c2, "c3": c3}
+    assert await other.presence_stats("room") == (3, 2)
+    refreshed = ClientInfo("c1", "u1", chan_info={"typing": True})
+    await other.add_presence("room", refreshed, 30.0)
+    assert (await engine.presence("room"))["c1"] == refreshed
+    assert await engine.presence_stats("room") == (3, 2)
+    await other.remove_presence("room", "c2")
+    await other.remove_presence("room", "nobody")
+    assert await engine.presence("room") == {"c1": refreshed, "c3": c3}
+    assert await engine.presence_stats("room") == (2, 2)
+    assert await engine.presence("elsewhere") == {}
+
+
+async def test_presence_expiry(engine: Engine) -> None:
+    short, long_lived, kept = ClientInfo("c1", "u1"), ClientInfo("c2", "u2"), ClientInfo("c3", "u3")
+    await engine.add_presence("room", short, 0.4)
+    await engine.add_presence("room", long_lived, 30.0)
+    await engine.add_presence("room", kept, 0.6)
+    await asyncio.sleep(0.3)
+    await engine.add_presence("room", kept, 0.6)  # refreshed before it expires
+    await asyncio.sleep(0.3)
+    assert await engine.presence("room") == {"c2": long_lived, "c3": kept}
+    assert await engine.presence_stats("room") == (2, 2)
+    await asyncio.sleep(0.5)
+    assert await engine.presence("room") == {"c2": long_lived}
+    assert await engine.presence_stats("room") == (1, 1)
