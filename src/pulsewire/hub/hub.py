@@ -139,10 +139,16 @@ class Hub:
             outcome = self.authenticate(request)
             if inspect.isawaitable(outcome):
                 outcome = await outcome
-            if outcome is not None:
-                if not isinstance(outcome, Credentials):
-                    outcome = Credentials(user=str(outcome))
+            if isinstance(outcome, int) and not isinstance(outcome, bool):
+                outcome = str(outcome)  # numeric user ids are common
+            if isinstance(outcome, str):
+                if not outcome and not self.config.allow_anonymous:
+                    raise Disconnect(DisconnectCode.UNAUTHORIZED, "anonymous connections are off")
+                outcome = Credentials(user=outcome)
+            if isinstance(outcome, Credentials):
                 return outcome
+            if outcome is not None:
+                raise TypeError("authenticate must return Credentials, a user id or None")
         if request.token:
             return self.tokens.connection(request.token)
         if self.config.allow_anonymous:
@@ -332,6 +338,7 @@ class Hub:
         """Push ``data`` as a ``message`` to one connection or to every connection of a user."""
         if (user is None) == (client is None):
             raise ValueError("give exactly one of user= or client=")
+        _check_data(data)
         await self._control({"op": "message", "user": user, "client": client, "data": data})
 
     async def _control(self, message: dict[str, Any]) -> None:
@@ -365,7 +372,10 @@ class Hub:
             if position is not None:
                 if publication.epoch and position.epoch and publication.epoch != position.epoch:
                     self._insufficient_state(channel)
-                    self._positions[channel] = StreamPosition(publication.offset, publication.epoch)
+                    if channel in self._channels:
+                        self._positions[channel] = StreamPosition(
+                            publication.offset, publication.epoch
+                        )
                     return
                 if publication.offset <= position.offset:
                     return
@@ -403,7 +413,8 @@ class Hub:
             )
             if not complete:
                 self._insufficient_state(channel)
-                self._positions[channel] = result.position
+                if channel in self._channels:
+                    self._positions[channel] = result.position
                 return
             self.metrics.gap_fills.inc()
             buffered = self._syncing.get(channel, [])

@@ -237,7 +237,12 @@ class Session:
             )
             return
         reply: dict[str, Any] = {"id": cid, "result": result if result is not None else {}}
-        self.send(reply)
+        try:
+            self.send(reply)
+        except (TypeError, ValueError) as exc:  # e.g. an RPC result the codec cannot carry
+            logger.error("cannot encode the reply to %s: %s", method, exc)
+            message = "the result cannot be encoded"
+            self.send({"id": cid, "error": {"code": ErrorCode.INTERNAL, "message": message}})
         for sub in list(self.subscriptions.values()):
             if sub.recovering:
                 self._flush_recovery(sub)

@@ -1,0 +1,669 @@
+"""The NATS engine: many hub processes on one NATS (with JetStream) act as one hub.
+
+Subjects (``T`` is the channel name escaped into one token, see :func:`encode_token`):
+
+* ``{prefix}.c.T``: fan-out of publications and join/leave events (core NATS, per channel);
+  ``{prefix}.control``: control messages, every node.
+* History: ``{prefix}.h.{size}_{age_ms}.T`` in the stream ``{prefix}_H_{size}_{age_ms}`` (one
+  stream per history size and retention ``age = max(history_ttl, history_meta_ttl)``;
+  ``max_msgs_per_subject = size``). Each message carries the channel's own offset and epoch:
+  offsets are contiguous (1, 2, 3...). An append is a compare-and-set on the subject's last
+  stream sequence (``Nats-Expected-Last-Subject-Sequence``, retried on conflict), so the chain
+  cannot fork. The stream *republishes* every stored message to ``{prefix}.c.T``: the server
+  fans out in stream order, so each node receives a channel's publications in offset order,
+  and nothing is lost if the publisher dies between store and fan-out.
+* Expiry follows :class:`~.memory.MemoryEngine`, applied when reading: publications before
+  an idle gap of ``history_ttl`` (or all, once the newest is that old) are not returned, but
+  the position stays; once the newest message is ``age`` old the channel starts over (offset
+  1, new epoch). JetStream's ``max_age`` drops the messages. Timestamps are the server's,
+  compared with the local clock (keep clocks in sync).
+* ``history()`` on an empty channel writes a marker record (offset 0, a new epoch) so the
+  epoch it returns is the one the next publication gets; ``remove_history`` appends a marker
+  with the current offset and epoch and purges the messages before it.
+* Presence: the stream ``{prefix}_P``, subject ``{prefix}.p.T.C`` per client ``C`` (last
+  message kept), value = ClientInfo and ttl. An entry counts while its server timestamp + ttl
+  lies ahead, so entries of a dead node expire without it; ``max_age`` is the largest ttl seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import math
+import random
+import re
+import secrets
+import time
+import urllib.parse
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RawStreamMsg,
+    RePublish,
+    StorageType,
+    StreamConfig,
+)
+
+from ..types import ClientInfo, HistoryResult, Publication, PublishOptions, StreamPosition
+from .base import Engine, EngineUnavailable
+
+__all__ = ["NatsEngine", "decode_token", "encode_token"]
+
+log = logging.getLogger(__name__)
+
+_SAFE = frozenset(chr(c) for c in range(0x21, 0x7F)) - set(".*>%")
+_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+")
+_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+_WRONG_LAST = 10071  # JetStream error codes
+_NAME_IN_USE = 10058
+_NO_STREAM = 10059
+_MAX_ATTEMPTS = 64
+_WALK_MAX = 3  # up to this many older messages are fetched one by one, beyond by a consumer
+_TIPS_MAX = 10_000
+
+
+def encode_token(name: str) -> str:
+    """Escape ``name`` into one subject token: ``%XX`` (UTF-8) for ``.*>%``, spaces, etc."""
+    if not name:
+        return "%"
+    return "".join(ch if ch in _SAFE else "".join(f"%{b:02X}" for b in ch.encode()) for ch in name)
+
+
+def decode_token(token: str) -> str:
+    """Inverse of :func:`encode_token`."""
+    return "" if token == "%" else urllib.parse.unquote(token, errors="strict")
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _pub_dict(pub: Publication) -> dict[str, Any]:
+    d = pub.to_dict()
+    if isinstance(pub.data, (bytes, bytearray)):
+        d["data"], d["b64"] = base64.b64encode(pub.data).decode(), True
+    return d
+
+
+def _pub_from(d: dict[str, Any]) -> Publication:
+    pub = Publication.from_dict(d)
+    if d.get("b64"):
+        pub.data = base64.b64decode(pub.data)
+    return pub
+
+
+@dataclass
+class _Stream:
+    name: str
+    subject: str  # a channel's subject is f"{subject}.{token}"
+    age: float  # seconds a channel's offset and epoch live after its last publication
+
+
+@dataclass
+class _Tip:
+    """One stored history record (the last of its subject, when used as a tip)."""
+
+    subject: str
+    seq: int  # stream sequence
+    offset: int
+    epoch: str
+    stamp: float
+    marker: bool  # a marker (empty start or removed history), not a publication
+    prev_seq: int  # stream sequence of the previous record of the subject
+    record: dict[str, Any]
+
+
+def _tip(subject: str, seq: int, stamp: float, record: dict[str, Any]) -> _Tip:
+    if record.get("t") == "x":
+        offset, epoch = record["o"], record["e"]
+    else:
+        offset, epoch = record["d"]["offset"], record["d"]["epoch"]
+    marker = record.get("t") == "x"
+    return _Tip(subject, seq, int(offset), str(epoch), stamp, marker, record["ps"], record)
+
+
+class NatsEngine(Engine):
+    """Fan-out, history, presence and control over NATS with JetStream (server 2.9+).
+
+    Calls time out after ``timeout`` seconds; ``start()`` gives up after ``connect_timeout``;
+    a lost connection is retried every ``reconnect_wait`` seconds forever, and a silent one
+    is noticed within about two ``ping_interval``.
+    """
+
+    name = "nats"
+    #: Publications of channels without history come back through NATS: the hub delivers
+    #: them locally itself and the engine skips its own echo.
+    local_fanout = True
+
+    def __init__(
+        self,
+        url: str = "nats://127.0.0.1:4222",
+        prefix: str = "pulsewire",
+        *,
+        timeout: float = 1.5,
+        connect_timeout: float = 2.0,
+        reconnect_wait: float = 0.5,
+        ping_interval: int = 2,
+        replicas: int = 1,
+        memory_storage: bool = False,
+    ) -> None:
+        super().__init__()
+        if not _PREFIX_RE.fullmatch(prefix):
+            raise ValueError("prefix must match [A-Za-z0-9_-]+")
+        self.url = url
+        self.prefix = prefix
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._reconnect_wait = reconnect_wait
+        self._ping_interval = ping_interval
+        self._replicas = replicas
+        self._storage = StorageType.MEMORY if memory_storage else StorageType.FILE
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._subs: dict[str, Subscription] = {}
+        self._streams: dict[tuple[int, int], _Stream] = {}
+        self._tips: OrderedDict[str, _Tip] = OrderedDict()  # by channel: hints for appends
+        self._contended: dict[str, float] = {}  # channel -> time.monotonic() of a lost race
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._presence_age = 0.0  # max_age of the presence stream, as far as we know
+        self._up = False
+        self._closing = False
+
+    # -- connection --------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    async def start(self) -> None:
+        nc = Client()
+        try:
+            await asyncio.wait_for(
+                nc.connect(
+                    self.url,
+                    connect_timeout=max(1, math.ceil(self._connect_timeout)),
+                    reconnect_time_wait=self._reconnect_wait,  # type: ignore[arg-type]
+                    max_reconnect_attempts=-1,
+                    ping_interval=self._ping_interval,
+                    max_outstanding_pings=2,
+                    drain_timeout=max(1, math.ceil(self._timeout)),
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                    closed_cb=self._on_closed,
+                ),
+                self._connect_timeout,
+            )
+            js = nc.jetstream(timeout=self._timeout)
+            await js.account_info()  # fails when JetStream is not enabled
+            await nc.subscribe(f"{self.prefix}.control", cb=self._on_control_msg)
+            await nc.flush(timeout=max(1, math.ceil(self._timeout)))
+        except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+            self._closing = True
+            await nc.close()
+            raise EngineUnavailable(f"cannot use NATS at {self.url}: {exc!r}") from exc
+        self._nc, self._js, self._up, self._closing = nc, js, True, False
+
+    async def close(self) -> None:
+        self._closing = True
+        nc, self._nc, self._js = self._nc, None, None
+        self._subs.clear()
+        if nc is None:
+            return
+        try:
+            if nc.is_connected:
+                await asyncio.wait_for(nc.drain(), self._timeout + 1)
+        except Exception:
+            log.debug("NATS drain failed", exc_info=True)
+        finally:
+            if not nc.is_closed:
+                await nc.close()
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("NATS error: %r", exc)
+
+    async def _on_disconnected(self) -> None:
+        self._tips.clear()
+        self._set_state(False)
+
+    async def _on_reconnected(self) -> None:
+        self._set_state(True)  # nats-py has replayed the subscriptions before calling this
+
+    async def _on_closed(self) -> None:
+        self._set_state(False)
+
+    def _set_state(self, up: bool) -> None:
+        if self._closing or up == self._up:
+            return
+        self._up = up
+        log.info("NATS engine %s", "available" if up else "unavailable")
+        if self.handler is not None:
+            self.handler.on_engine_state(up)
+
+    def _conn(self) -> tuple[Client, JetStreamContext]:
+        nc, js = self._nc, self._js
+        if nc is None or js is None or not nc.is_connected:
+            raise EngineUnavailable("NATS is not connected")
+        return nc, js
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+            raise EngineUnavailable(f"NATS: {exc!r}") from exc
+
+    def _lock(self, channel: str) -> asyncio.Lock:
+        """One history append at a time per channel on this node (gone once unused)."""
+        lock = self._locks.get(channel)
+        if lock is None:
+            lock = self._locks[channel] = asyncio.Lock()
+        return lock
+
+    # -- fan-out -----------------------------------------------------------------------------
+
+    def _fan_subject(self, channel: str) -> str:
+        return f"{self.prefix}.c.{encode_token(channel)}"
+
+    async def subscribe(self, channel: str) -> None:
+        nc, _ = self._conn()
+        if channel in self._subs:
+            return
+        with self._errors():
+            sub = await nc.subscribe(self._fan_subject(channel), cb=self._on_channel_msg)
+            self._subs[channel] = sub
+            await nc.flush(timeout=max(1, math.ceil(self._timeout)))  # SUB active on return
+
+    async def unsubscribe(self, channel: str) -> None:
+        sub = self._subs.pop(channel, None)
+        if sub is not None:
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await sub.unsubscribe()
+
+    async def _on_channel_msg(self, msg: Msg) -> None:
+        if self.handler is None or self._closing:
+            return
+        try:
+            channel = decode_token(msg.subject.split(".", 2)[2])
+            env = json.loads(msg.data)
+            kind = env["t"]
+            headers = msg.headers or {}
+            if "Nats-Sequence" in headers:  # republished from a history stream: a tip hint
+                seq = int(headers["Nats-Sequence"])
+                self._set_tip(channel, _tip(headers["Nats-Subject"], seq, time.time(), env))
+            if kind == "p":
+                if env.get("n") == self.node_id:
+                    return  # no history: the hub delivered it locally already
+                self.handler.on_publication(channel, _pub_from(env["d"]))
+            elif kind == "j":
+                self.handler.on_join(channel, ClientInfo.from_dict(env["d"]))
+            elif kind == "l":
+                self.handler.on_leave(channel, ClientInfo.from_dict(env["d"]))
+        except Exception:  # a bad message must not stop the subscription
+            log.exception("NATS engine: cannot handle message on %s", msg.subject)
+
+    async def _on_control_msg(self, msg: Msg) -> None:
+        if self.handler is None or self._closing:
+            return
+        try:
+            self.handler.on_control(json.loads(msg.data)["d"])
+        except Exception:
+            log.exception("NATS engine: cannot handle control message")
+
+    async def publish(
+        self, channel: str, publication: Publication, options: PublishOptions
+    ) -> StreamPosition | None:
+        if not options.history:
+            env = {"t": "p", "n": self.node_id, "d": _pub_dict(publication)}
+            await self._send(self._fan_subject(channel), env)
+            return None
+
+        def build(tip: _Tip | None) -> dict[str, Any]:
+            base, epoch = (tip.offset, tip.epoch) if tip else (0, secrets.token_hex(6))
+            publication.offset, publication.prev, publication.epoch = base + 1, base, epoch
+            return {"t": "p", "d": _pub_dict(publication)}
+
+        async with self._lock(channel):
+            with self._errors():
+                tip = await self._append(channel, options, build, use_hint=True)
+        assert tip is not None
+        return StreamPosition(tip.offset, tip.epoch)
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+        await self._send(self._fan_subject(channel), {"t": "j", "d": info.to_dict()})
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
+        await self._send(self._fan_subject(channel), {"t": "l", "d": info.to_dict()})
+
+    async def publish_control(self, message: dict[str, Any]) -> None:
+        await self._send(f"{self.prefix}.control", {"t": "c", "d": message})
+
+    async def _send(self, subject: str, envelope: dict[str, Any]) -> None:
+        nc, _ = self._conn()
+        with self._errors():
+            await nc.publish(subject, _dumps(envelope))
+
+    # -- history -----------------------------------------------------------------------------
+
+    async def _stream(self, options: PublishOptions, force: bool = False) -> _Stream:
+        """The history stream for ``options``, created when missing (or when ``force``)."""
+        size = options.history_size
+        age_ms = max(1, round(max(options.history_ttl, options.history_meta_ttl) * 1000))
+        stream = self._streams.get((size, age_ms))
+        if stream is not None and not force:
+            return stream
+        _, js = self._conn()
+        name, subject = f"{self.prefix}_H_{size}_{age_ms}", f"{self.prefix}.h.{size}_{age_ms}"
+        config = StreamConfig(
+            name=name,
+            subjects=[f"{subject}.>"],
+            max_msgs_per_subject=size,
+            max_age=age_ms / 1000,
+            storage=self._storage,
+            num_replicas=self._replicas,
+            discard=DiscardPolicy.OLD,
+            republish=RePublish(src=f"{subject}.>", dest=f"{self.prefix}.c.>"),
+        )
+        try:
+            await js.add_stream(config)  # a no-op when it exists as configured
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != _NAME_IN_USE:
+                raise
+            try:  # e.g. made by another version: republish and limits can be updated
+                await js.update_stream(config)
+            except nats.js.errors.APIError:
+                log.warning("NATS stream %s exists with another configuration", name)
+        stream = self._streams[(size, age_ms)] = _Stream(name, subject, age_ms / 1000)
+        return stream
+
+    async def _read_tip(self, stream: _Stream, subject: str) -> _Tip | None:
+        """The subject's last record, if any."""
+        _, js = self._conn()
+        try:
+            raw = await js.get_last_msg(stream.name, subject)
+        except nats.js.errors.NotFoundError as exc:
+            if exc.err_code == _NO_STREAM:
+                raise
+            return None
+        return _raw_tip(raw)
+
+    def _set_tip(self, channel: str, tip: _Tip) -> None:
+        cached = self._tips.pop(channel, None)
+        if cached is not None and cached.subject == tip.subject and cached.seq > tip.seq:
+            tip = cached  # we know a newer one already
+        self._tips[channel] = tip
+        if len(self._tips) > _TIPS_MAX:
+            self._tips.popitem(last=False)
+
+    async def _append(
+        self,
+        channel: str,
+        options: PublishOptions,
+        build: Callable[[_Tip | None], dict[str, Any] | None],
+        use_hint: bool = False,
+    ) -> _Tip | None:
+        """Compare-and-set append of ``build(tip)`` to the channel's history, where ``tip``
+        is its last record unless there is none or it is older than the stream's age (then the
+        channel starts over). ``build`` returning None writes nothing. Returns the new tip."""
+        _, js = self._conn()
+        stream = await self._stream(options)
+        subject = f"{stream.subject}.{encode_token(channel)}"
+        # A node that lost a race lately reads the tip before each append like the others
+        # must: trusting its cached tip would make it win every race and starve them.
+        if use_hint and time.monotonic() - self._contended.get(channel, -9.0) < 1.0:
+            use_hint = False
+        hint = self._tips.get(channel) if use_hint else None
+        tip = hint if hint is not None and hint.subject == subject else None
+        known = tip is not None
+        sent = 0.0
+        for _ in range(_MAX_ATTEMPTS):
+            try:
+                if not known:
+                    tip, known = await self._read_tip(stream, subject), True
+                    if tip is not None:
+                        self._set_tip(channel, tip)
+                live = tip if tip is not None and time.time() - tip.stamp < stream.age else None
+                record = build(live)
+                if record is None:
+                    return live
+                record["ps"] = tip.seq if tip else 0
+                headers = {_EXPECTED_LAST: str(record["ps"])}
+                sent = time.monotonic()
+                ack = await js.publish(subject, _dumps(record), self._timeout, headers=headers)
+            except (nats.js.errors.NoStreamResponseError, nats.js.errors.NotFoundError):
+                stream, known = await self._stream(options, force=True), False  # recreate
+                continue
+            except nats.js.errors.APIError as exc:
+                if exc.err_code != _WRONG_LAST:
+                    raise
+                now = self._contended[channel] = time.monotonic()
+                if len(self._contended) > _TIPS_MAX:
+                    self._contended.clear()
+                known = False  # wait up to a round trip: racers that read, then write, in
+                await asyncio.sleep(random.random() * (now - sent))  # lockstep never win
+                continue
+            except BaseException:
+                self._tips.pop(channel, None)  # the outcome is unknown
+                raise
+            new = _tip(subject, ack.seq, time.time(), record)
+            self._set_tip(channel, new)
+            return new
+        raise EngineUnavailable(f"history append to {channel!r}: too much contention")
+
+    async def _consume(self, stream: str, config: ConsumerConfig, stop: int = 0) -> list[Msg]:
+        """Messages of an ephemeral push consumer, up to stream sequence ``stop`` if set."""
+        nc, js = self._conn()
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        try:
+            config.deliver_subject = inbox
+            config.ack_policy = AckPolicy.NONE
+            config.max_deliver = 1
+            config.mem_storage = True
+            config.num_replicas = 1
+            config.inactive_threshold = 2.0  # the server drops it once we unsubscribe
+            info = await js.add_consumer(stream, config)
+            msgs: list[Msg] = []
+            pending = info.num_pending or 0
+            while pending:
+                msg = await sub.next_msg(timeout=self._timeout)
+                msgs.append(msg)
+                pending = msg.metadata.num_pending
+                if stop and msg.metadata.sequence.stream >= stop:
+                    break
+            return msgs
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+        options: PublishOptions,
+    ) -> HistoryResult:
+        if not options.history:
+            return HistoryResult([], StreamPosition(0, ""))
+        _, js = self._conn()
+        with self._errors():
+            tip = await self._append(channel, options, _start_marker)  # reads; writes if new
+            assert tip is not None
+            position = StreamPosition(tip.offset, tip.epoch)
+            after = max(0, since.offset) if since is not None else 0
+            if (
+                tip.marker
+                or limit == 0
+                or after >= tip.offset
+                or time.time() - tip.stamp >= options.history_ttl
+            ):
+                return HistoryResult([], position)
+            want = min(tip.offset - after, options.history_size)
+            if reverse and limit is not None and limit > 0:
+                want = min(want, limit)
+            items = [tip]
+            if want <= _WALK_MAX:  # one by one, following the chain back
+                while len(items) < want and items[-1].prev_seq:
+                    try:
+                        raw = await js.get_msg(_stream_name(tip), seq=items[-1].prev_seq)
+                    except nats.js.errors.NotFoundError:
+                        break
+                    if raw.subject != tip.subject:
+                        break
+                    items.append(_raw_tip(raw))
+            else:
+                config = ConsumerConfig(
+                    filter_subject=tip.subject, deliver_policy=DeliverPolicy.ALL
+                )
+                msgs = await self._consume(_stream_name(tip), config, stop=tip.seq)
+                for msg in reversed(msgs):
+                    seq = msg.metadata.sequence.stream
+                    if seq < tip.seq:
+                        stamp = msg.metadata.timestamp.timestamp()
+                        items.append(_tip(tip.subject, seq, stamp, json.loads(msg.data)))
+        pubs: list[Publication] = []  # newest first: the unbroken, unexpired chain from the tip
+        newer: _Tip | None = None
+        for item in items:
+            if (
+                item.marker
+                or item.epoch != tip.epoch
+                or item.offset != tip.offset - len(pubs)
+                or item.offset <= after
+                or (newer is not None and newer.stamp - item.stamp >= options.history_ttl)
+            ):
+                break
+            pubs.append(_pub_from(item.record["d"]))
+            newer = item
+        if not reverse:
+            pubs.reverse()
+        if limit is not None and limit >= 0:
+            pubs = pubs[:limit]
+        return HistoryResult(pubs, position)
+
+    async def remove_history(self, channel: str) -> None:
+        nc, js = self._conn()
+        token = encode_token(channel)
+        with self._errors():
+            reply = await nc.request(
+                "$JS.API.STREAM.NAMES",
+                _dumps({"subject": f"{self.prefix}.h.*.{token}"}),
+                timeout=self._timeout,
+            )
+            for name in json.loads(reply.data).get("streams") or []:
+                match = re.fullmatch(rf"{re.escape(self.prefix)}_H_(\d+)_(\d+)", name)
+                if match is None:
+                    continue
+                age = int(match.group(2)) / 1000
+                options = PublishOptions(int(match.group(1)), age, age)
+                async with self._lock(channel):
+                    tip = await self._append(channel, options, _removal_marker)
+                    if tip is not None and tip.marker:
+                        await js.purge_stream(name, seq=tip.seq, subject=tip.subject)
+
+    # -- presence ----------------------------------------------------------------------------
+
+    def _presence_subject(self, channel: str, client: str | None = None) -> str:
+        token = "*" if client is None else encode_token(client)
+        return f"{self.prefix}.p.{encode_token(channel)}.{token}"
+
+    async def _presence_stream(self, ttl: float) -> None:
+        if ttl <= self._presence_age:
+            return
+        _, js = self._conn()
+        config = StreamConfig(
+            name=f"{self.prefix}_P",
+            subjects=[f"{self.prefix}.p.>"],
+            max_msgs_per_subject=1,
+            max_age=max(ttl, self._presence_age),
+            storage=self._storage,
+            num_replicas=self._replicas,
+            discard=DiscardPolicy.OLD,
+        )
+        try:
+            info = await js.add_stream(config)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != _NAME_IN_USE:
+                raise
+            info = await js.stream_info(config.name or "")
+            if (info.config.max_age or 0) < ttl:  # grow only
+                info = await js.update_stream(info.config.evolve(max_age=ttl))
+        self._presence_age = info.config.max_age or ttl
+
+    async def add_presence(self, channel: str, info: ClientInfo, ttl: float) -> None:
+        _, js = self._conn()
+        subject = self._presence_subject(channel, info.client)
+        payload = _dumps({"i": info.to_dict(), "ttl": ttl})
+        with self._errors():
+            await self._presence_stream(ttl)
+            try:
+                await js.publish(subject, payload)
+            except nats.js.errors.NoStreamResponseError:  # deleted meanwhile: recreate
+                self._presence_age = 0.0
+                await self._presence_stream(ttl)
+                await js.publish(subject, payload)
+
+    async def remove_presence(self, channel: str, client_id: str) -> None:
+        _, js = self._conn()
+        with self._errors(), contextlib.suppress(nats.js.errors.NotFoundError):
+            subject = self._presence_subject(channel, client_id)
+            await js.purge_stream(f"{self.prefix}_P", subject=subject)
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        self._conn()
+        config = ConsumerConfig(
+            filter_subject=self._presence_subject(channel),
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        )
+        with self._errors():
+            try:
+                msgs = await self._consume(f"{self.prefix}_P", config)
+            except nats.js.errors.NotFoundError:
+                return {}
+        now = time.time()
+        out: dict[str, ClientInfo] = {}
+        for msg in msgs:
+            record = json.loads(msg.data)
+            if msg.metadata.timestamp.timestamp() + float(record["ttl"]) > now:
+                info = ClientInfo.from_dict(record["i"])
+                out[info.client] = info
+        return out
+
+
+def _raw_tip(raw: RawStreamMsg) -> _Tip:
+    stamp = raw.time.timestamp() if raw.time else 0.0
+    return _tip(raw.subject or "", raw.seq or 0, stamp, json.loads(raw.data or b"{}"))
+
+
+def _stream_name(tip: _Tip) -> str:
+    prefix, _, key, _ = tip.subject.split(".", 3)  # {prefix}.h.{key}.{token}
+    return f"{prefix}_H_{key}"
+
+
+def _start_marker(tip: _Tip | None) -> dict[str, Any] | None:
+    """Nothing to write for a live channel; an empty start (offset 0, new epoch) otherwise."""
+    return None if tip is not None else {"t": "x", "o": 0, "e": secrets.token_hex(6)}
+
+
+def _removal_marker(tip: _Tip | None) -> dict[str, Any] | None:
+    if tip is None or tip.marker:
+        return None  # empty or removed already
+    return {"t": "x", "o": tip.offset, "e": tip.epoch}

@@ -1,0 +1,408 @@
+"""End-to-end fixtures for the hub: a real HubServer on a free loopback port, real clients.
+
+* ``hub_config(**changes)``: a :class:`HubConfig` with an HMAC secret, an API key and the test
+  namespaces below (``changes`` replace hub settings; ``namespaces=`` entries are merged).
+* ``hub_server(config=None, *, hooks..., **server_options)``: starts
+  ``HubServer(Hub(config, hooks...), "127.0.0.1", 0, api_key=config.api_key, ...)``; every
+  server is closed at teardown.
+* ``hub_client(server, user=..., token=..., connect=True, codec="json", **connect_params)``:
+  a :class:`HubClient` on ``pulsewire.connect`` (JSON or MessagePack subprotocol) that sends
+  commands with ids, matches replies and collects pushes; ``connect=True`` (the default)
+  sends the connect command and checks its reply.
+* ``make_token(user, ttl=3600, secret=SECRET, **claims)``: an HS256 JWT.
+* ``api(server, method, params, key=API_KEY)``: ``(status, json)`` of ``POST /api/<method>``.
+* ``uniq(namespace)``: a channel name unique to this test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import jwt
+import msgpack
+import pytest
+
+import pulsewire
+from pulsewire.hub import ChannelOptions, Hub, HubConfig
+from pulsewire.protocol.errors import ConnectionClosed
+from pulsewire.server.app import HubServer
+
+HOST = "127.0.0.1"
+SECRET = "hub-test-secret-0123456789abcdef"
+API_KEY = "test-api-key"
+WS_PATH = "/connection/websocket"
+TIMEOUT = 5.0
+
+NAMESPACES = {
+    # presence, join/leave, history, client publishing: the "everything on" namespace
+    "chat": ChannelOptions(
+        presence=True, join_leave=True, history_size=100, history_ttl=300, allow_publish=True
+    ),
+    "hist": ChannelOptions(history_size=100, history_ttl=300),
+    "small": ChannelOptions(history_size=3, history_ttl=300),
+    "pub": ChannelOptions(allow_publish=True),
+    "ro": ChannelOptions(),
+    "priv": ChannelOptions(private=True, presence=True),
+    "notif": ChannelOptions(),
+    "anon": ChannelOptions(allow_anonymous=True, allow_publish=True),
+    "locked": ChannelOptions(
+        presence=True,
+        history_size=10,
+        history_ttl=300,
+        allow_presence=False,
+        allow_history=False,
+    ),
+    "nosub": ChannelOptions(allow_subscribe=False),
+    "lossy": ChannelOptions(history_size=1000, history_ttl=300, slow_consumer="drop"),
+}
+
+
+class HubClosed(Exception):
+    """The server closed the connection while a command waited for its reply."""
+
+    def __init__(self, code: int | None, reason: str | None) -> None:
+        super().__init__(f"closed by the server: {code} {reason!r}")
+        self.code = code
+        self.reason = reason
+
+
+class HubClient:
+    """A hub client over a real WebSocket: commands with ids, replies matched, pushes kept."""
+
+    def __init__(self, ws: Any, codec: str = "json") -> None:
+        self.ws = ws
+        self.codec = codec
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.log: list[dict[str, Any]] = []
+        """Every message from the server, replies and pushes, in arrival order."""
+        self.pushes: list[dict[str, Any]] = []
+        """Pushes not yet taken by wait_push/take."""
+        self._changed = asyncio.Event()
+        self._closed = asyncio.Event()
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.client_id: str | None = None
+        self.token: str | None = None
+        """The token given to the fixture (also when it did not connect)."""
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    # -- encoding ------------------------------------------------------------------------------
+
+    def encode(self, message: dict[str, Any]) -> str | bytes:
+        if self.codec == "msgpack":
+            return msgpack.packb(message, use_bin_type=True)  # type: ignore[no-any-return]
+        return json.dumps(message)
+
+    def decode(self, data: str | bytes) -> dict[str, Any]:
+        if self.codec == "msgpack":
+            assert isinstance(data, bytes), f"msgpack sessions answer in binary, got {data!r}"
+            return msgpack.unpackb(data, raw=False)  # type: ignore[no-any-return]
+        assert isinstance(data, str), f"JSON sessions answer in text, got {data!r}"
+        return json.loads(data)  # type: ignore[no-any-return]
+
+    async def _read(self) -> None:
+        try:
+            async for data in self.ws:
+                message = self.decode(data)
+                self.log.append(message)
+                if "push" in message:
+                    self.pushes.append(message)
+                    self._changed.set()
+                    continue
+                future = self._waiting.get(message.get("id"))  # type: ignore[arg-type]
+                assert future is not None, f"reply to no pending command: {message}"
+                assert not future.done(), f"second reply to one command: {message}"
+                future.set_result(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self.ws.close_code
+            self.close_reason = self.ws.close_reason
+            self._closed.set()
+            self._changed.set()
+            for future in self._waiting.values():
+                if not future.done():
+                    future.set_exception(HubClosed(self.close_code, self.close_reason))
+
+    # -- commands ------------------------------------------------------------------------------
+
+    async def send_raw(self, data: str | bytes) -> None:
+        await self.ws.send(data)
+
+    async def send(self, method: str, params: dict[str, Any] | None = None) -> int:
+        """Send a command without waiting; returns its id."""
+        cid = next(self._ids)
+        command: dict[str, Any] = {"id": cid, "method": method}
+        if params is not None:
+            command["params"] = params
+        self.expect(cid)
+        await self.ws.send(self.encode(command))
+        return cid
+
+    def expect(self, cid: int) -> None:
+        """Register a command id whose reply :meth:`reply` will return."""
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        # a command whose reply nobody awaits (the server closes instead) is fine
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._waiting[cid] = future
+        if self.closed:
+            future.set_exception(HubClosed(self.close_code, self.close_reason))
+
+    async def reply(self, cid: int, timeout: float = TIMEOUT) -> dict[str, Any]:
+        future = self._waiting[cid]
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        finally:
+            if future.done():
+                del self._waiting[cid]
+
+    async def call(
+        self, method: str, params: dict[str, Any] | None = None, timeout: float = TIMEOUT
+    ) -> dict[str, Any]:
+        """The whole reply ({id, result} or {id, error})."""
+        return await self.reply(await self.send(method, params), timeout)
+
+    async def ok(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        """The result of a command that must succeed."""
+        reply = await self.call(method, params)
+        assert "error" not in reply, f"{method} {params} failed: {reply}"
+        return reply["result"]
+
+    async def fail(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The error ({code, message}) of a command that must fail."""
+        reply = await self.call(method, params)
+        assert "error" in reply, f"{method} {params} should have failed: {reply}"
+        assert "result" not in reply
+        return reply["error"]  # type: ignore[no-any-return]
+
+    async def connect(self, token: str | None = None, **params: Any) -> dict[str, Any]:
+        if token is not None:
+            params["token"] = token
+        result: dict[str, Any] = await self.ok("connect", params)
+        self.client_id = result["client"]
+        return result
+
+    async def subscribe(self, channel: str, **params: Any) -> dict[str, Any]:
+        return await self.ok("subscribe", {"channel": channel, **params})  # type: ignore[no-any-return]
+
+    async def sync(self) -> None:
+        """A ping round trip: every push the server queued before it has arrived after it."""
+        await self.ok("ping")
+
+    # -- pushes --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _matches(push: dict[str, Any], kind: str | None, channel: str | None) -> bool:
+        return (kind is None or push.get("push") == kind) and (
+            channel is None or push.get("channel") == channel
+        )
+
+    def take(self, kind: str | None = None, channel: str | None = None) -> list[dict[str, Any]]:
+        """Remove and return the pushes received so far that match."""
+        taken = [p for p in self.pushes if self._matches(p, kind, channel)]
+        self.pushes = [p for p in self.pushes if not self._matches(p, kind, channel)]
+        return taken
+
+    async def wait_push(
+        self, kind: str | None = "publication", channel: str | None = None, timeout: float = TIMEOUT
+    ) -> dict[str, Any]:
+        """The first matching push (waiting for it if needed); others stay queued."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, push in enumerate(self.pushes):
+                if self._matches(push, kind, channel):
+                    return self.pushes.pop(i)
+            if self._closed.is_set():
+                raise HubClosed(self.close_code, self.close_reason)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {kind} push on {channel} in {timeout}s: {self.pushes}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    async def publications(
+        self, channel: str, count: int, timeout: float = TIMEOUT
+    ) -> list[dict[str, Any]]:
+        return [await self.wait_push("publication", channel, timeout) for _ in range(count)]
+
+    async def wait_closed(self, timeout: float = TIMEOUT) -> tuple[int | None, str | None]:
+        """(close code, reason) once the server has closed the connection."""
+        await asyncio.wait_for(self._closed.wait(), timeout)
+        return self.close_code, self.close_reason
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self.ws.close(), 2)
+        except (asyncio.TimeoutError, ConnectionClosed, OSError):
+            self.ws.abort()
+        if not self._reader.done():
+            self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+def build_config(**changes: Any) -> HubConfig:
+    namespaces = {**NAMESPACES, **changes.pop("namespaces", {})}
+    base = HubConfig(
+        token_hmac_secret=SECRET,
+        api_key=API_KEY,
+        connect_timeout=5.0,
+        namespaces=namespaces,
+    )
+    return base.replace(**changes)
+
+
+def encode_token(
+    user: str | int, *, ttl: float | None = 3600, secret: str = SECRET, **claims: Any
+) -> str:
+    payload: dict[str, Any] = {"sub": str(user), **claims}
+    if ttl is not None and "exp" not in claims:
+        payload["exp"] = time.time() + ttl
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+@pytest.fixture
+def hub_config() -> Callable[..., HubConfig]:
+    return build_config
+
+
+@pytest.fixture
+def make_token() -> Callable[..., str]:
+    return encode_token
+
+
+@pytest.fixture
+def uniq(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """``uniq("chat")`` -> ``chat:<test name>-<random>``, unique per call."""
+    stem = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
+
+    def make(namespace: str = "") -> str:
+        name = f"{stem}-{uuid.uuid4().hex[:8]}"
+        return f"{namespace}:{name}" if namespace else name
+
+    return make
+
+
+@pytest.fixture
+async def hub_server() -> AsyncIterator[Callable[..., Awaitable[HubServer]]]:
+    servers: list[HubServer] = []
+
+    async def start(
+        config: HubConfig | None = None,
+        *,
+        engine: Any = None,
+        authenticate: Any = None,
+        on_connect: Any = None,
+        on_subscribe: Any = None,
+        on_publish: Any = None,
+        on_rpc: Any = None,
+        on_disconnect: Any = None,
+        **server_options: Any,
+    ) -> HubServer:
+        config = config or build_config()
+        hub = Hub(
+            config,
+            engine=engine,
+            authenticate=authenticate,
+            on_connect=on_connect,
+            on_subscribe=on_subscribe,
+            on_publish=on_publish,
+            on_rpc=on_rpc,
+            on_disconnect=on_disconnect,
+        )
+        server_options.setdefault("api_key", config.api_key)
+        server = HubServer(hub, HOST, 0, **server_options)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await asyncio.wait_for(server.close(), 10)
+
+
+@pytest.fixture
+async def hub_client(
+    hub_server: Any,
+) -> AsyncIterator[Callable[..., Awaitable[HubClient]]]:
+    clients: list[HubClient] = []
+
+    async def open_client(
+        server: HubServer,
+        user: str | int | None = None,
+        *,
+        token: str | None = None,
+        connect: bool = True,
+        codec: str = "json",
+        subprotocols: list[str] | None = None,
+        **options: Any,
+    ) -> HubClient:
+        connect_params = options.pop("params", {})
+        if subprotocols is None:
+            subprotocols = [f"pulsewire.v1.{codec}"]
+        ws = await pulsewire.connect(
+            f"ws://{HOST}:{server.port}{WS_PATH}", subprotocols=subprotocols, **options
+        )
+        client = HubClient(ws, codec)
+        clients.append(client)
+        if token is None and user is not None:
+            token = encode_token(user)
+        client.token = token
+        if connect:
+            await client.connect(token, **connect_params)
+        return client
+
+    yield open_client
+    await asyncio.gather(*(client.close() for client in clients))
+
+
+@pytest.fixture
+def api() -> Callable[..., Awaitable[tuple[int, Any]]]:
+    async def call(
+        server: HubServer,
+        method: str,
+        params: Any = None,
+        *,
+        key: str | None = API_KEY,
+        body: bytes | None = None,
+    ) -> tuple[int, Any]:
+        if body is None:
+            body = json.dumps(params if params is not None else {}).encode()
+        headers = [
+            f"POST /api/{method} HTTP/1.1",
+            f"Host: {HOST}:{server.port}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+        ]
+        if key is not None:
+            headers.append(f"Authorization: apikey {key}")
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        try:
+            writer.write(("\r\n".join(headers) + "\r\n\r\n").encode() + body)
+            await writer.drain()
+            # Read by Content-Length: don't depend on the server closing the connection.
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+            lines = head.decode("latin-1").split("\r\n")
+            fields = dict(line.lower().split(": ", 1) for line in lines[1:] if line)
+            length = int(fields.get("content-length", "0"))
+            payload = await asyncio.wait_for(reader.readexactly(length), TIMEOUT)
+        finally:
+            writer.close()
+        status = int(lines[0].split(" ", 2)[1])
+        return status, json.loads(payload) if payload else None
+
+    return call
