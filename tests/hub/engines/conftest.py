@@ -142,6 +142,44 @@ class EngineKind:
     cleanup: Callable[[Any, str], Awaitable[None]] | None = None
 
 
+NATS_HOST, NATS_PORT = "127.0.0.1", 4222
+
+
+def nats_answers(timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((NATS_HOST, NATS_PORT), timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(5) == b"INFO "  # a NATS server greets first
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def nats_service() -> str:
+    if not nats_answers():
+        service_missing(f"NATS not reachable at {NATS_HOST}:{NATS_PORT}")
+    return f"nats://{NATS_HOST}:{NATS_PORT}"
+
+
+async def delete_nats_streams(url: str, prefix: str) -> None:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        for info in await js.streams_info():
+            if info.config.name and info.config.name.startswith(f"{prefix}_"):
+                await js.delete_stream(info.config.name)
+    finally:
+        await nc.close()
+
+
+def _make_nats(url: str, prefix: str) -> Engine:
+    from pulsewire.hub.engines.nats import NatsEngine
+
+    return NatsEngine(url, prefix)
+
+
 def _make_redis(url: str, prefix: str) -> Engine:
     from pulsewire.hub.engines.redis import RedisEngine
 
@@ -151,6 +189,7 @@ def _make_redis(url: str, prefix: str) -> Engine:
 ENGINE_KINDS: dict[str, EngineKind] = {
     "memory": EngineKind(lambda _service, _prefix: MemoryEngine(), multi_node=False),
     "redis": EngineKind(_make_redis, "redis_url", cleanup=delete_redis_keys),
+    "nats": EngineKind(_make_nats, "nats_service", cleanup=delete_nats_streams),
 }
 
 
