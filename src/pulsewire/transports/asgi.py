@@ -1,0 +1,535 @@
+"""The hub inside an ASGI application (Starlette, FastAPI, ... on uvicorn or any ASGI 3 server).
+
+::
+
+    rt = HubASGI(Hub(HubConfig(token_hmac_secret=SECRET, api_key=API_KEY)))
+    app = Starlette(routes=[Mount("/realtime", app=rt)], lifespan=rt.lifespan)
+
+Relative to its mount point, :class:`HubASGI` serves what ``pulsewire serve`` serves (static
+pages aside): ``connection/websocket``, ``connection/sse``, ``connection/longpoll/*``,
+``api/*``, ``health`` and ``metrics``. The HTTP routes run the very handlers of
+:class:`~pulsewire.server.app.HubServer`; the WebSocket endpoint runs a hub session over the
+ASGI server's WebSocket (the server owns the protocol, this module sees ``websocket.*``
+events). Pushes never block the publisher: they are queued per connection (bounded in bytes)
+and written by one task per connection; a client that does not read is disconnected as a
+slow consumer (1013), like on the native WebSocket endpoint.
+
+The hub must be started: use ``lifespan=rt.lifespan`` (or ``await rt.start()`` / ``await
+rt.close()`` yourself); otherwise it is started by the first request. Mounted apps get no
+lifespan events of their own, but a bare ``HubASGI`` run by the server as the top-level app
+handles the ``lifespan`` scope itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..hub.errors import Disconnect
+from ..hub.hub import Hub
+from ..hub.session import ConnectRequest, Session
+from ..hub.types import Publication
+from ..hub.wire import SUBPROTOCOLS, codec_for
+from ..protocol.close import CloseCode
+from ..protocol.handshake import Headers, OriginPolicy
+from ..server.api import ApiHandler
+from ..server.http import HttpRequest, HttpResponse, HttpServer, StreamResponse, json_response
+from .longpoll import LongPollEndpoints
+from .sse import SseEndpoints
+
+__all__ = ["AsgiWebSocketTransport", "HubASGI"]
+
+logger = logging.getLogger("pulsewire.transports")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+WEBSOCKET_PATH = "/connection/websocket"
+SLOW_CONSUMER = int(CloseCode.TRY_AGAIN_LATER)
+MESSAGE_TOO_BIG = int(CloseCode.MESSAGE_TOO_BIG)
+
+
+class AsgiWebSocketTransport:
+    """A hub :class:`~pulsewire.hub.session.Transport` over an ASGI ``websocket`` connection.
+
+    ``send`` queues; a writer task (:meth:`start`) drains the queue with ``websocket.send``
+    events, so ``buffered()`` counts what the client has not taken yet (the ASGI server's
+    ``send`` waits while its socket buffer is full). ``close`` sends ``websocket.close`` after
+    the queue, which is dropped first for a slow consumer (a reconnecting client recovers
+    from history); if the close cannot be sent within ``close_timeout`` seconds the writer is
+    cancelled.
+
+    ``kind`` is ``"websocket"``: for the client, metrics and hooks this is the WebSocket
+    endpoint, whoever terminates the protocol.
+    """
+
+    kind = "websocket"
+
+    def __init__(
+        self, send: Send, binary: bool, max_buffered: int, close_timeout: float = 5.0
+    ) -> None:
+        self.binary = binary
+        self.max_buffered = max_buffered
+        self.close_timeout = close_timeout
+        self.session: Session | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._send = send
+        self._queue: deque[str | bytes] = deque()
+        self._queued = 0
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._gone = False
+
+    # -- the Transport protocol ------------------------------------------------------------
+
+    def send(self, message: str | bytes, publication: Publication | None = None) -> None:
+        if self.close_code is not None or self._gone:
+            return
+        self._queue.append(message)
+        self._queued += len(message)
+        if self._queued > self.max_buffered:
+            # The hard cap (replies, pushes, a "drop" channel gone wild): memory stays bounded
+            # whatever the session's policy.
+            reason = "slow consumer: too much data queued"
+            if self.session is not None:
+                self.session.disconnect(SLOW_CONSUMER, reason)
+            else:
+                self.close(SLOW_CONSUMER, reason)
+            return
+        self._wakeup.set()
+
+    def buffered(self) -> int:
+        return self._queued
+
+    def close(self, code: int, reason: str) -> None:
+        if self.close_code is not None:
+            return
+        if code == SLOW_CONSUMER:
+            self._queue.clear()
+            self._queued = 0
+        self.close_code = code
+        self.close_reason = reason.encode("utf-8")[:123].decode("utf-8", "ignore")
+        self._wakeup.set()
+        if self._writer is not None and not self._writer.done():
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.call_later(self.close_timeout, self._writer.cancel)
+
+    # -- the writer ------------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        self._writer = asyncio.ensure_future(self._write())
+        return self._writer
+
+    async def stop(self) -> None:
+        """The connection is gone: stop writing, drop what is queued."""
+        self._gone = True
+        self._queue.clear()
+        self._queued = 0
+        if self._deadline is not None:
+            self._deadline.cancel()
+        writer = self._writer
+        if writer is not None and not writer.done():
+            writer.cancel()
+            await asyncio.wait({writer})
+
+    async def _write(self) -> None:
+        send, queue = self._send, self._queue
+        try:
+            while True:
+                while queue:
+                    message = queue[0]
+                    if self.binary:
+                        data = message if isinstance(message, bytes) else message.encode("utf-8")
+                        await send({"type": "websocket.send", "bytes": data})
+                    else:
+                        text = message if isinstance(message, str) else message.decode("utf-8")
+                        await send({"type": "websocket.send", "text": text})
+                    if queue and queue[0] is message:  # not dropped meanwhile by close()
+                        queue.popleft()
+                        self._queued -= len(message)
+                if self.close_code is not None:
+                    await send(
+                        {
+                            "type": "websocket.close",
+                            "code": self.close_code,
+                            "reason": self.close_reason,
+                        }
+                    )
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+        except (OSError, RuntimeError) as exc:
+            # The client is gone (uvicorn raises ClientDisconnected, an OSError; others a
+            # RuntimeError on a closed connection): the reader sees websocket.disconnect.
+            logger.debug("hub WebSocket writer stopped: %r", exc)
+            self._gone = True
+        finally:
+            if self._deadline is not None:
+                self._deadline.cancel()
+
+
+class HubASGI:
+    """An ASGI 3 application serving a :class:`Hub` (see the module docstring).
+
+    ``allowed_origins``/``check_origin``: the Origin policy of the WebSocket and HTTP
+    transports (same host always allowed; ``check_origin=False`` allows every origin).
+    ``api_key``: the key of ``/api/*`` (default: ``hub.config.api_key``; none: API disabled).
+    ``max_buffered``: bytes queued for one client before it is disconnected whatever its
+    channels' policy (default: twice ``client_queue_max_bytes``). ``max_message_size``: the
+    largest client message or command body; ``max_body``: the largest request body (413).
+    ``close_timeout``: seconds to flush a closing WebSocket before giving up on it.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        allowed_origins: Iterable[str] = (),
+        check_origin: bool = True,
+        api_key: str | None = None,
+        max_buffered: int | None = None,
+        max_message_size: int = 65536,
+        max_body: int = 1 << 20,
+        close_timeout: float = 5.0,
+    ) -> None:
+        self.hub = hub
+        if max_buffered is None:
+            max_buffered = 2 * hub.config.client_queue_max_bytes
+        self.max_buffered = max_buffered
+        self.max_message_size = max_message_size
+        self.max_body = max_body
+        self.close_timeout = close_timeout
+        self.origins = (
+            OriginPolicy(list(allowed_origins), same_host=True)
+            if check_origin
+            else OriginPolicy(None)
+        )
+        self.started_at = time.time()
+        self._start_lock: asyncio.Lock | None = None
+        self._owns_hub = False
+        # The route table of HubServer, minus the WebSocket upgrade and the static pages.
+        self.http = HttpServer(max_body=max_body)
+        self.http.add("/health", self.health)
+        self.http.add("/metrics", self.metrics)
+        key = api_key if api_key is not None else hub.config.api_key
+        self.http.add("/api/", ApiHandler(hub, key), methods=("POST",), prefix=True)
+        limits = {"max_buffered": max_buffered, "max_message_size": max_message_size}
+        self.sse = SseEndpoints(hub, self.origins, **limits)
+        self.sse.register(self.http)
+        self.longpoll = LongPollEndpoints(hub, self.origins, **limits)
+        self.longpoll.register(self.http)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the hub unless it runs already (safe to call concurrently)."""
+        if self.hub._started or self.hub.closing:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if not self.hub._started and not self.hub.closing:
+                await self.hub.start()
+                self._owns_hub = True
+                self.started_at = time.time()
+
+    async def close(self) -> None:
+        """Stop the hub if this app started it (clients are told to reconnect elsewhere)."""
+        if self._owns_hub and not self.hub.closing:
+            await self.hub.close()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        """``Starlette(..., lifespan=rt.lifespan)``: the hub runs while the app does."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.close()
+
+    # -- ASGI ------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = _headers(scope)
+        method = str(scope["method"])
+        length = headers.get("Content-Length")
+        too_big = HttpResponse(413, f"request body larger than {self.max_body} bytes\n")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            await _respond(send, method, too_big)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_body:
+                await _respond(send, method, too_big)
+                return
+            if not message.get("more_body", False):
+                break
+        client = scope.get("client")
+        query = scope.get("query_string", b"")
+        path = _relative_path(scope)
+        request = HttpRequest(
+            method=method,
+            target=path + ("?" + query.decode("latin-1") if query else ""),
+            headers=headers,
+            body=bytes(body),
+            remote_address=str(client[0]) if client else "",
+            version=str(scope.get("http_version", "1.1")),
+        )
+        await self.start()
+        # Handlers may wait (long polls) or stream (SSE): stop them when the client leaves.
+        gone = asyncio.ensure_future(_disconnected(receive))
+        handler = asyncio.ensure_future(self._dispatch(request))
+        try:
+            await asyncio.wait({handler, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if handler.done():
+                response = handler.result()
+                if isinstance(response, StreamResponse):
+                    await _stream(send, response, gone)
+                elif not gone.done():
+                    await _respond(send, method, response)
+        finally:
+            gone.cancel()
+            if not handler.done():
+                handler.cancel()
+                await asyncio.wait({handler})
+
+    async def _dispatch(self, request: HttpRequest) -> HttpResponse | StreamResponse:
+        """Route like :class:`HttpServer` does: 404, 405, 426, or the handler (500 if it fails)."""
+        route = self.http.route(request.path)
+        try:
+            if route is None or route.handler is None:
+                if request.path == WEBSOCKET_PATH:
+                    return HttpResponse(
+                        426,
+                        "this is a WebSocket endpoint: Upgrade: websocket is required\n",
+                        [("Upgrade", "websocket")],
+                    )
+                return HttpResponse(404, f"not found: {request.path}\n")
+            if request.method not in route.methods and not (
+                request.method == "HEAD" and "GET" in route.methods
+            ):
+                allowed = ", ".join(route.methods)
+                return HttpResponse(
+                    405,
+                    f"method {request.method} not allowed; use {allowed}\n",
+                    [("Allow", allowed)],
+                )
+            return await route.handler(request)
+        except Exception:
+            logger.exception("HTTP handler failed for %s %s", request.method, request.path)
+            return HttpResponse(500, "internal server error\n")
+
+    async def health(self, request: HttpRequest) -> HttpResponse:
+        engine = self.hub.engine
+        return json_response(
+            {
+                "status": "ok",
+                "node": self.hub.node_id,
+                "engine": engine.name,
+                "engine_available": engine.available,
+                "connections": len(self.hub.sessions),
+                "uptime": round(time.time() - self.started_at, 3),
+            }
+        )
+
+    async def metrics(self, request: HttpRequest) -> HttpResponse:
+        body = generate_latest(self.hub.metrics.registry)
+        return HttpResponse(200, body, [("Content-Type", CONTENT_TYPE_LATEST)])
+
+    # -- WebSocket -------------------------------------------------------------------------
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        headers = _headers(scope)
+        origin = headers.get("Origin")
+        if _relative_path(scope) != WEBSOCKET_PATH or not self.origins.allows(
+            origin, headers.get("Host")
+        ):
+            # Before accepting, a close is a refusal: uvicorn answers 403.
+            await send({"type": "websocket.close", "code": int(CloseCode.POLICY_VIOLATION)})
+            return
+        await self.start()
+        offered = list(scope.get("subprotocols") or ())
+        subprotocol = next((p for p in SUBPROTOCOLS if p in offered), None)
+        codec = codec_for(subprotocol)
+        await send({"type": "websocket.accept", "subprotocol": subprotocol})
+        client = scope.get("client")
+        query = scope.get("query_string", b"")
+        request = ConnectRequest(
+            transport="websocket",
+            path=_full_path(scope) + ("?" + query.decode("latin-1") if query else ""),
+            headers=headers.items(),
+            remote_address=str(client[0]) if client else "",
+        )
+        transport = AsgiWebSocketTransport(
+            send, codec.binary, self.max_buffered, self.close_timeout
+        )
+        try:
+            session = self.hub.open_session(transport, codec, request)
+        except Disconnect as exc:
+            await send({"type": "websocket.close", "code": exc.code, "reason": exc.reason})
+            return
+        transport.session = session
+        writer = transport.start()
+        reader = asyncio.ensure_future(self._read(receive, session))
+        code, reason = int(CloseCode.ABNORMAL_CLOSURE), ""
+        try:
+            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if not reader.done() and not writer.cancelled():
+                # We closed (or could not write): the server reports the disconnect soon.
+                await asyncio.wait({reader}, timeout=self.close_timeout)
+            if reader.done() and not reader.cancelled():
+                if reader.exception() is None:
+                    code, reason = reader.result()
+                else:
+                    logger.error("hub WebSocket reader failed", exc_info=reader.exception())
+        finally:
+            reader.cancel()
+            await transport.stop()
+            session.transport_closed(code, reason)
+
+    async def _read(self, receive: Receive, session: Session) -> tuple[int, str]:
+        """Feed the client's messages to the session until ``websocket.disconnect``."""
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                data = message.get("text")
+                if data is None:
+                    data = message.get("bytes") or b""
+                if len(data) > self.max_message_size:
+                    session.disconnect(
+                        MESSAGE_TOO_BIG, f"message larger than {self.max_message_size} bytes"
+                    )
+                    continue
+                await session.handle(data)
+            elif kind == "websocket.disconnect":
+                code = message.get("code")
+                return (
+                    int(code) if code is not None else int(CloseCode.NO_STATUS_RCVD),
+                    str(message.get("reason") or ""),
+                )
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _headers(scope: Scope) -> Headers:
+    return Headers(
+        (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
+    )
+
+
+def _relative_path(scope: Scope) -> str:
+    """The path below the mount point, whether the server put ``root_path`` in ``path``
+    (the ASGI convention of uvicorn >= 0.26 and Starlette's ``Mount``) or not (older ones)."""
+    path = str(scope.get("path") or "/")
+    root = str(scope.get("root_path") or "").rstrip("/")
+    if root and (path == root or path.startswith(root + "/")):
+        path = path[len(root) :]
+    return path or "/"
+
+
+def _full_path(scope: Scope) -> str:
+    return str(scope.get("root_path") or "").rstrip("/") + _relative_path(scope)
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return when the client has gone (``http.disconnect``)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _raw_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+
+
+async def _respond(send: Send, method: str, response: HttpResponse) -> None:
+    body = response.body.encode("utf-8") if isinstance(response.body, str) else response.body
+    headers = list(response.headers)
+    if response.status not in (204, 304) and not any(
+        name.lower() == "content-length" for name, _ in headers
+    ):
+        headers.append(("Content-Length", str(len(body))))
+    if not any(name.lower() == "content-type" for name, _ in headers) and body:
+        headers.append(("Content-Type", "text/plain; charset=utf-8"))
+    await send(
+        {"type": "http.response.start", "status": response.status, "headers": _raw_headers(headers)}
+    )
+    await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+
+async def _stream(send: Send, response: StreamResponse, gone: asyncio.Future[None]) -> None:
+    """Send a streamed body until it ends or the client leaves; close the stream either way."""
+    stream = response.stream
+
+    async def pump() -> None:
+        async for chunk in stream:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    pumping: asyncio.Future[None] | None = None
+    try:
+        if gone.done():
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": _raw_headers(response.headers),
+            }
+        )
+        pumping = asyncio.ensure_future(pump())
+        await asyncio.wait({pumping, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if pumping.done() and not gone.done():
+            pumping.result()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        if pumping is not None and not pumping.done():
+            pumping.cancel()
+            await asyncio.wait({pumping})
+        closer = getattr(stream, "aclose", None)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                await closer()
