@@ -106,6 +106,22 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     srv.add_argument("--tls-cert", help="certificate chain (PEM) to serve https:// and wss://")
     srv.add_argument("--tls-key", help="private key (PEM) for --tls-cert")
+    srv.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        default=None,
+        help="run N worker processes on one port (SO_REUSEPORT) under a supervisor; "
+        "more than one needs a shared engine (redis:// or nats://)",
+    )
+    srv.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, clients are told to reconnect elsewhere (WebSocket close "
+        "1012); connections still open after this long are aborted (default 10)",
+    )
     return parser
 
 

@@ -139,13 +139,20 @@ class HubServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}/"
 
-    async def close(self, code: int = 1001, reason: str = "server shutting down") -> None:
-        """Stop accepting, disconnect clients (they reconnect elsewhere), stop the hub."""
+    def stop_accepting(self) -> None:
+        """Close the listening socket; open connections carry on."""
         if self._server is not None:
             self._server.close()
+
+    async def close(self, code: int = 1001, reason: str = "server shutting down") -> None:
+        """Stop accepting, disconnect clients (they reconnect elsewhere), stop the hub.
+
+        WebSocket clients get ``code`` (e.g. 1012 service restart) after what is already
+        queued for them; SSE and long-poll sessions get the hub's disconnect push (4000)."""
+        self.stop_accepting()
         self.http.close_idle()
-        await self.hub.close()
         self.websocket.close(code, reason)
+        await self.hub.close()
         await self.websocket.wait_closed()
         if self._server is not None:
             await self._server.wait_closed()

@@ -1,4 +1,11 @@
-"""``pulsewire serve``: read settings (flags over config file over defaults) and run a node."""
+"""``pulsewire serve``: read settings (flags over config file over defaults) and run a node.
+
+One node per process; ``--workers N`` runs N of them on one port under a supervisor (see
+:mod:`pulsewire.server.workers`). A node drains on SIGTERM/SIGINT (:func:`drain`: WebSocket
+clients get close code 1012 "service restart", SSE/long-poll sessions the hub's 4000
+"shutdown" push, both mean "reconnect elsewhere") and re-reads ``--config`` on SIGHUP
+(:mod:`pulsewire.server.reload`).
+"""
 
 from __future__ import annotations
 
@@ -6,20 +13,41 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
 import ssl
 import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..aio.loop import run
 from ..hub.config import HubConfig, load_config
 from ..hub.hub import Hub
+from ..protocol.close import CloseCode
 from .app import HubServer
 from .demo import DemoTokens, demo_config
 
-__all__ = ["build_server", "serve_main"]
+__all__ = [
+    "DEFAULT_DRAIN_TIMEOUT",
+    "Settings",
+    "build_server",
+    "drain",
+    "load_settings",
+    "run_node",
+    "serve_main",
+]
 
 logger = logging.getLogger("pulsewire.server")
+
+DEFAULT_DRAIN_TIMEOUT = 10.0
+RESTART_REASON = "server restarting: reconnect"
+SERVER_KEYS = frozenset(
+    {"host", "port", "allowed_origins", "demo", "tls_cert", "tls_key", "workers", "drain_timeout"}
+)
+"""The settings of the ``[server]`` table."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -31,9 +59,29 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def build_server(args: argparse.Namespace) -> HubServer:
-    """Settings from flags (first), the config file, then defaults; raises ValueError if bad."""
-    config, server_table = load_config(args.config) if args.config else (HubConfig(), {})
+@dataclass(frozen=True)
+class Settings:
+    """What a node runs with, resolved from flags, the config file and defaults."""
+
+    config: HubConfig
+    host: str = "127.0.0.1"
+    port: int = 8000
+    allowed_origins: tuple[str, ...] = ()
+    demo: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    workers: int | None = None
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    generated_secret: bool = field(default=False, compare=False)
+    """The demo's token secret was made up here (pin it before starting more processes)."""
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """Flags (first), the config file, then defaults; raises ValueError or OSError if bad."""
+    config, table = load_config(args.config) if args.config else (HubConfig(), {})
+    unknown = set(table) - SERVER_KEYS
+    if unknown:
+        logger.warning("ignoring unknown [server] setting(s): %s", ", ".join(sorted(unknown)))
     changes: dict[str, Any] = {}
     if args.engine:
         changes["engine"] = args.engine
@@ -46,63 +94,229 @@ def build_server(args: argparse.Namespace) -> HubServer:
     if args.allow_anonymous:
         changes["allow_anonymous"] = True
     config = config.replace(**changes)
-    host = args.host or server_table.get("host", "127.0.0.1")
-    port = args.port if args.port is not None else int(server_table.get("port", 8000))
-    origins = (
-        args.allowed_origin
-        if args.allowed_origin is not None
-        else server_table.get("allowed_origins", [])
-    )
-    demo = args.demo or bool(server_table.get("demo", False))
+    host = args.host or str(table.get("host", "127.0.0.1"))
+    port = args.port if args.port is not None else int(table.get("port", 8000))
+    flag_origins = args.allowed_origin
+    origins = flag_origins if flag_origins is not None else table.get("allowed_origins", [])
+    if isinstance(origins, str) or not all(isinstance(o, str) for o in origins):
+        raise ValueError("[server] allowed_origins must be a list of strings")
+    demo = args.demo or bool(table.get("demo", False))
+    generated = False
     if demo:
         if not _is_loopback(host) and not config.api_key:
             raise ValueError(
                 "--demo hands out tokens to anyone: on a non-loopback host set --api-key too"
             )
+        generated = config.token_hmac_secret is None
         config = demo_config(config)
         if not config.api_key:
             config = config.replace(api_key="demo")
-    context = None
-    cert = args.tls_cert or server_table.get("tls_cert")
-    if cert:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(cert, args.tls_key or server_table.get("tls_key"))
-    hub = Hub(config)
-    server = HubServer(
-        hub, host, port, api_key=config.api_key, allowed_origins=origins, ssl=context
+    workers = getattr(args, "workers", None)
+    if workers is None and table.get("workers") is not None:
+        workers = int(table["workers"])
+    if workers is not None and workers < 1:
+        raise ValueError("workers must be at least 1")
+    drain_timeout = getattr(args, "drain_timeout", None)
+    if drain_timeout is None:
+        drain_timeout = float(table.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT))
+    if drain_timeout < 0:
+        raise ValueError("drain_timeout must not be negative")
+    return Settings(
+        config=config,
+        host=host,
+        port=port,
+        allowed_origins=tuple(origins),
+        demo=demo,
+        tls_cert=args.tls_cert or table.get("tls_cert"),
+        tls_key=args.tls_key or table.get("tls_key"),
+        workers=workers,
+        drain_timeout=drain_timeout,
+        generated_secret=generated,
     )
-    if demo:
+
+
+def pin_generated_secret(args: argparse.Namespace, settings: Settings) -> argparse.Namespace:
+    """A copy of ``args`` that keeps a made-up demo token secret across reloads and workers."""
+    if not settings.generated_secret:
+        return args
+    return replace_args(args, token_secret=settings.config.token_hmac_secret)
+
+
+def server_from_settings(settings: Settings, *, reuse_port: bool = False) -> HubServer:
+    """A HubServer for ``settings``; raises ValueError or OSError (e.g. unreadable cert)."""
+    context = None
+    if settings.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            files = " and ".join(filter(None, (settings.tls_cert, settings.tls_key)))
+            raise ValueError(f"cannot load the TLS certificate from {files}: {exc}") from exc
+    elif settings.tls_key:
+        raise ValueError("--tls-key needs --tls-cert")
+    config = settings.config
+    server = HubServer(
+        Hub(config),
+        settings.host,
+        settings.port,
+        api_key=config.api_key,
+        allowed_origins=settings.allowed_origins,
+        ssl=context,
+        reuse_port=reuse_port,
+    )
+    if settings.demo:
         assert config.token_hmac_secret is not None
         server.http.add("/demo/token", DemoTokens(config.token_hmac_secret))
         server.demo = True  # type: ignore[attr-defined]
     return server
 
 
-async def _serve(args: argparse.Namespace) -> int:
+def build_server(args: argparse.Namespace, *, reuse_port: bool = False) -> HubServer:
+    """Settings from flags (first), the config file, then defaults; raises ValueError if bad."""
+    return server_from_settings(load_settings(args), reuse_port=reuse_port)
+
+
+# --------------------------------------------------------------------------------- drain
+
+
+async def drain(server: HubServer, timeout: float, reason: str = RESTART_REASON) -> bool:
+    """Stop accepting, tell every client to reconnect elsewhere, flush, stop within ``timeout``.
+
+    WebSocket clients get close code 1012 (after what is already queued for them); SSE and
+    long-poll sessions get the hub's ``disconnect`` push with code 4000. Connections still
+    open at the deadline (clients that never answer the close) are aborted. Returns whether
+    everything finished in time.
+    """
+    closing = asyncio.ensure_future(server.close(CloseCode.SERVICE_RESTART, reason))
+    done, _ = await asyncio.wait({closing}, timeout=timeout)
+    if closing in done:
+        if closing.exception() is not None:
+            logger.error("error while closing", exc_info=closing.exception())
+        return True
+    left = abort_connections(server)
+    logger.warning("drain deadline (%.1f s) passed: aborted %d connection(s)", timeout, left)
+    done, _ = await asyncio.wait({closing}, timeout=1.0)
+    if closing not in done:
+        closing.cancel()
+    return False
+
+
+def abort_connections(server: HubServer) -> int:
+    """Abort every connection of ``server`` (WebSocket and HTTP); returns how many."""
+    count = 0
+    for conn in server.websocket.connections:
+        conn.abort()
+        count += 1
+    for proto in list(server.http.connections):
+        if proto.transport is not None:
+            proto.transport.abort()
+            count += 1
+    return count
+
+
+def _start_watchdog(seconds: float) -> None:
+    """Last resort: end the process if shutting down hangs past the drain deadline."""
+
+    def expire() -> None:
+        print(
+            f"pulsewire serve: not stopped {seconds:.1f} s after the signal: exiting",
+            file=sys.stderr,
+        )
+        sys.stderr.flush()
+        os._exit(70)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+
+
+# ---------------------------------------------------------------------------------- node
+
+
+Ready = Callable[[HubServer, Settings], None]
+Fail = Callable[[int, str], None]
+
+
+def _fail_to_stderr(status: int, message: str) -> None:
+    print(f"pulsewire serve: {message}", file=sys.stderr, flush=True)
+
+
+def _print_ready(server: HubServer, settings: Settings) -> None:
+    if settings.demo:
+        print("demo mode: API key from --api-key or 'demo'; tokens from /demo/token", flush=True)
+    print(f"listening on {server.url}", flush=True)
+
+
+async def run_node(
+    args: argparse.Namespace,
+    *,
+    ready: Ready = _print_ready,
+    fail: Fail = _fail_to_stderr,
+    reuse_port: bool = False,
+    stop_signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
+) -> int:
+    """Run one node until a stop signal, then drain; SIGHUP reloads ``--config``.
+
+    Returns the exit status: 0 after a drain, 2 for bad settings, 1 if it cannot start.
+    """
+    from .reload import reload_settings
+
     try:
-        server = build_server(args)
+        settings = load_settings(args)
+        args = pin_generated_secret(args, settings)
+        server = server_from_settings(settings, reuse_port=reuse_port)
     except (ValueError, OSError) as exc:
-        print(f"pulsewire serve: {exc}", file=sys.stderr)
+        fail(2, str(exc))
         return 2
     try:
         await server.start()
-    except OSError as exc:
-        print(f"pulsewire serve: cannot start: {exc}", file=sys.stderr)
+    except Exception as exc:
+        fail(1, f"cannot start: {exc}")
+        try:
+            await asyncio.wait_for(server.hub.close(), 5)
+        except Exception:
+            pass
         return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+
+    def hangup() -> None:
+        nonlocal settings
+        settings = reload_settings(server, args, settings)
+
+    for sig in stop_signals:
         loop.add_signal_handler(sig, stop.set)
-    if getattr(server, "demo", False):
-        print("demo mode: API key from --api-key or 'demo'; tokens from /demo/token", flush=True)
-    print(f"listening on {server.url}", flush=True)
-    await stop.wait()
-    await server.close()
+    loop.add_signal_handler(signal.SIGHUP, hangup)
+    ready(server, settings)
+    await stop.wait()  # handlers stay installed: a repeated signal must not kill the drain
+    started = time.monotonic()
+    timeout = settings.drain_timeout
+    _start_watchdog(timeout + 5.0)
+    logger.info("draining %d session(s), deadline %.1f s", len(server.hub.sessions), timeout)
+    in_time = await drain(server, timeout)
+    logger.info("stopped in %.2f s%s", time.monotonic() - started, "" if in_time else " (aborted)")
     return 0
 
 
 def serve_main(args: argparse.Namespace) -> int:
+    """``pulsewire serve``: one node in this process, or ``--workers N`` under a supervisor."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return run(_serve(args))
+    workers = getattr(args, "workers", None)
+    if workers is None and args.config:
+        try:
+            workers = load_settings(args).workers
+        except (ValueError, OSError) as exc:
+            _fail_to_stderr(2, str(exc))
+            return 2
+    if workers is not None:
+        from .workers import supervise
+
+        return supervise(args, workers)
+    return run(run_node(args))
+
+
+def replace_args(args: argparse.Namespace, **changes: Any) -> argparse.Namespace:
+    """A copy of ``args`` with ``changes``."""
+    return argparse.Namespace(**{**vars(args), **changes})
