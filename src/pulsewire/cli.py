@@ -107,6 +107,13 @@ def _build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--tls-cert", help="certificate chain (PEM) to serve https:// and wss://")
     srv.add_argument("--tls-key", help="private key (PEM) for --tls-cert")
     srv.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="log lines as text (default) or one JSON object per line",
+    )
+    srv.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
+    srv.add_argument(
         "--workers",
         type=int,
         metavar="N",

@@ -156,6 +156,7 @@ class Hub:
         raise Disconnect(DisconnectCode.UNAUTHORIZED, "a connection token is required")
 
     def _session_connected(self, session: Session) -> None:
+        logger.debug("session connected", extra=session.log_context())
         self.users.setdefault(session.user, set()).add(session)
         self.metrics.connects.labels(session.transport.kind).inc()
 
@@ -163,6 +164,9 @@ class Hub:
         self, session: Session, was_connected: bool, code: int, reason: str
     ) -> None:
         self.sessions.pop(session.id, None)
+        logger.debug(
+            "session closed", extra={**session.log_context(), "code": code, "reason": reason}
+        )
         self.metrics.connection_gauge(session.transport.kind).dec()
         self.metrics.disconnects.labels(str(code)).inc()
         users = self.users.get(session.user)

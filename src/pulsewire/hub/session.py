@@ -117,6 +117,15 @@ class Session:
     def connected(self) -> bool:
         return self.state == _CONNECTED
 
+    def log_context(self) -> dict[str, Any]:
+        """Fields that identify this session in structured logs."""
+        return {
+            "client": self.id,
+            "user": self.user,
+            "transport": self.transport.kind,
+            "remote": self.request.remote_address,
+        }
+
     def info(self, chan_info: Any = None) -> ClientInfo:
         return ClientInfo(self.id, self.user, self.conn_info, chan_info)
 
@@ -174,6 +183,7 @@ class Session:
         if not self._message_rate.take() or not self._byte_rate.take(len(data)):
             policy = self.hub.config.rate_limit_policy
             self.hub.metrics.rate_limited.labels(policy).inc()
+            logger.info("rate limit exceeded", extra={**self.log_context(), "policy": policy})
             if policy == "disconnect":
                 self.disconnect(POLICY_VIOLATION, "rate limit exceeded")
                 return
@@ -231,7 +241,7 @@ class Session:
             self.send({"id": cid, "error": exc.to_dict()})
             return
         except Exception:
-            logger.exception("hub command %s failed", method)
+            logger.exception("hub command %s failed", method, extra=self.log_context())
             self.send(
                 {"id": cid, "error": {"code": ErrorCode.INTERNAL, "message": "internal error"}}
             )
@@ -435,6 +445,7 @@ class Session:
                 self.hub.metrics.queue_drops.inc()
                 return
             self.hub.metrics.slow_consumers.inc()
+            logger.info("slow consumer disconnected", extra={**self.log_context(), "channel": name})
             self.disconnect(SLOW_CONSUMER, "slow consumer: too much data queued")
             return
         if publication.offset:

@@ -29,6 +29,7 @@ from ..hub.hub import Hub
 from ..protocol.close import CloseCode
 from .app import HubServer
 from .demo import DemoTokens, demo_config
+from .logs import configure_logging
 
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
@@ -300,9 +301,15 @@ async def run_node(
 
 def serve_main(args: argparse.Namespace) -> int:
     """``pulsewire serve``: one node in this process, or ``--workers N`` under a supervisor."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        configure_logging(
+            getattr(args, "log_format", None),
+            getattr(args, "log_level", None),
+            node=getattr(args, "node_name", None) or "",
+        )
+    except ValueError as exc:
+        _fail_to_stderr(2, str(exc))
+        return 2
     workers = getattr(args, "workers", None)
     if workers is None and args.config:
         try:

@@ -39,6 +39,7 @@ from types import FrameType
 from typing import Any
 
 from .app import HubServer
+from .logs import configure_logging
 from .main import Settings, load_settings, pin_generated_secret, replace_args, run_node
 
 __all__ = ["RestartPolicy", "Supervisor", "supervise"]
@@ -84,9 +85,10 @@ def _worker_main(args: argparse.Namespace, channel: Connection) -> None:
     """A worker process: one node on the shared port, reporting readiness over ``channel``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards Ctrl-C as SIGTERM
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the node handles it (reload)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s",
+    configure_logging(
+        getattr(args, "log_format", None),
+        getattr(args, "log_level", None),
+        node=args.node_name or "",
     )
     multiprocessing.current_process().name = args.node_name
 
