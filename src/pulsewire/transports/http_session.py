@@ -1,0 +1,242 @@
+"""What the HTTP fallback transports (SSE and long-polling) share.
+
+Each HTTP transport session is known by a random id that the client sends back with every
+request (``?session=ID``). The id is the only handle on the session, so it is unguessable
+(128 random bits). Client-to-server commands arrive by ``POST .../send?session=ID`` with JSON
+lines in the body; they are handled one at a time, in arrival order, like WebSocket frames.
+
+Security: browsers attach cookies to these requests, so every request goes through the
+server's Origin policy (the same one as the WebSocket handshake) and POST bodies must be
+``application/json`` or ``text/plain`` (HTML forms cannot send the former; the Origin check
+stops the latter). Allowed cross-origin pages get CORS headers, without credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections import deque
+
+from ..hub.hub import Hub
+from ..hub.session import ConnectRequest, Session
+from ..hub.types import Publication
+from ..hub.wire import JSON
+from ..protocol.close import CloseCode
+from ..protocol.handshake import OriginPolicy
+from ..server.http import HttpRequest, HttpResponse, json_response
+
+__all__ = ["SLOW_CONSUMER", "HttpEndpoints", "HttpTransport", "disconnect_message"]
+
+SLOW_CONSUMER = int(CloseCode.TRY_AGAIN_LATER)
+"""Disconnect code for a client that does not take its messages (1013, like WebSocket)."""
+
+_CONTENT_TYPES = ("application/json", "text/plain")
+
+
+def disconnect_message(code: int, reason: str) -> str:
+    """The ``disconnect`` push that ends an HTTP transport session."""
+    reconnect = not 4500 <= code <= 4999
+    return json.dumps(
+        {"push": "disconnect", "code": code, "reason": reason, "reconnect": reconnect},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+class HttpTransport:
+    """A session's outgoing queue, bounded in bytes; subclasses decide how it is drained."""
+
+    kind = "http"
+
+    def __init__(self, max_buffered: int) -> None:
+        self.id = secrets.token_urlsafe(16)
+        self.max_buffered = max_buffered
+        self.session: Session | None = None
+        self.closed = False
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- the Transport protocol --------------------------------------------------------------
+
+    def send(self, message: str | bytes, publication: Publication | None = None) -> None:
+        if self.closed:
+            return
+        data = message.encode("utf-8") if isinstance(message, str) else message
+        self._queue.append(data)
+        self._queued += len(data)
+        if self.buffered() > self.max_buffered:
+            if self.session is not None:
+                self.session.disconnect(SLOW_CONSUMER, "slow consumer: too much data queued")
+            else:
+                self.close(SLOW_CONSUMER, "slow consumer: too much data queued")
+            return
+        self._wake()
+
+    def buffered(self) -> int:
+        return self._queued
+
+    def close(self, code: int, reason: str) -> None:
+        """Queue the ``disconnect`` push (dropping what a slow consumer left unread), then end."""
+        if self.closed:
+            return
+        if self.buffered() > self.max_buffered:
+            self._queue.clear()
+            self._queued = 0
+        message = disconnect_message(code, reason).encode("utf-8")
+        self._queue.append(message)
+        self._queued += len(message)
+        self.closed = True
+        self._wake()
+
+    # -- for subclasses and endpoints --------------------------------------------------------
+
+    def _wake(self) -> None:
+        """New messages (or the end) are waiting: let the reader take them."""
+
+    def take(self) -> list[bytes]:
+        """Everything queued (encoded JSON messages), oldest first; the queue is emptied."""
+        messages = list(self._queue)
+        self._queue.clear()
+        self._queued = 0
+        return messages
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._queue)
+
+    async def handle(self, body: bytes) -> None:
+        """Run the commands of one ``send`` request, after those of earlier requests.
+
+        Handling goes on even if the client drops the request: its commands were received.
+        """
+        task = asyncio.ensure_future(self._handle(body))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(task)
+
+    async def _handle(self, body: bytes) -> None:
+        async with self._lock:
+            if self.session is not None:
+                await self.session.handle(body)
+
+
+class HttpEndpoints:
+    """Request checks, the session registry and the ``send`` endpoint of one HTTP transport."""
+
+    kind = "http"
+
+    def __init__(
+        self,
+        hub: Hub,
+        origins: OriginPolicy,
+        *,
+        max_buffered: int = 1 << 20,
+        max_message_size: int = 65536,
+    ) -> None:
+        self.hub = hub
+        self.origins = origins
+        self.max_buffered = max_buffered
+        self.max_message_size = max_message_size
+        self.transports: dict[str, HttpTransport] = {}
+
+    # -- checks ------------------------------------------------------------------------------
+
+    def cors(self, request: HttpRequest) -> list[tuple[str, str]]:
+        """CORS headers for an allowed cross-origin page (no credentials)."""
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return [("Cache-Control", "no-store")]
+        return [
+            ("Cache-Control", "no-store"),
+            ("Access-Control-Allow-Origin", origin),
+            ("Vary", "Origin"),
+        ]
+
+    def refuse(self, request: HttpRequest, status: int, reason: str) -> HttpResponse:
+        return json_response({"error": reason}, status, self.cors(request))
+
+    def check(self, request: HttpRequest) -> HttpResponse | None:
+        """A refusal for a request from a foreign origin, a POST of the wrong type, or a HEAD
+        (which would open a stream or take a poll's messages without showing them)."""
+        if request.method == "HEAD":
+            return self.refuse(request, 405, "HEAD is not supported here")
+        origin = request.headers.get("Origin")
+        if not self.origins.allows(origin, request.headers.get("Host")):
+            return json_response(
+                {"error": f"origin {origin} is not allowed"}, 403, [("Cache-Control", "no-store")]
+            )
+        if request.method == "POST" and request.body:
+            kind = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if kind not in _CONTENT_TYPES:
+                return self.refuse(
+                    request, 415, "commands must be sent as application/json or text/plain"
+                )
+        return None
+
+    async def preflight(self, request: HttpRequest) -> HttpResponse:
+        """Answer a CORS preflight (``OPTIONS``) from an allowed origin."""
+        refused = self.check(request)
+        if refused is not None:
+            return refused
+        return HttpResponse(
+            204,
+            b"",
+            [
+                *self.cors(request),
+                ("Access-Control-Allow-Methods", "GET, POST"),
+                ("Access-Control-Allow-Headers", "Content-Type"),
+                ("Access-Control-Max-Age", "600"),
+            ],
+        )
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def connect_request(self, request: HttpRequest) -> ConnectRequest:
+        return ConnectRequest(
+            transport=self.kind,
+            path=request.path,
+            headers=request.headers.items(),
+            remote_address=request.remote_address,
+        )
+
+    def open(self, request: HttpRequest, transport: HttpTransport) -> Session:
+        """Open a hub session carried by ``transport`` and register it; raises Disconnect."""
+        session = self.hub.open_session(transport, JSON, self.connect_request(request))
+        transport.session = session
+        self.transports[transport.id] = transport
+        return session
+
+    def forget(self, transport: HttpTransport) -> None:
+        if self.transports.get(transport.id) is transport:
+            del self.transports[transport.id]
+
+    def lookup(self, request: HttpRequest) -> HttpTransport | HttpResponse:
+        """The transport named by ``?session=``, or a refusal (404 if unknown or expired)."""
+        refused = self.check(request)
+        if refused is not None:
+            return refused
+        transport = self.transports.get(request.query.get("session", ""))
+        if transport is None:
+            return self.refuse(request, 404, "unknown or expired session")
+        return transport
+
+    async def send(self, request: HttpRequest) -> HttpResponse:
+        """``POST .../send?session=ID``: commands as JSON lines; replies come on the stream."""
+        transport = self.lookup(request)
+        if isinstance(transport, HttpResponse):
+            return transport
+        if transport.closed:
+            return self.refuse(request, 410, "session closed")
+        if len(request.body) > self.max_message_size:
+            return self.refuse(request, 413, f"commands larger than {self.max_message_size} bytes")
+        await transport.handle(request.body)
+        return HttpResponse(204, b"", self.cors(request))
+
+    def closing_refusal(self, request: HttpRequest) -> HttpResponse | None:
+        """503 while the hub shuts down (clients reconnect elsewhere)."""
+        if self.hub.closing:
+            return self.refuse(request, 503, "server shutting down")
+        return None

@@ -1,0 +1,146 @@
+"""The hub over Server-Sent Events: a fallback for clients that cannot open a WebSocket.
+
+``GET /connection/sse`` opens a ``text/event-stream`` and a hub session that lives exactly
+as long as the stream. The first event names the transport session::
+
+    event: session
+    data: {"session": "<id>", "heartbeat": 20}
+
+Every reply and push after it is one unnamed event whose data is the JSON message. Commands
+go by ``POST /connection/sse/send?session=<id>`` (JSON lines, ``text/plain`` or
+``application/json``); their replies arrive on the stream. A comment line (``: ping``) every
+``heartbeat`` seconds keeps proxies from closing an idle stream. When the hub ends the session,
+the last event is a ``disconnect`` push (``code``, ``reason``, ``reconnect``) and the stream
+closes; when the client closes the stream, the session ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from ..hub.errors import Disconnect
+from ..hub.hub import Hub
+from ..protocol.close import CloseCode
+from ..protocol.handshake import OriginPolicy
+from ..server.http import HttpRequest, HttpResponse, HttpServer, StreamResponse
+from .http_session import HttpEndpoints, HttpTransport, disconnect_message
+
+__all__ = ["SseEndpoints", "SseTransport"]
+
+_HEADERS = [
+    ("Content-Type", "text/event-stream; charset=utf-8"),
+    ("X-Accel-Buffering", "no"),
+]
+
+
+class SseTransport(HttpTransport):
+    """A session's queue drained by its event stream."""
+
+    kind = "sse"
+
+    def __init__(self, max_buffered: int) -> None:
+        super().__init__(max_buffered)
+        self.ready = asyncio.Event()
+        self.written: Callable[[], int] = _nothing
+        """Bytes written to the HTTP connection but not sent yet."""
+
+    def buffered(self) -> int:
+        return self._queued + self.written()
+
+    def _wake(self) -> None:
+        self.ready.set()
+
+    def events(self) -> bytes:
+        """The queued messages as SSE events, in one chunk."""
+        self.ready.clear()
+        return b"".join(b"data: " + m + b"\n\n" for m in self.take())
+
+
+class SseEndpoints(HttpEndpoints):
+    """``GET /connection/sse`` (the stream) and ``POST /connection/sse/send``."""
+
+    kind = "sse"
+
+    def __init__(
+        self,
+        hub: Hub,
+        origins: OriginPolicy,
+        *,
+        max_buffered: int = 1 << 20,
+        max_message_size: int = 65536,
+        heartbeat: float = 20.0,
+    ) -> None:
+        super().__init__(hub, origins, max_buffered=max_buffered, max_message_size=max_message_size)
+        self.heartbeat = heartbeat
+        """Seconds between comment lines on an idle stream."""
+        self._http: HttpServer | None = None
+
+    def register(self, http: HttpServer, path: str = "/connection/sse") -> None:
+        self._http = http
+        http.add(path, self.stream, methods=("GET", "OPTIONS"))
+        http.add(f"{path}/send", self.send, methods=("POST", "OPTIONS"))
+
+    async def stream(self, request: HttpRequest) -> HttpResponse | StreamResponse:
+        if request.method == "OPTIONS":
+            return await self.preflight(request)
+        refused = self.check(request) or self.closing_refusal(request)
+        if refused is not None:
+            return refused
+        # The session opens when the stream starts, so that it cannot outlive an unsent stream.
+        return StreamResponse(self._events(request), 200, [*_HEADERS, *self.cors(request)])
+
+    async def send(self, request: HttpRequest) -> HttpResponse:
+        if request.method == "OPTIONS":
+            return await self.preflight(request)
+        return await super().send(request)
+
+    async def _events(self, request: HttpRequest) -> AsyncIterator[bytes]:
+        transport = SseTransport(self.max_buffered)
+        transport.written = self._write_buffer()
+        try:
+            session = self.open(request, transport)
+        except Disconnect as exc:
+            yield f"data: {disconnect_message(exc.code, exc.reason)}\n\n".encode()
+            return
+        hello = json.dumps({"session": transport.id, "heartbeat": self.heartbeat})
+        try:
+            yield f"event: session\ndata: {hello}\n\n".encode()
+            while True:
+                if transport.pending:
+                    yield transport.events()
+                    continue
+                if transport.closed:
+                    return
+                try:
+                    await asyncio.wait_for(transport.ready.wait(), self.heartbeat)
+                except asyncio.TimeoutError:
+                    yield b": ping\n\n"
+        finally:
+            self.forget(transport)
+            session.transport_closed(CloseCode.ABNORMAL_CLOSURE, "event stream closed")
+
+    def _write_buffer(self) -> Callable[[], int]:
+        """How much the running stream's HTTP connection has yet to send.
+
+        ``HttpProtocol`` writes stream chunks without waiting for the client to read them, so
+        a client that stops reading would only grow that connection's write buffer: counting it
+        in ``buffered()`` lets the slow-consumer limits apply. The stream's connection is the
+        one whose ``streaming`` task runs this generator.
+        """
+        task = asyncio.current_task()
+        for conn in getattr(self._http, "connections", ()):
+            if getattr(conn, "streaming", None) is task:
+                return lambda: _write_buffer_size(conn)
+        return _nothing
+
+
+def _write_buffer_size(conn: Any) -> int:
+    transport = getattr(conn, "transport", None)
+    return int(transport.get_write_buffer_size()) if transport is not None else 0
+
+
+def _nothing() -> int:
+    return 0

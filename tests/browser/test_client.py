@@ -1,0 +1,170 @@
+"""pulsewire.js in Chromium: the three transports, reconnect with recovery, fallback."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from .conftest import HubProcess, Page, free_port
+
+TRANSPORTS = ["websocket", "sse", "longpoll"]
+
+
+def room() -> str:
+    return f"chat:{uuid.uuid4().hex[:10]}"
+
+
+def test_pages_on_each_transport_talk_to_each_other(
+    hub: HubProcess, open_page: Callable[..., Page]
+) -> None:
+    channel = room()
+    pages = {
+        name: open_page(hub, f"user-{name}", [channel], transports=[name]) for name in TRANSPORTS
+    }
+    for name, page in pages.items():
+        assert page.eval("() => h.client.transport") == name
+    for name, page in pages.items():
+        page.publish(channel, {"from": name})
+    hub.publish(channel, {"from": "api"})
+    expected = [{"from": name} for name in TRANSPORTS] + [{"from": "api"}]
+    for page in pages.values():
+        assert page.wait_received(channel, 4) == expected
+    # presence sees all three connections
+    clients = pages["longpoll"].eval(
+        "(c) => h.client.getSubscription(c).presence().then((p) => Object.keys(p).length)",
+        channel,
+    )
+    assert clients == 3
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_reconnect_recovers_every_publication_once_in_order(
+    hub: HubProcess, open_page: Callable[..., Page], transport: str
+) -> None:
+    channel = room()
+    user = f"rc-{uuid.uuid4().hex[:8]}"
+    page = open_page(hub, user, [channel], transports=[transport])
+    sent = 0
+
+    def publish(count: int) -> None:
+        nonlocal sent
+        for _ in range(count):
+            sent += 1
+            hub.publish(channel, sent)
+
+    publish(5)
+    page.wait_received(channel, 5)
+    for _ in range(2):  # the server drops the connection while publications go on
+        hub.api("disconnect", {"user": user, "code": 4000, "reason": "test"})
+        publish(10)
+        assert page.wait_received(channel, sent) == list(range(1, sent + 1))
+    # Missed for sure: published while the page is disconnected.
+    page.eval("() => h.client.disconnect()")
+    publish(10)
+    page.eval("() => h.client.connect()")
+    publish(5)
+    assert page.wait_received(channel, sent) == list(range(1, sent + 1))
+    events = page.events()
+    assert events.count(["disconnected", 4000, True]) == 2
+    assert [e for e in events if e[0] == "connected"] == [["connected", transport]] * 4
+    assert page.subscribed(channel) == [
+        {"recovering": False, "recovered": False},
+        *[{"recovering": True, "recovered": True}] * 3,
+    ]
+
+
+def test_disconnect_code_without_reconnect_stops_the_client(
+    hub: HubProcess, open_page: Callable[..., Page]
+) -> None:
+    user = f"stop-{uuid.uuid4().hex[:8]}"
+    page = open_page(hub, user, [room()])
+    hub.api("disconnect", {"user": user, "code": 4502, "reason": "go away"})
+    page.wait("() => h.client.state === 'disconnected'")
+    assert page.events()[-2:] == [["disconnected", 4502, False], ["state", "disconnected"]]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_server_restart_tells_the_page_recovery_failed(
+    start_hub: Callable[[], HubProcess], open_page: Callable[..., Page], transport: str
+) -> None:
+    hub = start_hub()
+    channel = room()
+    page = open_page(hub, "restart", [channel], transports=[transport])
+    for n in (1, 2, 3):
+        hub.publish(channel, n)
+    page.wait_received(channel, 3)
+    hub.stop()  # the memory engine's history goes with it
+    page.wait("() => h.client.state === 'connecting'")
+    hub.start()
+    page.wait("(c) => h.subscribed[c].length === 2", channel)
+    assert page.subscribed(channel)[-1] == {"recovering": True, "recovered": False}
+    hub.publish(channel, "after restart")  # offset 1 of a new stream: delivered, not deduped
+    assert page.wait_received(channel, 4) == [1, 2, 3, "after restart"]
+    # 1012 (service restart) on WebSocket, a 4000 disconnect push on SSE and long-polling
+    assert any(e[0] == "disconnected" and e[2] is True for e in page.events())
+
+
+@pytest.mark.parametrize(
+    ("blocked", "expected"),
+    [({"websocketUrl": "ws"}, "sse"), ({"websocketUrl": "ws", "sseUrl": "http"}, "longpoll")],
+)
+def test_falls_back_when_a_transport_cannot_open(
+    hub: HubProcess,
+    open_page: Callable[..., Page],
+    blocked: dict[str, str],
+    expected: str,
+) -> None:
+    closed = free_port()  # nothing listens there: connection refused
+    urls: dict[str, Any] = {
+        "websocketUrl": f"ws://127.0.0.1:{closed}/connection/websocket",
+        "sseUrl": f"http://127.0.0.1:{closed}/connection/sse",
+    }
+    channel = room()
+    page = open_page(hub, "fallback", [channel], **{k: urls[k] for k in blocked})
+    assert page.eval("() => h.client.transport") == expected
+    errors = [e for e in page.events() if e[0] == "error"]
+    assert errors == [["error", "transport", name] for name in TRANSPORTS[: len(blocked)]]
+    page.publish(channel, "from the page")
+    hub.publish(channel, "from the api")
+    assert page.wait_received(channel, 2) == ["from the page", "from the api"]
+
+
+def test_a_missing_ping_reply_counts_as_a_lost_connection(
+    start_hub: Callable[[], HubProcess], open_page: Callable[..., Page]
+) -> None:
+    hub = start_hub()
+    channel = room()
+    options = {"pingInterval": 200, "pingTimeout": 300, "timeout": 1000}
+    page = open_page(hub, "frozen", [channel], **options)
+    assert hub.proc is not None
+    hub.proc.send_signal(signal.SIGSTOP)  # the connection stays open; nothing answers
+    try:
+        page.wait("() => h.client.state === 'connecting'", timeout=5)
+    finally:
+        hub.proc.send_signal(signal.SIGCONT)
+    assert ["disconnected", 4005, True] in page.events()
+    hub.publish(channel, "missed")
+    assert page.wait_received(channel, 1) == ["missed"]
+    page.wait("() => h.client.state === 'connected'")
+    assert page.subscribed(channel)[-1] == {"recovering": True, "recovered": True}
+
+
+def test_server_side_unsubscribe_and_messages(
+    hub: HubProcess, open_page: Callable[..., Page]
+) -> None:
+    channel = room()
+    user = f"srv-{uuid.uuid4().hex[:8]}"
+    page = open_page(hub, user, [channel])
+    hub.api("send", {"user": user, "data": {"hello": "page"}})
+    page.wait("() => h.events.some((e) => e[0] === 'message')")
+    hub.api("unsubscribe", {"user": user, "channel": channel})
+    page.wait("() => h.events.some((e) => e[0] === 'unsubscribed')")
+    events = page.events()
+    assert ["message", {"hello": "page"}] in events
+    assert ["unsubscribed", channel, 2000] in events
+    assert page.eval("(c) => h.client.getSubscription(c)", channel) is None
+    assert page.eval("() => h.client.state") == "connected"
