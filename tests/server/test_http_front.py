@@ -114,7 +114,11 @@ async def test_404_without_web_root(front, http):
 
 @pytest.mark.parametrize(
     ("method", "target", "allow"),
-    [("POST", "/health", "GET"), ("DELETE", "/metrics", "GET"), ("GET", "/api/publish", "POST")],
+    [
+        ("POST", "/health", "GET, HEAD"),
+        ("DELETE", "/metrics", "GET, HEAD"),
+        ("GET", "/api/publish", "POST"),
+    ],
 )
 async def test_405_with_allow(front, http, method, target, allow):
     server = await front()

@@ -132,7 +132,7 @@ def http_response(
         lines.append(f"{name}: {value}")
     if "content-type" not in names and body:
         lines.append("Content-Type: text/plain; charset=utf-8")
-    if "content-length" not in names and status >= 200:
+    if "content-length" not in names and status >= 200 and status not in (204, 304):
         lines.append(f"Content-Length: {len(body)}")
     if close and "connection" not in names:
         lines.append("Connection: close")

@@ -29,6 +29,9 @@ __all__ = ["HttpRequest", "HttpResponse", "HttpServer", "Route", "StreamResponse
 
 logger = logging.getLogger("pulsewire.server")
 
+CLOSE_DEADLINE = 5.0
+"""Seconds a closing connection may take to flush its buffer before it is aborted."""
+
 
 @dataclass
 class HttpRequest:
@@ -73,6 +76,9 @@ class StreamResponse:
     stream: AsyncIterator[bytes]
     status: int = 200
     headers: list[tuple[str, str]] = field(default_factory=list)
+    ended: asyncio.Event | None = None
+    """Set by the producer when the stream is over, so that a connection stalled on a client
+    that does not read is aborted instead of waiting for it forever."""
 
 
 def json_response(
@@ -129,7 +135,7 @@ class HttpServer:
         self,
         path: str,
         handler: Handler,
-        methods: tuple[str, ...] = ("GET",),
+        methods: tuple[str, ...] = ("GET", "HEAD"),
         *,
         prefix: bool = False,
     ) -> None:
@@ -180,6 +186,8 @@ class HttpProtocol(asyncio.Protocol):
         self.streaming: asyncio.Task[None] | None = None
         self.admitted = False
         self.pending_head = 0
+        self.writable = asyncio.Event()
+        self.writable.set()
 
     def _reset(self) -> None:
         self.url = bytearray()
@@ -204,7 +212,14 @@ class HttpProtocol(asyncio.Protocol):
         self.server.connections.add(self)
         self._arm(self.limits.head_timeout)
 
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self.writable.set()  # wake a stream waiting to write: it sees the transport is gone
         self._release()
         self.server.connections.discard(self)
         self.transport = None
@@ -327,9 +342,9 @@ class HttpProtocol(asyncio.Protocol):
                     )
                 else:
                     response = HttpResponse(404, f"not found: {request.path}\n")
-            elif request.method not in route.methods and not (
-                request.method == "HEAD" and "GET" in route.methods
-            ):
+            elif request.method not in route.methods:
+                # HEAD runs the GET handler and drops the body, so only routes that list it
+                # (plain pages) take it: on a stream or a long poll it would have effects.
                 allowed = ", ".join(route.methods)
                 response = HttpResponse(
                     405,
@@ -369,6 +384,13 @@ class HttpProtocol(asyncio.Protocol):
                 if self.transport is None:
                     break
                 self.transport.write(chunk)
+                if not self.writable.is_set():
+                    # Backpressure: pull nothing more from the stream until the client reads;
+                    # what it has not taken stays bounded in the stream's own queue.
+                    if not await self._wait_writable(response.ended):
+                        if self.transport is not None:
+                            self.transport.abort()  # the stream ended, the client never read
+                        break
         except asyncio.CancelledError:
             pass
         finally:
@@ -378,6 +400,20 @@ class HttpProtocol(asyncio.Protocol):
                     await closer()
                 except Exception:
                     pass
+
+    async def _wait_writable(self, ended: asyncio.Event | None) -> bool:
+        """Wait until the client reads again (True) or the stream has ended (False)."""
+        if ended is None:
+            await self.writable.wait()
+            return True
+        writable = asyncio.ensure_future(self.writable.wait())
+        over = asyncio.ensure_future(ended.wait())
+        try:
+            await asyncio.wait({writable, over}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            writable.cancel()
+            over.cancel()
+        return self.writable.is_set() and self.transport is not None
 
     def _upgrade(self, trailing: bytes) -> None:
         """Hand the connection to the WebSocket server of this path (or refuse)."""
@@ -434,8 +470,12 @@ class HttpProtocol(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            transport.close()  # flushes what is buffered first...
+            if transport.get_write_buffer_size():
+                # ...unless the client never reads it: don't keep the socket forever.
+                self.loop.call_later(CLOSE_DEADLINE, transport.abort)
             self.transport = None
 
     def close_if_idle(self) -> None:

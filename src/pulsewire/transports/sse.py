@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 from ..hub.errors import Disconnect
 from ..hub.hub import Hub
@@ -41,17 +40,20 @@ class SseTransport(HttpTransport):
 
     kind = "sse"
 
-    def __init__(self, max_buffered: int) -> None:
+    def __init__(self, max_buffered: int, ended: asyncio.Event) -> None:
         super().__init__(max_buffered)
         self.ready = asyncio.Event()
-        self.written: Callable[[], int] = _nothing
-        """Bytes written to the HTTP connection but not sent yet."""
+        self.ended = ended
 
     def buffered(self) -> int:
-        return self._queued + self.written()
+        # The HTTP layer stops pulling events while the socket's write buffer is full, so
+        # what a slow reader has not taken stays here, counted against max_buffered.
+        return self._queued
 
     def _wake(self) -> None:
         self.ready.set()
+        if self.closed:
+            self.ended.set()
 
     def events(self) -> bytes:
         """The queued messages as SSE events, in one chunk."""
@@ -90,16 +92,17 @@ class SseEndpoints(HttpEndpoints):
         if refused is not None:
             return refused
         # The session opens when the stream starts, so that it cannot outlive an unsent stream.
-        return StreamResponse(self._events(request), 200, [*_HEADERS, *self.cors(request)])
+        ended = asyncio.Event()
+        headers = [*_HEADERS, *self.cors(request)]
+        return StreamResponse(self._events(request, ended), 200, headers, ended)
 
     async def send(self, request: HttpRequest) -> HttpResponse:
         if request.method == "OPTIONS":
             return await self.preflight(request)
         return await super().send(request)
 
-    async def _events(self, request: HttpRequest) -> AsyncIterator[bytes]:
-        transport = SseTransport(self.max_buffered)
-        transport.written = self._write_buffer()
+    async def _events(self, request: HttpRequest, ended: asyncio.Event) -> AsyncIterator[bytes]:
+        transport = SseTransport(self.max_buffered, ended)
         try:
             session = self.open(request, transport)
         except Disconnect as exc:
@@ -121,26 +124,3 @@ class SseEndpoints(HttpEndpoints):
         finally:
             self.forget(transport)
             session.transport_closed(CloseCode.ABNORMAL_CLOSURE, "event stream closed")
-
-    def _write_buffer(self) -> Callable[[], int]:
-        """How much the running stream's HTTP connection has yet to send.
-
-        ``HttpProtocol`` writes stream chunks without waiting for the client to read them, so
-        a client that stops reading would only grow that connection's write buffer: counting it
-        in ``buffered()`` lets the slow-consumer limits apply. The stream's connection is the
-        one whose ``streaming`` task runs this generator.
-        """
-        task = asyncio.current_task()
-        for conn in getattr(self._http, "connections", ()):
-            if getattr(conn, "streaming", None) is task:
-                return lambda: _write_buffer_size(conn)
-        return _nothing
-
-
-def _write_buffer_size(conn: Any) -> int:
-    transport = getattr(conn, "transport", None)
-    return int(transport.get_write_buffer_size()) if transport is not None else 0
-
-
-def _nothing() -> int:
-    return 0
