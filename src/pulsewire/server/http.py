@@ -384,13 +384,12 @@ class HttpProtocol(asyncio.Protocol):
                 if self.transport is None:
                     break
                 self.transport.write(chunk)
-                if not self.writable.is_set():
-                    # Backpressure: pull nothing more from the stream until the client reads;
-                    # what it has not taken stays bounded in the stream's own queue.
-                    if not await self._wait_writable(response.ended):
-                        if self.transport is not None:
-                            self.transport.abort()  # the stream ended, the client never read
-                        break
+                # Backpressure: while the client does not read, pull nothing more from the
+                # stream; what it has not taken stays bounded in the stream's own queue.
+                if not self.writable.is_set() and not await self._wait_writable(response.ended):
+                    if self.transport is not None:
+                        self.transport.abort()  # the stream ended, the client never read
+                    break
         except asyncio.CancelledError:
             pass
         finally:
