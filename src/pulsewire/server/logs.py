@@ -54,7 +54,10 @@ def configure_logging(fmt: str | None = None, level: str | None = None, node: st
     if fmt == "json":
         handler.setFormatter(JsonFormatter(node))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        where = f" [{node}]" if node else ""
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s{where} %(name)s: %(message)s")
+        )
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
