@@ -52,8 +52,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ClientConnection",
     "Close",
-    "CloseEvent",
     "CloseCode",
+    "CloseEvent",
     "ConcurrencyError",
     "Connection",
     "ConnectionClosed",

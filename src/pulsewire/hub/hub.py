@@ -79,6 +79,7 @@ class Hub:
         self._channels: dict[str, dict[Session, Subscription]] = {}
         self._positions: dict[str, StreamPosition] = {}
         self._syncing: dict[str, list[Publication]] = {}
+        self._subscribing: dict[str, asyncio.Future[None]] = {}
         self._nodes: dict[str, dict[str, Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._presence_task: asyncio.Task[None] | None = None
@@ -87,6 +88,11 @@ class Hub:
         self.closing = False
 
     # ---------------------------------------------------------------------- lifecycle
+
+    @property
+    def started(self) -> bool:
+        """True once :meth:`start` has completed."""
+        return self._started
 
     async def start(self) -> None:
         self.engine.bind(self, self.node_id)
@@ -189,17 +195,30 @@ class Hub:
     # ----------------------------------------------------------------------- channels
 
     async def _add_subscriber(self, name: str, session: Session) -> None:
+        """Register ``session`` for live publications of ``name``; returns once this node
+        receives the channel from the engine (so a history read after it misses nothing)."""
         subs = self._channels.get(name)
-        if subs is None:
-            subs = self._channels[name] = {}
-            self.metrics.channels.set(len(self._channels))
+        if subs is not None:
             subs[session] = session.subscriptions[name]
-            try:
-                await self.engine.subscribe(name)
-            except EngineUnavailable:
-                raise HubError(ErrorCode.NOT_AVAILABLE, "engine unavailable, try again") from None
+            pending = self._subscribing.get(name)
+            if pending is not None:  # the node's first subscriber is still subscribing
+                await asyncio.shield(pending)
+            return
+        subs = self._channels[name] = {session: session.subscriptions[name]}
+        self.metrics.channels.set(len(self._channels))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._subscribing[name] = done
+        try:
+            await self.engine.subscribe(name)
+        except EngineUnavailable:
+            error = HubError(ErrorCode.NOT_AVAILABLE, "engine unavailable, try again")
+            done.set_exception(error)
+            done.exception()  # retrieved: nobody else may be waiting
+            raise error from None
         else:
-            subs[session] = session.subscriptions[name]
+            done.set_result(None)
+        finally:
+            self._subscribing.pop(name, None)
 
     def _remove_subscriber(self, name: str, session: Session) -> None:
         subs = self._channels.get(name)
@@ -538,9 +557,9 @@ class Hub:
             self.engine.history(channel, since=since, limit=limit, options=options)
         )
         position = result.position
-        known = self._positions.get(channel)
-        stale = known is None or known.epoch != position.epoch or known.offset < position.offset
-        if stale and channel not in self._syncing:
+        # Only the node's first subscriber sets where live delivery stands: moving it later
+        # would make publications still on their way look like duplicates.
+        if channel not in self._positions and channel not in self._syncing:
             self._positions[channel] = position
         if since is None:
             return [], position, False

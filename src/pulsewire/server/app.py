@@ -22,8 +22,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..aio.server import Server as WebSocketServer
+from ..hub.errors import DisconnectCode
 from ..hub.hub import Hub
 from ..protocol.handshake import OriginPolicy
+from ..transports.longpoll import LongPollEndpoints
+from ..transports.sse import SseEndpoints
 from ..transports.websocket import SUBPROTOCOLS, serve_hub_session
 from .admin import AdminPages
 from .api import ApiHandler
@@ -35,6 +38,49 @@ __all__ = ["WEB_ROOT", "HubServer"]
 logger = logging.getLogger("pulsewire.server")
 
 WEB_ROOT = Path(str(resources.files("pulsewire") / "web"))
+
+
+def add_hub_routes(
+    http: HttpServer,
+    hub: Hub,
+    *,
+    api_key: str | None,
+    origins: OriginPolicy,
+    max_buffered: int,
+    max_message_size: int,
+    started_at: float,
+) -> tuple[ApiHandler, SseEndpoints, LongPollEndpoints]:
+    """Register the hub's HTTP endpoints on ``http``: ``/health``, ``/metrics``, ``/api/*``,
+    SSE (``/connection/sse``) and long-polling (``/connection/longpoll/*``). Shared by
+    ``pulsewire serve`` and the ASGI adapter, so both answer the same way."""
+
+    async def health(request: HttpRequest) -> HttpResponse:
+        engine = hub.engine
+        return json_response(
+            {
+                "status": "ok",
+                "node": hub.node_id,
+                "engine": engine.name,
+                "engine_available": engine.available,
+                "connections": len(hub.sessions),
+                "uptime": round(time.time() - started_at, 3),
+            }
+        )
+
+    async def metrics(request: HttpRequest) -> HttpResponse:
+        body = generate_latest(hub.metrics.registry)
+        return HttpResponse(200, body, [("Content-Type", CONTENT_TYPE_LATEST)])
+
+    http.add("/health", health)
+    http.add("/metrics", metrics)
+    api = ApiHandler(hub, api_key)
+    http.add("/api/", api, methods=("POST",), prefix=True)
+    limits = {"max_buffered": max_buffered, "max_message_size": max_message_size}
+    sse = SseEndpoints(hub, origins, **limits)
+    sse.register(http)
+    longpoll = LongPollEndpoints(hub, origins, **limits)
+    longpoll.register(http)
+    return api, sse, longpoll
 
 
 class HubServer:
@@ -87,10 +133,15 @@ class HubServer:
         self.limiter = ConnectionLimiter(limits)
         self.http = HttpServer(limiter=self.limiter)
         self.http.add_websocket("/connection/websocket", self.websocket)
-        self.http.add("/health", self.health)
-        self.http.add("/metrics", self.metrics)
-        self.api = ApiHandler(hub, api_key)
-        self.http.add("/api/", self.api, methods=("POST",), prefix=True)
+        self.api, self.sse, self.longpoll = add_hub_routes(
+            self.http,
+            hub,
+            api_key=api_key,
+            origins=origins,
+            max_buffered=max_buffered,
+            max_message_size=max_message_size,
+            started_at=self.started_at,
+        )
         self.admin = AdminPages(self, admin_password)
         self.http.add("/admin", self.admin.page)
         self.http.add("/admin/stats", self.admin.stats)
@@ -98,20 +149,6 @@ class HubServer:
         if web_root is not None:
             self.http.add("/", self.static, prefix=True)
         self._server: asyncio.base_events.Server | None = None
-        self._add_fallback_transports(origins, max_buffered, max_message_size)
-
-    def _add_fallback_transports(
-        self, origins: OriginPolicy, max_buffered: int, max_message_size: int
-    ) -> None:
-        """SSE (``/connection/sse``) and long-polling (``/connection/longpoll/*``) endpoints."""
-        from ..transports.longpoll import LongPollEndpoints
-        from ..transports.sse import SseEndpoints
-
-        limits = {"max_buffered": max_buffered, "max_message_size": max_message_size}
-        self.sse = SseEndpoints(self.hub, origins, **limits)
-        self.sse.register(self.http)
-        self.longpoll = LongPollEndpoints(self.hub, origins, **limits)
-        self.longpoll.register(self.http)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -144,7 +181,9 @@ class HubServer:
         if self._server is not None:
             self._server.close()
 
-    async def close(self, code: int = 1001, reason: str = "server shutting down") -> None:
+    async def close(
+        self, code: int = DisconnectCode.SHUTDOWN, reason: str = "server shutting down"
+    ) -> None:
         """Stop accepting, disconnect clients (they reconnect elsewhere), stop the hub.
 
         WebSocket clients get ``code`` (e.g. 1012 service restart) after what is already
@@ -158,23 +197,6 @@ class HubServer:
             await self._server.wait_closed()
 
     # -- routes ----------------------------------------------------------------------------------
-
-    async def health(self, request: HttpRequest) -> HttpResponse:
-        engine = self.hub.engine
-        return json_response(
-            {
-                "status": "ok",
-                "node": self.hub.node_id,
-                "engine": engine.name,
-                "engine_available": engine.available,
-                "connections": len(self.hub.sessions),
-                "uptime": round(time.time() - self.started_at, 3),
-            }
-        )
-
-    async def metrics(self, request: HttpRequest) -> HttpResponse:
-        body = generate_latest(self.hub.metrics.registry)
-        return HttpResponse(200, body, [("Content-Type", CONTENT_TYPE_LATEST)])
 
     async def static(self, request: HttpRequest) -> HttpResponse:
         assert self.web_root is not None

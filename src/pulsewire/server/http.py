@@ -12,83 +12,37 @@ the request head (408, slow-loris protection) and an idle keep-alive timeout.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import httptools
 
 from ..aio.server import Server as WebSocketServer
 from ..protocol.handshake import Headers, http_response
+from ..transports.http_types import (
+    Handler,
+    HttpRequest,
+    HttpResponse,
+    StreamResponse,
+    json_response,
+)
 from .limits import ConnectionLimiter
 
-__all__ = ["HttpRequest", "HttpResponse", "HttpServer", "Route", "StreamResponse", "json_response"]
+__all__ = [
+    "Handler",
+    "HttpRequest",
+    "HttpResponse",
+    "HttpServer",
+    "Route",
+    "StreamResponse",
+    "json_response",
+]
 
 logger = logging.getLogger("pulsewire.server")
 
 CLOSE_DEADLINE = 5.0
 """Seconds a closing connection may take to flush its buffer before it is aborted."""
-
-
-@dataclass
-class HttpRequest:
-    method: str
-    target: str
-    headers: Headers
-    body: bytes
-    remote_address: str
-    version: str = "1.1"
-    keep_alive: bool = True
-
-    @property
-    def path(self) -> str:
-        return urllib.parse.urlsplit(self.target).path or "/"
-
-    @property
-    def query(self) -> dict[str, str]:
-        return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.target).query))
-
-    def json(self) -> Any:
-        """The body as JSON; raises ValueError with a readable reason."""
-        if not self.body:
-            raise ValueError("empty body: expected a JSON object")
-        return json.loads(self.body)
-
-
-@dataclass
-class HttpResponse:
-    status: int = 200
-    body: bytes | str = b""
-    headers: list[tuple[str, str]] = field(default_factory=list)
-
-
-@dataclass
-class StreamResponse:
-    """A response whose body is produced over time (e.g. text/event-stream).
-
-    ``stream`` yields chunks; the connection closes when it ends. ``on_close`` runs when the
-    client goes away first.
-    """
-
-    stream: AsyncIterator[bytes]
-    status: int = 200
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    ended: asyncio.Event | None = None
-    """Set by the producer when the stream is over, so that a connection stalled on a client
-    that does not read is aborted instead of waiting for it forever."""
-
-
-def json_response(
-    data: Any, status: int = 200, headers: list[tuple[str, str]] | None = None
-) -> HttpResponse:
-    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return HttpResponse(status, body, [("Content-Type", "application/json"), *(headers or [])])
-
-
-Handler = Callable[[HttpRequest], Awaitable[HttpResponse | StreamResponse]]
 
 
 @dataclass
@@ -157,6 +111,32 @@ class HttpServer:
             if path.startswith(prefix):
                 return candidate
         return None
+
+    async def dispatch(self, request: HttpRequest) -> HttpResponse | StreamResponse:
+        """Route ``request``: 404, 426 (WebSocket path), 405, or the handler (500 if it fails)."""
+        route = self.route(request.path)
+        try:
+            if route is None or route.handler is None:
+                if route is not None and route.websocket is not None:
+                    return HttpResponse(
+                        426,
+                        "this is a WebSocket endpoint: Upgrade: websocket is required\n",
+                        [("Upgrade", "websocket")],
+                    )
+                return HttpResponse(404, f"not found: {request.path}\n")
+            if request.method not in route.methods:
+                # HEAD runs the GET handler and drops the body, so only routes that list it
+                # (plain pages) take it: on a stream or a long poll it would have effects.
+                allowed = ", ".join(route.methods)
+                return HttpResponse(
+                    405,
+                    f"method {request.method} not allowed; use {allowed}\n",
+                    [("Allow", allowed)],
+                )
+            return await route.handler(request)
+        except Exception:
+            logger.exception("HTTP handler failed for %s %s", request.method, request.path)
+            return HttpResponse(500, "internal server error\n")
 
     def protocol_factory(self) -> HttpProtocol:
         return HttpProtocol(self)
@@ -331,31 +311,7 @@ class HttpProtocol(asyncio.Protocol):
 
     async def _respond(self, request: HttpRequest) -> bool:
         keep_alive = request.keep_alive and not self.server.closing
-        route = self.server.route(request.path)
-        try:
-            if route is None or route.handler is None:
-                if route is not None and route.websocket is not None:
-                    response: HttpResponse | StreamResponse = HttpResponse(
-                        426,
-                        "this is a WebSocket endpoint: Upgrade: websocket is required\n",
-                        [("Upgrade", "websocket")],
-                    )
-                else:
-                    response = HttpResponse(404, f"not found: {request.path}\n")
-            elif request.method not in route.methods:
-                # HEAD runs the GET handler and drops the body, so only routes that list it
-                # (plain pages) take it: on a stream or a long poll it would have effects.
-                allowed = ", ".join(route.methods)
-                response = HttpResponse(
-                    405,
-                    f"method {request.method} not allowed; use {allowed}\n",
-                    [("Allow", allowed)],
-                )
-            else:
-                response = await route.handler(request)
-        except Exception:
-            logger.exception("HTTP handler failed for %s %s", request.method, request.path)
-            response = HttpResponse(500, "internal server error\n")
+        response = await self.server.dispatch(request)
         if self.transport is None:
             return False
         if isinstance(response, StreamResponse):

@@ -24,7 +24,7 @@ from ..hub.types import Publication
 from ..hub.wire import JSON
 from ..protocol.close import CloseCode
 from ..protocol.handshake import OriginPolicy
-from ..server.http import HttpRequest, HttpResponse, json_response
+from .http_types import HttpRequest, HttpResponse, json_response
 
 __all__ = ["SLOW_CONSUMER", "HttpEndpoints", "HttpTransport", "disconnect_message"]
 

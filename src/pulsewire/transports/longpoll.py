@@ -22,8 +22,8 @@ from ..hub.errors import Disconnect
 from ..hub.hub import Hub
 from ..protocol.close import CloseCode
 from ..protocol.handshake import OriginPolicy
-from ..server.http import HttpRequest, HttpResponse, HttpServer, json_response
 from .http_session import HttpEndpoints, HttpTransport
+from .http_types import HttpRequest, HttpResponse, RouteTable, json_response
 
 __all__ = ["LongPollEndpoints", "LongPollTransport"]
 
@@ -120,7 +120,7 @@ class LongPollEndpoints(HttpEndpoints):
         self.idle_timeout = idle_timeout
         """Seconds without a poll after which a session ends."""
 
-    def register(self, http: HttpServer, path: str = "/connection/longpoll") -> None:
+    def register(self, http: RouteTable, path: str = "/connection/longpoll") -> None:
         http.add(f"{path}/open", self.open_session, methods=("POST", "OPTIONS"))
         http.add(f"{path}/send", self.send, methods=("POST", "OPTIONS"))
         http.add(f"{path}/poll", self.poll, methods=("GET", "OPTIONS"))

@@ -24,8 +24,8 @@ from ..hub.errors import Disconnect
 from ..hub.hub import Hub
 from ..protocol.close import CloseCode
 from ..protocol.handshake import OriginPolicy
-from ..server.http import HttpRequest, HttpResponse, HttpServer, StreamResponse
 from .http_session import HttpEndpoints, HttpTransport, disconnect_message
+from .http_types import HttpRequest, HttpResponse, RouteTable, StreamResponse
 
 __all__ = ["SseEndpoints", "SseTransport"]
 
@@ -78,9 +78,9 @@ class SseEndpoints(HttpEndpoints):
         super().__init__(hub, origins, max_buffered=max_buffered, max_message_size=max_message_size)
         self.heartbeat = heartbeat
         """Seconds between comment lines on an idle stream."""
-        self._http: HttpServer | None = None
+        self._http: RouteTable | None = None
 
-    def register(self, http: HttpServer, path: str = "/connection/sse") -> None:
+    def register(self, http: RouteTable, path: str = "/connection/sse") -> None:
         self._http = http
         http.add(path, self.stream, methods=("GET", "OPTIONS"))
         http.add(f"{path}/send", self.send, methods=("POST", "OPTIONS"))

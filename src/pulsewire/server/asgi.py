@@ -30,8 +30,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
 from ..hub.errors import Disconnect
 from ..hub.hub import Hub
 from ..hub.session import ConnectRequest, Session
@@ -39,10 +37,9 @@ from ..hub.types import Publication
 from ..hub.wire import SUBPROTOCOLS, codec_for
 from ..protocol.close import CloseCode
 from ..protocol.handshake import Headers, OriginPolicy
-from ..server.api import ApiHandler
-from ..server.http import HttpRequest, HttpResponse, HttpServer, StreamResponse, json_response
-from .longpoll import LongPollEndpoints
-from .sse import SseEndpoints
+from ..transports.http_types import HttpRequest, HttpResponse, StreamResponse
+from .app import add_hub_routes
+from .http import HttpServer
 
 __all__ = ["AsgiWebSocketTransport", "HubASGI"]
 
@@ -220,26 +217,26 @@ class HubASGI:
         self._owns_hub = False
         # The route table of HubServer, minus the WebSocket upgrade and the static pages.
         self.http = HttpServer(max_body=max_body)
-        self.http.add("/health", self.health)
-        self.http.add("/metrics", self.metrics)
-        key = api_key if api_key is not None else hub.config.api_key
-        self.http.add("/api/", ApiHandler(hub, key), methods=("POST",), prefix=True)
-        limits = {"max_buffered": max_buffered, "max_message_size": max_message_size}
-        self.sse = SseEndpoints(hub, self.origins, **limits)
-        self.sse.register(self.http)
-        self.longpoll = LongPollEndpoints(hub, self.origins, **limits)
-        self.longpoll.register(self.http)
+        self.api, self.sse, self.longpoll = add_hub_routes(
+            self.http,
+            hub,
+            api_key=api_key if api_key is not None else hub.config.api_key,
+            origins=self.origins,
+            max_buffered=max_buffered,
+            max_message_size=max_message_size,
+            started_at=self.started_at,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start the hub unless it runs already (safe to call concurrently)."""
-        if self.hub._started or self.hub.closing:
+        if self.hub.started or self.hub.closing:
             return
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
         async with self._start_lock:
-            if not self.hub._started and not self.hub.closing:
+            if not self.hub.started and not self.hub.closing:
                 await self.hub.start()
                 self._owns_hub = True
                 self.started_at = time.time()
@@ -335,47 +332,14 @@ class HubASGI:
                 await asyncio.wait({handler})
 
     async def _dispatch(self, request: HttpRequest) -> HttpResponse | StreamResponse:
-        """Route like :class:`HttpServer` does: 404, 405, 426, or the handler (500 if it fails)."""
-        route = self.http.route(request.path)
-        try:
-            if route is None or route.handler is None:
-                if request.path == WEBSOCKET_PATH:
-                    return HttpResponse(
-                        426,
-                        "this is a WebSocket endpoint: Upgrade: websocket is required\n",
-                        [("Upgrade", "websocket")],
-                    )
-                return HttpResponse(404, f"not found: {request.path}\n")
-            if request.method not in route.methods and not (
-                request.method == "HEAD" and "GET" in route.methods
-            ):
-                allowed = ", ".join(route.methods)
-                return HttpResponse(
-                    405,
-                    f"method {request.method} not allowed; use {allowed}\n",
-                    [("Allow", allowed)],
-                )
-            return await route.handler(request)
-        except Exception:
-            logger.exception("HTTP handler failed for %s %s", request.method, request.path)
-            return HttpResponse(500, "internal server error\n")
-
-    async def health(self, request: HttpRequest) -> HttpResponse:
-        engine = self.hub.engine
-        return json_response(
-            {
-                "status": "ok",
-                "node": self.hub.node_id,
-                "engine": engine.name,
-                "engine_available": engine.available,
-                "connections": len(self.hub.sessions),
-                "uptime": round(time.time() - self.started_at, 3),
-            }
-        )
-
-    async def metrics(self, request: HttpRequest) -> HttpResponse:
-        body = generate_latest(self.hub.metrics.registry)
-        return HttpResponse(200, body, [("Content-Type", CONTENT_TYPE_LATEST)])
+        """Route like ``pulsewire serve`` does; the WebSocket path answers 426 to plain HTTP."""
+        if request.path == WEBSOCKET_PATH:
+            return HttpResponse(
+                426,
+                "this is a WebSocket endpoint: Upgrade: websocket is required\n",
+                [("Upgrade", "websocket")],
+            )
+        return await self.http.dispatch(request)
 
     # -- WebSocket -------------------------------------------------------------------------
 
