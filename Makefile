@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test install conformance bench lint typecheck clean
+.PHONY: run test install conformance bench lint typecheck clean vendor-yjs
 
 $(BIN)/.installed: pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ test: install
 
 conformance: install
 	PULSEWIRE_AUTOBAHN_FULL=1 $(BIN)/python -m pytest tests/conformance -v -s
+
+vendor-yjs: install
+	$(BIN)/python scripts/vendor_yjs.py
 
 bench: install
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)

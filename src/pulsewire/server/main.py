@@ -169,6 +169,9 @@ def server_from_settings(settings: Settings, *, reuse_port: bool = False) -> Hub
         assert config.token_hmac_secret is not None
         server.http.add("/demo/token", DemoTokens(config.token_hmac_secret))
         server.demo = True  # type: ignore[attr-defined]
+        from .demo_notes import NotesService
+
+        NotesService(server.hub).install()  # the notes demo's CRDT documents (hub hooks)
     return server
 
 
@@ -288,8 +291,17 @@ async def run_node(
     for sig in stop_signals:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hangup)
+    producers: list[asyncio.Task[None]] = []
+    if settings.demo:
+        from .demo_producers import start_demo_producers
+
+        producers = start_demo_producers(server.hub)  # the dashboard demo's live metrics
     ready(server, settings)
     await stop.wait()  # handlers stay installed: a repeated signal must not kill the drain
+    if producers:
+        from .demo_producers import stop_demo_producers
+
+        await stop_demo_producers(producers)
     started = time.monotonic()
     timeout = settings.drain_timeout
     _start_watchdog(timeout + 5.0)
