@@ -462,10 +462,13 @@ class Connection(asyncio.Protocol):
         transport = self._transport
         if proto is None or transport is None:
             return
+        size = proto.out_bytes
         data = proto.data_to_send()
         if data:
             if len(data) == 1:
                 transport.write(data[0])
+            elif size > 65536:
+                transport.writelines(data)  # large payloads: vectored write, no join copy
             else:
                 transport.write(b"".join(data))
         if proto.close_transport:
