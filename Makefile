@@ -18,8 +18,15 @@ install: $(BIN)/.installed
 run: install
 	$(BIN)/pulsewire serve --demo --host $(HOST) --port $(PORT)
 
+# The whole suite with the C accelerator, then the protocol-level suites and Autobahn
+# categories 1-10 again on the pure-Python path (PULSEWIRE_NO_EXTENSIONS=1).
+PURE_PYTHON_TESTS := tests/protocol tests/aio tests/sync tests/interop/test_websockets_interop.py tests/conformance
+PURE_PYTHON_CASES := 1.*,2.*,3.*,4.*,5.*,6.*,7.*,9.*,10.*
+
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	PULSEWIRE_NO_EXTENSIONS=1 PULSEWIRE_AUTOBAHN_CASES='$(PURE_PYTHON_CASES)' \
+		$(BIN)/python -m pytest -q $(PURE_PYTHON_TESTS) $(PYTEST_ARGS)
 
 conformance: install
 	PULSEWIRE_AUTOBAHN_FULL=1 $(BIN)/python -m pytest tests/conformance -v -s

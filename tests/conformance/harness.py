@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -23,11 +24,21 @@ PASSING_CLOSE_BEHAVIORS = frozenset({"OK", "INFORMATIONAL"})
 
 
 def free_port() -> int:
-    """Return a TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """Return a TCP port that was free a moment ago, below Linux's ephemeral range.
+
+    Ports handed out by ``bind(0)`` come from the ephemeral range, where any outgoing
+    connection on the machine (a load test, a browser) may take them before wstest binds
+    (wstest listens on every interface); a random port in 20000-32767 rarely collides.
+    """
+    for _ in range(200):
+        port = random.randint(20000, 32767)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("0.0.0.0", port))
+        except OSError:
+            continue
         return port
+    raise RuntimeError("no free port found in 20000-32767")
 
 
 def child_env(**extra: str) -> dict[str, str]:

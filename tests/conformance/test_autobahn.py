@@ -110,6 +110,10 @@ def server_command(port: int) -> list[str]:
     return [str(script), "echo", "--host", "127.0.0.1", "--port", str(port)]
 
 
+#: What the conformance conftest prints at the end of the run, passed or not.
+SUMMARIES: list[str] = []
+
+
 def check(summary: Summary, outdir: Path, role: str, logs: list[Path], note: str = "") -> None:
     """Publish the reports, print the summary and fail on anything but a clean pass.
 
@@ -118,6 +122,7 @@ def check(summary: Summary, outdir: Path, role: str, logs: list[Path], note: str
     dest = REPORTS / role
     publish(outdir, dest, logs)
     text = summary.render() + (f"\n{note}" if note else "")
+    SUMMARIES.append(f"{text}\n  reports: {dest / 'index.html'}")
     print()
     print(text)
     print(f"  slowest: {summary.slowest()}")
