@@ -433,7 +433,7 @@ class NatsEngine(Engine):
         tip = hint if hint is not None and hint.subject == subject else None
         known = tip is not None
         sent = 0.0
-        for _ in range(_MAX_ATTEMPTS):
+        for attempt in range(_MAX_ATTEMPTS):
             try:
                 if not known:
                     tip, known = await self._read_tip(stream, subject), True
@@ -456,8 +456,12 @@ class NatsEngine(Engine):
                 now = self._contended[channel] = time.monotonic()
                 if len(self._contended) > _TIPS_MAX:
                     self._contended.clear()
-                known = False  # wait up to a round trip: racers that read, then write, in
-                await asyncio.sleep(random.random() * (now - sent))  # lockstep never win
+                known = False
+                # Full-jitter backoff from one round trip, doubling with each loss (capped):
+                # racers that read, then write, in lockstep would otherwise never win, and
+                # under load one round trip is not enough to break the tie.
+                window = min((now - sent) * (1 << min(attempt, 8)), 0.25)
+                await asyncio.sleep(random.random() * window)
                 continue
             except BaseException:
                 self._tips.pop(channel, None)  # the outcome is unknown
