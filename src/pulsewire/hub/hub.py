@@ -20,6 +20,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
+import msgpack
+
 from .auth import Credentials, TokenVerifier
 from .channels import ChannelName, parse_channel
 from .config import ChannelOptions, HubConfig
@@ -654,12 +656,15 @@ def _first_follows(publication: Publication, offset: int) -> bool:
 
 
 _json_check = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+_msgpack_check = msgpack.Packer(use_bin_type=True).pack
 
 
 def _check_data(data: Any) -> None:
-    """Publications travel and are stored as JSON: refuse what JSON cannot represent."""
+    """Publications travel and are stored as JSON and reach MessagePack subscribers too:
+    refuse what either cannot represent (bytes, NaN, integers beyond 64 bits...)."""
     try:
         _json_check(data)
-    except (TypeError, ValueError) as exc:
+        _msgpack_check(data)
+    except (TypeError, ValueError, OverflowError) as exc:
         message = f"data must be representable as JSON: {exc}"
         raise HubError(ErrorCode.BAD_REQUEST, message) from None

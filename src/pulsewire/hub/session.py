@@ -144,7 +144,7 @@ class Session:
             encoded = self.codec.encode(message)
             traffic = self._traffic
             traffic[2] += 1
-            traffic[3] += len(encoded)
+            traffic[3] += _size(encoded)
             self.transport.send(encoded)
 
     def push(self, message: dict[str, Any]) -> None:
@@ -179,8 +179,9 @@ class Session:
             return
         traffic = self._traffic
         traffic[0] += 1
-        traffic[1] += len(data)
-        if not self._message_rate.take() or not self._byte_rate.take(len(data)):
+        size = _size(data)
+        traffic[1] += size
+        if not self._message_rate.take() or not self._byte_rate.take(size):
             policy = self.hub.config.rate_limit_policy
             self.hub.metrics.rate_limited.labels(policy).inc()
             logger.info("rate limit exceeded", extra={**self.log_context(), "policy": policy})
@@ -453,7 +454,7 @@ class Session:
         encoded = self.hub._encode_publication(self.codec, name, publication)
         traffic = self._traffic
         traffic[2] += 1
-        traffic[3] += len(encoded)
+        traffic[3] += _size(encoded)
         transport.send(encoded, publication)
 
     async def _unsubscribe(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -531,6 +532,13 @@ class Session:
         if inspect.isawaitable(outcome):
             outcome = await outcome
         return {"data": outcome}
+
+
+def _size(data: str | bytes) -> int:
+    """Bytes on the wire: UTF-8 length for text (isascii() is O(1) on CPython)."""
+    if type(data) is bytes or data.isascii():
+        return len(data)
+    return len(data.encode("utf-8"))  # type: ignore[union-attr]
 
 
 _METHODS = {

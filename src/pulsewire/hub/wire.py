@@ -58,6 +58,8 @@ class JsonCodec:
                 command = json.loads(line)
             except ValueError as exc:
                 raise HubError(ErrorCode.BAD_REQUEST, f"invalid JSON: {exc}") from None
+            except RecursionError:
+                raise HubError(ErrorCode.BAD_REQUEST, "invalid JSON: nested too deeply") from None
             if not isinstance(command, dict):
                 raise HubError(ErrorCode.BAD_REQUEST, "a command is a JSON object")
             commands.append(command)

@@ -20,7 +20,7 @@ Input is parsed as it arrives. A frame header is validated the moment it is comp
 reserved bits and opcodes, control-frame rules, size limits), and a data frame's payload is
 consumed chunk by chunk, so text is UTF-8 validated and compressed data inflated as bytes
 arrive. The only bytes ever held back are an incomplete header (at most 14 bytes) or an
-incomplete control frame (at most 131 bytes), or a binary frame of at most 64 KiB that is
+incomplete control frame (at most 139 bytes), or a binary frame of at most 64 KiB that is
 taken whole once complete (cheaper than streaming it): buffering is bounded by design.
 Complete messages are assembled up to ``max_message_size`` and no further.
 """
@@ -264,7 +264,7 @@ class Connection:
                 if length > MAX_CONTROL_PAYLOAD:
                     raise ProtocolError("control frame payload longer than 125 bytes")
                 if end - pos < hlen + length:
-                    break  # wait for the whole control frame (<= 131 bytes)
+                    break  # wait for the whole control frame (<= 139 bytes)
                 start = pos + hlen
                 payload = data[start : start + length]
                 if masked:

@@ -133,10 +133,13 @@ class HttpServer:
                     f"method {request.method} not allowed; use {allowed}\n",
                     [("Allow", allowed)],
                 )
-            return await route.handler(request)
+            response = await route.handler(request)
         except Exception:
             logger.exception("HTTP handler failed for %s %s", request.method, request.path)
-            return HttpResponse(500, "internal server error\n")
+            response = HttpResponse(500, "internal server error\n")
+        if response.status >= 400:  # handlers refuse too (Origin 403, unknown session 404...)
+            self.refusals[response.status] = self.refusals.get(response.status, 0) + 1
+        return response
 
     def protocol_factory(self) -> HttpProtocol:
         return HttpProtocol(self)

@@ -29,6 +29,7 @@ from ..hub.hub import Hub
 from ..protocol.close import CloseCode
 from .app import HubServer
 from .demo import DemoTokens, demo_config
+from .limits import ConnectionLimits
 from .logs import configure_logging
 
 __all__ = [
@@ -45,8 +46,28 @@ logger = logging.getLogger("pulsewire.server")
 
 DEFAULT_DRAIN_TIMEOUT = 10.0
 RESTART_REASON = "server restarting: reconnect"
+LIMIT_KEYS = frozenset(
+    {
+        "max_connections",
+        "max_connections_per_ip",
+        "connections_per_second_per_ip",
+        "connections_burst_per_ip",
+    }
+)
 SERVER_KEYS = frozenset(
-    {"host", "port", "allowed_origins", "demo", "tls_cert", "tls_key", "workers", "drain_timeout"}
+    {
+        "host",
+        "port",
+        "allowed_origins",
+        "demo",
+        "tls_cert",
+        "tls_key",
+        "workers",
+        "drain_timeout",
+        "max_message_size",
+        "head_timeout",
+        *LIMIT_KEYS,
+    }
 )
 """The settings of the ``[server]`` table."""
 
@@ -73,6 +94,9 @@ class Settings:
     tls_key: str | None = None
     workers: int | None = None
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    max_message_size: int = 65536
+    head_timeout: float = 10.0
     generated_secret: bool = field(default=False, compare=False)
     """The demo's token secret was made up here (pin it before starting more processes)."""
 
@@ -122,8 +146,16 @@ def load_settings(args: argparse.Namespace) -> Settings:
         drain_timeout = float(table.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT))
     if drain_timeout < 0:
         raise ValueError("drain_timeout must not be negative")
+    limits = ConnectionLimits(**{k: table[k] for k in LIMIT_KEYS if k in table})
+    max_message_size = int(table.get("max_message_size", 65536))
+    head_timeout = float(table.get("head_timeout", 10.0))
+    if max_message_size <= 0 or head_timeout <= 0:
+        raise ValueError("[server] max_message_size and head_timeout must be positive")
     return Settings(
         config=config,
+        limits=limits,
+        max_message_size=max_message_size,
+        head_timeout=head_timeout,
         host=host,
         port=port,
         allowed_origins=tuple(origins),
@@ -164,7 +196,10 @@ def server_from_settings(settings: Settings, *, reuse_port: bool = False) -> Hub
         allowed_origins=settings.allowed_origins,
         ssl=context,
         reuse_port=reuse_port,
+        limits=settings.limits,
+        max_message_size=settings.max_message_size,
     )
+    server.http.limits.head_timeout = settings.head_timeout
     if settings.demo:
         assert config.token_hmac_secret is not None
         server.http.add("/demo/token", DemoTokens(config.token_hmac_secret))

@@ -102,4 +102,10 @@ async def serve_hub_session(hub: Hub, ws: ServerConnection, *, max_buffered: int
     except ConnectionClosed:
         pass
     finally:
-        session.transport_closed(ws.close_code or CloseCode.ABNORMAL_CLOSURE, ws.close_reason or "")
+        failure = ws._proto.failure if ws._proto is not None else None
+        if failure is not None:  # we failed it (1002, 1007, 1008, 1009...): no Close came back
+            session.transport_closed(failure.code, failure.reason)
+        else:
+            session.transport_closed(
+                ws.close_code or CloseCode.ABNORMAL_CLOSURE, ws.close_reason or ""
+            )
