@@ -17,7 +17,7 @@ from pulsewire.protocol import connection, frames
 def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     if request.param == "speedups":
         if not frames.SPEEDUPS:
-            pytest.skip("the C accelerator is not built")
+            pytest.skip(frames.SPEEDUPS_ABSENT)
     else:
         for module in (connection, frames):
             monkeypatch.setattr(module, "apply_mask", frames._py_apply_mask)

@@ -272,7 +272,7 @@ def test_mutated_streams_never_raise(
     check_failure(server)
 
 
-@pytest.mark.skipif(not frames.SPEEDUPS, reason="the C accelerator is not built")
+@pytest.mark.skipif(not frames.SPEEDUPS, reason=frames.SPEEDUPS_ABSENT)
 @settings(SINGLE_SETTINGS, max_examples=150)
 @given(
     streams(),

@@ -73,6 +73,12 @@ apply_mask = _py_apply_mask
 build_frame = _py_build_frame
 scan_messages = None
 SPEEDUPS = False
+SPEEDUPS_ABSENT = (
+    "the C accelerator is disabled (PULSEWIRE_NO_EXTENSIONS=1)"
+    if os.environ.get("PULSEWIRE_NO_EXTENSIONS")
+    else "the C accelerator is not built"
+)
+"""Why the accelerator is not in use (for tests and diagnostics)."""
 
 if not os.environ.get("PULSEWIRE_NO_EXTENSIONS"):
     try:
