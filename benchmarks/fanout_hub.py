@@ -926,6 +926,57 @@ def run_smoke(out_path: Path | None = None) -> dict[str, Any]:
     return results
 
 
+# ------------------------------------------------------------------------------- report
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-hub.md"
+
+
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    """docs/benchmarks-hub.md: the hub's fan-out and cross-node numbers of this run."""
+    fanout = results["fanout"]
+    machine_info = results["machine"]
+
+    def ms(part: dict[str, Any]) -> str:
+        return f"{part.get('p50', float('nan')):.1f} / {part.get('p99', float('nan')):.1f} ms"
+
+    lines = [
+        "# Hub benchmarks",
+        "",
+        f"Measured {results['date']} by `benchmarks/fanout_hub.py` (`make bench`) on "
+        f"{machine_info.get('cpu_model', '?')}, {machine_info.get('cpus', '?')} cores; the "
+        "server pinned to one core, the clients to the other.",
+        "",
+        f"## Fan-out: one publication to {fanout['subscribers']:,} subscribers on one node",
+        "",
+        "Time from the HTTP API publish until a subscriber has the message, over "
+        f"{fanout['rounds']} rounds (p50 / p99):",
+        "",
+        "| first subscriber | median subscriber | last subscriber | server CPU per round |",
+        "|---|---|---|---|",
+        f"| {ms(fanout['first_subscriber_ms'])} | {ms(fanout['median_subscriber_ms'])} "
+        f"| {ms(fanout['last_subscriber_ms'])} | {ms(fanout['server_cpu_ms_per_round'])} |",
+        "",
+        f"Connecting and subscribing all of them took {fanout['connect_subscribe_seconds']} s.",
+        "",
+        "## Across nodes on Redis",
+        "",
+        "Publishers on node A (WebSocket clients), subscribers on node B, for "
+        f"{results['settings']['duration']} s:",
+        "",
+        "| channel | delivered / s | publish-to-receive p50 / p99 |",
+        "|---|---|---|",
+    ]
+    for name, label in (("plain", "without history"), ("hist", "with history (offsets)")):
+        part = results["cross_node_redis"].get(name, {})
+        lines.append(
+            f"| {label} | {part.get('delivered_per_second', '?'):,} | "
+            f"{ms(part.get('latency_ms', {}))} |"
+        )
+    if results.get("warning"):
+        lines += ["", f"Note: {results['warning']}."]
+    path.write_text("\n".join(lines) + "\n")
+
+
 # ------------------------------------------------------------------------------- main
 
 
@@ -990,6 +1041,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS / ("hub_fanout_smoke.json" if args.smoke else "hub_fanout.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
+    if not args.smoke and args.out is None:
+        write_markdown(results, DOCS)
     print(json.dumps(results, indent=2))
     print(f"written to {out}", file=sys.stderr)
     return 0

@@ -66,6 +66,7 @@ SERVER_KEYS = frozenset(
         "drain_timeout",
         "max_message_size",
         "head_timeout",
+        "admin_password",
         *LIMIT_KEYS,
     }
 )
@@ -97,6 +98,7 @@ class Settings:
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     max_message_size: int = 65536
     head_timeout: float = 10.0
+    admin_password: str | None = None
     generated_secret: bool = field(default=False, compare=False)
     """The demo's token secret was made up here (pin it before starting more processes)."""
 
@@ -151,8 +153,10 @@ def load_settings(args: argparse.Namespace) -> Settings:
     head_timeout = float(table.get("head_timeout", 10.0))
     if max_message_size <= 0 or head_timeout <= 0:
         raise ValueError("[server] max_message_size and head_timeout must be positive")
+    admin_password = os.environ.get("PULSEWIRE_ADMIN_PASSWORD") or table.get("admin_password")
     return Settings(
         config=config,
+        admin_password=admin_password,
         limits=limits,
         max_message_size=max_message_size,
         head_timeout=head_timeout,
@@ -198,6 +202,7 @@ def server_from_settings(settings: Settings, *, reuse_port: bool = False) -> Hub
         reuse_port=reuse_port,
         limits=settings.limits,
         max_message_size=settings.max_message_size,
+        admin_password=settings.admin_password,
     )
     server.http.limits.head_timeout = settings.head_timeout
     if settings.demo:
