@@ -234,8 +234,16 @@ async def test_open_timeout(raw_server: Any) -> None:
         (lambda key: b"HTTP/1.1 101 Switching", InvalidHandshake),  # then EOF
         (lambda key: b"not http at all\r\n\r\n", InvalidHandshake),
     ],
-    ids=["bad-accept", "no-upgrade", "subprotocol", "extension", "deflate-param", "500",
-         "truncated", "garbage"],
+    ids=[
+        "bad-accept",
+        "no-upgrade",
+        "subprotocol",
+        "extension",
+        "deflate-param",
+        "500",
+        "truncated",
+        "garbage",
+    ],
 )
 async def test_bad_answers(raw_server: Any, answer: Any, error: type[Exception]) -> None:
     async def handler(reader: Any, writer: Any, key: str) -> None:
@@ -273,8 +281,10 @@ async def test_compression_offer(start_server: Any) -> None:
         assert ws.extensions == ""
     opts = pulsewire.DeflateOptions(server_no_context_takeover=True)
     async with pulsewire.connect(url, compression=opts) as ws:
-        assert await recv(ws) == "permessage-deflate; server_no_context_takeover; " \
-                                 "client_max_window_bits"
+        assert (
+            await recv(ws) == "permessage-deflate; server_no_context_takeover; "
+            "client_max_window_bits"
+        )
         assert ws._proto.deflate.remote_no_context_takeover
 
 

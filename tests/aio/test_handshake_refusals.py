@@ -19,8 +19,11 @@ GOOD = {
 }
 
 
-def request(start: str = "GET / HTTP/1.1", extra: list[tuple[str, str]] = (),  # type: ignore[assignment]
-            **overrides: str | None) -> bytes:
+def request(
+    start: str = "GET / HTTP/1.1",
+    extra: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    **overrides: str | None,
+) -> bytes:
     fields = dict(GOOD)
     fields.update({k.replace("_", "-"): v for k, v in overrides.items()})
     lines = [start, *(f"{k}: {v}" for k, v in fields.items() if v is not None)]
@@ -42,8 +45,9 @@ CASES = [
     pytest.param(request(Origin="https://evil.example"), 403, id="origin"),
     pytest.param(request(f"GET /{'a' * 9000} HTTP/1.1"), 414, id="long-target"),
     pytest.param(request(extra=[(f"X-{i}", "v") for i in range(101)]), 431, id="many-headers"),
-    pytest.param(request(extra=[(f"X-Pad-{i}", "p" * 500) for i in range(40)]), 431,
-                 id="large-head"),
+    pytest.param(
+        request(extra=[(f"X-Pad-{i}", "p" * 500) for i in range(40)]), 431, id="large-head"
+    ),
     pytest.param(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", 400, id="malformed"),
     pytest.param(request("GET /nowhere HTTP/1.1"), 404, id="unknown-path"),
 ]
@@ -82,8 +86,11 @@ async def test_refusal(server: Any, raw_client: Any, data: bytes, status: int) -
 
 async def test_valid_request_is_accepted(server: Any, raw_client: Any) -> None:
     raw = await raw_client(server.port, handshake=False)
-    await raw.send_raw(request(Origin="https://good.example", Connection="keep-alive, Upgrade",
-                               Upgrade="WebSocket"))
+    await raw.send_raw(
+        request(
+            Origin="https://good.example", Connection="keep-alive, Upgrade", Upgrade="WebSocket"
+        )
+    )
     response = await raw.read_head()
     assert response.status == 101
     assert response.header("Sec-WebSocket-Accept") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="

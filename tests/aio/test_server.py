@@ -86,7 +86,9 @@ async def test_server_sends_real_fragments(start_server: Any, raw_client: Any) -
     raw = await raw_client(server.port)
     frames = [await raw.recv_frame() for _ in range(3)]
     assert [(f.opcode, f.fin, f.payload) for f in frames] == [
-        (0x1, False, b"ab"), (0x0, False, b"cd"), (0x0, True, b"ef")
+        (0x1, False, b"ab"),
+        (0x0, False, b"cd"),
+        (0x0, True, b"ef"),
     ]
     assert not any(f.masked for f in frames)
 
@@ -605,10 +607,26 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         if shutil.which("openssl") is None:
             pytest.skip("neither the cryptography package nor openssl is available")
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-             "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-             "-keyout", str(key), "-out", str(cert)],
-            check=True, capture_output=True,
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ],
+            check=True,
+            capture_output=True,
         )
     return cert, key
 
@@ -642,11 +660,13 @@ def _cryptography_certificate(cert: Path, key: Path) -> None:
         .sign(private, hashes.SHA256())
     )
     cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key.write_bytes(private.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ))
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
 
 
 async def test_tls(start_server: Any, certificate: tuple[Path, Path]) -> None:

@@ -44,8 +44,9 @@ async def their_server() -> AsyncIterator[tuple[str, list[Any]]]:
                 if message == "stream me":
                     fragments = [f async for f in ws.recv_streaming()]
                     log.append(("fragments", fragments))
-                    await ws.send("".join(fragments) if isinstance(fragments[0], str)
-                                  else b"".join(fragments))
+                    await ws.send(
+                        "".join(fragments) if isinstance(fragments[0], str) else b"".join(fragments)
+                    )
                 elif message == "send fragments":
                     await ws.send(["fr", "ag", "ments"])
                 elif message == "ping me":
@@ -256,12 +257,12 @@ async def test_their_client_max_size_against_our_server(start_server: Any) -> No
 async def test_compression_parameters_with_their_client(start_server: Any) -> None:
     from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
-    _, url = await start_server(
-        compression=pulsewire.DeflateOptions(client_max_window_bits=10)
-    )
+    _, url = await start_server(compression=pulsewire.DeflateOptions(client_max_window_bits=10))
     factory = ClientPerMessageDeflateFactory(
-        server_no_context_takeover=True, client_no_context_takeover=True,
-        server_max_window_bits=11, client_max_window_bits=True,
+        server_no_context_takeover=True,
+        client_no_context_takeover=True,
+        server_max_window_bits=11,
+        client_max_window_bits=True,
     )
     async with ws_connect(url, compression=None, extensions=[factory]) as ws:
         (ext,) = ws.protocol.extensions

@@ -94,8 +94,15 @@ def parse_frames(data: bytes) -> list[Wire]:
         if key is not None:
             payload = unmask(payload, key)
         frames.append(
-            Wire(b0 & 0x0F, payload, bool(b0 & 0x80), bool(b0 & 0x40), bool(b0 & 0x20),
-                 bool(b0 & 0x10), key)
+            Wire(
+                b0 & 0x0F,
+                payload,
+                bool(b0 & 0x80),
+                bool(b0 & 0x40),
+                bool(b0 & 0x20),
+                bool(b0 & 0x10),
+                key,
+            )
         )
     return frames
 

@@ -425,10 +425,12 @@ def test_incomplete_utf8_at_the_end_of_a_message() -> None:
 def test_utf8_split_across_frames_is_valid() -> None:
     data = "€😀".encode()
     conn = server()
-    conn.receive_data(b"".join(
-        frame(TEXT if i == 0 else CONT, data[i : i + 1], fin=i == len(data) - 1)
-        for i in range(len(data))
-    ))
+    conn.receive_data(
+        b"".join(
+            frame(TEXT if i == 0 else CONT, data[i : i + 1], fin=i == len(data) - 1)
+            for i in range(len(data))
+        )
+    )
     assert conn.events_received() == ["€😀"]
 
 
@@ -478,8 +480,9 @@ def test_fragmented_message_over_the_limit_fails_on_the_fragment_header() -> Non
 
 def test_frame_limit_below_the_message_limit() -> None:
     conn = server(max_message_size=1000, max_frame_size=100)
-    conn.receive_data(b"".join(frame(CONT if i else BINARY, b"z" * 100, fin=i == 9)
-                               for i in range(10)))
+    conn.receive_data(
+        b"".join(frame(CONT if i else BINARY, b"z" * 100, fin=i == 9) for i in range(10))
+    )
     assert conn.events_received() == [b"z" * 1000]
     conn.receive_data(frame(BINARY, b"z" * 101))
     assert failed_with(conn) == 1009
@@ -670,8 +673,8 @@ def test_client_cannot_send_prebuilt_frames() -> None:
 
 
 @pytest.mark.parametrize(
-    ("code", "reason"), [(999, ""), (1004, ""), (1006, ""), (1015, ""), (5000, ""), (1005, "r"),
-                         (1000, "x" * 124)]
+    ("code", "reason"),
+    [(999, ""), (1004, ""), (1006, ""), (1015, ""), (5000, ""), (1005, "r"), (1000, "x" * 124)],
 )
 def test_send_close_rejects_bad_arguments(code: int, reason: str) -> None:
     conn = server()

@@ -100,9 +100,17 @@ class TestServerNegotiation:
         assert "client_no_context_takeover" in params
         assert codec.remote_no_context_takeover
 
-    @pytest.mark.parametrize(("asked", "config", "result"), [
-        (10, None, 10), (13, 11, 11), (9, 11, 9), (15, None, 15), (8, None, 8), (None, 12, 12),
-    ])
+    @pytest.mark.parametrize(
+        ("asked", "config", "result"),
+        [
+            (10, None, 10),
+            (13, 11, 11),
+            (9, 11, 9),
+            (15, None, 15),
+            (8, None, 8),
+            (None, 12, 12),
+        ],
+    )
     def test_server_max_window_bits(
         self, asked: int | None, config: int | None, result: int
     ) -> None:
@@ -137,15 +145,25 @@ class TestServerNegotiation:
         assert "client_max_window_bits" not in params
         assert codec.remote_max_window_bits == 15
 
-    @pytest.mark.parametrize("param", [
-        "server_max_window_bits=7", "server_max_window_bits=16", "server_max_window_bits=08",
-        "server_max_window_bits=abc", "client_max_window_bits=7", "client_max_window_bits=16",
-        'client_max_window_bits="1"', "server_no_context_takeover=1",
-        "client_no_context_takeover=x", "unknown_param", "x=1",
-        "server_no_context_takeover; server_no_context_takeover",
-        "server_max_window_bits=10; server_max_window_bits=10",
-        "client_max_window_bits; client_max_window_bits=10",
-    ])
+    @pytest.mark.parametrize(
+        "param",
+        [
+            "server_max_window_bits=7",
+            "server_max_window_bits=16",
+            "server_max_window_bits=08",
+            "server_max_window_bits=abc",
+            "client_max_window_bits=7",
+            "client_max_window_bits=16",
+            'client_max_window_bits="1"',
+            "server_no_context_takeover=1",
+            "client_no_context_takeover=x",
+            "unknown_param",
+            "x=1",
+            "server_no_context_takeover; server_no_context_takeover",
+            "server_max_window_bits=10; server_max_window_bits=10",
+            "client_max_window_bits; client_max_window_bits=10",
+        ],
+    )
     def test_invalid_offers_are_declined(self, param: str) -> None:
         assert self.declines(f"{PMD}; {param}")
 
@@ -171,12 +189,17 @@ class TestClientNegotiation:
             server_max_window_bits=10,
             client_max_window_bits=11,
         ).client_offer()
-        assert offers(offer) == [(PMD, [
-            ("server_no_context_takeover", None),
-            ("client_no_context_takeover", None),
-            ("server_max_window_bits", "10"),
-            ("client_max_window_bits", "11"),
-        ])]
+        assert offers(offer) == [
+            (
+                PMD,
+                [
+                    ("server_no_context_takeover", None),
+                    ("client_no_context_takeover", None),
+                    ("server_max_window_bits", "10"),
+                    ("client_max_window_bits", "11"),
+                ],
+            )
+        ]
 
     def accept(self, response: str, **config: object) -> PerMessageDeflate:
         return DeflateOptions(**config).client_accept(response_params_list(response))  # type: ignore[arg-type]
@@ -214,16 +237,28 @@ class TestClientNegotiation:
     def test_client_max_window_bits_above_the_offer(self) -> None:
         with pytest.raises(NegotiationError):
             self.accept(f"{PMD}; client_max_window_bits=12", client_max_window_bits=10)
-        assert self.accept(f"{PMD}; client_max_window_bits=10",
-                           client_max_window_bits=12).local_max_window_bits == 10
+        assert (
+            self.accept(
+                f"{PMD}; client_max_window_bits=10", client_max_window_bits=12
+            ).local_max_window_bits
+            == 10
+        )
 
-    @pytest.mark.parametrize("param", [
-        "server_max_window_bits", "client_max_window_bits", "server_max_window_bits=7",
-        "server_max_window_bits=16", "client_max_window_bits=16", "client_max_window_bits=0",
-        "unknown", "server_no_context_takeover=1",
-        "client_no_context_takeover; client_no_context_takeover",
-        "server_max_window_bits=10; server_max_window_bits=11",
-    ])
+    @pytest.mark.parametrize(
+        "param",
+        [
+            "server_max_window_bits",
+            "client_max_window_bits",
+            "server_max_window_bits=7",
+            "server_max_window_bits=16",
+            "client_max_window_bits=16",
+            "client_max_window_bits=0",
+            "unknown",
+            "server_no_context_takeover=1",
+            "client_no_context_takeover; client_no_context_takeover",
+            "server_max_window_bits=10; server_max_window_bits=11",
+        ],
+    )
     def test_invalid_responses(self, param: str) -> None:
         with pytest.raises(NegotiationError):
             self.accept(f"{PMD}; {param}")
@@ -245,8 +280,13 @@ def response_params_list(value: str) -> list[tuple[str, str | None]]:
 
 
 def test_options_validation() -> None:
-    for kwargs in ({"server_max_window_bits": 7}, {"client_max_window_bits": 16},
-                   {"window_bits": 8}, {"level": 10}, {"mem_level": 0}):
+    for kwargs in (
+        {"server_max_window_bits": 7},
+        {"client_max_window_bits": 16},
+        {"window_bits": 8},
+        {"level": 10},
+        {"mem_level": 0},
+    ):
         with pytest.raises(ValueError):
             DeflateOptions(**kwargs)  # type: ignore[arg-type]
 
@@ -285,14 +325,20 @@ def test_round_trip(direction: str) -> None:
         (DeflateOptions(), DeflateOptions(), False, False),
         (DeflateOptions(client_no_context_takeover=True), DeflateOptions(), True, False),
         (DeflateOptions(server_no_context_takeover=True), DeflateOptions(), False, True),
-        (DeflateOptions(), DeflateOptions(server_no_context_takeover=True,
-                                          client_no_context_takeover=True), True, True),
+        (
+            DeflateOptions(),
+            DeflateOptions(server_no_context_takeover=True, client_no_context_takeover=True),
+            True,
+            True,
+        ),
     ],
     ids=["takeover", "client-nct", "server-nct", "both-nct"],
 )
 def test_context_takeover(
-    client_opts: DeflateOptions, server_opts: DeflateOptions,
-    client_resets: bool, server_resets: bool,
+    client_opts: DeflateOptions,
+    server_opts: DeflateOptions,
+    client_resets: bool,
+    server_resets: bool,
 ) -> None:
     message = os.urandom(300).hex()  # compressible only against an earlier copy of itself
     cli, srv = pair(client_opts, server_opts)
@@ -372,7 +418,10 @@ def test_fragmented_compressed_message_with_interleaved_ping() -> None:
     events, wire = transfer(cli, srv)
     assert events == [Ping(b"hi"), "part one " * 50 + "part two " * 50 + "end"]
     assert [(f.opcode, f.rsv1) for f in wire] == [
-        (TEXT, True), (PING, False), (CONT, False), (CONT, False)
+        (TEXT, True),
+        (PING, False),
+        (CONT, False),
+        (CONT, False),
     ]
 
 

@@ -91,12 +91,15 @@ class TestServerAccepts:
     def test_accept_key(self) -> None:
         assert accept_key(KEY) == ACCEPT
 
-    @pytest.mark.parametrize(("upgrade", "connection"), [
-        ("WebSocket", "keep-alive, Upgrade"),
-        ("websocket", "upgrade"),
-        ("WEBSOCKET", "Upgrade, keep-alive"),
-        ("websocket", "keep-alive,Upgrade ,  close"),
-    ])
+    @pytest.mark.parametrize(
+        ("upgrade", "connection"),
+        [
+            ("WebSocket", "keep-alive, Upgrade"),
+            ("websocket", "upgrade"),
+            ("WEBSOCKET", "Upgrade, keep-alive"),
+            ("websocket", "keep-alive,Upgrade ,  close"),
+        ],
+    )
     def test_case_insensitive_and_listed(self, upgrade: str, connection: str) -> None:
         headers, _, _ = accept(request({"Upgrade": upgrade, "Connection": connection}))
         assert headers["Sec-WebSocket-Accept"] == ACCEPT
@@ -156,29 +159,35 @@ class TestServerRefuses:
     def test_repeated_host(self) -> None:
         assert refusal(request(extra=[("Host", "other.example")])).status == 400
 
-    @pytest.mark.parametrize("headers", [
-        {"Upgrade": None},
-        {"Upgrade": "h2c"},
-        {"Upgrade": "websockets"},
-        {"Connection": None},
-        {"Connection": "keep-alive"},
-        {"Connection": "upgraded"},
-        {"Upgrade": None, "Connection": None},
-    ])
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            {"Upgrade": None},
+            {"Upgrade": "h2c"},
+            {"Upgrade": "websockets"},
+            {"Connection": None},
+            {"Connection": "keep-alive"},
+            {"Connection": "upgraded"},
+            {"Upgrade": None, "Connection": None},
+        ],
+    )
     def test_missing_or_odd_upgrade_or_connection(self, headers: dict[str, str | None]) -> None:
         exc = refusal(request(headers))
         assert exc.status == 426
         assert ("Upgrade", "websocket") in exc.headers
 
-    @pytest.mark.parametrize("key", [
-        None,
-        "",
-        "dGhlIHNhbXBsZSBub25jZQ",  # no padding
-        "dGhlIHNhbXBsZSBub25j",  # 15 bytes
-        "dGhlIHNhbXBsZSBub25jZSE=",  # 17 bytes
-        "not base64 at all!!!!!!=",
-        "dGhlIHNhbXBsZSBub25jZQ==, dGhlIHNhbXBsZSBub25jZQ==",
-    ])
+    @pytest.mark.parametrize(
+        "key",
+        [
+            None,
+            "",
+            "dGhlIHNhbXBsZSBub25jZQ",  # no padding
+            "dGhlIHNhbXBsZSBub25j",  # 15 bytes
+            "dGhlIHNhbXBsZSBub25jZSE=",  # 17 bytes
+            "not base64 at all!!!!!!=",
+            "dGhlIHNhbXBsZSBub25jZQ==, dGhlIHNhbXBsZSBub25jZQ==",
+        ],
+    )
     def test_bad_key(self, key: str | None) -> None:
         assert refusal(request({"Sec-WebSocket-Key": key})).status == 400
 
@@ -234,36 +243,42 @@ class TestServerRefuses:
                     hs.accept(req)
         assert info.value.status == 431
 
-    @pytest.mark.parametrize("data", [
-        b"GET / HTTX/1.1\r\nHost: x\r\n\r\n",
-        b"GET / HTTP/1.1 extra\r\n\r\n",
-        b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: a\x00b\r\n\r\n",
-        b"GET / HTTP/1.1\nHost: x\n\n",
-    ])
+    @pytest.mark.parametrize(
+        "data",
+        [
+            b"GET / HTTX/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1 extra\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\x00b\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: x\n\n",
+        ],
+    )
     def test_malformed_http(self, data: bytes) -> None:
         assert refusal(data).status == 400
 
 
 class TestOrigins:
-    @pytest.mark.parametrize(("allowed", "origin", "ok"), [
-        (None, "https://anything.example", True),
-        (["https://example.com"], "https://example.com", True),
-        (["https://example.com"], "HTTPS://Example.COM", True),
-        (["https://example.com/"], "https://example.com", True),
-        (["https://example.com"], "https://evil.com", False),
-        (["https://example.com"], "https://example.com.evil.com", False),
-        (["https://example.com"], "http://example.com", False),
-        (["https://example.com"], "null", False),
-        (["https://*.example.com"], "https://app.example.com", True),
-        (["https://*.example.com"], "https://a.b.example.com", True),
-        (["https://*.example.com"], "https://example.com", False),
-        (["https://*.example.com"], "https://app.example.com.evil.com", False),
-        (["https://*.example.com"], "http://app.example.com", False),
-        (["http://localhost:*"], "http://localhost:8080", True),
-        (["http://localhost:*"], "http://localhost", False),
-        (["https://a.com", "https://*.b.com"], "https://x.b.com", True),
-    ])
+    @pytest.mark.parametrize(
+        ("allowed", "origin", "ok"),
+        [
+            (None, "https://anything.example", True),
+            (["https://example.com"], "https://example.com", True),
+            (["https://example.com"], "HTTPS://Example.COM", True),
+            (["https://example.com/"], "https://example.com", True),
+            (["https://example.com"], "https://evil.com", False),
+            (["https://example.com"], "https://example.com.evil.com", False),
+            (["https://example.com"], "http://example.com", False),
+            (["https://example.com"], "null", False),
+            (["https://*.example.com"], "https://app.example.com", True),
+            (["https://*.example.com"], "https://a.b.example.com", True),
+            (["https://*.example.com"], "https://example.com", False),
+            (["https://*.example.com"], "https://app.example.com.evil.com", False),
+            (["https://*.example.com"], "http://app.example.com", False),
+            (["http://localhost:*"], "http://localhost:8080", True),
+            (["http://localhost:*"], "http://localhost", False),
+            (["https://a.com", "https://*.b.com"], "https://x.b.com", True),
+        ],
+    )
     def test_allow_list(self, allowed: list[str] | None, origin: str, ok: bool) -> None:
         data = request({"Origin": origin})
         if ok:
@@ -345,7 +360,7 @@ class TestExtensions:
         assert codec is None and "Sec-WebSocket-Extensions" not in headers
 
     def test_invalid_header(self) -> None:
-        data = request({"Sec-WebSocket-Extensions": "permessage-deflate; a=\"b"})
+        data = request({"Sec-WebSocket-Extensions": 'permessage-deflate; a="b'})
         assert refusal(data, deflate=DeflateOptions()).status == 400
 
 
@@ -371,8 +386,12 @@ def client_handshake(**options: object) -> ClientHandshake:
     return ClientHandshake(parse_uri("ws://example.com:8080/chat?x=1"), **options)  # type: ignore[arg-type]
 
 
-def response(hs: ClientHandshake, *extra: str, status: str = "101 Switching Protocols",
-             accept_value: str | None = None) -> bytes:
+def response(
+    hs: ClientHandshake,
+    *extra: str,
+    status: str = "101 Switching Protocols",
+    accept_value: str | None = None,
+) -> bytes:
     lines = [
         f"HTTP/1.1 {status}",
         "Upgrade: websocket",
@@ -386,7 +405,9 @@ def response(hs: ClientHandshake, *extra: str, status: str = "101 Switching Prot
 class TestClient:
     def test_request(self) -> None:
         hs = client_handshake(
-            origin="https://example.com", subprotocols=["a", "b"], deflate=DeflateOptions(),
+            origin="https://example.com",
+            subprotocols=["a", "b"],
+            deflate=DeflateOptions(),
             extra_headers=[("X-Token", "t")],
         )
         server_hs = ServerHandshake()
@@ -430,11 +451,14 @@ class TestClient:
         assert resp.subprotocol == subprotocol == "y"
         assert resp.deflate is not None and codec is not None
 
-    @pytest.mark.parametrize("data", [
-        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n",
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
-    ])
+    @pytest.mark.parametrize(
+        "data",
+        [
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        ],
+    )
     def test_missing_upgrade_headers(self, data: bytes) -> None:
         with pytest.raises(InvalidHandshake):
             client_handshake().receive_data(data)
@@ -489,9 +513,9 @@ class TestClient:
 
     def test_deflate_accepted(self) -> None:
         hs = client_handshake(deflate=DeflateOptions())
-        resp = hs.receive_data(response(
-            hs, "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover"
-        ))
+        resp = hs.receive_data(
+            response(hs, "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover")
+        )
         assert resp is not None and resp.deflate is not None
         assert resp.deflate.remote_no_context_takeover
 
@@ -533,18 +557,26 @@ class TestClient:
 
 
 class TestParseUri:
-    @pytest.mark.parametrize(("uri", "secure", "host", "port", "resource", "host_header"), [
-        ("ws://example.com", False, "example.com", 80, "/", "example.com"),
-        ("wss://example.com/a?b=c", True, "example.com", 443, "/a?b=c", "example.com"),
-        ("ws://example.com:443/", False, "example.com", 443, "/", "example.com:443"),
-        ("ws://127.0.0.1:8765/x", False, "127.0.0.1", 8765, "/x", "127.0.0.1:8765"),
-        ("ws://[::1]:9000/", False, "::1", 9000, "/", "[::1]:9000"),
-    ])
-    def test_valid(self, uri: str, secure: bool, host: str, port: int, resource: str,
-                   host_header: str) -> None:
+    @pytest.mark.parametrize(
+        ("uri", "secure", "host", "port", "resource", "host_header"),
+        [
+            ("ws://example.com", False, "example.com", 80, "/", "example.com"),
+            ("wss://example.com/a?b=c", True, "example.com", 443, "/a?b=c", "example.com"),
+            ("ws://example.com:443/", False, "example.com", 443, "/", "example.com:443"),
+            ("ws://127.0.0.1:8765/x", False, "127.0.0.1", 8765, "/x", "127.0.0.1:8765"),
+            ("ws://[::1]:9000/", False, "::1", 9000, "/", "[::1]:9000"),
+        ],
+    )
+    def test_valid(
+        self, uri: str, secure: bool, host: str, port: int, resource: str, host_header: str
+    ) -> None:
         parsed = parse_uri(uri)
         assert (parsed.secure, parsed.host, parsed.port, parsed.resource) == (
-            secure, host, port, resource)
+            secure,
+            host,
+            port,
+            resource,
+        )
         assert parsed.host_header == host_header
 
     def test_user_info(self) -> None:

@@ -58,8 +58,7 @@ def messages(draw: st.DrawFn) -> Message:
     cuts = tuple(sorted(set(draw(st.lists(st.integers(0, n), max_size=4)))))
     fragments = len(cuts) + 1
     controls = tuple(
-        (draw(st.integers(0, fragments - 1)), draw(control))
-        for _ in range(draw(st.integers(0, 3)))
+        (draw(st.integers(0, fragments - 1)), draw(control)) for _ in range(draw(st.integers(0, 3)))
     )
     return Message(data, cuts, draw(st.sampled_from([None, True, False])), controls)
 
@@ -78,8 +77,10 @@ def streams(draw: st.DrawFn) -> tuple[list[Message], list[tuple[str, bytes]], di
 
 def make_pair(opts: dict[str, bool]) -> tuple[Connection, Connection]:
     if not opts["deflate"]:
-        return (Connection(Side.CLIENT, max_message_size=None),
-                Connection(Side.SERVER, max_message_size=None))
+        return (
+            Connection(Side.CLIENT, max_message_size=None),
+            Connection(Side.SERVER, max_message_size=None),
+        )
     client_opts = DeflateOptions(
         client_no_context_takeover=opts["client_no_context_takeover"],
         server_no_context_takeover=opts["server_no_context_takeover"],
@@ -88,8 +89,10 @@ def make_pair(opts: dict[str, bool]) -> tuple[Connection, Connection]:
     assert accepted is not None
     value, server_codec = accepted
     client_codec = client_opts.client_accept(parse_extension_list(value)[0][1])
-    return (Connection(Side.CLIENT, deflate=client_codec, max_message_size=None),
-            Connection(Side.SERVER, deflate=server_codec, max_message_size=None))
+    return (
+        Connection(Side.CLIENT, deflate=client_codec, max_message_size=None),
+        Connection(Side.SERVER, deflate=server_codec, max_message_size=None),
+    )
 
 
 def write(conn: Connection, msgs: list[Message], between: list[tuple[str, bytes]]) -> list[object]:
@@ -174,7 +177,8 @@ def test_valid_streams_round_trip_server_to_client(
 @SETTINGS
 @given(streams(), st.data())
 def test_any_split_gives_the_same_events(
-    stream: tuple[list[Message], list[tuple[str, bytes]], dict[str, bool]], data: st.DataObject,
+    stream: tuple[list[Message], list[tuple[str, bytes]], dict[str, bool]],
+    data: st.DataObject,
 ) -> None:
     msgs, between, opts = stream
     client, server_at_once = make_pair(opts)
@@ -320,8 +324,12 @@ REQUEST = (
 
 def run_server_handshake(chunks: list[bytes]) -> None:
     hs = ServerHandshake(
-        origins=["https://example.com"], subprotocols=["chat"], deflate=DeflateOptions(),
-        max_header_bytes=2048, max_headers=20, max_request_line=512,
+        origins=["https://example.com"],
+        subprotocols=["chat"],
+        deflate=DeflateOptions(),
+        max_header_bytes=2048,
+        max_headers=20,
+        max_request_line=512,
     )
     try:
         for chunk in chunks:
@@ -355,8 +363,9 @@ def test_handshake_parser_on_mutated_requests(edits: list[tuple[int, int]], chun
 @SINGLE_SETTINGS
 @given(st.lists(st.binary(max_size=300), min_size=1, max_size=5), st.booleans())
 def test_client_handshake_on_random_bytes(chunks: list[bytes], eof: bool) -> None:
-    hs = ClientHandshake(parse_uri("ws://example.com/"), deflate=DeflateOptions(),
-                         subprotocols=["chat"])
+    hs = ClientHandshake(
+        parse_uri("ws://example.com/"), deflate=DeflateOptions(), subprotocols=["chat"]
+    )
     try:
         for chunk in chunks:
             if hs.receive_data(chunk) is not None:
