@@ -87,6 +87,9 @@ SMOKE = Settings(
 )
 
 
+OURS = ("pulsewire", "pulsewire-callbacks")  # our rows: idiomatic asyncio API, callback API
+
+
 @dataclass(frozen=True)
 class ServerSpec:
     name: str
@@ -104,6 +107,12 @@ def server_specs() -> dict[str, ServerSpec]:
 
     specs = [
         ServerSpec("pulsewire", "pulsewire", "pulsewire", (py, script("pulsewire_echo.py"))),
+        ServerSpec(
+            "pulsewire-callbacks",
+            "pulsewire (callback API)",
+            "pulsewire callbacks",
+            (py, script("pulsewire_callbacks_echo.py")),
+        ),
         ServerSpec("websockets", "websockets", "websockets", (py, script("websockets_echo.py"))),
         ServerSpec("aiohttp", "aiohttp", "aiohttp", (py, script("aiohttp_echo.py"))),
         ServerSpec(
@@ -856,7 +865,7 @@ def results_table(results: dict[str, Any]) -> list[str]:
     scenarios = scenarios_of(results)
     rows = []
     for name, entry in results["servers"].items():
-        label = f"**{entry['label']}**" if name == "pulsewire" else entry["label"]
+        label = f"**{entry['label']}**" if name in OURS else entry["label"]
         if entry["status"] != "ok":
             rows.append([label] + ["missing"] * len(scenarios))
             continue
@@ -865,20 +874,25 @@ def results_table(results: dict[str, Any]) -> list[str]:
 
 
 def ratio_table(results: dict[str, Any]) -> list[str]:
+    """One row per (pulsewire API, peer): the idiomatic asyncio API, then the callback API."""
     scenarios = scenarios_of(results)
     mine = results["servers"].get("pulsewire")
     if not mine or mine["status"] != "ok":
         reason = (mine or {}).get("reason", "not selected")
         return [f"pulsewire did not run, so there are no ratios: {reason}"]
     rows = []
-    for name, entry in results["servers"].items():
-        if name == "pulsewire" or entry["status"] != "ok":
+    for ours in OURS:
+        own = results["servers"].get(ours)
+        if not own or own["status"] != "ok":
             continue
-        cells = [
-            ratio_cell(s, mine["results"].get(s.key), entry["results"].get(s.key))
-            for s in scenarios
-        ]
-        rows.append([f"pulsewire / {entry['label']}", *cells])
+        for name, entry in results["servers"].items():
+            if name in OURS or entry["status"] != "ok":
+                continue
+            cells = [
+                ratio_cell(s, own["results"].get(s.key), entry["results"].get(s.key))
+                for s in scenarios
+            ]
+            rows.append([f"{own['label']} / {entry['label']}", *cells])
     return md_table(["ratio"] + [s.title for s in scenarios], rows)
 
 
@@ -1050,7 +1064,15 @@ def chart_panel(ax: Any, scenario: Scenario, servers: list[tuple[str, dict[str, 
     others = [v for (name, _), v in zip(servers, values, strict=True) if v and name != "c-echo"]
     limit = max(others, default=0) * 1.45 or max((v or 0 for v in values), default=1) * 1.45 or 1
     for i, ((name, _), value) in enumerate(zip(servers, values, strict=True)):
-        color = "#d9480f" if name == "pulsewire" else "#868e96" if name == "c-echo" else "#4c6ef5"
+        color = (
+            "#d9480f"
+            if name == "pulsewire"
+            else "#f08c00"
+            if name == "pulsewire-callbacks"
+            else "#868e96"
+            if name == "c-echo"
+            else "#4c6ef5"
+        )
         if value is None:
             ax.text(0, i, " n/a", va="center", fontsize=7, color="#868e96")
             continue

@@ -2,7 +2,7 @@
 
 from .broadcast import broadcast
 from .client import ClientConnection, Connect, connect
-from .connection import ConcurrencyError, Connection
+from .connection import ConcurrencyError, Connection, Listener
 from .loop import install_uvloop, run
 from .server import Server, ServerConnection, serve
 
@@ -11,6 +11,7 @@ __all__ = [
     "ConcurrencyError",
     "Connect",
     "Connection",
+    "Listener",
     "Server",
     "ServerConnection",
     "broadcast",

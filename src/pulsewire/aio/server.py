@@ -21,13 +21,15 @@ from ..protocol.connection import Side, State
 from ..protocol.deflate import DeflateOptions, deflate_options
 from ..protocol.errors import ConnectionClosed, Refused
 from ..protocol.handshake import OriginPolicy, Request, ServerHandshake, http_response
-from .connection import Connection
+from .connection import Connection, Listener
 
 __all__ = ["HTTPResponse", "Handler", "Server", "ServerConnection", "serve"]
 
 logger = logging.getLogger("pulsewire.server")
 
 Handler = Callable[["ServerConnection"], Awaitable[Any]]
+Endpoint = Handler | type[Listener] | Listener
+"""What a path routes to: a coroutine function, or :class:`Listener` callbacks."""
 HTTPResponse = tuple[int, Sequence[tuple[str, str]], str | bytes]
 """(status, headers, body): what ``process_request`` returns to answer without upgrading."""
 ProcessRequest = Callable[[Request], Awaitable[HTTPResponse | None] | HTTPResponse | None]
@@ -153,7 +155,14 @@ class ServerConnection(Connection):
         )
         trailing = handshake.trailing
         self._handshake = None
+        if isinstance(handler, Listener):
+            self._listener = handler
+        elif isinstance(handler, type) and issubclass(handler, Listener):
+            self._listener = handler()
         self._opened(core, trailing)
+        if self._listener is not None:
+            return
+        handler = cast(Handler, handler)
         self._handler_task = task = self._loop.create_task(self._run_handler(handler))
         server._handler_tasks.add(task)
         task.add_done_callback(server._handler_tasks.discard)
@@ -218,7 +227,7 @@ class Server:
 
     def __init__(
         self,
-        handler: Handler | Mapping[str, Handler],
+        handler: Endpoint | Mapping[str, Endpoint],
         host: str | Sequence[str] | None = "127.0.0.1",
         port: int | None = 8765,
         *,
@@ -246,9 +255,9 @@ class Server:
         reuse_port: bool | None = None,
         backlog: int = 1024,
     ) -> None:
-        if callable(handler):
-            self._routes: Mapping[str, Handler] | None = None
-            self._default: Handler | None = handler
+        if callable(handler) or isinstance(handler, Listener):
+            self._routes: Mapping[str, Endpoint] | None = None
+            self._default: Endpoint | None = handler
         else:
             self._routes = dict(handler)
             self._default = None
@@ -421,7 +430,7 @@ class Server:
             max_header_bytes=size,
         )
 
-    def _route(self, path: str) -> Handler | None:
+    def _route(self, path: str) -> Endpoint | None:
         if self._routes is None:
             return self._default
         return self._routes.get(path)
@@ -431,16 +440,17 @@ class Server:
 
 
 def serve(
-    handler: Handler | Mapping[str, Handler],
+    handler: Endpoint | Mapping[str, Endpoint],
     host: str | Sequence[str] | None = "127.0.0.1",
     port: int | None = 8765,
     **options: Any,
 ) -> Server:
     """Create a WebSocket server running ``handler(connection)`` for each client.
 
-    ``handler`` is a coroutine function, or a mapping from path to coroutine function (other
-    paths get 404). ``await serve(...)`` starts it; ``async with serve(...) as server`` also
-    closes it. See :class:`Server` for the options (origins, subprotocols, compression,
-    limits, timeouts, TLS through ``ssl=``).
+    ``handler`` is a coroutine function, a :class:`Listener` subclass or instance (callbacks,
+    no task per connection), or a mapping from path to either (other paths get 404).
+    ``await serve(...)`` starts it; ``async with serve(...) as server`` also closes it.
+    See :class:`Server` for the options (origins, subprotocols, compression, limits,
+    timeouts, TLS through ``ssl=``).
     """
     return Server(handler, host, port, **options)

@@ -412,6 +412,19 @@ class Connection:
             self.out_bytes = 0
         return out
 
+    @property
+    def pending_output(self) -> list[bytes]:
+        """The buffers queued for the network, without taking them: write them, then call
+        :meth:`output_written`. (Unlike :meth:`data_to_send`, which hands over its list and
+        starts a new one, this allocates nothing, which matters when one message fans out to
+        10,000 connections: a new list each would be 10,000 garbage-collected containers.)"""
+        return self._out
+
+    def output_written(self) -> None:
+        """The buffers from :attr:`pending_output` were written: forget them."""
+        self._out.clear()
+        self.out_bytes = 0
+
     def send_text(
         self, data: str | bytes, *, fin: bool = True, compress: bool | None = None
     ) -> None:
