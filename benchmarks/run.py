@@ -1035,8 +1035,16 @@ def render_markdown(results: dict[str, Any], chart_name: str | None) -> str:
         "generator only offers it in the deflate column.",
         "- The load generator verifies every echo (opcode, length, content; sampled for "
         "64 KiB) and inflates the compressed ones, so a broken server can't look fast.",
+        "- Two pulsewire rows: `pulsewire` is the idiomatic asyncio server "
+        "(`async for message in ws: await ws.send(message)`), `pulsewire (callback API)` the "
+        "same server on `pulsewire.Listener` callbacks (`on_message` replying with "
+        "`send_nowait`).",
         "- Sources: `benchmarks/loadgen/loadgen.c`, `benchmarks/servers/`, "
         "`benchmarks/run.py`; raw numbers in `benchmarks/results/latest.json`.",
+        "",
+        "The hub's own benchmarks (one publication to 10,000 subscribers, cross-node "
+        "throughput on Redis) are in [benchmarks-hub.md](benchmarks-hub.md), written by "
+        "`benchmarks/fanout_hub.py` (the second half of `make bench`).",
         "",
     ]
     return "\n".join(lines)

@@ -43,6 +43,8 @@ def broadcast(
                 proto.send_frame_bytes(frame)
         except InvalidState:
             continue  # a fragmented message is being sent on this connection
-        conn._schedule_flush()
+        # Write now rather than at the end of the loop iteration: the first clients start
+        # receiving while the loop is still serving the others.
+        conn._flush()
         sent += 1
     return sent
