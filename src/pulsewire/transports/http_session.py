@@ -24,7 +24,14 @@ from ..hub.types import Publication
 from ..hub.wire import JSON
 from ..protocol.close import CloseCode
 from ..protocol.handshake import OriginPolicy
-from .http_types import HttpRequest, HttpResponse, json_response
+from .http_types import (
+    Handler,
+    HttpRequest,
+    HttpResponse,
+    RouteTable,
+    StreamResponse,
+    json_response,
+)
 
 __all__ = ["SLOW_CONSUMER", "HttpEndpoints", "HttpTransport", "disconnect_message"]
 
@@ -175,6 +182,17 @@ class HttpEndpoints:
                     request, 415, "commands must be sent as application/json or text/plain"
                 )
         return None
+
+    def add_route(self, http: RouteTable, path: str, handler: Handler, method: str) -> None:
+        """Register ``handler`` for ``method`` at ``path``; ``OPTIONS`` there gets the CORS
+        preflight, so the handlers themselves never see it."""
+
+        async def route(request: HttpRequest) -> HttpResponse | StreamResponse:
+            if request.method == "OPTIONS":
+                return await self.preflight(request)
+            return await handler(request)
+
+        http.add(path, route, methods=(method, "OPTIONS"))
 
     async def preflight(self, request: HttpRequest) -> HttpResponse:
         """Answer a CORS preflight (``OPTIONS``) from an allowed origin."""

@@ -121,14 +121,12 @@ class LongPollEndpoints(HttpEndpoints):
         """Seconds without a poll after which a session ends."""
 
     def register(self, http: RouteTable, path: str = "/connection/longpoll") -> None:
-        http.add(f"{path}/open", self.open_session, methods=("POST", "OPTIONS"))
-        http.add(f"{path}/send", self.send, methods=("POST", "OPTIONS"))
-        http.add(f"{path}/poll", self.poll, methods=("GET", "OPTIONS"))
-        http.add(f"{path}/close", self.close_session, methods=("POST", "OPTIONS"))
+        self.add_route(http, f"{path}/open", self.open_session, "POST")
+        self.add_route(http, f"{path}/send", self.send, "POST")
+        self.add_route(http, f"{path}/poll", self.poll, "GET")
+        self.add_route(http, f"{path}/close", self.close_session, "POST")
 
     async def open_session(self, request: HttpRequest) -> HttpResponse:
-        if request.method == "OPTIONS":
-            return await self.preflight(request)
         refused = self.check(request) or self.closing_refusal(request)
         if refused is not None:
             return refused
@@ -142,14 +140,7 @@ class LongPollEndpoints(HttpEndpoints):
             {"session": transport.id, "poll_timeout": self.poll_timeout}, 200, self.cors(request)
         )
 
-    async def send(self, request: HttpRequest) -> HttpResponse:
-        if request.method == "OPTIONS":
-            return await self.preflight(request)
-        return await super().send(request)
-
     async def poll(self, request: HttpRequest) -> HttpResponse:
-        if request.method == "OPTIONS":
-            return await self.preflight(request)
         transport = self.lookup(request)
         if isinstance(transport, HttpResponse):
             return transport
@@ -161,8 +152,6 @@ class LongPollEndpoints(HttpEndpoints):
         return HttpResponse(200, body, [("Content-Type", "application/json"), *self.cors(request)])
 
     async def close_session(self, request: HttpRequest) -> HttpResponse:
-        if request.method == "OPTIONS":
-            return await self.preflight(request)
         transport = self.lookup(request)
         if isinstance(transport, HttpResponse):
             return transport

@@ -82,12 +82,10 @@ class SseEndpoints(HttpEndpoints):
 
     def register(self, http: RouteTable, path: str = "/connection/sse") -> None:
         self._http = http
-        http.add(path, self.stream, methods=("GET", "OPTIONS"))
-        http.add(f"{path}/send", self.send, methods=("POST", "OPTIONS"))
+        self.add_route(http, path, self.stream, "GET")
+        self.add_route(http, f"{path}/send", self.send, "POST")
 
     async def stream(self, request: HttpRequest) -> HttpResponse | StreamResponse:
-        if request.method == "OPTIONS":
-            return await self.preflight(request)
         refused = self.check(request) or self.closing_refusal(request)
         if refused is not None:
             return refused
@@ -95,11 +93,6 @@ class SseEndpoints(HttpEndpoints):
         ended = asyncio.Event()
         headers = [*_HEADERS, *self.cors(request)]
         return StreamResponse(self._events(request, ended), 200, headers, ended)
-
-    async def send(self, request: HttpRequest) -> HttpResponse:
-        if request.method == "OPTIONS":
-            return await self.preflight(request)
-        return await super().send(request)
 
     async def _events(self, request: HttpRequest, ended: asyncio.Event) -> AsyncIterator[bytes]:
         transport = SseTransport(self.max_buffered, ended)
