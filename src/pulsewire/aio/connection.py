@@ -560,13 +560,10 @@ class Connection(asyncio.Protocol):
 
     async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Run the closing handshake and wait until TCP is closed (at most ``close_timeout``)."""
-        proto = self._proto
-        if proto is not None and proto.state is State.OPEN:
-            proto.send_close(code, reason)
-            self._flush()
-            self._start_close_timer()
-        elif proto is None and self._transport is not None:
-            self._transport.close()
+        if self._proto is None and self._transport is not None:
+            self._transport.close()  # still in the opening handshake
+        else:
+            self.close_nowait(code, reason)
         await self.wait_closed()
 
     async def wait_closed(self) -> None:

@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from ..protocol.close import CloseCode
 from ..protocol.connection import Connection as CoreConnection
-from ..protocol.connection import Side, State
+from ..protocol.connection import Side
 from ..protocol.deflate import DeflateOptions, deflate_options
 from ..protocol.errors import ConnectionClosed, Refused
 from ..protocol.handshake import OriginPolicy, Request, ServerHandshake, http_response
@@ -173,26 +173,15 @@ class ServerConnection(Connection):
         except ConnectionClosed:
             pass
         except asyncio.CancelledError:
-            self._fail_soon(CloseCode.GOING_AWAY, "server shutting down")
+            self.close_nowait(CloseCode.GOING_AWAY, "server shutting down")
             raise
         except Exception:
             logger.exception("connection handler failed")
-            self._fail_soon(CloseCode.INTERNAL_ERROR, "internal server error")
+            self.close_nowait(CloseCode.INTERNAL_ERROR, "internal server error")
         else:
-            proto = self._proto
-            if proto is not None and proto.state is State.OPEN:
-                proto.send_close(CloseCode.NORMAL_CLOSURE, "")
-                self._flush()
-                self._start_close_timer()
+            self.close_nowait()
         finally:
             self._handler_task = None
-
-    def _fail_soon(self, code: int, reason: str) -> None:
-        proto = self._proto
-        if proto is not None and proto.state is State.OPEN:
-            proto.send_close(code, reason)
-            self._flush()
-            self._start_close_timer()
 
     def _refuse(self, exc: Refused) -> None:
         self._handshake = None
@@ -388,10 +377,8 @@ class Server:
             proto = conn._proto
             if proto is None:
                 conn._refuse(Refused(503, "server shutting down"))
-            elif proto.state is State.OPEN:
-                proto.send_close(code, reason)
-                conn._flush()
-                conn._start_close_timer()
+            else:
+                conn.close_nowait(code, reason)
         self._connection_gone()
 
     async def wait_closed(self) -> None:

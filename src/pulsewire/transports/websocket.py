@@ -70,12 +70,7 @@ class WebSocketTransport:
         return self.ws.buffered_amount
 
     def close(self, code: int, reason: str) -> None:
-        ws = self.ws
-        proto = ws._proto
-        if proto is not None and proto.state is State.OPEN:
-            proto.send_close(code, truncate_reason(reason))
-            ws._flush()
-            ws._start_close_timer()
+        self.ws.close_nowait(code, truncate_reason(reason))
 
 
 async def serve_hub_session(hub: Hub, ws: ServerConnection, *, max_buffered: int = 1 << 20) -> None:
