@@ -446,8 +446,8 @@ class Connection(asyncio.Protocol):
         It never blocks, so check :attr:`buffered_amount` before sending much to a client
         that may not be reading. Raises ConnectionClosed when the connection is not open.
         """
-        # The same dispatch as send()'s, which keeps its own copy inline: it is the idiomatic
-        # API's per-message path, where one more call costs a measurable few per cent.
+        # The same dispatch as send()'s, which keeps its own copy inline rather than calling
+        # this: send() is the idiomatic API's per-message path (one Python call less there).
         proto = self._proto
         if proto is None or proto.state is not State.OPEN:
             raise self._closed_error()
