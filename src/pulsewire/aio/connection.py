@@ -71,21 +71,19 @@ class _FlushQueue:
     to trigger a full garbage collection every few rounds, 380 ms each with 10,000 sessions).
     """
 
-    __slots__ = ("loop", "pending", "scheduled")
+    __slots__ = ("loop", "pending")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.pending: list[Connection] = []
-        self.scheduled = False
+        self.pending: list[Connection] = []  # not empty: run() is scheduled
 
     def add(self, conn: Connection) -> None:
-        self.pending.append(conn)
-        if not self.scheduled:
-            self.scheduled = True
+        pending = self.pending
+        pending.append(conn)
+        if len(pending) == 1:
             self.loop.call_soon(self.run)
 
     def run(self) -> None:
-        self.scheduled = False
         pending = self.pending
         self.pending = []
         for conn in pending:
