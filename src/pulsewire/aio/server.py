@@ -39,7 +39,7 @@ Compression = str | DeflateOptions | None
 class ServerConnection(Connection):
     """A connection accepted by a :class:`Server`; handlers receive one of these."""
 
-    __slots__ = ("_handler_task", "_handshake", "_handshake_timer", "_on_closed", "_server")
+    __slots__ = ("_handshake", "_handshake_timer", "_on_closed", "_server")
 
     def __init__(self, server: Server) -> None:
         opts = server.options
@@ -53,7 +53,6 @@ class ServerConnection(Connection):
         self._server = server
         self._handshake: ServerHandshake | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
-        self._handler_task: asyncio.Task[None] | None = None
         self._on_closed: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -163,7 +162,7 @@ class ServerConnection(Connection):
         if self._listener is not None:
             return
         handler = cast(Handler, handler)
-        self._handler_task = task = self._loop.create_task(self._run_handler(handler))
+        task = self._loop.create_task(self._run_handler(handler))
         server._handler_tasks.add(task)
         task.add_done_callback(server._handler_tasks.discard)
 
@@ -180,8 +179,6 @@ class ServerConnection(Connection):
             self.close_nowait(CloseCode.INTERNAL_ERROR, "internal server error")
         else:
             self.close_nowait()
-        finally:
-            self._handler_task = None
 
     def _refuse(self, exc: Refused) -> None:
         self._handshake = None

@@ -99,7 +99,6 @@ class Session:
         self.conn_info: Any = None
         self.subscriptions: dict[str, Subscription] = {}
         self.state = _CONNECTING
-        self.connected_at = 0.0
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = self._loop.call_later(
             hub.config.connect_timeout, self._stale
@@ -286,7 +285,6 @@ class Session:
         if self.state == _CLOSED:
             raise Disconnect(DisconnectCode.FORCE_NO_RECONNECT, "closed during connect")
         self.state = _CONNECTED
-        self.connected_at = time.time()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

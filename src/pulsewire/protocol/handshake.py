@@ -453,7 +453,6 @@ class ClientHandshake:
         self._p = _Parser(1 << 20, 1000, self.max_header_bytes)
         self._parser = httptools.HttpResponseParser(self._p)
         self._received = 0
-        self._status: int | None = None
 
     def request_bytes(self) -> bytes:
         lines = [
