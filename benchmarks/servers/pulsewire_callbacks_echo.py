@@ -7,8 +7,6 @@ No coroutine per connection: ``on_message`` runs inside the read callback and re
 
 from __future__ import annotations
 
-import asyncio
-
 from _common import MAX_SIZE, announce, parse_args
 
 import pulsewire
@@ -50,10 +48,4 @@ async def main(host: str, port: int, compression: str | None) -> None:
 
 if __name__ == "__main__":
     args = parse_args("pulsewire echo server (callback API)")
-    coro = main(args.host, args.port, None if args.no_compression else "deflate")
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
+    pulsewire.run(main(args.host, args.port, None if args.no_compression else "deflate"))

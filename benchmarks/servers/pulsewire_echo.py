@@ -1,13 +1,12 @@
-"""Echo and broadcast server on pulsewire, with uvloop when it is installed (as for the peers).
+"""Echo and broadcast server on pulsewire, on uvloop when it is installed (``pulsewire.run``).
 
-Written against the planned API: ``pulsewire.serve(handler_or_routes, host, port,
+Uses ``pulsewire.serve(handler_or_routes, host, port,
 compression="deflate" | None, max_size=...)``, ``server.serve_forever()`` and
 ``pulsewire.broadcast(connections, message)``.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from _common import MAX_SIZE, announce, parse_args
@@ -45,10 +44,4 @@ async def main(host: str, port: int, compression: str | None) -> None:
 
 if __name__ == "__main__":
     args = parse_args("pulsewire echo server")
-    coro = main(args.host, args.port, None if args.no_compression else "deflate")
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
+    pulsewire.run(main(args.host, args.port, None if args.no_compression else "deflate"))
