@@ -7,6 +7,11 @@
   connection, performs the opening handshake by hand and returns a :class:`RawClient` that
   sends frames built with ``pulsewire.protocol.frames.build_frame`` (masked or not, any bits)
   and reads the server's frames one by one. ``handshake=False`` leaves the socket fresh.
+* ``start_hub_server``: ``server = await start_hub_server(HubServer(...))`` starts a
+  :class:`HubServer` built by the caller; every one is closed at teardown.
+* ``parser``: runs a test on both receive paths of the protocol core: once as installed (the C
+  accelerator's fast path, masking and serialisation; skipped when it is not built) and once
+  on the pure-Python path, as with ``PULSEWIRE_NO_EXTENSIONS=1``.
 """
 
 from __future__ import annotations
@@ -16,15 +21,19 @@ import base64
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import pulsewire
+from pulsewire.protocol import connection, frames
 from pulsewire.protocol.frames import build_frame
 from pulsewire.protocol.handshake import accept_key
+
+if TYPE_CHECKING:
+    from pulsewire.server.app import HubServer
 
 HOST = "127.0.0.1"
 
@@ -57,6 +66,36 @@ async def echo_server(
 ) -> str:
     _, url = await start_server(echo_handler)
     return url
+
+
+@pytest.fixture
+async def start_hub_server() -> AsyncIterator[Callable[[HubServer], Awaitable[HubServer]]]:
+    servers: list[HubServer] = []
+
+    async def start(server: HubServer) -> HubServer:
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await asyncio.wait_for(server.close(), 10)
+
+
+# --------------------------------------------------------------------------- protocol core
+
+
+@pytest.fixture(params=["speedups", "python"])
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    if request.param == "speedups":
+        if not frames.SPEEDUPS:
+            pytest.skip(frames.SPEEDUPS_ABSENT)
+    else:
+        for module in (connection, frames):
+            monkeypatch.setattr(module, "apply_mask", frames._py_apply_mask)
+            monkeypatch.setattr(module, "build_frame", frames._py_build_frame)
+        monkeypatch.setattr(connection, "scan_messages", None, raising=False)
+    yield request.param
 
 
 # ------------------------------------------------------------------------------ raw client

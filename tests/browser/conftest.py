@@ -62,6 +62,9 @@ def free_port() -> int:
 class HubProcess:
     """``pulsewire serve --demo`` in a subprocess; ``stop()`` and ``start()`` keep the port."""
 
+    what = "pulsewire serve"
+    """What :meth:`start`'s error says did not start."""
+
     def __init__(self, port: int) -> None:
         self.port = port
         self.base = f"http://{HOST}:{port}"
@@ -69,9 +72,13 @@ class HubProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.log = Path(tempfile.mkdtemp(prefix="pulsewire-serve-")) / "serve.log"
 
-    def start(self, timeout: float = 30.0) -> None:
+    def command(self) -> list[str]:
+        """The server's command line."""
         command = [sys.executable, "-m", "pulsewire.cli", "serve", "--demo", "--host", HOST]
-        command += ["--port", str(self.port), "--token-secret", self.secret]
+        return [*command, "--port", str(self.port), "--token-secret", self.secret]
+
+    def start(self, timeout: float = 30.0) -> None:
+        command = self.command()
         with open(self.log, "a", encoding="utf-8") as log:  # the child keeps its own copy
             self.proc = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1
@@ -91,7 +98,7 @@ class HubProcess:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 output = self.log.read_text(encoding="utf-8")[-3000:]
-                raise RuntimeError(f"pulsewire serve did not start:\n{output}")
+                raise RuntimeError(f"{self.what} did not start:\n{output}")
 
     def stop(self) -> None:
         if self.proc is None:

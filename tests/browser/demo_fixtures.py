@@ -11,10 +11,7 @@ demo pages in Chromium.
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import threading
-import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,29 +49,11 @@ sys.exit(run(run_node(args, ready=ready)))
 class DemoHubProcess(HubProcess):
     """:class:`HubProcess` run through :data:`LAUNCHER`."""
 
-    def start(self, timeout: float = 30.0) -> None:
+    what = "the demo hub"
+
+    def command(self) -> list[str]:
         command = [sys.executable, "-c", LAUNCHER, "--demo", "--host", HOST]
-        command += ["--port", str(self.port), "--token-secret", self.secret]
-        with open(self.log, "a", encoding="utf-8") as log:
-            self.proc = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1
-            )
-        listening = threading.Event()
-        stdout = self.proc.stdout
-        assert stdout is not None
-
-        def read() -> None:
-            for line in stdout:
-                if line.startswith("listening on http://"):
-                    listening.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while not listening.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                output = self.log.read_text(encoding="utf-8")[-3000:]
-                raise RuntimeError(f"the demo hub did not start:\n{output}")
+        return [*command, "--port", str(self.port), "--token-secret", self.secret]
 
 
 @pytest.fixture(scope="module")

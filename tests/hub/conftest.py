@@ -297,9 +297,9 @@ def uniq(request: pytest.FixtureRequest) -> Callable[[str], str]:
 
 
 @pytest.fixture
-async def hub_server() -> AsyncIterator[Callable[..., Awaitable[HubServer]]]:
-    servers: list[HubServer] = []
-
+def hub_server(
+    start_hub_server: Callable[[HubServer], Awaitable[HubServer]],
+) -> Callable[..., Awaitable[HubServer]]:
     async def start(
         config: HubConfig | None = None,
         *,
@@ -324,14 +324,9 @@ async def hub_server() -> AsyncIterator[Callable[..., Awaitable[HubServer]]]:
             on_disconnect=on_disconnect,
         )
         server_options.setdefault("api_key", config.api_key)
-        server = HubServer(hub, HOST, 0, **server_options)
-        await server.start()
-        servers.append(server)
-        return server
+        return await start_hub_server(HubServer(hub, HOST, 0, **server_options))
 
-    yield start
-    for server in servers:
-        await asyncio.wait_for(server.close(), 10)
+    return start
 
 
 @pytest.fixture

@@ -343,11 +343,10 @@ def engine_url(kind: str) -> str:
 # ------------------------------------------------------------------------------ fixtures
 
 
-@dataclass
-class Cluster:
-    kind: str
-    prefix: str
-    nodes: list[Node] = field(default_factory=list)
+class TwoNodes:
+    """``a`` and ``b``: the first two of ``nodes``."""
+
+    nodes: list[Node]
 
     @property
     def a(self) -> Node:
@@ -356,6 +355,13 @@ class Cluster:
     @property
     def b(self) -> Node:
         return self.nodes[1]
+
+
+@dataclass
+class Cluster(TwoNodes):
+    kind: str
+    prefix: str
+    nodes: list[Node] = field(default_factory=list)
 
 
 @pytest.fixture(scope="module", params=["redis", "nats"])

@@ -37,6 +37,7 @@ import redis
 from .test_cluster import (
     HOST,
     Node,
+    TwoNodes,
     api,
     eventually,
     free_port,
@@ -148,17 +149,9 @@ class PrivateRedis:
 
 
 @dataclass
-class FaultCluster:
+class FaultCluster(TwoNodes):
     redis: PrivateRedis
     nodes: list[Node]
-
-    @property
-    def a(self) -> Node:
-        return self.nodes[0]
-
-    @property
-    def b(self) -> Node:
-        return self.nodes[1]
 
     def user_of(self, node: Node) -> str:
         return f"user-{node.name}"

@@ -409,9 +409,9 @@ class WsClient:
 
 
 @pytest.fixture
-async def hub() -> AsyncIterator[Callable[..., Awaitable[HubServer]]]:
-    servers: list[HubServer] = []
-
+def hub(
+    start_hub_server: Callable[[HubServer], Awaitable[HubServer]],
+) -> Callable[..., Awaitable[HubServer]]:
     async def start(
         config: HubConfig | None = None,
         *,
@@ -424,13 +424,9 @@ async def hub() -> AsyncIterator[Callable[..., Awaitable[HubServer]]]:
         server = HubServer(Hub(config), HOST, 0, limits=limits, **options)
         if head_timeout is not None:
             server.http.limits.head_timeout = head_timeout
-        await server.start()
-        servers.append(server)
-        return server
+        return await start_hub_server(server)
 
-    yield start
-    for server in servers:
-        await asyncio.wait_for(server.close(), 10)
+    return start
 
 
 @pytest.fixture

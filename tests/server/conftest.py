@@ -14,9 +14,8 @@ the tests use for anything the helper cannot express (partial heads, pipelining,
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import jwt
@@ -40,20 +39,15 @@ def front_config(**changes: Any) -> HubConfig:
 
 
 @pytest.fixture
-async def front() -> AsyncIterator[Callable[..., Awaitable[HubServer]]]:
-    servers: list[HubServer] = []
-
+def front(
+    start_hub_server: Callable[[HubServer], Awaitable[HubServer]],
+) -> Callable[..., Awaitable[HubServer]]:
     async def start(config: HubConfig | None = None, **options: Any) -> HubServer:
         config = config or front_config()
         options.setdefault("api_key", config.api_key)
-        server = HubServer(Hub(config), HOST, 0, **options)
-        await server.start()
-        servers.append(server)
-        return server
+        return await start_hub_server(HubServer(Hub(config), HOST, 0, **options))
 
-    yield start
-    for server in servers:
-        await asyncio.wait_for(server.close(), 10)
+    return start
 
 
 @pytest.fixture

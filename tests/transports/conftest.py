@@ -46,19 +46,14 @@ TEXT = {"Content-Type": "text/plain;charset=UTF-8"}
 
 
 @pytest.fixture
-async def hub_server() -> AsyncIterator[Callable[..., Awaitable[HubServer]]]:
-    servers: list[HubServer] = []
-
+def hub_server(
+    start_hub_server: Callable[[HubServer], Awaitable[HubServer]],
+) -> Callable[..., Awaitable[HubServer]]:
     async def start(**options: Any) -> HubServer:
         config = demo_config(HubConfig(token_hmac_secret=SECRET, api_key=API_KEY))
-        server = HubServer(Hub(config), HOST, 0, api_key=API_KEY, **options)
-        await server.start()
-        servers.append(server)
-        return server
+        return await start_hub_server(HubServer(Hub(config), HOST, 0, api_key=API_KEY, **options))
 
-    yield start
-    for server in servers:
-        await asyncio.wait_for(server.close(), 10)
+    return start
 
 
 @pytest.fixture
