@@ -21,6 +21,7 @@ from ..protocol.connection import Side
 from ..protocol.deflate import DeflateOptions, deflate_options
 from ..protocol.errors import ConnectionClosed, Refused
 from ..protocol.handshake import OriginPolicy, Request, ServerHandshake, http_response
+from .budget import Budgets
 from .connection import Connection, Listener
 
 __all__ = ["HTTPResponse", "Handler", "Server", "ServerConnection", "serve"]
@@ -240,6 +241,7 @@ class Server:
         max_header_bytes: int = 16384,
         reuse_port: bool | None = None,
         backlog: int = 1024,
+        budgets: Budgets | None = None,
     ) -> None:
         if callable(handler) or isinstance(handler, Listener):
             self._routes: Mapping[str, Endpoint] | None = None
@@ -272,6 +274,9 @@ class Server:
             "close_timeout": close_timeout,
             "extra_headers": list(extra_headers),
         }
+        self.budgets = budgets if budgets is not None else Budgets()
+        """What each peer address may make this server hold (shared with the HTTP front door
+        of a hub, so that one address's WebSocket, SSE and long-poll sessions count together)."""
         self._connections: set[ServerConnection] = set()
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
