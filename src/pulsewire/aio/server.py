@@ -64,7 +64,13 @@ class ServerConnection(Connection):
         if server._closing:
             tcp.abort()
             return
-        self._handshake = server._new_handshake()
+        self._handshake = handshake = server._new_handshake()
+        # TLS here, or on the front door that handed the connection over: the same-host
+        # Origin check then expects https pages. The peer address reaches process_request
+        # hooks through the Request (e.g. to refuse an address, as the hub does with 429).
+        handshake.secure = tcp.get_extra_info("ssl_object") is not None
+        peer = self.remote_address
+        handshake.remote_address = str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
         self._handshake_timer = self._loop.call_later(
             server.options["open_timeout"], self._handshake_timed_out
         )

@@ -1,23 +1,61 @@
-"""Connection and subscription tokens (JWT, HS256 or RS256, verified with PyJWT).
+"""Authentication: tokens, constant-time secret checks, and the failed-authentication guard.
 
 Connection token claims: ``sub`` (user id, required), ``exp`` (optional expiry), ``info``
 (shown in presence), ``channels`` (grants: channel names, or patterns ending in ``*``, the
 connection may subscribe to even when private). Subscription token claims: ``sub`` (must be
-the connection's user), ``channel``, ``exp``, ``info`` (channel-specific info).
+the connection's user), ``channel``, ``exp``, ``info`` (channel-specific info). The two
+kinds cannot stand in for each other: a token with a ``channel`` claim cannot connect, one
+without cannot subscribe.
+
+:class:`AuthGuard` counts failed authentications per client address (API key, ``/admin``
+password, connection and subscription tokens); an address over its budget is refused before
+anything it sends is checked (HTTP 429 + ``Retry-After``, or disconnect code 4008).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import hmac
+import ipaddress
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from .config import HubConfig
 from .errors import Disconnect, DisconnectCode, ErrorCode, HubError
+from .ratelimit import KeyedBuckets
 
-__all__ = ["Credentials", "TokenVerifier", "grant_allows"]
+__all__ = [
+    "AUTH_KINDS",
+    "AuthGuard",
+    "Credentials",
+    "TokenVerifier",
+    "grant_allows",
+    "secret_matches",
+]
+
+AUTH_KINDS = ("api", "admin", "token")
+"""What failed: the HTTP API key, the /admin password, a connection or subscription token."""
+
+
+def secret_matches(given: str | bytes, expected: str | bytes) -> bool:
+    """Whether ``given`` equals ``expected``, in time that depends on neither.
+
+    ``hmac.compare_digest`` on the raw values still returns early when the lengths differ,
+    which tells an attacker the secret's length; comparing SHA-256 digests (always 32 bytes)
+    leaks nothing but the (useless) fact that the digests differ."""
+    if isinstance(given, str):
+        given = given.encode("utf-8", "surrogatepass")
+    if isinstance(expected, str):
+        expected = expected.encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(hashlib.sha256(given).digest(), hashlib.sha256(expected).digest())
 
 
 @dataclass(frozen=True)
@@ -84,6 +122,13 @@ class TokenVerifier:
             raise Disconnect(DisconnectCode.TOKEN_EXPIRED, "token expired") from None
         except jwt.PyJWTError as exc:
             raise Disconnect(DisconnectCode.INVALID_TOKEN, f"invalid token: {exc}") from None
+        if "channel" in claims:
+            # A subscription token is signed with the same key: without this check, one
+            # issued to let a user into one channel would also log them in (Centrifugo
+            # refuses it the same way).
+            raise Disconnect(
+                DisconnectCode.INVALID_TOKEN, "invalid token: a subscription token cannot connect"
+            )
         channels = claims.get("channels") or ()
         if not isinstance(channels, (list, tuple)) or not all(isinstance(c, str) for c in channels):
             raise Disconnect(
@@ -115,3 +160,132 @@ class TokenVerifier:
                 ErrorCode.PERMISSION_DENIED, "subscription token is for another user or channel"
             )
         return claims
+
+
+class AuthGuard:
+    """Failed authentications per client address, shared by every way in.
+
+    Each failure takes one token from the address's bucket (``burst`` tokens, one more every
+    ``refill`` seconds). While the bucket is empty, :meth:`retry_after` is positive and the
+    callers refuse the attempt *before* checking what it carries, so guessing is limited to
+    ``burst`` tries, then one per ``refill`` seconds, whatever the connection or transport.
+    Success does not give tokens back: one valid credential must not launder guesses.
+
+    Addresses: an IPv6 client usually owns a whole /64, so IPv6 addresses count by /64
+    prefix (else every guess could come from a fresh address). Behind a reverse proxy every
+    request comes from the proxy: list it in ``trusted_proxies`` and the client address is
+    read from the last ``X-Forwarded-For`` entry the proxy appended. At most
+    ``max_addresses`` are tracked (the oldest are forgotten beyond that), which bounds the
+    memory an attacker with many addresses can make it hold. ``burst=0`` turns it off.
+    """
+
+    def __init__(
+        self,
+        burst: float = 10,
+        refill: float = 6.0,
+        *,
+        max_addresses: int = 65536,
+        trusted_proxies: Iterable[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if burst < 0 or refill <= 0 or max_addresses < 1:
+            raise ValueError("auth_failures: burst >= 0, refill > 0 and max_addresses >= 1")
+        self.burst = burst
+        self.refill = refill
+        self._buckets = KeyedBuckets(1.0 / refill, burst, max_addresses, clock)
+        self._proxies = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
+        self.failures = dict.fromkeys(AUTH_KINDS, 0)
+        """Failed authentications by kind (``pulsewire_auth_failures_total``)."""
+        self.refused = dict.fromkeys(AUTH_KINDS, 0)
+        """Attempts refused unchecked, their address being over (``pulsewire_auth_refused``)."""
+
+    @classmethod
+    def from_config(cls, config: HubConfig) -> AuthGuard:
+        return cls(
+            config.auth_failures_burst,
+            config.auth_failures_refill,
+            max_addresses=config.auth_failures_max_addresses,
+            trusted_proxies=config.auth_failures_trusted_proxies,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.burst > 0
+
+    def __len__(self) -> int:
+        """Addresses currently tracked."""
+        return len(self._buckets)
+
+    def client(self, remote: str, headers: Iterable[tuple[str, str]] = ()) -> str:
+        """The key an attempt counts under: the peer's address (IPv6: its /64), or, from a
+        trusted proxy, the client address the proxy appended to ``X-Forwarded-For``."""
+        address = _parse_ip(remote)
+        if address is not None and self._proxies and any(address in p for p in self._proxies):
+            forwarded = [v for k, v in headers if k.lower() == "x-forwarded-for"]
+            if forwarded:
+                # Only the last entry was written by our proxy; earlier ones came from the
+                # client and prove nothing.
+                last = _parse_ip(forwarded[-1].rsplit(",", 1)[-1].strip())
+                if last is not None:
+                    address = last
+        if address is None:
+            return remote
+        if address.version == 6:
+            return str(ipaddress.ip_network(f"{address}/64", strict=False))
+        return str(address)
+
+    def retry_after(self, key: str) -> int:
+        """Whole seconds until ``key`` may try again; 0 if it may try now."""
+        if not self.enabled:
+            return 0
+        wait = self._buckets.wait_time(key)
+        return 0 if wait <= 0 else max(1, math.ceil(wait))
+
+    def check(self, key: str, kind: str) -> int:
+        """:meth:`retry_after`, counting the attempt as refused when it is positive."""
+        wait = self.retry_after(key)
+        if wait:
+            self.refused[kind] += 1
+        return wait
+
+    def failed(self, key: str, kind: str) -> None:
+        """Record one failed authentication of ``kind`` from ``key``."""
+        self.failures[kind] += 1
+        if self.enabled:
+            self._buckets.take(key)
+
+    def collector(self) -> Collector:
+        """Prometheus collector of :attr:`failures` and :attr:`refused`."""
+        return _GuardCollector(self)
+
+
+def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(text.strip().strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class _GuardCollector(Collector):
+    def __init__(self, guard: AuthGuard) -> None:
+        self.guard = guard
+
+    def collect(self) -> Iterator[Metric]:
+        failures = CounterMetricFamily(
+            "pulsewire_auth_failures",
+            "Failed authentications (api key, admin password, tokens), by kind",
+            labels=["kind"],
+        )
+        refused = CounterMetricFamily(
+            "pulsewire_auth_refused",
+            "Authentication attempts refused unchecked: too many failures from the address",
+            labels=["kind"],
+        )
+        for kind in AUTH_KINDS:
+            failures.add_metric([kind], self.guard.failures[kind])
+            refused.add_metric([kind], self.guard.refused[kind])
+        yield failures
+        yield refused

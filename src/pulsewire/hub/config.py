@@ -83,7 +83,9 @@ class HubConfig:
     client_queue_max_bytes: int = 1 << 20
     """Bytes queued for one client before it counts as a slow consumer."""
     client_messages_per_second: float = 100.0
+    """Commands per second per client (the old name of ``client_commands_per_second``)."""
     client_messages_burst: float = 200.0
+    """The old name of ``client_commands_burst``."""
     client_bytes_per_second: float = 1 << 20
     client_bytes_burst: float = 4 << 20
     rate_limit_policy: str = "disconnect"
@@ -93,10 +95,40 @@ class HubConfig:
     """Key for the server HTTP API (``Authorization: apikey KEY``); no key: API disabled."""
     channel: ChannelOptions = field(default_factory=ChannelOptions)
     namespaces: dict[str, ChannelOptions] = field(default_factory=dict)
+    client_commands_per_second: float | None = None
+    """Commands per second per client, counted one per command (several may share a
+    message); None: ``client_messages_per_second``, the older name kept as an alias."""
+    client_commands_burst: float | None = None
+    """Commands a client may send at once; also the most commands one message may carry.
+    None: ``client_messages_burst``."""
+    auth_failures_burst: float = 10
+    """Failed authentications an address may make before it is refused (429 / 4008);
+    0 turns the guard off."""
+    auth_failures_refill: float = 6.0
+    """Seconds after which one more failure is allowed (10 a minute once the burst is used)."""
+    auth_failures_max_addresses: int = 65536
+    """Addresses tracked by the failed-authentication guard (the oldest are forgotten)."""
+    auth_failures_trusted_proxies: tuple[str, ...] = ()
+    """Proxy addresses or networks whose ``X-Forwarded-For`` names the client for the guard."""
 
     def __post_init__(self) -> None:
         if self.rate_limit_policy not in ("disconnect", "drop"):
             raise ValueError('rate_limit_policy must be "disconnect" or "drop"')
+        if isinstance(self.auth_failures_trusted_proxies, str):
+            raise ValueError("auth_failures_trusted_proxies is a list of addresses")
+        object.__setattr__(
+            self, "auth_failures_trusted_proxies", tuple(self.auth_failures_trusted_proxies)
+        )
+
+    @property
+    def command_rate(self) -> tuple[float, float]:
+        """(commands per second, burst) per client, new names first, old names otherwise."""
+        rate = self.client_commands_per_second
+        burst = self.client_commands_burst
+        return (
+            self.client_messages_per_second if rate is None else rate,
+            self.client_messages_burst if burst is None else burst,
+        )
 
     def replace(self, **changes: Any) -> HubConfig:
         return dataclasses.replace(self, **changes)

@@ -31,6 +31,8 @@ class DisconnectCode:
     TOKEN_EXPIRED = 4002
     STALE = 4003
     NO_PONG = 4005
+    TOO_MANY_REQUESTS = 4008
+    """Too many failed authentications from the client's address: reconnect later."""
     # Do not reconnect.
     INVALID_TOKEN = 4500
     BAD_REQUEST = 4501

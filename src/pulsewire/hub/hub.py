@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from .auth import Credentials, TokenVerifier
+from .auth import AuthGuard, Credentials, TokenVerifier
 from .channels import ChannelName, parse_channel
 from .config import ChannelOptions, HubConfig
 from .engines import create_engine
@@ -70,6 +70,10 @@ class Hub:
         self.engine = engine or create_engine(self.config.engine, prefix=self.config.engine_prefix)
         self.tokens = TokenVerifier(self.config)
         self.metrics = HubMetrics()
+        self.auth_guard = AuthGuard.from_config(self.config)
+        """Failed authentications per address: sessions record token failures in it, the
+        server layer its API key and /admin password failures (shared by all transports)."""
+        self.metrics.registry.register(self.auth_guard.collector())
         self.authenticate = authenticate
         self.on_connect = on_connect
         self.on_subscribe = on_subscribe
@@ -670,6 +674,6 @@ def _check_data(data: Any) -> None:
     try:
         _json_check(data)
         _msgpack_check(data)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         message = f"data must be representable as JSON: {exc}"
         raise HubError(ErrorCode.BAD_REQUEST, message) from None

@@ -104,9 +104,7 @@ class Session:
             hub.config.connect_timeout, self._stale
         )
         config = hub.config
-        self._message_rate = TokenBucket(
-            config.client_messages_per_second, config.client_messages_burst
-        )
+        self._command_rate = TokenBucket(*config.command_rate)
         self._byte_rate = TokenBucket(config.client_bytes_per_second, config.client_bytes_burst)
         self._traffic = hub.metrics.traffic_of(transport.kind)
 
@@ -170,6 +168,20 @@ class Session:
             self._timer = None
         self.hub._session_closed(self, was_connected, code, reason)
 
+    def _auth_address(self) -> str:
+        """The key this session's authentication attempts count under (see AuthGuard)."""
+        request = self.request
+        return self.hub.auth_guard.client(request.remote_address, request.headers)
+
+    def _check_auth_guard(self, address: str) -> None:
+        """Refuse a token check (error 111) while the address is over its failure budget."""
+        wait = self.hub.auth_guard.check(address, "token")
+        if wait:
+            raise HubError(
+                ErrorCode.TOO_MANY_REQUESTS,
+                f"too many failed authentications from your address: retry in {wait} s",
+            )
+
     # ---------------------------------------------------------------------- dispatching
 
     async def handle(self, data: str | bytes) -> None:
@@ -180,31 +192,39 @@ class Session:
         traffic[0] += 1
         size = _size(data)
         traffic[1] += size
-        if not self._message_rate.take() or not self._byte_rate.take(size):
-            policy = self.hub.config.rate_limit_policy
-            self.hub.metrics.rate_limited.labels(policy).inc()
-            logger.info("rate limit exceeded", extra={**self.log_context(), "policy": policy})
-            if policy == "disconnect":
-                self.disconnect(POLICY_VIOLATION, "rate limit exceeded")
-                return
-            self._refuse_over_limit(data)
+        # Bytes are charged before decoding, so that decoding work is bounded by the byte
+        # rate; commands after it, one token each: a message may carry many commands (one
+        # per line), and a limit that counted messages let 1,935 pings through as one.
+        # All or nothing: a message over the limit runs no command (its ids get 111 under
+        # "drop"), so a client never has to guess which of its commands ran.
+        over = not self._byte_rate.take(size)
+        if over and self.hub.config.rate_limit_policy == "disconnect":
+            self._over_limit([])  # not even decoded: the byte rate bounds decoding work
             return
         try:
             commands = self.codec.decode_commands(data)
         except HubError as exc:
-            self.disconnect(DisconnectCode.BAD_REQUEST, exc.message)
+            if over:
+                self._over_limit([])
+            else:
+                self.disconnect(DisconnectCode.BAD_REQUEST, exc.message)
+            return
+        if over or not self._command_rate.take(max(1, len(commands))):
+            self._over_limit(commands)
             return
         for command in commands:
             if self.state == _CLOSED:
                 return
             await self._handle_command(command)
 
-    def _refuse_over_limit(self, data: str | bytes) -> None:
-        """Drop policy: answer each command that has an id with error 111, run none."""
-        try:
-            commands = self.codec.decode_commands(data)
-        except HubError:
+    def _over_limit(self, commands: list[dict[str, Any]]) -> None:
+        policy = self.hub.config.rate_limit_policy
+        self.hub.metrics.rate_limited.labels(policy).inc()
+        logger.info("rate limit exceeded", extra={**self.log_context(), "policy": policy})
+        if policy == "disconnect":
+            self.disconnect(POLICY_VIOLATION, "rate limit exceeded")
             return
+        # Drop policy: answer each command that has an id with error 111, run none.
         for command in commands:
             cid = command.get("id")
             if isinstance(cid, int):
@@ -273,7 +293,27 @@ class Session:
             raise Disconnect(DisconnectCode.BAD_REQUEST, "token must be a string")
         self.request.token = token
         self.request.data = params.get("data")
-        credentials = await self.hub._authenticate(self.request)
+        guard = self.hub.auth_guard
+        address = self._auth_address()
+        wait = guard.check(address, "token")
+        if wait:
+            # Refused before the token is even decoded: an address that failed too often
+            # learns nothing more, whichever connection or transport it tries through.
+            raise Disconnect(
+                DisconnectCode.TOO_MANY_REQUESTS,
+                f"too many failed authentications from your address: retry in {wait} s",
+            )
+        try:
+            credentials = await self.hub._authenticate(self.request)
+        except Disconnect as exc:
+            # A refused credential counts; "no token at all" (with no hook that could have
+            # looked at cookies or headers) is a misconfigured client, not a guess.
+            presented = bool(token) or self.hub.authenticate is not None
+            if exc.code == DisconnectCode.INVALID_TOKEN or (
+                exc.code == DisconnectCode.UNAUTHORIZED and presented
+            ):
+                guard.failed(address, "token")
+            raise
         self.credentials = credentials
         self.user = credentials.user
         self.conn_info = credentials.info
@@ -319,7 +359,14 @@ class Session:
         token = params.get("token")
         if not isinstance(token, str):
             raise HubError(ErrorCode.BAD_REQUEST, "refresh needs a token")
-        credentials = self.hub.tokens.connection(token)
+        address = self._auth_address()
+        self._check_auth_guard(address)
+        try:
+            credentials = self.hub.tokens.connection(token)
+        except Disconnect as exc:
+            if exc.code == DisconnectCode.INVALID_TOKEN:
+                self.hub.auth_guard.failed(address, "token")
+            raise
         if credentials.user != self.user:
             raise Disconnect(DisconnectCode.INVALID_TOKEN, "refresh token is for another user")
         self.credentials = credentials
@@ -378,7 +425,14 @@ class Session:
         if token is not None:
             if not isinstance(token, str):
                 raise HubError(ErrorCode.BAD_REQUEST, "subscription token must be a string")
-            claims = self.hub.tokens.subscription(token, user=self.user, channel=channel.name)
+            address = self._auth_address()
+            self._check_auth_guard(address)
+            try:
+                claims = self.hub.tokens.subscription(token, user=self.user, channel=channel.name)
+            except HubError as exc:
+                if exc.code != ErrorCode.TOKEN_EXPIRED:  # expired: it was genuine once
+                    self.hub.auth_guard.failed(address, "token")
+                raise
             return claims.get("info")
         if granted:
             return None

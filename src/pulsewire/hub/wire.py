@@ -20,12 +20,58 @@ from typing import Any, Protocol
 
 from .errors import ErrorCode, HubError
 
-__all__ = ["PROTOCOL_VERSION", "SUBPROTOCOLS", "Codec", "JsonCodec", "MsgpackCodec", "codec_for"]
+__all__ = [
+    "MAX_DEPTH",
+    "PROTOCOL_VERSION",
+    "SUBPROTOCOLS",
+    "Codec",
+    "JsonCodec",
+    "MsgpackCodec",
+    "codec_for",
+    "too_deep",
+]
 
 PROTOCOL_VERSION = 1
 JSON_SUBPROTOCOL = "pulsewire.v1.json"
 MSGPACK_SUBPROTOCOL = "pulsewire.v1.msgpack"
 SUBPROTOCOLS = (JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL)
+
+
+MAX_DEPTH = 128
+"""Deepest nesting of arrays and objects accepted from a peer (commands, API bodies).
+
+Python's JSON encoder and decoder recurse: a value that decodes near the interpreter's
+recursion limit (1000) fails again, with a RecursionError, when it is re-encoded deeper in
+the stack (for delivery, for the engine). A fixed limit far below it turns every such value
+into a clean "bad request" where it enters, whatever the call depth later on."""
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``value`` nests lists/dicts more than ``limit`` levels (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _check_depth(command: Any, text: str | None = None) -> None:
+    # Counting brackets is a C-speed scan; only a message with more of them than the limit
+    # can be too deep, so ordinary commands never pay for the walk.
+    if text is not None and text.count("[") + text.count("{") <= MAX_DEPTH:
+        return
+    if too_deep(command):
+        raise HubError(
+            ErrorCode.BAD_REQUEST, f"invalid command: nested more than {MAX_DEPTH} levels deep"
+        )
 
 
 class Codec(Protocol):
@@ -62,6 +108,7 @@ class JsonCodec:
                 raise HubError(ErrorCode.BAD_REQUEST, "invalid JSON: nested too deeply") from None
             if not isinstance(command, dict):
                 raise HubError(ErrorCode.BAD_REQUEST, "a command is a JSON object")
+            _check_depth(command, line)
             commands.append(command)
         return commands
 
@@ -89,6 +136,8 @@ class MsgpackCodec:
             for command in unpacker:
                 if not isinstance(command, dict):
                     raise HubError(ErrorCode.BAD_REQUEST, "a command is a map")
+                if len(data) > MAX_DEPTH:  # shorter input cannot nest that deep
+                    _check_depth(command)
                 commands.append(command)
         except HubError:
             raise

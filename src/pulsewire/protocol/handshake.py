@@ -36,6 +36,8 @@ __all__ = [
     "accept_key",
     "http_response",
     "parse_uri",
+    "request_scheme",
+    "target_error",
 ]
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -89,6 +91,10 @@ class Request:
     target: str
     version: str
     headers: Headers
+    remote_address: str = ""
+    """The peer's address, as the I/O binding gave it to the handshake."""
+    secure: bool = False
+    """Whether the request arrived over TLS."""
 
     @property
     def path(self) -> str:
@@ -146,15 +152,72 @@ def _check_header(name: str, value: str) -> None:
         raise ValueError(f"invalid header field {name!r}: {value!r}")
 
 
+def request_scheme(secure: bool, headers: Headers) -> str:
+    """The scheme (``http``/``https``) of the page a same-host browser request comes from.
+
+    ``https`` on a TLS listener; on a plain one, what a TLS-terminating proxy says in
+    ``X-Forwarded-Proto`` (the shipped nginx configuration sends it), else ``http``.
+
+    Trusting that header cannot let a foreign page in: a browser page cannot set it on a
+    WebSocket handshake (the WebSocket API takes no headers) or on an EventSource, and on a
+    fetch it is a non-simple header, so a cross-origin page's request is preceded by a CORS
+    preflight that carries no such header and is judged (and refused) as it is. A page of
+    our own origin setting it only gets itself refused. Clients that are not browsers can
+    send anything, Origin included: the Origin check never concerned them.
+    """
+    if secure:
+        return "https"
+    value = headers.get("X-Forwarded-Proto")
+    if value:
+        proto = value.split(",", 1)[0].strip().lower()
+        if proto in ("http", "https"):
+            return proto
+    return "http"
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin_tuple(origin: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of a serialized http(s) origin, ports made explicit; None if it
+    is anything else (another scheme, ``null``, a path, user info, a bad port)."""
+    try:
+        parts = urllib.parse.urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    if parts.path or parts.query or parts.fragment or "@" in parts.netloc:
+        return None
+    return scheme, parts.hostname, port if port is not None else _DEFAULT_PORTS[scheme]
+
+
+def _host_tuple(host: str, scheme: str) -> tuple[str, int] | None:
+    """(host, port) of a Host header for a request made with ``scheme``."""
+    try:
+        parts = urllib.parse.urlsplit("//" + host.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname or parts.path or "@" in parts.netloc:
+        return None
+    return parts.hostname, port if port is not None else _DEFAULT_PORTS[scheme]
+
+
 class OriginPolicy:
     """Which Origin headers a server accepts (defence against Cross-Site WebSocket Hijacking).
 
     ``allowed`` holds exact origins (``https://example.com``) or patterns where ``*`` matches
     one or more DNS labels or a port (``https://*.example.com``, ``http://localhost:*``).
-    With ``same_host=True`` an origin whose host[:port] equals the request's Host header is
-    accepted too. ``allowed=None`` with ``same_host=False`` accepts every origin. A request
-    without an Origin header comes from a non-browser client (browsers always send it) and
-    is accepted unless ``require=True``.
+    With ``same_host=True`` the server's own origin is accepted too: scheme, host and port
+    equal to the request's (the scheme from :func:`request_scheme`, the host and port from
+    the ``Host`` header; default ports made explicit, so ``http://h`` is ``http://h:80``).
+    Any other scheme on the same host:port (``ws://``, ``file://``, ``chrome-extension://``,
+    ``null``...) is refused. ``allowed=None`` with ``same_host=False`` accepts every origin.
+    A request without an Origin header comes from a non-browser client (browsers always send
+    it) and is accepted unless ``require=True``.
     """
 
     def __init__(
@@ -180,7 +243,8 @@ class OriginPolicy:
     def open(self) -> bool:
         return self.allowed is None and not self.same_host
 
-    def allows(self, origin: str | None, host: str | None = None) -> bool:
+    def allows(self, origin: str | None, host: str | None = None, *, scheme: str = "http") -> bool:
+        """Whether a request with this Origin and Host, made over ``scheme``, is accepted."""
         if origin is None:
             return not self.require
         if self.open:
@@ -188,10 +252,32 @@ class OriginPolicy:
         origin = origin.lower()
         if origin in self._exact or any(p.fullmatch(origin) for p in self._patterns):
             return True
-        if self.same_host and host:
-            netloc = urllib.parse.urlsplit(origin).netloc
-            return netloc == host.lower().strip() and netloc != ""
+        if self.same_host and host and scheme in _DEFAULT_PORTS:
+            page = _origin_tuple(origin)
+            ours = _host_tuple(host.lower(), scheme)
+            return page is not None and ours is not None and page == (scheme, *ours)
         return False
+
+
+def target_error(method: str, target: str) -> str | None:
+    """Why a request target is not acceptable (None if it is).
+
+    Accepted: origin-form (``/path?query``) and absolute-form with an http(s) or ws(s)
+    scheme and a host (RFC 7230 5.3; RFC 6455 4.1 names the resource in origin-form, and
+    proxies may use absolute-form); asterisk-form ``*`` only for ``OPTIONS``. Anything else
+    (``*`` on GET, authority-form, a bare path) has no resource to route and is refused.
+    """
+    if target.startswith("/"):
+        return None
+    if target == "*":
+        return None if method == "OPTIONS" else "request target * is only valid for OPTIONS"
+    try:
+        parts = urllib.parse.urlsplit(target)
+    except ValueError:
+        parts = None
+    if parts is not None and parts.scheme in ("http", "https", "ws", "wss") and parts.netloc:
+        return None
+    return "request target must be a path (/...) or an absolute http(s)/ws(s) URL"
 
 
 class _Parser:
@@ -248,7 +334,13 @@ class ServerHandshake:
         max_request_line: int = 8192,
         max_headers: int = 100,
         max_header_bytes: int = 16384,
+        secure: bool = False,
+        remote_address: str = "",
     ) -> None:
+        self.secure = secure
+        """Whether the request arrives over TLS (the same-host Origin check expects https)."""
+        self.remote_address = remote_address
+        """The peer's address (copied into the Request for ``process_request`` hooks)."""
         self.origins = origins if isinstance(origins, OriginPolicy) else OriginPolicy(origins)
         self.subprotocols = list(subprotocols)
         self.select_subprotocol = select_subprotocol
@@ -291,11 +383,20 @@ class ServerHandshake:
         if head_size > self.max_header_bytes:
             raise Refused(431, f"request head larger than {self.max_header_bytes} bytes")
         version = self._parser.get_http_version()
+        method = self._parser.get_method().decode("ascii", "replace")
+        target = p.target.decode("latin-1")
+        # Before routing or any hook sees it: "GET *" used to reach a single-handler server
+        # as the path "*" and be upgraded.
+        problem = target_error(method, target)
+        if problem is not None:
+            raise Refused(400, problem)
         self.request = Request(
-            method=self._parser.get_method().decode("ascii", "replace"),
-            target=p.target.decode("latin-1"),
+            method=method,
+            target=target,
             version=version,
             headers=Headers(p.headers),
+            remote_address=self.remote_address,
+            secure=self.secure,
         )
         return self.request
 
@@ -354,7 +455,7 @@ class ServerHandshake:
         if len(origins) > 1:
             raise Refused(400, "repeated Origin header")
         origin = origins[0] if origins else None
-        if not self.origins.allows(origin, hosts[0]):
+        if not self.origins.allows(origin, hosts[0], scheme=request_scheme(self.secure, headers)):
             raise Refused(403, f"origin {origin or '(none)'} is not allowed")
 
         response_headers = [

@@ -3,21 +3,27 @@
 HTTP Basic authentication (any user name, the configured password) or ``Authorization:
 Bearer <password>``; without a configured password the page answers 404, so a node never
 exposes it by accident. The page polls ``/admin/stats`` once a second.
+
+Wrong passwords count in the hub's failed-authentication guard: an address over its budget
+gets 429 with ``Retry-After`` before its password is looked at. Every answer carries headers
+that keep the page out of frames and other origins' reach (see :data:`SECURITY_HEADERS`).
 """
 
 from __future__ import annotations
 
 import base64
-import hmac
+import hashlib
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..hub.auth import secret_matches
 from .http import HttpRequest, HttpResponse, json_response
 
 if TYPE_CHECKING:
     from .app import HubServer
 
-__all__ = ["AdminPages"]
+__all__ = ["SECURITY_HEADERS", "AdminPages"]
 
 
 class AdminPages:
@@ -25,41 +31,57 @@ class AdminPages:
         self.server = server
         self.password = password
 
-    def _authorized(self, request: HttpRequest) -> bool:
-        assert self.password is not None
+    def _given(self, request: HttpRequest) -> str | None:
+        """The password the request offers (None: it offers none)."""
         scheme, _, value = (request.headers.get("Authorization") or "").partition(" ")
-        given = ""
         if scheme.lower() == "basic":
             try:
-                given = base64.b64decode(value.strip()).decode("utf-8").partition(":")[2]
+                return base64.b64decode(value.strip()).decode("utf-8").partition(":")[2]
             except (ValueError, UnicodeDecodeError):
-                return False
-        elif scheme.lower() == "bearer":
-            given = value.strip()
-        return hmac.compare_digest(given.encode(), self.password.encode())
+                return ""  # garbage counts as a wrong password, not as none
+        if scheme.lower() == "bearer":
+            return value.strip()
+        return None
 
-    def _refusal(self) -> HttpResponse:
+    def _refusal(self, request: HttpRequest) -> HttpResponse | None:
+        """None when the request may see the admin pages, else the answer that refuses it."""
         if self.password is None:
-            return HttpResponse(404, "the admin page is disabled: configure admin_password\n")
-        return HttpResponse(
-            401,
-            "admin password required\n",
-            [("WWW-Authenticate", 'Basic realm="pulsewire admin"')],
+            return _secured(
+                HttpResponse(404, "the admin page is disabled: configure admin_password\n")
+            )
+        guard = self.server.hub.auth_guard
+        address = guard.client(request.remote_address, request.headers)
+        wait = guard.check(address, "admin")
+        if wait:  # before the password is looked at
+            reason = f"too many wrong admin passwords from your address: retry in {wait} s\n"
+            return _secured(HttpResponse(429, reason, [("Retry-After", str(wait))]))
+        given = self._given(request)
+        if given is not None and secret_matches(given, self.password):
+            return None
+        if given is not None:  # no Authorization at all is a browser asking, not a guess
+            guard.failed(address, "admin")
+        return _secured(
+            HttpResponse(
+                401,
+                "admin password required\n",
+                [("WWW-Authenticate", 'Basic realm="pulsewire admin"')],
+            )
         )
 
     async def page(self, request: HttpRequest) -> HttpResponse:
-        if self.password is None or not self._authorized(request):
-            return self._refusal()
-        return HttpResponse(
-            200,
-            _PAGE,
-            [("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-store")],
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
+        return _secured(
+            HttpResponse(200, _PAGE, [("Content-Type", "text/html; charset=utf-8")]),
+            PAGE_CSP,
         )
 
     async def stats(self, request: HttpRequest) -> HttpResponse:
-        if self.password is None or not self._authorized(request):
-            return self._refusal()
-        return json_response(self.snapshot(), headers=[("Cache-Control", "no-store")])
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
+        return _secured(json_response(self.snapshot()))
 
     def snapshot(self) -> dict[str, Any]:
         server = self.server
@@ -158,3 +180,41 @@ async function tick() {
 tick(); setInterval(tick, 1000);
 </script></body></html>
 """
+
+
+def _csp_hashes(tag: str) -> str:
+    """CSP source expressions for the page's inline ``<tag>`` blocks (their exact text)."""
+    blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", _PAGE, re.DOTALL)
+    digests = (hashlib.sha256(block.encode("utf-8")).digest() for block in blocks)
+    return " ".join(f"'sha256-{base64.b64encode(d).decode('ascii')}'" for d in digests)
+
+
+PAGE_CSP = (
+    # Nothing by default; the page's own inline style and script by hash (no
+    # 'unsafe-inline': an injected block would not run), its polling fetch to this origin
+    # only, and no framing (clickjacking), no <base> or form targets to hijack.
+    f"default-src 'none'; style-src {_csp_hashes('style')}; script-src {_csp_hashes('script')}; "
+    "connect-src 'self'; img-src 'none'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+"""The Content-Security-Policy of the HTML page."""
+
+SECURITY_HEADERS = (
+    ("X-Frame-Options", "DENY"),  # frame-ancestors for browsers that predate CSP 2
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-store"),
+)
+"""Headers on every /admin answer (the page, the stats, the refusals)."""
+
+_NOTHING_CSP = "default-src 'none'; frame-ancestors 'none'"
+"""The policy of answers that are not the page: they load and run nothing."""
+
+
+def _secured(response: HttpResponse, csp: str = _NOTHING_CSP) -> HttpResponse:
+    response.headers = [
+        *response.headers,
+        *SECURITY_HEADERS,
+        ("Content-Security-Policy", csp),
+    ]
+    return response

@@ -3,15 +3,16 @@
 Every call is ``POST /api/<method>`` with a JSON object body and the header
 ``Authorization: apikey <key>``. Answers are JSON: ``{"result": ...}`` with 200, or
 ``{"error": {"code", "message"}}`` with a status that says what went wrong (400 bad input,
-401/403 authentication, 404 unknown method or namespace, 503 engine unavailable).
+401/403 authentication, 404 unknown method or namespace, 429 too many failed keys from the
+address (with ``Retry-After``), 503 engine unavailable).
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..hub.auth import secret_matches
 from ..hub.errors import ErrorCode, HubError
 from ..hub.hub import Hub
 from .http import HttpRequest, HttpResponse, json_response
@@ -30,9 +31,11 @@ _STATUS = {
 }
 
 
-def _error(code: int, message: str, status: int | None = None) -> HttpResponse:
+def _error(
+    code: int, message: str, status: int | None = None, headers: list[tuple[str, str]] | None = None
+) -> HttpResponse:
     return json_response(
-        {"error": {"code": code, "message": message}}, status or _STATUS.get(code, 500)
+        {"error": {"code": code, "message": message}}, status or _STATUS.get(code, 500), headers
     )
 
 
@@ -67,13 +70,24 @@ class ApiHandler:
             return _error(
                 ErrorCode.PERMISSION_DENIED, "the HTTP API is disabled: configure api_key", 403
             )
+        guard = self.hub.auth_guard
+        address = guard.client(request.remote_address, request.headers)
+        wait = guard.check(address, "api")
+        if wait:  # before the key is looked at: no answer tells a blocked address anything
+            return _error(
+                ErrorCode.TOO_MANY_REQUESTS,
+                f"too many failed API keys from your address: retry in {wait} s",
+                429,
+                [("Retry-After", str(wait))],
+            )
         auth = request.headers.get("Authorization") or ""
         scheme, _, key = auth.partition(" ")
         if scheme.lower() != "apikey" or not key:
             return _error(
                 ErrorCode.UNAUTHORIZED, "missing 'Authorization: apikey <key>' header", 401
             )
-        if not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
+        if not secret_matches(key.strip(), self.api_key):
+            guard.failed(address, "api")
             return _error(ErrorCode.PERMISSION_DENIED, "wrong API key", 403)
         method = request.path[len("/api/") :]
         handler = self.methods.get(method)

@@ -21,10 +21,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..aio.server import HTTPResponse
 from ..aio.server import Server as WebSocketServer
 from ..hub.errors import DisconnectCode
 from ..hub.hub import Hub
-from ..protocol.handshake import OriginPolicy
+from ..protocol.handshake import OriginPolicy, Request
 from ..transports.longpoll import LongPollEndpoints
 from ..transports.sse import SseEndpoints
 from ..transports.websocket import SUBPROTOCOLS, serve_hub_session
@@ -125,6 +126,7 @@ class HubServer:
             lambda ws: serve_hub_session(hub, ws, max_buffered=max_buffered),
             None,
             None,
+            process_request=self._refuse_blocked_address,
             origins=origins,
             subprotocols=SUBPROTOCOLS,
             compression="deflate",
@@ -197,6 +199,19 @@ class HubServer:
             await self._server.wait_closed()
 
     # -- routes ----------------------------------------------------------------------------------
+
+    def _refuse_blocked_address(self, request: Request) -> HTTPResponse | None:
+        """429 for a WebSocket handshake from an address with too many failed
+        authentications (its connect would be refused anyway; this spares the session)."""
+        guard = self.hub.auth_guard
+        wait = guard.check(guard.client(request.remote_address, request.headers.items()), "token")
+        if not wait:
+            return None
+        # aio.Server counts only the refusals of its own checks, not process_request answers.
+        refusals = self.websocket.refusals
+        refusals[429] = refusals.get(429, 0) + 1
+        reason = f"too many failed authentications from your address: retry in {wait} s\n"
+        return 429, [("Retry-After", str(wait))], reason
 
     async def static(self, request: HttpRequest) -> HttpResponse:
         assert self.web_root is not None

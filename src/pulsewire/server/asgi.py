@@ -36,7 +36,7 @@ from ..hub.session import ConnectRequest, Session
 from ..hub.types import Publication
 from ..hub.wire import SUBPROTOCOLS, codec_for
 from ..protocol.close import CloseCode
-from ..protocol.handshake import Headers, OriginPolicy
+from ..protocol.handshake import Headers, OriginPolicy, request_scheme
 from ..transports.http_types import HttpRequest, HttpResponse, StreamResponse
 from .app import add_hub_routes
 from .http import HttpServer
@@ -312,6 +312,7 @@ class HubASGI:
             body=bytes(body),
             remote_address=str(client[0]) if client else "",
             version=str(scope.get("http_version", "1.1")),
+            secure=scope.get("scheme") == "https",
         )
         await self.start()
         # Handlers may wait (long polls) or stream (SSE): stop them when the client leaves.
@@ -349,7 +350,9 @@ class HubASGI:
         headers = _headers(scope)
         origin = headers.get("Origin")
         if _relative_path(scope) != WEBSOCKET_PATH or not self.origins.allows(
-            origin, headers.get("Host")
+            origin,
+            headers.get("Host"),
+            scheme=request_scheme(scope.get("scheme") == "wss", headers),
         ):
             # Before accepting, a close is a refusal: uvicorn answers 403.
             await send({"type": "websocket.close", "code": int(CloseCode.POLICY_VIOLATION)})

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import httptools
 
 from ..aio.server import Server as WebSocketServer
-from ..protocol.handshake import Headers, http_response
+from ..protocol.handshake import Headers, http_response, target_error
 from ..transports.http_types import (
     Handler,
     HttpRequest,
@@ -262,6 +262,11 @@ class HttpProtocol(asyncio.Protocol):
             raise _Refusal(431, f"request head larger than {self.limits.max_head} bytes")
 
     def on_headers_complete(self) -> None:
+        problem = target_error(
+            self.parser.get_method().decode("ascii", "replace"), self.url.decode("latin-1")
+        )
+        if problem is not None:  # e.g. "GET *": no resource to route, upgrade or not
+            raise _Refusal(400, problem)
         self.head_done = True
         self.pending_head = 0
         if self.timer is not None:
@@ -284,6 +289,8 @@ class HttpProtocol(asyncio.Protocol):
             remote_address=self.remote,
             version=self.parser.get_http_version(),
             keep_alive=self.parser.should_keep_alive(),
+            secure=self.transport is not None
+            and self.transport.get_extra_info("ssl_object") is not None,
         )
         if self.queue is None:
             self.queue = asyncio.Queue()

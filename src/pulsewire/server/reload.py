@@ -26,7 +26,17 @@ __all__ = ["apply_settings", "config_changes", "reload_settings"]
 logger = logging.getLogger("pulsewire.server")
 
 RESTART_SERVER = ("host", "port", "tls_cert", "tls_key", "demo", "workers")
-RESTART_HUB = ("engine", "engine_prefix", "node_name", "client_queue_max_bytes")
+RESTART_HUB = (
+    "engine",
+    "engine_prefix",
+    "node_name",
+    "client_queue_max_bytes",
+    # The failed-authentication guard keeps its counts across reloads, so its settings too.
+    "auth_failures_burst",
+    "auth_failures_refill",
+    "auth_failures_max_addresses",
+    "auth_failures_trusted_proxies",
+)
 SECRETS = frozenset({"api_key", "token_hmac_secret", "token_rsa_public_key"})
 
 

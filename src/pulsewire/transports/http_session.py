@@ -23,7 +23,7 @@ from ..hub.session import ConnectRequest, Session
 from ..hub.types import Publication
 from ..hub.wire import JSON
 from ..protocol.close import CloseCode
-from ..protocol.handshake import OriginPolicy
+from ..protocol.handshake import OriginPolicy, request_scheme
 from .http_types import (
     Handler,
     HttpRequest,
@@ -166,15 +166,29 @@ class HttpEndpoints:
         return json_response({"error": reason}, status, self.cors(request))
 
     def check(self, request: HttpRequest) -> HttpResponse | None:
-        """A refusal for a request from a foreign origin, a POST of the wrong type, or a HEAD
-        (which would open a stream or take a poll's messages without showing them)."""
+        """A refusal for a request from a foreign origin, a POST of the wrong type, a HEAD
+        (which would open a stream or take a poll's messages without showing them), or one
+        that opens a session from an address with too many failed authentications (429)."""
         if request.method == "HEAD":
             return self.refuse(request, 405, "HEAD is not supported here")
         origin = request.headers.get("Origin")
-        if not self.origins.allows(origin, request.headers.get("Host")):
+        scheme = request_scheme(request.secure, request.headers)
+        if not self.origins.allows(origin, request.headers.get("Host"), scheme=scheme):
             return json_response(
                 {"error": f"origin {origin} is not allowed"}, 403, [("Cache-Control", "no-store")]
             )
+        if request.method != "OPTIONS" and "session" not in request.query:
+            # Opening a session (SSE stream, long-poll open) from a blocked address: refused
+            # like a WebSocket handshake. Requests of an open session (?session=) go on; a
+            # connect command in them is refused by the session (4008). Preflights pass, so
+            # that a browser sees the 429 itself rather than a CORS failure.
+            guard = self.hub.auth_guard
+            wait = guard.check(guard.client(request.remote_address, request.headers), "token")
+            if wait:
+                reason = f"too many failed authentications from your address: retry in {wait} s"
+                response = self.refuse(request, 429, reason)
+                response.headers.append(("Retry-After", str(wait)))
+                return response
         if request.method == "POST" and request.body:
             kind = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
             if kind not in _CONTENT_TYPES:

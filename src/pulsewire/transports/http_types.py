@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..hub.wire import MAX_DEPTH, too_deep
 from ..protocol.handshake import Headers
 
 __all__ = [
@@ -36,6 +37,8 @@ class HttpRequest:
     remote_address: str
     version: str = "1.1"
     keep_alive: bool = True
+    secure: bool = False
+    """Whether it arrived over TLS (the same-host Origin check then expects https pages)."""
 
     @property
     def path(self) -> str:
@@ -46,10 +49,18 @@ class HttpRequest:
         return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.target).query))
 
     def json(self) -> Any:
-        """The body as JSON; raises ValueError with a readable reason."""
+        """The body as JSON; raises ValueError with a readable reason for any bad input:
+        invalid JSON or UTF-8, integers past Python's digit limit, nesting deeper than
+        :data:`~pulsewire.hub.wire.MAX_DEPTH` (which could not be re-encoded safely)."""
         if not self.body:
             raise ValueError("empty body: expected a JSON object")
-        return json.loads(self.body)
+        try:
+            value = json.loads(self.body)
+        except RecursionError:  # not a ValueError: without this, deep nesting was a 500
+            raise ValueError("nested too deeply") from None
+        if (self.body.count(b"[") + self.body.count(b"{") > MAX_DEPTH) and too_deep(value):
+            raise ValueError(f"nested more than {MAX_DEPTH} levels deep")
+        return value
 
 
 @dataclass
