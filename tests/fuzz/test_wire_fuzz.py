@@ -134,6 +134,7 @@ def hub_runner() -> Iterator[tuple[asyncio.Runner, Hub]]:
         client_messages_burst=1e6,
         client_bytes_per_second=1e9,
         client_bytes_burst=1e9,
+        auth_failures_burst=0,  # the guard off: every example's token is really verified
         channel=ChannelOptions(allow_anonymous=True),
         namespaces={
             "pub": ChannelOptions(allow_publish=True, presence=True, join_leave=True,
