@@ -110,10 +110,15 @@ class HubConfig:
     """Addresses tracked by the failed-authentication guard (the oldest are forgotten)."""
     auth_failures_trusted_proxies: tuple[str, ...] = ()
     """Proxy addresses or networks whose ``X-Forwarded-For`` names the client for the guard."""
+    idempotency_window: float = 300.0
+    """Seconds a publish's ``idempotency_key`` is remembered, per channel, on every node: a
+    retry with the same key within it returns the first result and publishes nothing."""
 
     def __post_init__(self) -> None:
         if self.rate_limit_policy not in ("disconnect", "drop"):
             raise ValueError('rate_limit_policy must be "disconnect" or "drop"')
+        if not 0.001 <= self.idempotency_window <= 30 * 24 * 3600:
+            raise ValueError("idempotency_window must be between 0.001 s and 30 days")
         if isinstance(self.auth_failures_trusted_proxies, str):
             raise ValueError("auth_failures_trusted_proxies is a list of addresses")
         object.__setattr__(

@@ -23,6 +23,9 @@ class ErrorCode:
     TOKEN_EXPIRED = 109
     TOO_MANY_REQUESTS = 111
     NOT_SUBSCRIBED = 113
+    OUTCOME_UNKNOWN = 114
+    """A publish was sent to the engine and no answer came: it may have been published.
+    Retry with the same idempotency key (safe within the window); 108 means not published."""
 
 
 class DisconnectCode:

@@ -26,7 +26,7 @@ from .auth import AuthGuard, Credentials, TokenVerifier
 from .channels import ChannelName, parse_channel
 from .config import ChannelOptions, HubConfig
 from .engines import create_engine
-from .engines.base import Engine, EngineUnavailable
+from .engines.base import Engine, EngineOutcomeUnknown, EngineUnavailable, IdempotencyKeysFull
 from .errors import Disconnect, DisconnectCode, ErrorCode, HubError
 from .metrics import HubMetrics
 from .session import ConnectRequest, Session, Subscription, Transport
@@ -260,22 +260,56 @@ class Hub:
         *,
         info: ClientInfo | None = None,
         tags: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
     ) -> StreamPosition | None:
-        """Publish ``data`` to ``channel`` on every node; returns its history position, if kept."""
+        """Publish ``data`` to ``channel`` on every node; returns its history position, if kept.
+
+        With ``idempotency_key`` (a non-empty string of at most 256 characters, scoped to the
+        channel) a retry within ``config.idempotency_window`` seconds, on any node, returns the
+        first result (same offset and epoch; None without history) and publishes nothing.
+
+        Raises :class:`HubError` with code 107 for bad data or key, 102 for an unknown
+        namespace, and when the engine fails:
+
+        * 108 (NOT_AVAILABLE): **not published** (the engine was not reached, or refused it):
+          retry, with the same key if one was given;
+        * 114 (OUTCOME_UNKNOWN): sent, no answer: it **may have been published**. Retry with
+          the same key (always safe within the window); without a key a retry may publish
+          twice;
+        * 106 (LIMIT_EXCEEDED): the in-memory engine holds as many keys as it may: not
+          published, retry later.
+
+        Without a key, a publication to a channel without history is delivered to this node's
+        subscribers at once and sent to the other nodes at most once: an engine failure is
+        not raised (it is counted in ``pulsewire_engine_errors_total``). With a key it reaches
+        every node, this one included, through the engine, and engine failures are raised.
+        """
         _, options = self._options(channel)
         _check_data(data)
+        if idempotency_key is not None:
+            _check_idempotency_key(idempotency_key)
         publication = Publication(
             data, info=info, tags=tags, origin=self.node_id, published_at=time.time()
         )
         self.metrics.publications.inc()
+        if idempotency_key is not None:
+            try:
+                outcome = await self.engine.publish_once(
+                    channel, publication, options, idempotency_key, self.config.idempotency_window
+                )
+            except EngineUnavailable as exc:
+                raise self._publish_failed(exc) from None
+            except IdempotencyKeysFull as exc:
+                self.metrics.idempotency_keys_full.inc()
+                raise HubError(ErrorCode.LIMIT_EXCEEDED, f"{exc}: retry later") from None
+            if outcome.duplicate:
+                self.metrics.publish_duplicates.inc()
+            return outcome.position
         if options.history:
             try:
                 return await self.engine.publish(channel, publication, options)
-            except EngineUnavailable:
-                self.metrics.engine_errors.inc()
-                raise HubError(
-                    ErrorCode.NOT_AVAILABLE, "history is unavailable while the engine is down"
-                ) from None
+            except EngineUnavailable as exc:
+                raise self._publish_failed(exc) from None
         if self.engine.local_fanout:
             self.on_publication(channel, publication)
         try:
@@ -285,14 +319,32 @@ class Hub:
             self.metrics.engine_errors.inc()
         return None
 
+    def _publish_failed(self, exc: EngineUnavailable) -> HubError:
+        """The error that tells a publisher whether its publication may be out there."""
+        self.metrics.engine_errors.inc()
+        if isinstance(exc, EngineOutcomeUnknown):
+            self.metrics.publish_outcome_unknown.inc()
+            return HubError(
+                ErrorCode.OUTCOME_UNKNOWN,
+                "unknown outcome: the engine did not answer, it may have been published; "
+                "retry with the same idempotency_key",
+            )
+        return HubError(ErrorCode.NOT_AVAILABLE, "engine unavailable: not published, retry")
+
     async def broadcast(
-        self, channels: Iterable[str], data: Any
+        self, channels: Iterable[str], data: Any, *, idempotency_key: str | None = None
     ) -> list[StreamPosition | HubError | None]:
-        """Publish the same data to many channels; one result (or error) per channel."""
+        """Publish the same data to many channels; one result (or error) per channel.
+
+        ``idempotency_key`` applies to each channel on its own (keys are scoped per channel):
+        retrying a broadcast with the same key publishes only to the channels that did not
+        get it yet, and returns the first results of the others. A bad key raises 107."""
+        if idempotency_key is not None:
+            _check_idempotency_key(idempotency_key)
         results: list[StreamPosition | HubError | None] = []
         for channel in channels:
             try:
-                results.append(await self.publish(channel, data))
+                results.append(await self.publish(channel, data, idempotency_key=idempotency_key))
             except HubError as exc:
                 results.append(exc)
         return results
@@ -662,6 +714,19 @@ def _first_follows(publication: Publication, offset: int) -> bool:
     if publication.prev is not None:
         return publication.prev == offset
     return publication.offset == offset + 1
+
+
+#: Longest ``idempotency_key``, in characters.
+IDEMPOTENCY_KEY_MAX = 256
+
+
+def _check_idempotency_key(key: object) -> None:
+    if not isinstance(key, str) or not 0 < len(key) <= IDEMPOTENCY_KEY_MAX:
+        raise HubError(
+            ErrorCode.BAD_REQUEST,
+            f"idempotency_key must be a non-empty string of at most {IDEMPOTENCY_KEY_MAX} "
+            "characters",
+        )
 
 
 _json_check = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode

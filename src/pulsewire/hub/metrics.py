@@ -71,6 +71,21 @@ class HubMetrics:
             ["policy"],
             registry=r,
         )
+        self.publish_duplicates = Counter(
+            "pulsewire_publish_duplicates",
+            "Publishes whose idempotency key was seen in the window: first result, not published",
+            registry=r,
+        )
+        self.publish_outcome_unknown = Counter(
+            "pulsewire_publish_outcome_unknown",
+            "Publishes sent to the engine that got no answer (error 114): maybe published",
+            registry=r,
+        )
+        self.idempotency_keys_full = Counter(
+            "pulsewire_idempotency_keys_full",
+            "Keyed publishes refused: the in-memory engine holds its maximum of keys (106)",
+            registry=r,
+        )
         self.traffic: dict[str, list[int]] = {}
         """Per transport: [messages in, bytes in, messages out, bytes out], plain ints bumped
         on the per-message path and turned into counters only when /metrics is scraped."""

@@ -544,7 +544,9 @@ class Session:
                 outcome = await outcome
             if outcome is not None:
                 data = outcome
-        position = await self.hub.publish(channel.name, data, info=sub.info)
+        position = await self.hub.publish(
+            channel.name, data, info=sub.info, idempotency_key=params.get("idempotency_key")
+        )
         return {} if position is None else {"offset": position.offset, "epoch": position.epoch}
 
     def _subscribed_channel(self, params: dict[str, Any], flag: str) -> ChannelName:

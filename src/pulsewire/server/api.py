@@ -4,7 +4,8 @@ Every call is ``POST /api/<method>`` with a JSON object body and the header
 ``Authorization: apikey <key>``. Answers are JSON: ``{"result": ...}`` with 200, or
 ``{"error": {"code", "message"}}`` with a status that says what went wrong (400 bad input,
 401/403 authentication, 404 unknown method or namespace, 429 too many failed keys from the
-address (with ``Retry-After``), 503 engine unavailable).
+address (with ``Retry-After``) or too many idempotency keys, 503 engine unavailable: not
+published, 504 engine did not answer: maybe published, retry with the same idempotency_key).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ _STATUS = {
     ErrorCode.PERMISSION_DENIED: 403,
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.NOT_AVAILABLE: 503,
+    # 504: the node got no timely answer from the engine it needed (RFC 9110 15.6.5), which
+    # says nothing of whether the engine applied the request, unlike 503 (not processed).
+    ErrorCode.OUTCOME_UNKNOWN: 504,
     ErrorCode.LIMIT_EXCEEDED: 429,
     ErrorCode.TOO_MANY_REQUESTS: 429,
 }
@@ -115,7 +119,12 @@ class ApiHandler:
             isinstance(tags, dict) and all(isinstance(v, str) for v in tags.values())
         ):
             raise HubError(ErrorCode.BAD_REQUEST, "tags must map strings to strings")
-        position = await self.hub.publish(_str(params, "channel"), params["data"], tags=tags)
+        position = await self.hub.publish(
+            _str(params, "channel"),
+            params["data"],
+            tags=tags,
+            idempotency_key=params.get("idempotency_key"),
+        )
         return {} if position is None else {"offset": position.offset, "epoch": position.epoch}
 
     async def broadcast(self, params: dict[str, Any]) -> Any:
@@ -129,7 +138,10 @@ class ApiHandler:
         if "data" not in params:
             raise HubError(ErrorCode.BAD_REQUEST, "broadcast needs data")
         responses = []
-        for outcome in await self.hub.broadcast(channels, params["data"]):
+        outcomes = await self.hub.broadcast(
+            channels, params["data"], idempotency_key=params.get("idempotency_key")
+        )
+        for outcome in outcomes:
             if isinstance(outcome, HubError):
                 responses.append({"error": outcome.to_dict()})
             elif outcome is None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pulsewire.hub.engines.base import Engine
+from pulsewire.hub.engines.base import Engine, PublishOnce
 from pulsewire.hub.types import ClientInfo, Publication, PublishOptions, StreamPosition
 
 if TYPE_CHECKING:
@@ -261,6 +261,116 @@ async def test_concurrent_publishers_keep_offset_order(cluster: Cluster, engine:
         )
     result = await engine.history("h", options=options)
     assert [p.offset for p in result.publications] == list(range(1, 401))
+
+
+# -- idempotent publish --------------------------------------------------------------------
+
+WINDOW = 60.0
+
+
+async def delivered_up_to(
+    cluster: Cluster, channel: str, marker: object, options: PublishOptions
+) -> dict[str, list[object]]:
+    """Publish ``marker`` (keyed, the same way through the engine as keyed publications),
+    wait for it on every node, return what each node received (by node name). Whatever the
+    engine published before the marker has arrived by then."""
+    nodes = cluster.engines
+    await nodes[0].publish_once(channel, pub(marker), options, f"marker-{marker}", WINDOW)
+    for node in nodes:
+        rec = recorder(node)
+        await rec.wait_for(
+            lambda rec=rec: marker in [p.data for p in rec.pubs(channel)], what="the marker"
+        )
+    return {recorder(node).name: [p.data for p in recorder(node).pubs(channel)] for node in nodes}
+
+
+@pytest.mark.parametrize("options", [HISTORY, NO_HISTORY], ids=["history", "no-history"])
+async def test_same_key_publishes_once_and_returns_the_first_result(
+    cluster: Cluster, engine: Engine, options: PublishOptions
+) -> None:
+    nodes = await cluster.up_to(2)
+    for node in nodes:
+        await node.subscribe("c")
+    first = await engine.publish_once("c", pub("one", origin=engine.node_id), options, "k", WINDOW)
+    assert not first.duplicate
+    if options.history:
+        assert first.position is not None and first.position.offset == 1
+    else:
+        assert first.position is None
+    await engine.publish("c", pub("plain"), options)  # other publications in between
+    for node in nodes:  # retries on every node, with other data: nothing published
+        for _ in range(2):
+            retry = pub("retry", origin=node.node_id)
+            assert await node.publish_once("c", retry, options, "k", WINDOW) == PublishOnce(
+                first.position, duplicate=True
+            )
+    received = await delivered_up_to(cluster, "c", "end", options)
+    for name, data in received.items():
+        # keyed publications reach the publishing node through the engine too
+        assert data.count("one") == 1 and "retry" not in data and data[-1] == "end", name
+    if options.history:
+        result = await engine.history("c", options=options)
+        assert [p.data for p in result.publications] == ["one", "plain", "end"]
+        assert [p.offset for p in result.publications] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("options", [HISTORY, NO_HISTORY], ids=["history", "no-history"])
+async def test_concurrent_publishes_with_one_key_publish_once(
+    cluster: Cluster, engine: Engine, options: PublishOptions
+) -> None:
+    nodes = await cluster.up_to(2)
+    for node in nodes:
+        await node.subscribe("c")
+    outcomes = await asyncio.gather(
+        *(
+            node.publish_once("c", pub(f"try-{i}"), options, "k", WINDOW)
+            for i, node in enumerate(nodes * 4)
+        )
+    )
+    assert sum(not outcome.duplicate for outcome in outcomes) == 1, outcomes
+    assert len({outcome.position for outcome in outcomes}) == 1
+    if options.history:
+        assert outcomes[0].position is not None and outcomes[0].position.offset == 1
+    received = await delivered_up_to(cluster, "c", "end", options)
+    for name, data in received.items():
+        assert len(data) == 2 and data[-1] == "end", (name, data)
+    if options.history:
+        result = await engine.history("c", options=options)
+        assert [p.offset for p in result.publications] == [1, 2]
+
+
+async def test_a_key_is_scoped_to_its_channel(cluster: Cluster, engine: Engine) -> None:
+    nodes = await cluster.up_to(2)
+    for channel, options in (("h1", HISTORY), ("h2", HISTORY), ("l1", NO_HISTORY)):
+        outcome = await nodes[-1].publish_once(channel, pub(channel), options, "same", WINDOW)
+        assert not outcome.duplicate, channel
+        offset = outcome.position.offset if outcome.position is not None else None
+        assert offset == (None if channel == "l1" else 1), channel
+    again = await engine.publish_once("h2", pub("again"), HISTORY, "same", WINDOW)
+    assert again.duplicate and again.position is not None and again.position.offset == 1
+    other = await engine.publish_once("h2", pub("other"), HISTORY, "other key", WINDOW)
+    assert not other.duplicate and other.position is not None and other.position.offset == 2
+
+
+async def test_a_key_is_free_again_after_the_window(cluster: Cluster, engine: Engine) -> None:
+    nodes = await cluster.up_to(2)
+    window = 1.0
+    for channel, options in (("h", HISTORY), ("l", NO_HISTORY)):
+        first = await engine.publish_once(channel, pub(1), options, "k", window)
+        assert not first.duplicate
+        started = time.monotonic()
+        assert (await nodes[-1].publish_once(channel, pub(2), options, "k", window)).duplicate
+        await asyncio.sleep(window)
+        deadline = started + window + 5.0  # the service expires keys on its own clock
+        while (later := await engine.publish_once(channel, pub(3), options, "k", window)).duplicate:
+            assert time.monotonic() < deadline, f"{channel}: key still remembered"
+            await asyncio.sleep(0.1)
+        if options.history:
+            assert first.position is not None and later.position is not None
+            assert later.position == StreamPosition(2, first.position.epoch)
+        else:
+            assert later.position is None
+        assert (await engine.publish_once(channel, pub(4), options, "k", window)).duplicate
 
 
 # -- presence ------------------------------------------------------------------------------

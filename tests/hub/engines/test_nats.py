@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover
         raise
     pytest.skip("nats-py is not installed", allow_module_level=True)
 
-from pulsewire.hub.engines.base import EngineUnavailable
+from pulsewire.hub.engines.base import EngineOutcomeUnknown, EngineUnavailable, PublishOnce
 from pulsewire.hub.engines.nats import NatsEngine, decode_token, encode_token
 from pulsewire.hub.types import (
     ClientInfo,
@@ -519,12 +519,14 @@ async def test_presence_survives_its_stream_being_deleted(
 
 
 class Proxy:
-    """A TCP proxy to NATS whose connections the test can cut."""
+    """A TCP proxy to NATS whose connections the test can cut, or mute: while ``muted``,
+    what the server sends is dropped (requests get through, their answers are lost)."""
 
     def __init__(self) -> None:
         self.port = 0
         self.server: asyncio.Server | None = None
         self.writers: list[asyncio.StreamWriter] = []
+        self.muted = False
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._handle, HOST, self.port)
@@ -538,9 +540,13 @@ class Proxy:
             return
         self.writers += [writer, up_writer]
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, mutable: bool = False
+        ) -> None:
             try:
                 while data := await src.read(65536):
+                    if mutable and self.muted:
+                        continue
                     dst.write(data)
                     await dst.drain()
             except OSError:
@@ -548,7 +554,7 @@ class Proxy:
             finally:
                 dst.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer, mutable=True))
 
     async def cut(self) -> None:
         assert self.server is not None
@@ -588,6 +594,8 @@ async def test_connection_loss_reports_state_fails_fast_and_recovers(
     calls: list[Callable[[], Awaitable[object]]] = [
         lambda: a.engine.publish("ch", pub("lost"), HISTORY),
         lambda: a.engine.publish("ch", pub("lost"), NO_HISTORY),
+        lambda: a.engine.publish_once("ch", pub("lost"), HISTORY, "k", 60.0),
+        lambda: a.engine.publish_once("ch", pub("lost"), NO_HISTORY, "k", 60.0),
         lambda: a.engine.history("ch", options=HISTORY),
         lambda: a.engine.add_presence("ch", ClientInfo("c", "u"), 10.0),
         lambda: a.engine.presence("ch"),
@@ -596,9 +604,10 @@ async def test_connection_loss_reports_state_fails_fast_and_recovers(
     ]
     for call in calls:
         started = time.monotonic()
-        with pytest.raises(EngineUnavailable):
+        with pytest.raises(EngineUnavailable) as info:
             await call()
         assert time.monotonic() - started < 2.5
+        assert not isinstance(info.value, EngineOutcomeUnknown), "not sent: not published"
     missed = await publish(b, "ch", "missed")
     assert missed == StreamPosition(2, before.epoch)
 
@@ -617,3 +626,110 @@ async def test_connection_loss_reports_state_fails_fast_and_recovers(
     await a.engine.close()
     await proxy.cut()
     assert a.rec.states == [False, True]  # close() reports nothing
+
+
+async def test_a_lost_ack_is_an_unknown_outcome_and_the_key_retry_finds_the_first(
+    make_node: NodeFactory,
+) -> None:
+    """The append reaches JetStream, its ack is lost: "unknown" (it was stored), and a retry
+    with the same key, after reconnecting, is answered with the first offset and epoch."""
+    proxy = Proxy()
+    await proxy.start()
+    a = await make_node("a", url=f"nats://{HOST}:{proxy.port}", reconnect_wait=0.2, timeout=0.5)
+    b = await make_node("b")
+    for node in (a, b):
+        await node.engine.subscribe("ch")
+
+    async def lose_the_ack(channel: str, data: str, options: PublishOptions, key: str) -> None:
+        # a knows the stream (for this window) and the channel's tip: the append goes out
+        await a.engine.publish_once(channel, pub("warm"), options, f"warm-{key}", 60.0)
+        proxy.muted = True
+        with pytest.raises(EngineOutcomeUnknown):
+            await a.engine.publish_once(channel, pub(data), options, key, 60.0)
+        await proxy.cut()  # fresh connections, not muted
+        proxy.muted = False
+        states = len(a.rec.states)
+        await proxy.start()
+        await eventually(lambda: a.rec.states[states:] == [False, True], timeout=15)
+
+    await lose_the_ack("ch", "one", HISTORY, "k")
+    assert b.rec.data("ch") == ["warm", "one"], "it was stored (and fanned out)"
+    for node in (a, b):
+        retry = await node.engine.publish_once("ch", pub("retry"), HISTORY, "k", 60.0)
+        assert retry.duplicate and retry.position is not None
+        assert retry.position.offset == 2 and retry.position.epoch
+    result = await b.engine.history("ch", options=HISTORY)
+    assert [p.data for p in result.publications] == ["warm", "one"]
+
+    # No note of the position (a never got the ack) and the record trimmed: the next record
+    # chains back to it. Retrying then notes it, so it outlives the next trim too.
+    one = PublishOptions(history_size=1, history_ttl=60.0, history_meta_ttl=600.0)
+    await lose_the_ack("last", "first", one, "k")
+    await publish(a, "last", "second", one)  # (by a: its tip stays known, no race to lose)
+    retry = await a.engine.publish_once("last", pub("retry"), one, "k", 60.0)
+    assert retry.duplicate and retry.position is not None and retry.position.offset == 2
+    await publish(a, "last", "third", one)
+    assert await b.engine.publish_once("last", pub("retry"), one, "k", 60.0) == retry
+    # ... and without even that: a duplicate still, of a position no longer known
+    await lose_the_ack("last", "lost", one, "k2")
+    for i in range(2):
+        await publish(a, "last", f"after-{i}", one)
+    unknown = await a.engine.publish_once("last", pub("retry"), one, "k2", 60.0)
+    assert unknown == PublishOnce(StreamPosition(0, ""), duplicate=True)
+    assert (await b.engine.history("last", options=one)).position.offset == 8
+
+
+async def test_a_duplicate_of_a_trimmed_or_removed_publication_keeps_its_position(
+    make_node: NodeFactory,
+) -> None:
+    a = await make_node("a")
+    b = await make_node("b")
+    small = PublishOptions(history_size=2, history_ttl=60.0, history_meta_ttl=600.0)
+    first = await a.engine.publish_once("t", pub("first"), small, "k", 60.0)
+    assert first.position is not None and first.position.offset == 1
+    for i in range(3):  # trims "first" from the stream (2 kept per channel)
+        await publish(a, "t", i, small)
+    assert [p.data for p in (await a.engine.history("t", options=small)).publications] == [1, 2]
+    for node in (a, b):
+        assert await node.engine.publish_once("t", pub("x"), small, "k", 60.0) == PublishOnce(
+            first.position, duplicate=True
+        )
+    removed = await a.engine.publish_once("r", pub("gone"), HISTORY, "k", 60.0)
+    await a.engine.remove_history("r")  # purged; a marker follows it
+    assert await b.engine.publish_once("r", pub("x"), HISTORY, "k", 60.0) == PublishOnce(
+        removed.position, duplicate=True
+    )
+
+
+async def test_dedup_windows_of_the_streams(
+    make_node: NodeFactory, nats_url: str, prefix: str
+) -> None:
+    a = await make_node("a")
+    short = PublishOptions(history_size=5, history_ttl=10.0, history_meta_ttl=20.0)
+    await a.engine.publish_once("h", pub(1), HISTORY, "k", 120.0)
+    await a.engine.publish_once("s", pub(1), short, "k", 120.0)
+    await a.engine.subscribe("live")
+    await a.engine.publish_once("live", pub(1), NO_HISTORY, "k", 120.0)
+    await eventually(lambda: a.rec.data("live") == [1])  # republished to this node too
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        history = (await js.stream_info(stream_name(prefix, HISTORY))).config
+        assert history.duplicate_window == 120.0
+        capped = (await js.stream_info(stream_name(prefix, short))).config
+        assert capped.duplicate_window == capped.max_age == 20.0  # not beyond the messages
+        live = (await js.stream_info(f"{prefix}_I")).config
+        assert (live.duplicate_window, live.max_age, live.max_msgs_per_subject) == (120, 120, 1)
+    finally:
+        await nc.close()
+    # a new window reconfigures the streams
+    await a.engine.publish_once("live", pub(2), NO_HISTORY, "k2", 30.0)
+    await a.engine.publish_once("h", pub(2), HISTORY, "k2", 30.0)
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        assert (await js.stream_info(f"{prefix}_I")).config.duplicate_window == 30.0
+        history = (await js.stream_info(stream_name(prefix, HISTORY))).config
+        assert history.duplicate_window == 30.0
+    finally:
+        await nc.close()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from pulsewire.hub.engines.base import Engine, EngineUnavailable
+from pulsewire.hub.engines.base import Engine, EngineOutcomeUnknown, EngineUnavailable
 from pulsewire.hub.engines.redis import RedisEngine
 from pulsewire.hub.types import ClientInfo, Publication, PublishOptions, StreamPosition
 
@@ -30,6 +32,7 @@ pytestmark = pytest.mark.timeout(60)
 on_redis = pytest.mark.parametrize("engine_kind", ["redis"], indirect=True)
 
 HISTORY = PublishOptions(history_size=10_000, history_ttl=60.0)
+NO_HISTORY = PublishOptions()
 
 
 def recorder(engine: Engine) -> Recorder:
@@ -295,6 +298,19 @@ async def private_redis() -> AsyncIterator[PrivateRedis]:
         await server.stop()
 
 
+@pytest.fixture
+def admin_of() -> Callable[[PrivateRedis], contextlib.AbstractAsyncContextManager[aioredis.Redis]]:
+    @contextlib.asynccontextmanager
+    async def open_admin(server: PrivateRedis) -> AsyncIterator[aioredis.Redis]:
+        client = aioredis.Redis.from_url(server.url, decode_responses=True)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+    return open_admin
+
+
 async def timed(call: Callable[[], Any]) -> float:
     started = time.monotonic()
     with pytest.raises(EngineUnavailable):
@@ -376,3 +392,159 @@ async def test_close_releases_everything(engine: Engine, admin: aioredis.Redis) 
     await eventually(gone)
     with pytest.raises(EngineUnavailable):
         await engine.publish("h", Publication(2), HISTORY)
+
+
+# -- idempotency and what a failed publish means -------------------------------------------
+
+
+@on_redis
+async def test_idempotency_keys_live_in_the_channel_slot_for_the_window(
+    cluster: Cluster, engine: Engine, admin: aioredis.Redis
+) -> None:
+    prefix = cluster.prefix
+    first = await engine.publish_once("room:1", Publication("x"), HISTORY, "order 17/é", 30.0)
+    assert first.position is not None and not first.duplicate
+    await engine.subscribe("live")
+    assert not (
+        await engine.publish_once("live", Publication("y"), NO_HISTORY, "k", 20.0)
+    ).duplicate
+    keyed = f"{prefix}:{{room:1}}:idem:order 17/é"
+    assert key_slot(keyed.encode()) == key_slot(f"{prefix}:{{room:1}}:stream".encode())
+    assert await admin.get(keyed) == f"1,{first.position.epoch}"
+    assert 29_000 < await admin.pttl(keyed) <= 30_000
+    live = f"{prefix}:{{live}}:idem:k"
+    assert await admin.get(live) == "1"
+    assert 19_000 < await admin.pttl(live) <= 20_000
+    # the first result is what the key holds: a retry reads it back
+    again = await engine.publish_once("room:1", Publication("z"), HISTORY, "order 17/é", 30.0)
+    assert again.position == first.position and again.duplicate
+
+
+@on_redis
+async def test_a_keyed_live_publish_needs_the_pubsub_connection(
+    cluster: Cluster, engine: Engine, admin: aioredis.Redis
+) -> None:
+    """This node gets keyed live publications through its pub/sub connection only: while it
+    is down, refuse (108) rather than publish to the other nodes alone."""
+    await engine.subscribe("live")
+    assert isinstance(engine, RedisEngine)
+    assert await kill(admin, engine, "pubsub") == 1
+    rec = recorder(engine)
+    await rec.wait_for(lambda: False in rec.states, what="unavailable")
+    if not engine.available:  # (it may be back already: then nothing to check)
+        with pytest.raises(EngineUnavailable) as info:
+            await engine.publish_once("live", Publication("x"), NO_HISTORY, "k", 10.0)
+        assert not isinstance(info.value, EngineOutcomeUnknown)
+        assert await admin.exists(f"{cluster.prefix}:{{live}}:idem:k") == 0
+    await rec.wait_for(lambda: rec.states == [False, True], what="available again")
+    assert not (
+        await engine.publish_once("live", Publication("y"), NO_HISTORY, "k", 10.0)
+    ).duplicate
+    await rec.wait_for(lambda: [p.data for p in rec.pubs("live")] == ["y"], what="the echo")
+
+
+async def test_publish_to_a_redis_that_is_gone_is_not_published(
+    private_redis: PrivateRedis, recorder_class: type[Recorder]
+) -> None:
+    """Connection refused: the command never left this process."""
+    engine = RedisEngine(private_redis.url, "pwtest", ping_interval=0.2, backoff_max=0.5)
+    engine.bind(recorder_class("a"), "gone")
+    await engine.start()
+    try:
+        await private_redis.stop()
+        calls = [
+            lambda: engine.publish("h", Publication(1), HISTORY),
+            lambda: engine.publish("p", Publication(1), NO_HISTORY),
+            lambda: engine.publish_once("h", Publication(1), HISTORY, "k", 10.0),
+            lambda: engine.publish_once("p", Publication(1), NO_HISTORY, "k", 10.0),
+        ]
+        for call in calls:
+            with pytest.raises(EngineUnavailable) as info:
+                await call()
+            assert not isinstance(info.value, EngineOutcomeUnknown), info.value
+    finally:
+        await engine.close()
+
+
+async def test_publish_with_the_pool_exhausted_is_not_published(
+    private_redis: PrivateRedis, recorder_class: type[Recorder], admin_of: Any
+) -> None:
+    engine = RedisEngine(private_redis.url, "pwtest", max_connections=1, command_timeout=0.3)
+    engine.bind(recorder_class("a"), "exhausted")
+    await engine.start()
+    assert engine._redis is not None
+    pool = engine._redis.connection_pool
+    held = await pool.get_connection()  # the only command connection
+    try:
+        with pytest.raises(EngineUnavailable) as info:
+            await engine.publish_once("h", Publication("x"), HISTORY, "k", 10.0)
+        assert not isinstance(info.value, EngineOutcomeUnknown), info.value
+    finally:
+        await pool.release(held)
+    async with admin_of(private_redis) as admin:
+        assert await admin.exists("pwtest:{h}:idem:k") == 0
+    outcome = await engine.publish_once("h", Publication("y"), HISTORY, "k", 10.0)
+    assert not outcome.duplicate and outcome.position is not None
+    assert outcome.position.offset == 1
+    await engine.close()
+
+
+async def test_a_publish_sent_to_a_stopped_redis_has_an_unknown_outcome(
+    private_redis: PrivateRedis, recorder_class: type[Recorder]
+) -> None:
+    """SIGSTOP: commands already written wait in the socket buffers and run when Redis
+    resumes, after the engine gave up on them. Those are "unknown" (and were applied); a
+    command that could not even get a connection is "not published" (and was not); a retry
+    with the key returns the first result and writes nothing."""
+    engine = RedisEngine(
+        private_redis.url, "pwtest", command_timeout=0.5, connect_timeout=0.5, ping_interval=0.3
+    )
+    rec = recorder_class("a")
+    engine.bind(rec, "stopped")
+    await engine.start()
+    process = private_redis.process
+    assert process is not None
+    try:
+        await engine.subscribe("h")
+        # two connected command connections in the pool
+        await asyncio.gather(*(engine.history(c, options=HISTORY) for c in ("x", "y")))
+        before = await engine.publish("h", Publication("before"), HISTORY)
+        assert before is not None
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            # at once, so that each takes one of the connected connections
+            outcomes = await asyncio.gather(
+                engine.publish_once("h", Publication("keyed"), HISTORY, "k", 60.0),
+                engine.publish("h", Publication("plain"), HISTORY),
+                return_exceptions=True,
+            )
+            assert [type(outcome) for outcome in outcomes] == [EngineOutcomeUnknown] * 2
+            with pytest.raises(EngineUnavailable) as info:  # no connected connection left
+                await engine.publish("h", Publication("never sent"), HISTORY)
+            assert not isinstance(info.value, EngineOutcomeUnknown), info.value
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+
+        async def stored() -> list[Any]:
+            try:
+                result = await engine.history("h", options=HISTORY)
+            except EngineUnavailable:
+                return []
+            return [p.data for p in result.publications]
+
+        await eventually(lambda: _async_len(stored, 3), timeout=10)
+        assert sorted(await stored(), key=str) == sorted(["before", "keyed", "plain"], key=str)
+        data = await stored()
+        keyed_offset = data.index("keyed") + 1
+        retry = await engine.publish_once("h", Publication("retry"), HISTORY, "k", 60.0)
+        assert retry.duplicate
+        assert retry.position == StreamPosition(keyed_offset, before.epoch)
+        assert await stored() == data, "the retry wrote nothing"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGCONT)
+        await engine.close()
+
+
+async def _async_len(read: Callable[[], Awaitable[list[Any]]], count: int) -> bool:
+    return len(await read()) >= count

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
-from .base import Engine, EngineHandler, EngineUnavailable
+from .base import (
+    Engine,
+    EngineHandler,
+    EngineOutcomeUnknown,
+    EngineUnavailable,
+    IdempotencyKeysFull,
+    PublishOnce,
+)
 from .memory import MemoryEngine
 
-__all__ = ["Engine", "EngineHandler", "EngineUnavailable", "MemoryEngine", "create_engine"]
+__all__ = [
+    "Engine",
+    "EngineHandler",
+    "EngineOutcomeUnknown",
+    "EngineUnavailable",
+    "IdempotencyKeysFull",
+    "MemoryEngine",
+    "PublishOnce",
+    "create_engine",
+]
 
 
 def create_engine(spec: str, *, prefix: str = "pulsewire") -> Engine:

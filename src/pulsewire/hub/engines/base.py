@@ -10,20 +10,61 @@ When the backing service goes away an engine keeps trying to reconnect (with bac
 reports ``on_engine_state(False)``, fails calls with :class:`EngineUnavailable`, and on
 return resubscribes to its channels and reports ``on_engine_state(True)``; the hub then
 fills gaps from history.
+
+A failed publish says whether it may have been applied: :class:`EngineUnavailable` means the
+command never reached the service (nothing was published, a retry is safe);
+:class:`EngineOutcomeUnknown` means it was sent and no answer came (it may have been
+published: only a retry with the same idempotency key is safe, see :meth:`Engine.publish_once`).
 """
 
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..types import ClientInfo, HistoryResult, Publication, PublishOptions, StreamPosition
 
-__all__ = ["Engine", "EngineHandler", "EngineUnavailable"]
+__all__ = [
+    "Engine",
+    "EngineHandler",
+    "EngineOutcomeUnknown",
+    "EngineUnavailable",
+    "IdempotencyKeysFull",
+    "PublishOnce",
+]
 
 
 class EngineUnavailable(Exception):
-    """The engine's service cannot be reached right now."""
+    """The engine's service cannot be reached right now.
+
+    Raised by a publish, it means the command was not sent (no connection, connection refused,
+    pool exhausted, service known down) or was refused by the service: nothing was published.
+    """
+
+
+class EngineOutcomeUnknown(EngineUnavailable):
+    """A publish was sent but no answer came (timeout, connection lost after sending).
+
+    The service may have applied it (e.g. a stopped Redis runs the commands queued on its
+    sockets once it resumes). Retrying without an idempotency key may publish twice; retrying
+    with the same key within the window is safe and returns the first result.
+    """
+
+
+class IdempotencyKeysFull(Exception):
+    """An engine that keeps idempotency keys in this process holds as many as it may:
+    the keyed publish was refused, nothing was published (retry later)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOnce:
+    """What :meth:`Engine.publish_once` did."""
+
+    position: StreamPosition | None
+    """The publication's position (history channels), the first one's for a duplicate."""
+    duplicate: bool
+    """True when the key was used for the channel within the window: nothing was published."""
 
 
 class EngineHandler(Protocol):
@@ -43,10 +84,11 @@ class Engine(abc.ABC):
 
     name = "engine"
     #: True for engines that connect nodes (Redis, NATS): for channels without history the
-    #: hub delivers to its own subscribers itself (so local delivery goes on while the service
-    #: is down), and the engine carries the publication to the other nodes only, skipping the
-    #: echo whose ``origin`` is this node. Publications of history channels always come back
-    #: through the engine, to every node, so that all nodes see them in offset order.
+    #: hub delivers publications without an idempotency key to its own subscribers itself (so
+    #: local delivery goes on while the service is down), and the engine carries the
+    #: publication to the other nodes only, skipping the echo whose ``origin`` is this node.
+    #: Publications of history channels always come back through the engine, to every node,
+    #: so that all nodes see them in offset order.
     local_fanout = False
 
     def __init__(self) -> None:
@@ -85,6 +127,24 @@ class Engine(abc.ABC):
 
         For history channels the engine assigns ``offset``/``prev`` and delivers the
         publication to every subscribed node, this one included, in offset order.
+        """
+
+    @abc.abstractmethod
+    async def publish_once(
+        self,
+        channel: str,
+        publication: Publication,
+        options: PublishOptions,
+        key: str,
+        window: float,
+    ) -> PublishOnce:
+        """Publish unless ``key`` was used for ``channel`` in the last ``window`` seconds, on
+        any node sharing the engine; the check is atomic with the write.
+
+        A duplicate publishes nothing and returns the first publication's position. Unlike
+        :meth:`publish`, a keyed publication reaches this node's subscribers through the
+        engine too (``local_fanout`` does not apply): it is delivered on every node if and
+        only if it was published. Keys are scoped by channel and by the engine's prefix.
         """
 
     @abc.abstractmethod

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..types import ClientInfo, HistoryResult, Publication, PublishOptions, StreamPosition
-from .base import Engine
+from .base import Engine, IdempotencyKeysFull, PublishOnce
 
 __all__ = ["MemoryEngine"]
 
@@ -27,14 +28,26 @@ class MemoryEngine(Engine):
     """History, presence and fan-out inside this process.
 
     Delivery is synchronous with publish, so offsets reach subscribers in order. Expiry is
-    checked lazily on access (no timers per channel).
+    checked lazily on access (no timers per channel). Idempotency keys live in a map of at
+    most ``max_idempotency_keys`` entries (~300 bytes each, whatever the key's length: 100,000
+    keys are ~30 MiB); a keyed publish that finds it full of unexpired keys is refused with
+    :class:`IdempotencyKeysFull`.
     """
 
     name = "memory"
 
-    def __init__(self, clock: Any = time.monotonic) -> None:
+    def __init__(self, clock: Any = time.monotonic, *, max_idempotency_keys: int = 100_000) -> None:
         super().__init__()
+        if max_idempotency_keys < 1:
+            raise ValueError("max_idempotency_keys must be at least 1")
         self._clock = clock
+        self.max_idempotency_keys = max_idempotency_keys
+        # digest of (channel, key) -> (expiry, first result), in insertion order, which is
+        # expiry order as long as the window does not shrink (then expiry is also checked on
+        # each hit).
+        self._once: collections.OrderedDict[bytes, tuple[float, StreamPosition | None]] = (
+            collections.OrderedDict()
+        )
         self._streams: dict[str, _Stream] = {}
         self._presence: dict[str, dict[str, tuple[ClientInfo, float]]] = {}
         self._subscribed: set[str] = set()
@@ -79,6 +92,33 @@ class MemoryEngine(Engine):
         if channel in self._subscribed and self.handler is not None:
             self.handler.on_publication(channel, publication)
         return position
+
+    async def publish_once(
+        self,
+        channel: str,
+        publication: Publication,
+        options: PublishOptions,
+        key: str,
+        window: float,
+    ) -> PublishOnce:
+        now = self._clock()
+        once = self._once
+        while once and next(iter(once.values()))[0] <= now:
+            once.popitem(last=False)
+        # A fixed-size digest: the map's memory does not depend on key or channel length.
+        digest = hashlib.blake2b(channel.encode() + b"\0" + key.encode(), digest_size=16).digest()
+        seen = once.get(digest)
+        if seen is not None and seen[0] > now:
+            return PublishOnce(seen[1], duplicate=True)
+        if seen is None and len(once) >= self.max_idempotency_keys:
+            raise IdempotencyKeysFull(
+                f"{len(once)} idempotency keys within the window: the most this engine keeps"
+            )
+        # publish() never suspends here: nothing can slip in between the check and the write.
+        position = await self.publish(channel, publication, options)
+        once.pop(digest, None)
+        once[digest] = (now + window, position)
+        return PublishOnce(position, duplicate=False)
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         if channel in self._subscribed and self.handler is not None:

@@ -20,6 +20,17 @@ Subjects (``T`` is the channel name escaped into one token, see :func:`encode_to
 * ``history()`` on an empty channel writes a marker record (offset 0, a new epoch) so the
   epoch it returns is the one the next publication gets; ``remove_history`` appends a marker
   with the current offset and epoch and purges the messages before it.
+* Idempotent publish: JetStream's message-id deduplication (``Nats-Msg-Id``, a digest of
+  channel and key). History channels: the append carries it, and the history streams'
+  ``duplicate_window`` is the idempotency window (at most their ``max_age``); a duplicate
+  ack names the first message's sequence, whose offset and epoch are returned. Channels
+  without history: keyed publications go through the stream ``{prefix}_I`` (subjects
+  ``{prefix}.i.T``, one message kept per channel for the window, deduplicated over it) that
+  republishes to ``{prefix}.c.T``, so the dedup check, the store and the fan-out are one
+  atomic step (a KV "create" followed by a core publish is not: a create whose ack is lost
+  would take the key with nothing published). The first position of a keyed history
+  publication is also noted in ``{prefix}_K`` (``{prefix}.k.<msg id>``, for the window), for
+  retries that come after the publication was trimmed from history.
 * Presence: the stream ``{prefix}_P``, subject ``{prefix}.p.T.C`` per client ``C`` (last
   message kept), value = ClientInfo and ttl. An entry counts while its server timestamp + ttl
   lies ahead, so entries of a dead node expire without it; ``max_age`` is the largest ttl seen.
@@ -30,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -62,7 +74,7 @@ from nats.js.api import (
 )
 
 from ..types import ClientInfo, HistoryResult, Publication, PublishOptions, StreamPosition
-from .base import Engine, EngineUnavailable
+from .base import Engine, EngineOutcomeUnknown, EngineUnavailable, PublishOnce
 
 __all__ = ["NatsEngine", "decode_token", "encode_token"]
 
@@ -71,6 +83,20 @@ log = logging.getLogger(__name__)
 _SAFE = frozenset(chr(c) for c in range(0x21, 0x7F)) - set(".*>%")
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+")
 _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+_MSG_ID = "Nats-Msg-Id"
+#: Errors of ``js.publish`` raised before the request left this process: nothing was stored.
+#: A reply (APIError) or "no responders" also says nothing was stored; anything else after
+#: sending (a timeout above all) leaves the outcome unknown.
+_NOT_SENT = (
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.MaxPayloadError,
+    nats.errors.BadSubjectError,
+    nats.errors.BadHeaderError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.Error,  # APIError (a reply) and NoStreamResponseError (no responders)
+)
 _WRONG_LAST = 10071  # JetStream error codes
 _NAME_IN_USE = 10058
 _NO_STREAM = 10059
@@ -95,6 +121,20 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _msg_id(channel: str, key: str) -> str:
+    """A header-safe message id for ``key`` in ``channel`` (dedup is per stream, and a
+    history stream holds many channels)."""
+    return hashlib.sha256(channel.encode() + b"\0" + key.encode()).hexdigest()
+
+
+class _Duplicate(Exception):
+    """A JetStream append was answered as a duplicate of the message at ``seq``."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(seq)
+        self.seq = seq
+
+
 def _pub_dict(pub: Publication) -> dict[str, Any]:
     d = pub.to_dict()
     if isinstance(pub.data, (bytes, bytearray)):
@@ -114,6 +154,7 @@ class _Stream:
     name: str
     subject: str  # a channel's subject is f"{subject}.{token}"
     age: float  # seconds a channel's offset and epoch live after its last publication
+    window: float  # the idempotency window it was configured with
 
 
 @dataclass
@@ -183,6 +224,10 @@ class NatsEngine(Engine):
         self._contended: dict[str, float] = {}  # channel -> time.monotonic() of a lost race
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._presence_age = 0.0  # max_age of the presence stream, as far as we know
+        # The idempotency window the streams are configured with: the last one publish_once
+        # was given (history reads create streams too).
+        self._window = 300.0
+        self._keyed_windows: dict[str, float] = {}  # {prefix}_I and _K: window configured
         self._up = False
         self._closing = False
 
@@ -305,11 +350,11 @@ class NatsEngine(Engine):
             env = json.loads(msg.data)
             kind = env["t"]
             headers = msg.headers or {}
-            if "Nats-Sequence" in headers:  # republished from a history stream: a tip hint
+            if "Nats-Sequence" in headers and "ps" in env:  # from a history stream: a tip hint
                 seq = int(headers["Nats-Sequence"])
                 self._set_tip(channel, _tip(headers["Nats-Subject"], seq, time.time(), env))
             if kind == "p":
-                if env.get("n") == self.node_id:
+                if env.get("n") == self.node_id and not env.get("echo"):
                     return  # no history: the hub delivered it locally already
                 self.handler.on_publication(channel, _pub_from(env["d"]))
             elif kind == "j":
@@ -346,6 +391,147 @@ class NatsEngine(Engine):
         assert tip is not None
         return StreamPosition(tip.offset, tip.epoch)
 
+    async def publish_once(
+        self,
+        channel: str,
+        publication: Publication,
+        options: PublishOptions,
+        key: str,
+        window: float,
+    ) -> PublishOnce:
+        msg_id = _msg_id(channel, key)
+        self._window = window
+        if not options.history:
+            return await self._publish_once_live(channel, publication, msg_id, window)
+
+        def build(tip: _Tip | None) -> dict[str, Any]:
+            base, epoch = (tip.offset, tip.epoch) if tip else (0, secrets.token_hex(6))
+            publication.offset, publication.prev, publication.epoch = base + 1, base, epoch
+            return {"t": "p", "d": _pub_dict(publication)}
+
+        async with self._lock(channel):
+            with self._errors():
+                await self._keyed_stream("K", window)  # before: a failure here publishes nothing
+                try:
+                    tip = await self._append(channel, options, build, use_hint=True, msg_id=msg_id)
+                except _Duplicate as dup:
+                    stream = await self._stream(options)
+                    subject = f"{stream.subject}.{encode_token(channel)}"
+                    position = await self._first(stream, subject, dup.seq, msg_id)
+                    return PublishOnce(position, duplicate=True)
+        assert tip is not None
+        position = StreamPosition(tip.offset, tip.epoch)
+        await self._remember(msg_id, position)
+        return PublishOnce(position, duplicate=False)
+
+    async def _remember(self, msg_id: str, position: StreamPosition) -> None:
+        """Note the first position of a key in ``{prefix}_K`` for the window, for retries that
+        come once the publication is trimmed from history. Best effort (a core publish, no
+        round trip): a lost note only costs :meth:`_first` its fallbacks."""
+        nc = self._nc
+        if nc is not None and nc.is_connected and position.epoch:
+            with contextlib.suppress(nats.errors.Error, OSError):
+                note = f"{position.offset},{position.epoch}".encode()
+                await nc.publish(f"{self.prefix}.k.{msg_id}", note)
+
+    async def _first(self, stream: _Stream, subject: str, seq: int, msg_id: str) -> StreamPosition:
+        """The position of the record at ``seq``: the first publication with the key.
+
+        Read from the record itself; once it is trimmed (``history_size``), from the note of
+        :meth:`_remember`; without a note (the first publisher never got its ack), from the
+        subject's next record if it chains back to it (``ps == seq``: one offset more, or a
+        removal marker with its offset). Otherwise the position is not known any more:
+        ``(0, "")``, still a duplicate (nothing was published)."""
+        _, js = self._conn()
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            raw = await js.get_msg(stream.name, seq=seq)
+            if raw.subject == subject:
+                record = json.loads(raw.data or b"{}")
+                if record.get("t") == "p":
+                    d = record["d"]
+                    position = StreamPosition(int(d["offset"]), str(d["epoch"]))
+                    return await self._found(msg_id, position)
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            raw = await js.get_last_msg(f"{self.prefix}_K", f"{self.prefix}.k.{msg_id}")
+            offset, _, epoch = (raw.data or b"").decode().partition(",")
+            if offset.isdigit() and epoch:
+                return StreamPosition(int(offset), epoch)
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            raw = await js.get_msg(stream.name, seq=seq, subject=subject, next=True)
+            record = json.loads(raw.data or b"{}")
+            if record.get("ps") == seq:
+                if record.get("t") == "x" and int(record["o"]) > 0:
+                    position = StreamPosition(int(record["o"]), str(record["e"]))
+                    return await self._found(msg_id, position)
+                if record.get("t") == "p" and int(record["d"]["offset"]) > 1:
+                    d = record["d"]
+                    position = StreamPosition(int(d["offset"]) - 1, str(d["epoch"]))
+                    return await self._found(msg_id, position)
+        return StreamPosition(0, "")
+
+    async def _found(self, msg_id: str, position: StreamPosition) -> StreamPosition:
+        await self._remember(msg_id, position)  # the next retry may come after a trim
+        return position
+
+    async def _publish_once_live(
+        self, channel: str, publication: Publication, msg_id: str, window: float
+    ) -> PublishOnce:
+        """A keyed publish without history: stored in ``{prefix}_I`` (deduplicated there), and
+        republished by the server to every node's fan-out subject, this one's included."""
+        _, js = self._conn()
+        env = {"t": "p", "n": self.node_id, "echo": 1, "d": _pub_dict(publication)}
+        subject = f"{self.prefix}.i.{encode_token(channel)}"
+        payload, headers = _dumps(env), {_MSG_ID: msg_id}
+        with self._errors():
+            await self._keyed_stream("I", window)
+            try:
+                ack = await self._store(js, subject, payload, headers)
+            except nats.js.errors.NoStreamResponseError:  # deleted meanwhile: recreate
+                await self._keyed_stream("I", window, force=True)
+                ack = await self._store(js, subject, payload, headers)
+        return PublishOnce(None, duplicate=bool(ack.duplicate))
+
+    async def _keyed_stream(self, kind: str, window: float, force: bool = False) -> None:
+        """Create, or reconfigure for a new window, ``{prefix}_I`` (keyed publications without
+        history, republished to the fan-out subjects) or ``{prefix}_K`` (notes of first
+        positions). One message per subject, kept and deduplicated for the window."""
+        name = f"{self.prefix}_{kind}"
+        if self._keyed_windows.get(name) == window and not force:
+            return
+        _, js = self._conn()
+        subjects = f"{self.prefix}.{kind.lower()}.>"
+        config = StreamConfig(
+            name=name,
+            subjects=[subjects],
+            max_msgs_per_subject=1,  # the dedup memory outlives the messages: keep one
+            max_age=window,
+            duplicate_window=window,
+            storage=self._storage,
+            num_replicas=self._replicas,
+            discard=DiscardPolicy.OLD,
+            republish=RePublish(src=subjects, dest=f"{self.prefix}.c.>") if kind == "I" else None,
+        )
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != _NAME_IN_USE:
+                raise
+            await js.update_stream(config)
+        self._keyed_windows[name] = window
+
+    async def _store(
+        self, js: JetStreamContext, subject: str, payload: bytes, headers: dict[str, str]
+    ) -> Any:
+        """``js.publish``, raising :class:`EngineOutcomeUnknown` when the request was sent and
+        no answer came (it may have been stored: only a retry with the same message id, i.e.
+        the same idempotency key, is safe)."""
+        try:
+            return await js.publish(subject, payload, self._timeout, headers=headers)
+        except _NOT_SENT:
+            raise
+        except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+            raise EngineOutcomeUnknown(f"NATS: sent, no answer: {exc!r}") from exc
+
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         await self._send(self._fan_subject(channel), {"t": "j", "d": info.to_dict()})
 
@@ -366,8 +552,10 @@ class NatsEngine(Engine):
         """The history stream for ``options``, created when missing (or when ``force``)."""
         size = options.history_size
         age_ms = max(1, round(max(options.history_ttl, options.history_meta_ttl) * 1000))
+        # Dedup must not outlive the messages (JetStream refuses a longer duplicate_window).
+        window = min(self._window, age_ms / 1000)
         stream = self._streams.get((size, age_ms))
-        if stream is not None and not force:
+        if stream is not None and not force and stream.window == window:
             return stream
         _, js = self._conn()
         name, subject = f"{self.prefix}_H_{size}_{age_ms}", f"{self.prefix}.h.{size}_{age_ms}"
@@ -379,6 +567,7 @@ class NatsEngine(Engine):
             storage=self._storage,
             num_replicas=self._replicas,
             discard=DiscardPolicy.OLD,
+            duplicate_window=window,
             republish=RePublish(src=f"{subject}.>", dest=f"{self.prefix}.c.>"),
         )
         try:
@@ -390,7 +579,7 @@ class NatsEngine(Engine):
                 await js.update_stream(config)
             except nats.js.errors.APIError:
                 log.warning("NATS stream %s exists with another configuration", name)
-        stream = self._streams[(size, age_ms)] = _Stream(name, subject, age_ms / 1000)
+        stream = self._streams[(size, age_ms)] = _Stream(name, subject, age_ms / 1000, window)
         return stream
 
     async def _read_tip(self, stream: _Stream, subject: str) -> _Tip | None:
@@ -418,10 +607,15 @@ class NatsEngine(Engine):
         options: PublishOptions,
         build: Callable[[_Tip | None], dict[str, Any] | None],
         use_hint: bool = False,
+        msg_id: str | None = None,
     ) -> _Tip | None:
         """Compare-and-set append of ``build(tip)`` to the channel's history, where ``tip``
         is its last record unless there is none or it is older than the stream's age (then the
-        channel starts over). ``build`` returning None writes nothing. Returns the new tip."""
+        channel starts over). ``build`` returning None writes nothing. Returns the new tip.
+
+        With ``msg_id`` every attempt carries it: JetStream checks it before the expected
+        sequence, so once one attempt was stored (even one whose ack was lost) the others are
+        answered as duplicates, raised as :class:`_Duplicate` with the stored sequence."""
         _, js = self._conn()
         stream = await self._stream(options)
         subject = f"{stream.subject}.{encode_token(channel)}"
@@ -445,8 +639,10 @@ class NatsEngine(Engine):
                     return live
                 record["ps"] = tip.seq if tip else 0
                 headers = {_EXPECTED_LAST: str(record["ps"])}
+                if msg_id is not None:
+                    headers[_MSG_ID] = msg_id
                 sent = time.monotonic()
-                ack = await js.publish(subject, _dumps(record), self._timeout, headers=headers)
+                ack = await self._store(js, subject, _dumps(record), headers)
             except (nats.js.errors.NoStreamResponseError, nats.js.errors.NotFoundError):
                 stream, known = await self._stream(options, force=True), False  # recreate
                 continue
@@ -466,6 +662,8 @@ class NatsEngine(Engine):
             except BaseException:
                 self._tips.pop(channel, None)  # the outcome is unknown
                 raise
+            if ack.duplicate:
+                raise _Duplicate(ack.seq)
             new = _tip(subject, ack.seq, time.time(), record)
             self._set_tip(channel, new)
             return new

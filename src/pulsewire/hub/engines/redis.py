@@ -9,9 +9,14 @@
   PUBLISHes the publication, so every node receives a channel's publications in offset order.
 * Presence: a hash (client id -> ClientInfo JSON) and a sorted set (client id -> expiry, in
   Redis time) per channel; expired members are removed when presence is read.
+* Idempotent publish: the key ``{prefix}:{<channel>}:idem:<key>`` (the channel's hash slot)
+  is checked and set by the same script that writes, so a retry never writes twice; it holds
+  the first ``offset,epoch`` for ``window`` ms. Keyed publications of channels without
+  history are delivered to this node through Redis too (their echo is not skipped).
 * Faults: commands fail fast with :class:`EngineUnavailable` (socket timeouts, no retries);
-  the pub/sub reader pings an idle connection, reconnects with exponential backoff and jitter,
-  resubscribes and only then reports ``on_engine_state(True)``.
+  a publish that was sent and got no answer raises :class:`EngineOutcomeUnknown` instead.
+  The pub/sub reader pings an idle connection, reconnects with exponential backoff and
+  jitter, resubscribes and only then reports ``on_engine_state(True)``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import json
 import logging
 import random
@@ -33,11 +39,11 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..types import ClientInfo, HistoryResult, Publication, PublishOptions, StreamPosition
 from . import redis_scripts
-from .base import Engine, EngineUnavailable
+from .base import Engine, EngineOutcomeUnknown, EngineUnavailable, PublishOnce
 
 __all__ = ["RedisEngine"]
 
@@ -52,6 +58,16 @@ def _dumps(value: Any) -> str:
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+async def _get_connection(pool: aioredis.ConnectionPool) -> AbstractConnection:
+    """A connected connection from ``pool`` (redis-py < 5.3 wants a command name, later
+    versions warn when given one)."""
+    get: Any = pool.get_connection
+    command_name = inspect.signature(get).parameters.get("command_name")
+    if command_name is not None and command_name.default is inspect.Parameter.empty:
+        return cast(AbstractConnection, await get("_"))
+    return cast(AbstractConnection, await get())
 
 
 @contextlib.contextmanager
@@ -179,6 +195,7 @@ class RedisEngine(Engine):
         self._redis = aioredis.Redis.from_pool(pool)
         self._scripts = {
             "publish": self._redis.register_script(redis_scripts.PUBLISH),
+            "publish_once": self._redis.register_script(redis_scripts.PUBLISH_ONCE),
             "history": self._redis.register_script(redis_scripts.HISTORY),
             "presence_add": self._redis.register_script(redis_scripts.PRESENCE_ADD),
             "presence_get": self._redis.register_script(redis_scripts.PRESENCE_GET),
@@ -346,8 +363,9 @@ class RedisEngine(Engine):
             envelope = json.loads(data)
             kind = envelope.pop("t", None)
             if kind == "p":
+                echo = envelope.pop("echo", False)
                 publication = Publication.from_dict(envelope)
-                if publication.offset == 0 and publication.origin == self.node_id:
+                if publication.offset == 0 and publication.origin == self.node_id and not echo:
                     return  # our own echo: the hub has delivered it locally already
                 handler.on_publication(channel, publication)
             elif kind == "j":
@@ -427,31 +445,106 @@ class RedisEngine(Engine):
         out["origin"] = self.node_id
         return _dumps(out)
 
+    async def _send_once(self, *command: Any) -> Any:
+        """Run one command on a pooled connection, without retry, and say how it failed:
+        :class:`EngineUnavailable` when it was not sent (no connection could be had: refused,
+        handshake failed or timed out, pool exhausted) or Redis refused it with an error reply;
+        :class:`EngineOutcomeUnknown` when it was sent and no reply came (read timeout,
+        connection lost), since Redis may run it anyway (a stopped server runs what is queued
+        on its sockets when it resumes). :class:`NoScriptError` is raised as is."""
+        pool = self._client().connection_pool
+        try:
+            conn = await _get_connection(pool)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise EngineUnavailable(f"redis: not sent: {exc}") from exc
+        try:
+            # Both calls disconnect the connection when they fail or are cancelled, so a late
+            # reply can never be read as the answer to another command.
+            await conn.send_command(*command, check_health=False)
+            return await conn.read_response()
+        except NoScriptError:
+            raise
+        except ResponseError as exc:
+            # An error reply: refused before running (OOM, BUSY, LOADING, READONLY...). The
+            # scripts raise no errors of their own.
+            raise EngineUnavailable(f"redis: refused: {exc}") from exc
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise EngineOutcomeUnknown(f"redis: sent, no answer: {exc}") from exc
+        finally:
+            await pool.release(conn)
+
+    async def _eval_once(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """A publish script through :meth:`_send_once` (EVAL when Redis lost the script)."""
+        lua = self._scripts[script]
+        try:
+            return await self._send_once("EVALSHA", lua.sha, len(keys), *keys, *args)
+        except NoScriptError:  # refused before running: nothing was done
+            return await self._send_once("EVAL", lua.script, len(keys), *keys, *args)
+
     async def publish(
         self, channel: str, publication: Publication, options: PublishOptions
     ) -> StreamPosition | None:
         body = self._encode(publication)
         if not options.history:
-            client = self._client()
-            with _unavailable():
-                await client.publish(self._pubsub_name(channel), '{"t":"p",' + body[1:])
+            await self._send_once("PUBLISH", self._pubsub_name(channel), '{"t":"p",' + body[1:])
             return None
-        offset, epoch = await self._script(
-            "publish",
-            [self._key(channel, "stream"), self._key(channel, "meta")],
-            [
-                body,
-                options.history_size,
-                _ms(options.history_ttl),
-                _ms(max(options.history_meta_ttl, options.history_ttl)),
-                secrets.token_hex(4),
-                self._pubsub_name(channel),
-            ],
+        position, _ = await self._publish_history(channel, publication, options, body)
+        return position
+
+    async def _publish_history(
+        self,
+        channel: str,
+        publication: Publication,
+        options: PublishOptions,
+        body: str,
+        key: str | None = None,
+        window: float = 0.0,
+    ) -> tuple[StreamPosition, bool]:
+        keys = [self._key(channel, "stream"), self._key(channel, "meta")]
+        args: list[Any] = [
+            body,
+            options.history_size,
+            _ms(options.history_ttl),
+            _ms(max(options.history_meta_ttl, options.history_ttl)),
+            secrets.token_hex(4),
+            self._pubsub_name(channel),
+        ]
+        if key is not None:
+            keys.append(self._key(channel, f"idem:{key}"))
+            args.append(_ms(window))
+        offset, epoch, seen = await self._eval_once("publish", keys, args)
+        position = StreamPosition(int(offset), epoch.decode())
+        if not seen:
+            publication.offset = position.offset
+            publication.prev = position.offset - 1
+            publication.epoch = position.epoch
+        return position, bool(seen)
+
+    async def publish_once(
+        self,
+        channel: str,
+        publication: Publication,
+        options: PublishOptions,
+        key: str,
+        window: float,
+    ) -> PublishOnce:
+        body = self._encode(publication)
+        if options.history:
+            position, seen = await self._publish_history(
+                channel, publication, options, body, key, window
+            )
+            return PublishOnce(position, seen)
+        if not self._available:
+            # Delivered here only through our pub/sub connection: while it is down, local
+            # subscribers would miss a publication the other nodes get.
+            raise EngineUnavailable("redis pub/sub connection down: not published")
+        message = '{"t":"p","echo":1,' + body[1:]
+        published = await self._eval_once(
+            "publish_once",
+            [self._key(channel, f"idem:{key}")],
+            [_ms(window), self._pubsub_name(channel), message],
         )
-        publication.offset = int(offset)
-        publication.prev = publication.offset - 1
-        publication.epoch = epoch.decode()
-        return StreamPosition(publication.offset, publication.epoch)
+        return PublishOnce(None, duplicate=not published)
 
     async def _publish_event(self, channel: str, kind: str, info: ClientInfo) -> None:
         message = _dumps({"t": kind, "info": info.to_dict(), "origin": self.node_id})

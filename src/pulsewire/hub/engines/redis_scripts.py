@@ -8,13 +8,23 @@ on presence expiry. Stream entry ids are ``<offset>-0``: the offset is the id, w
 
 from __future__ import annotations
 
-__all__ = ["HISTORY", "PRESENCE_ADD", "PRESENCE_GET", "PUBLISH"]
+__all__ = ["HISTORY", "PRESENCE_ADD", "PRESENCE_GET", "PUBLISH", "PUBLISH_ONCE"]
 
-#: KEYS: stream, meta. ARGV: publication JSON without offset/prev/epoch, history size, stream TTL
-#: (ms), meta TTL (ms), epoch to use if the stream is new, pub/sub channel.
-#: Returns {offset, epoch}. The PUBLISH happens inside the script, so pub/sub delivery order
-#: is offset order on every node.
+#: KEYS: stream, meta, and for a keyed publish the idempotency key (same hash tag).
+#: ARGV: publication JSON without offset/prev/epoch, history size, stream TTL (ms), meta TTL
+#: (ms), epoch to use if the stream is new, pub/sub channel, idempotency window (ms).
+#: Returns {offset, epoch, 1 if the key was seen (nothing written) else 0}. The PUBLISH happens
+#: inside the script, so pub/sub delivery order is offset order on every node; the key is
+#: checked and set in the same script, so a retry can never write twice. The key stores the
+#: first result ("offset,epoch"), returned to every retry until it expires.
 PUBLISH = """
+if KEYS[3] then
+  local seen = redis.call('get', KEYS[3])
+  if seen then
+    local comma = string.find(seen, ',', 1, true)
+    return {tonumber(string.sub(seen, 1, comma - 1)), string.sub(seen, comma + 1), 1}
+  end
+end
 local epoch = redis.call('hget', KEYS[2], 'epoch')
 if not epoch then
   epoch = ARGV[5]
@@ -28,7 +38,20 @@ redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], string.format('%d-0', offset), 'p
 redis.call('pexpire', KEYS[1], ARGV[3])
 redis.call('pexpire', KEYS[2], ARGV[4])
 redis.call('publish', ARGV[6], '{"t":"p",' .. string.sub(body, 2))
-return {offset, epoch}
+if KEYS[3] then
+  redis.call('set', KEYS[3], string.format('%d,%s', offset, epoch), 'PX', ARGV[7])
+end
+return {offset, epoch, 0}
+"""
+
+#: A keyed publish to a channel without history. KEYS: the idempotency key. ARGV: window (ms),
+#: pub/sub channel, message. Returns 1 if published, 0 if the key was seen (nothing sent).
+PUBLISH_ONCE = """
+if redis.call('set', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
+  redis.call('publish', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
 """
 
 #: KEYS: stream, meta. ARGV: since offset ('' = from the start), limit (negative = all),
