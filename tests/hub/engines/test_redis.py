@@ -422,20 +422,26 @@ async def test_idempotency_keys_live_in_the_channel_slot_for_the_window(
 
 @on_redis
 async def test_a_keyed_live_publish_needs_the_pubsub_connection(
-    cluster: Cluster, engine: Engine, admin: aioredis.Redis
+    cluster: Cluster, engine: Engine, admin: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """This node gets keyed live publications through its pub/sub connection only: while it
     is down, refuse (108) rather than publish to the other nodes alone."""
-    await engine.subscribe("live")
     assert isinstance(engine, RedisEngine)
+    await engine.subscribe("live")
+    reopen = engine._open_session
+
+    async def refused() -> Any:
+        raise EngineUnavailable("test: no pub/sub connection for now")
+
+    monkeypatch.setattr(engine, "_open_session", refused)
     assert await kill(admin, engine, "pubsub") == 1
     rec = recorder(engine)
-    await rec.wait_for(lambda: False in rec.states, what="unavailable")
-    if not engine.available:  # (it may be back already: then nothing to check)
-        with pytest.raises(EngineUnavailable) as info:
-            await engine.publish_once("live", Publication("x"), NO_HISTORY, "k", 10.0)
-        assert not isinstance(info.value, EngineOutcomeUnknown)
-        assert await admin.exists(f"{cluster.prefix}:{{live}}:idem:k") == 0
+    await rec.wait_for(lambda: rec.states == [False], what="unavailable")
+    with pytest.raises(EngineUnavailable) as info:
+        await engine.publish_once("live", Publication("x"), NO_HISTORY, "k", 10.0)
+    assert not isinstance(info.value, EngineOutcomeUnknown)
+    assert await admin.exists(f"{cluster.prefix}:{{live}}:idem:k") == 0
+    monkeypatch.setattr(engine, "_open_session", reopen)
     await rec.wait_for(lambda: rec.states == [False, True], what="available again")
     assert not (
         await engine.publish_once("live", Publication("y"), NO_HISTORY, "k", 10.0)
