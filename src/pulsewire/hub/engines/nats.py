@@ -380,14 +380,9 @@ class NatsEngine(Engine):
             await self._send(self._fan_subject(channel), env)
             return None
 
-        def build(tip: _Tip | None) -> dict[str, Any]:
-            base, epoch = (tip.offset, tip.epoch) if tip else (0, secrets.token_hex(6))
-            publication.offset, publication.prev, publication.epoch = base + 1, base, epoch
-            return {"t": "p", "d": _pub_dict(publication)}
-
         async with self._lock(channel):
             with self._errors():
-                tip = await self._append(channel, options, build, use_hint=True)
+                tip = await self._append(channel, options, _record(publication), use_hint=True)
         assert tip is not None
         return StreamPosition(tip.offset, tip.epoch)
 
@@ -404,11 +399,7 @@ class NatsEngine(Engine):
         if not options.history:
             return await self._publish_once_live(channel, publication, msg_id, window)
 
-        def build(tip: _Tip | None) -> dict[str, Any]:
-            base, epoch = (tip.offset, tip.epoch) if tip else (0, secrets.token_hex(6))
-            publication.offset, publication.prev, publication.epoch = base + 1, base, epoch
-            return {"t": "p", "d": _pub_dict(publication)}
-
+        build = _record(publication)
         async with self._lock(channel):
             with self._errors():
                 await self._keyed_stream("K", window)  # before: a failure here publishes nothing
@@ -858,6 +849,18 @@ def _raw_tip(raw: RawStreamMsg) -> _Tip:
 def _stream_name(tip: _Tip) -> str:
     prefix, _, key, _ = tip.subject.split(".", 3)  # {prefix}.h.{key}.{token}
     return f"{prefix}_H_{key}"
+
+
+def _record(publication: Publication) -> Callable[[_Tip | None], dict[str, Any]]:
+    """The builder of ``publication``'s history record: it follows ``tip`` (or starts a new
+    epoch), and the publication gets the offset, prev and epoch of the record."""
+
+    def build(tip: _Tip | None) -> dict[str, Any]:
+        base, epoch = (tip.offset, tip.epoch) if tip else (0, secrets.token_hex(6))
+        publication.offset, publication.prev, publication.epoch = base + 1, base, epoch
+        return {"t": "p", "d": _pub_dict(publication)}
+
+    return build
 
 
 def _start_marker(tip: _Tip | None) -> dict[str, Any] | None:

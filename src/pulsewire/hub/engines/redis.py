@@ -60,14 +60,20 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+_NAMED_GET: dict[type, bool] = {}
+
+
 async def _get_connection(pool: aioredis.ConnectionPool) -> AbstractConnection:
     """A connected connection from ``pool`` (redis-py < 5.3 wants a command name, later
     versions warn when given one)."""
     get: Any = pool.get_connection
-    command_name = inspect.signature(get).parameters.get("command_name")
-    if command_name is not None and command_name.default is inspect.Parameter.empty:
-        return cast(AbstractConnection, await get("_"))
-    return cast(AbstractConnection, await get())
+    named = _NAMED_GET.get(type(pool))
+    if named is None:
+        param = inspect.signature(get).parameters.get("command_name")
+        named = _NAMED_GET[type(pool)] = (
+            param is not None and param.default is inspect.Parameter.empty
+        )
+    return cast(AbstractConnection, await (get("_") if named else get()))
 
 
 @contextlib.contextmanager
