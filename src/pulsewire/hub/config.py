@@ -113,6 +113,9 @@ class HubConfig:
     idempotency_window: float = 300.0
     """Seconds a publish's ``idempotency_key`` is remembered, per channel, on every node: a
     retry with the same key within it returns the first result and publishes nothing."""
+    node_announce_interval: float = 5.0
+    """Seconds between a node's announcements to the others; a node silent for 3 intervals
+    is declared dead (its presence removed, leave pushed for its clients)."""
 
     def __post_init__(self) -> None:
         if self.rate_limit_policy not in ("disconnect", "drop"):
@@ -124,6 +127,8 @@ class HubConfig:
         object.__setattr__(
             self, "auth_failures_trusted_proxies", tuple(self.auth_failures_trusted_proxies)
         )
+        if not 0 < self.node_announce_interval < float("inf"):
+            raise ValueError("node_announce_interval must be a positive number of seconds")
 
     @property
     def command_rate(self) -> tuple[float, float]:

@@ -86,6 +86,28 @@ class HubMetrics:
             "Keyed publishes refused: the in-memory engine holds its maximum of keys (106)",
             registry=r,
         )
+        self.dead_nodes = Counter(
+            "pulsewire_dead_nodes",
+            "Other nodes this node saw die (silent for 3 announce intervals, or declared dead"
+            " by another node)",
+            registry=r,
+        )
+        self.dead_node_presence_removed = Counter(
+            "pulsewire_dead_node_presence_removed",
+            "Presence entries of dead (or departed) nodes removed by this node",
+            registry=r,
+        )
+        self.dead_node_leaves = Counter(
+            "pulsewire_dead_node_leaves",
+            "Leaves for clients of dead (or departed) nodes: published by this node (channels"
+            " with presence) or pushed to its own subscribers (channels without)",
+            registry=r,
+        )
+        self.node_rejoins = Counter(
+            "pulsewire_node_rejoins",
+            "Times this node learned it had been declared dead and rejoined under a new id",
+            registry=r,
+        )
         self.traffic: dict[str, list[int]] = {}
         """Per transport: [messages in, bytes in, messages out, bytes out], plain ints bumped
         on the per-message path and turned into counters only when /metrics is scraped."""

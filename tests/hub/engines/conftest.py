@@ -79,6 +79,8 @@ class Recorder:
         self.name = name
         self.publications: list[tuple[str, Publication]] = []
         self.joins: list[tuple[str, ClientInfo]] = []
+        self.join_nodes: list[str] = []
+        """The ``node`` of each join, in the same order."""
         self.leaves: list[tuple[str, ClientInfo]] = []
         self.controls: list[dict[str, Any]] = []
         self.states: list[bool] = []
@@ -88,8 +90,9 @@ class Recorder:
         self.publications.append((channel, publication))
         self._changed.set()
 
-    def on_join(self, channel: str, info: ClientInfo) -> None:
+    def on_join(self, channel: str, info: ClientInfo, node: str = "") -> None:
         self.joins.append((channel, info))
+        self.join_nodes.append(node)
         self._changed.set()
 
     def on_leave(self, channel: str, info: ClientInfo) -> None:

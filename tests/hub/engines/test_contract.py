@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pulsewire.hub.engines.base import Engine, PublishOnce
+from pulsewire.hub.engines.base import Engine, IndexedChannels, PresenceAdd, PublishOnce
 from pulsewire.hub.types import ClientInfo, Publication, PublishOptions, StreamPosition
 
 if TYPE_CHECKING:
@@ -410,3 +410,152 @@ async def test_presence_expiry(engine: Engine) -> None:
     await asyncio.sleep(0.5)
     assert await engine.presence("room") == {"c2": long_lived}
     assert await engine.presence_stats("room") == (1, 1)
+
+
+# -- presence owners: what a dead node's survivors rely on ---------------------------------
+
+
+async def test_add_presence_reports_what_it_found(cluster: Cluster, engine: Engine) -> None:
+    other = (await cluster.up_to(2))[-1]
+    info = ClientInfo("c1", "u1")
+    assert await engine.add_presence("room", info, 30.0, "n1") is PresenceAdd.CREATED
+    assert await engine.add_presence("room", info, 30.0, "n1") is PresenceAdd.REFRESHED
+    assert await other.add_presence("room", info, 30.0, "n2") is PresenceAdd.REFRESHED
+    assert await engine.add_presence("room", info, 30.0, "n1") is PresenceAdd.REFRESHED
+    assert await engine.remove_presence("room", "c1") is True
+    assert await engine.add_presence("room", info, 30.0, "n1") is PresenceAdd.CREATED
+    assert await engine.remove_presence("room", "nobody") is True  # no tombstone: a leave
+
+
+async def test_the_owner_is_not_what_clients_see(engine: Engine) -> None:
+    info = ClientInfo("c1", "u1", {"name": "Ann"}, {"role": "x"})
+    await engine.add_presence("room", info, 30.0, "instance-1")
+    (seen,) = (await engine.presence("room")).values()
+    assert seen == info and seen.to_dict() == info.to_dict()
+    assert await engine.presence_stats("room") == (1, 1)
+
+
+async def test_a_node_presence_is_removed_once_with_its_leaves(
+    cluster: Cluster, engine: Engine
+) -> None:
+    """Every survivor cleans up at once: each entry is removed, and its leave published, by
+    exactly one of them; other owners' entries stay."""
+    nodes = await cluster.up_to(3)
+    for node in nodes:
+        await node.subscribe("room")
+    dead = [ClientInfo(f"d{i}", f"u{i}", {"i": i}) for i in range(6)]
+    alive = ClientInfo("a1", "ua")
+    for info in dead:
+        await engine.add_presence("room", info, 30.0, "X")
+    await engine.add_presence("room", alive, 30.0, "Y")
+    await engine.add_presence("other", ClientInfo("d9", "u9"), 30.0, "X")
+    assert sorted(await nodes[-1].node_presence_channels("X")) == ["other", "room"]
+    assert await nodes[-1].node_presence_channels("Y") == ["room"]
+    assert await nodes[-1].node_presence_channels("nobody") == []
+
+    results = await asyncio.gather(
+        *(node.remove_node_presence("room", "X", 30.0, leave=True) for node in nodes)
+    )
+    removed = [info.client for result in results for info in result]
+    assert sorted(removed) == [info.client for info in dead]  # each once, by one caller
+    assert {i.client: i for r in results for i in r} == {i.client: i for i in dead}
+    assert await engine.presence("room") == {"a1": alive}
+    assert [await node.remove_node_presence("room", "X", 30.0, leave=True) for node in nodes] == [
+        []
+    ] * len(nodes)
+    await cluster.settle()
+    for node in nodes:
+        leaves = recorder(node).leaves
+        assert sorted(info.client for _, info in leaves) == [info.client for info in dead]
+        assert {channel for channel, _ in leaves} == {"room"}
+    assert len(await engine.presence("other")) == 1  # its own channel's turn is separate
+
+
+async def test_without_leave_nothing_is_published(cluster: Cluster, engine: Engine) -> None:
+    await engine.subscribe("room")
+    await engine.add_presence("room", ClientInfo("d1", "u1"), 30.0, "X")
+    (info,) = await engine.remove_node_presence("room", "X", 30.0, leave=False)
+    assert info.client == "d1"
+    await cluster.settle([engine])
+    assert recorder(engine).leaves == []
+
+
+async def test_tombstones_tell_the_owner_a_leave_was_pushed(
+    cluster: Cluster, engine: Engine
+) -> None:
+    """The owner (frozen, declared dead, back): its refresh learns the entry was removed and
+    its leave pushed (RESTORED, once), its own removal that the leave is not its to push; an
+    entry it re-wrote under a new id is not removed by a late cleanup of the old one."""
+    survivor = (await cluster.up_to(2))[-1]
+    c1, c2, c3 = ClientInfo("c1", "u1"), ClientInfo("c2", "u2"), ClientInfo("c3", "u3")
+    for info in (c1, c2, c3):
+        await engine.add_presence("room", info, 30.0, "X")
+    assert len(await survivor.remove_node_presence("room", "X", 30.0, leave=False)) == 3
+    assert await engine.presence("room") == {}
+    assert await engine.add_presence("room", c1, 30.0, "X2") is PresenceAdd.RESTORED
+    assert await engine.add_presence("room", c1, 30.0, "X2") is PresenceAdd.REFRESHED
+    assert await engine.remove_presence("room", "c2") is False  # its leave went out already
+    assert await engine.add_presence("room", c2, 30.0, "X2") is PresenceAdd.CREATED
+    assert await survivor.remove_node_presence("room", "X", 30.0, leave=False) == []
+    assert set(await engine.presence("room")) == {"c1", "c2"}
+    assert await engine.remove_presence("room", "c1") is True
+    assert await engine.remove_presence("room", "c3") is False
+
+
+async def test_a_tombstone_lasts_its_ttl(cluster: Cluster, engine: Engine) -> None:
+    survivor = (await cluster.up_to(2))[-1]
+    await engine.add_presence("room", ClientInfo("c1", "u1"), 30.0, "X")
+    assert len(await survivor.remove_node_presence("room", "X", 0.3, leave=False)) == 1
+    await asyncio.sleep(0.5)
+    outcome = await engine.add_presence("room", ClientInfo("c1", "u1"), 30.0, "X2")
+    assert outcome is PresenceAdd.CREATED  # no longer known: no join owed
+
+
+async def test_the_owner_removing_while_a_survivor_cleans_up_pushes_one_leave(
+    cluster: Cluster, engine: Engine
+) -> None:
+    """A node's client leaving while another node declares it dead: the leave is pushed by
+    exactly one of them, whichever way the race goes (the owner's removal is started later
+    and later, to land before, during and after the survivor's)."""
+    survivor = (await cluster.up_to(2))[-1]
+    outcomes: list[bool] = []
+
+    async def owner_removes(channel: str, delay: float) -> bool:
+        await asyncio.sleep(delay)
+        return await engine.remove_presence(channel, "c1")
+
+    async def survivor_removes(channel: str, delay: float) -> list[ClientInfo]:
+        await asyncio.sleep(delay)
+        return await survivor.remove_node_presence(channel, "X", 30.0, leave=False)
+
+    for i in range(24):
+        channel = f"race-{i}"
+        await engine.add_presence(channel, ClientInfo("c1", "u1"), 30.0, "X")
+        delay = (i // 2) * 0.0005
+        owner_left, survivor_removed = await asyncio.gather(
+            owner_removes(channel, delay if i % 2 else 0.0),
+            survivor_removes(channel, 0.0 if i % 2 else delay),
+        )
+        assert owner_left != bool(survivor_removed), (i, owner_left, survivor_removed)
+        outcomes.append(owner_left)
+        assert await engine.presence(channel) == {}
+    print(f"the owner's removal won {sum(outcomes)} of {len(outcomes)}")
+
+
+async def test_the_node_index_expires(engine: Engine) -> None:
+    await engine.add_presence("short", ClientInfo("c1", "u1"), 0.2, "X")
+    await engine.add_presence("long", ClientInfo("c2", "u2"), 30.0, "X")
+    assert sorted(await engine.node_presence_channels("X")) == ["long", "short"]
+    await asyncio.sleep(0.2 * IndexedChannels.INDEX_TTL_FACTOR + 0.3)
+    assert await engine.node_presence_channels("X") == ["long"]
+
+
+async def test_a_join_says_which_node_published_it(cluster: Cluster, engine: Engine) -> None:
+    nodes = await cluster.up_to(2)
+    for node in nodes:
+        await node.subscribe("room")
+    await nodes[-1].publish_join("room", ClientInfo("c1", "u1"), "instance-7")
+    await nodes[-1].publish_join("room", ClientInfo("c2", "u2"))
+    await cluster.settle()
+    for node in nodes:
+        assert recorder(node).join_nodes == ["instance-7", ""]

@@ -72,7 +72,7 @@ class Recorder:
     def on_publication(self, channel: str, publication: Publication) -> None:
         self.pubs.append((channel, publication))
 
-    def on_join(self, channel: str, info: ClientInfo) -> None:
+    def on_join(self, channel: str, info: ClientInfo, node: str = "") -> None:
         self.joins.append((channel, info))
 
     def on_leave(self, channel: str, info: ClientInfo) -> None:

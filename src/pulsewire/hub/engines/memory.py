@@ -10,9 +10,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..types import ClientInfo, HistoryResult, Publication, PublishOptions, StreamPosition
-from .base import Engine, IdempotencyKeysFull, PublishOnce
+from .base import Engine, IdempotencyKeysFull, PresenceAdd, PublishOnce
 
 __all__ = ["MemoryEngine"]
+
+
+@dataclass
+class _Entry:
+    info: ClientInfo
+    expires_at: float
+    node: str
 
 
 @dataclass
@@ -49,7 +56,10 @@ class MemoryEngine(Engine):
             collections.OrderedDict()
         )
         self._streams: dict[str, _Stream] = {}
-        self._presence: dict[str, dict[str, tuple[ClientInfo, float]]] = {}
+        self._presence: dict[str, dict[str, _Entry]] = {}
+        self._left: dict[str, dict[str, float]] = {}  # tombstones: channel -> client -> expiry
+        self._index: dict[str, dict[str, float]] = {}  # node -> channel -> expiry
+        self._index_sweep_at = 1024
         self._subscribed: set[str] = set()
 
     async def subscribe(self, channel: str) -> None:
@@ -120,9 +130,9 @@ class MemoryEngine(Engine):
         once[digest] = (now + window, position)
         return PublishOnce(position, duplicate=False)
 
-    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+    async def publish_join(self, channel: str, info: ClientInfo, node: str = "") -> None:
         if channel in self._subscribed and self.handler is not None:
-            self.handler.on_join(channel, info)
+            self.handler.on_join(channel, info, node)
 
     async def publish_leave(self, channel: str, info: ClientInfo) -> None:
         if channel in self._subscribed and self.handler is not None:
@@ -158,22 +168,80 @@ class MemoryEngine(Engine):
         if stream is not None:
             stream.items.clear()
 
-    async def add_presence(self, channel: str, info: ClientInfo, ttl: float) -> None:
-        self._presence.setdefault(channel, {})[info.client] = (info, self._clock() + ttl)
+    async def add_presence(
+        self, channel: str, info: ClientInfo, ttl: float, node: str = ""
+    ) -> PresenceAdd:
+        now = self._clock()
+        entries = self._presence.setdefault(channel, {})
+        outcome = PresenceAdd.REFRESHED if info.client in entries else PresenceAdd.CREATED
+        left = self._left.get(channel)
+        if left is not None:
+            if outcome is PresenceAdd.CREATED and left.pop(info.client, 0.0) > now:
+                outcome = PresenceAdd.RESTORED
+            if not left:
+                del self._left[channel]
+        entries[info.client] = _Entry(info, now + ttl, node)
+        if node:
+            index = self._index.setdefault(node, {})
+            index[channel] = max(index.get(channel, 0.0), now + ttl)
+            if len(index) > self._index_sweep_at:  # channels come and go: forget stale ones
+                self._index[node] = index = {c: e for c, e in index.items() if e > now}
+                self._index_sweep_at = max(1024, 2 * len(index))
+        return outcome
 
-    async def remove_presence(self, channel: str, client_id: str) -> None:
+    async def remove_presence(self, channel: str, client_id: str) -> bool:
         entries = self._presence.get(channel)
-        if entries is not None:
-            entries.pop(client_id, None)
-            if not entries:
-                del self._presence[channel]
+        removed = entries is not None and entries.pop(client_id, None) is not None
+        if entries is not None and not entries:
+            del self._presence[channel]
+        left = self._left.get(channel)
+        tombstone = left is not None and left.pop(client_id, None) is not None
+        if left is not None and not left:
+            del self._left[channel]
+        return removed or not tombstone
+
+    async def remove_node_presence(
+        self, channel: str, node: str, ttl: float, *, leave: bool
+    ) -> list[ClientInfo]:
+        entries = self._presence.get(channel)
+        if not entries:
+            return []
+        now = self._clock()
+        left = self._left.setdefault(channel, {})
+        for client, expires_at in list(left.items()):
+            if expires_at <= now:
+                del left[client]
+        removed = [entry.info for entry in entries.values() if entry.node == node]
+        for info in removed:
+            del entries[info.client]
+            left[info.client] = now + ttl
+        if not entries:
+            del self._presence[channel]
+        if not left:
+            del self._left[channel]
+        if leave:
+            for info in removed:
+                await self.publish_leave(channel, info)
+        return removed
+
+    async def node_presence_channels(self, node: str) -> list[str]:
+        index = self._index.get(node)
+        if index is None:
+            return []
+        now = self._clock()
+        live = {channel: exp for channel, exp in index.items() if exp > now}
+        if live:
+            self._index[node] = live
+        else:
+            del self._index[node]
+        return list(live)
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         entries = self._presence.get(channel)
         if not entries:
             return {}
         now = self._clock()
-        expired = [cid for cid, (_, exp) in entries.items() if exp <= now]
+        expired = [cid for cid, entry in entries.items() if entry.expires_at <= now]
         for cid in expired:
             del entries[cid]
-        return {cid: info for cid, (info, _) in entries.items()}
+        return {cid: entry.info for cid, entry in entries.items()}

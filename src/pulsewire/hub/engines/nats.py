@@ -32,8 +32,15 @@ Subjects (``T`` is the channel name escaped into one token, see :func:`encode_to
   publication is also noted in ``{prefix}_K`` (``{prefix}.k.<msg id>``, for the window), for
   retries that come after the publication was trimmed from history.
 * Presence: the stream ``{prefix}_P``, subject ``{prefix}.p.T.C`` per client ``C`` (last
-  message kept), value = ClientInfo and ttl. An entry counts while its server timestamp + ttl
-  lies ahead, so entries of a dead node expire without it; ``max_age`` is the largest ttl seen.
+  message kept), value = ClientInfo, ttl and owning instance. An entry counts while its
+  server timestamp + ttl lies ahead, so entries of a dead node expire without it; ``max_age``
+  is the largest ttl seen. Every write is a compare-and-set on the subject's last sequence
+  (``Nats-Expected-Last-Subject-Sequence``; the engine remembers the sequence of its own
+  last write): a dead-node cleanup replaces an entry by a *tombstone* only if the entry is
+  still the one it read, so of several survivors exactly one succeeds (the stream leader
+  orders the writes) and publishes the leave; the owner's own refresh or removal then fails
+  its compare-and-set too and finds the tombstone. ``{prefix}.p.!n.N.T`` (five tokens, so no
+  channel's ``{prefix}.p.T.*`` matches it) records that instance ``N`` has presence in ``T``.
 """
 
 from __future__ import annotations
@@ -74,7 +81,14 @@ from nats.js.api import (
 )
 
 from ..types import ClientInfo, HistoryResult, Publication, PublishOptions, StreamPosition
-from .base import Engine, EngineOutcomeUnknown, EngineUnavailable, PublishOnce
+from .base import (
+    Engine,
+    EngineOutcomeUnknown,
+    EngineUnavailable,
+    IndexedChannels,
+    PresenceAdd,
+    PublishOnce,
+)
 
 __all__ = ["NatsEngine", "decode_token", "encode_token"]
 
@@ -103,6 +117,7 @@ _NO_STREAM = 10059
 _MAX_ATTEMPTS = 64
 _WALK_MAX = 3  # up to this many older messages are fetched one by one, beyond by a consumer
 _TIPS_MAX = 10_000
+_CONSUME_POLL = 0.25  # a consumer's next message not there in this time: is one still due?
 
 
 def encode_token(name: str) -> str:
@@ -228,6 +243,10 @@ class NatsEngine(Engine):
         # was given (history reads create streams too).
         self._window = 300.0
         self._keyed_windows: dict[str, float] = {}  # {prefix}_I and _K: window configured
+        # Stream sequence of this node's last write of each of its own presence entries (the
+        # expected last sequence of its next write); one per local presence subscription.
+        self._presence_seqs: dict[str, int] = {}
+        self._indexed = IndexedChannels()
         self._up = False
         self._closing = False
 
@@ -358,7 +377,9 @@ class NatsEngine(Engine):
                     return  # no history: the hub delivered it locally already
                 self.handler.on_publication(channel, _pub_from(env["d"]))
             elif kind == "j":
-                self.handler.on_join(channel, ClientInfo.from_dict(env["d"]))
+                node = env.get("o")
+                info = ClientInfo.from_dict(env["d"])
+                self.handler.on_join(channel, info, node if isinstance(node, str) else "")
             elif kind == "l":
                 self.handler.on_leave(channel, ClientInfo.from_dict(env["d"]))
         except Exception:  # a bad message must not stop the subscription
@@ -523,8 +544,11 @@ class NatsEngine(Engine):
         except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
             raise EngineOutcomeUnknown(f"NATS: sent, no answer: {exc!r}") from exc
 
-    async def publish_join(self, channel: str, info: ClientInfo) -> None:
-        await self._send(self._fan_subject(channel), {"t": "j", "d": info.to_dict()})
+    async def publish_join(self, channel: str, info: ClientInfo, node: str = "") -> None:
+        envelope: dict[str, Any] = {"t": "j", "d": info.to_dict()}
+        if node:
+            envelope["o"] = node
+        await self._send(self._fan_subject(channel), envelope)
 
     async def publish_leave(self, channel: str, info: ClientInfo) -> None:
         await self._send(self._fan_subject(channel), {"t": "l", "d": info.to_dict()})
@@ -675,8 +699,19 @@ class NatsEngine(Engine):
             info = await js.add_consumer(stream, config)
             msgs: list[Msg] = []
             pending = info.num_pending or 0
+            deadline = time.monotonic() + self._timeout
             while pending:
-                msg = await sub.next_msg(timeout=self._timeout)
+                try:
+                    msg = await sub.next_msg(timeout=min(self._timeout, _CONSUME_POLL))
+                except nats.errors.TimeoutError:
+                    # A message counted as pending may have been removed since (purged, or
+                    # replaced by a presence tombstone): ask the server what is left.
+                    if time.monotonic() > deadline:
+                        raise
+                    info = await js.consumer_info(stream, info.name)
+                    pending = info.num_pending or 0
+                    continue
+                deadline = time.monotonic() + self._timeout
                 msgs.append(msg)
                 pending = msg.metadata.num_pending
                 if stop and msg.metadata.sequence.stream >= stop:
@@ -801,24 +836,161 @@ class NatsEngine(Engine):
                 info = await js.update_stream(info.config.evolve(max_age=ttl))
         self._presence_age = info.config.max_age or ttl
 
-    async def add_presence(self, channel: str, info: ClientInfo, ttl: float) -> None:
+    async def _publish_presence(self, subject: str, record: dict[str, Any], expected: int) -> int:
+        """Append ``record`` if the subject's last sequence is ``expected`` (0: none);
+        returns the new sequence. Raises APIError ``_WRONG_LAST`` otherwise."""
         _, js = self._conn()
+        headers = {_EXPECTED_LAST: str(expected)}
+        payload = _dumps(record)
+        try:
+            ack = await js.publish(subject, payload, headers=headers)
+        except nats.js.errors.NoStreamResponseError:  # deleted meanwhile: recreate
+            self._presence_age = 0.0
+            await self._presence_stream(float(record["ttl"]))
+            ack = await js.publish(subject, payload, headers=headers)
+        return int(ack.seq)
+
+    async def _last_presence(self, subject: str) -> tuple[int, dict[str, Any], float] | None:
+        """(sequence, record, server timestamp) of the subject's last message, if any."""
+        _, js = self._conn()
+        try:
+            raw = await js.get_last_msg(f"{self.prefix}_P", subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        stamp = raw.time.timestamp() if raw.time else 0.0
+        return raw.seq or 0, json.loads(raw.data or b"{}"), stamp
+
+    async def _purge_presence(self, subject: str, upto: int) -> int:
+        """Purge the subject's messages with a sequence up to ``upto``; how many."""
+        nc, _ = self._conn()
+        request = _dumps({"filter": subject, "seq": upto + 1})
+        reply = await nc.request(
+            f"$JS.API.STREAM.PURGE.{self.prefix}_P", request, timeout=self._timeout
+        )
+        answer = json.loads(reply.data)
+        error = answer.get("error")
+        if error:
+            if error.get("err_code") == _NO_STREAM:
+                return 0
+            raise EngineUnavailable(f"NATS purge of {subject}: {error}")
+        return int(answer.get("purged", 0))
+
+    async def add_presence(
+        self, channel: str, info: ClientInfo, ttl: float, node: str = ""
+    ) -> PresenceAdd:
+        self._conn()
         subject = self._presence_subject(channel, info.client)
-        payload = _dumps({"i": info.to_dict(), "ttl": ttl})
+        record: dict[str, Any] = {"i": info.to_dict(), "ttl": ttl}
+        if node:
+            record["n"] = node
+        with self._errors():
+            await self._presence_stream(ttl)
+            known = self._presence_seqs.get(subject)
+            expected = known or 0
+            outcome = PresenceAdd.REFRESHED if known else PresenceAdd.CREATED
+            for _attempt in range(_MAX_ATTEMPTS):
+                try:
+                    seq = await self._publish_presence(subject, record, expected)
+                except nats.js.errors.APIError as exc:
+                    if exc.err_code != _WRONG_LAST:
+                        raise
+                    # Not our last write any more: a cleanup's tombstone, or expired.
+                    last = await self._last_presence(subject)
+                    if last is None:
+                        expected, outcome = 0, PresenceAdd.CREATED
+                    else:
+                        expected, previous, stamp = last
+                        outcome = PresenceAdd.REFRESHED
+                        if previous.get("x"):
+                            live = stamp + float(previous.get("ttl", 0)) > time.time()
+                            outcome = PresenceAdd.RESTORED if live else PresenceAdd.CREATED
+                    continue
+                self._presence_seqs[subject] = seq
+                break
+            else:
+                raise EngineUnavailable(f"presence in {channel!r}: too much contention")
+            if node and self._indexed.due(node, channel):
+                index = _dumps({"ttl": IndexedChannels.INDEX_TTL_FACTOR * ttl})
+                await self._presence_stream(IndexedChannels.INDEX_TTL_FACTOR * ttl)
+                _, js = self._conn()
+                await js.publish(self._index_subject(node, channel), index)
+                self._indexed.written(node, channel, ttl)
+        return outcome
+
+    async def remove_presence(self, channel: str, client_id: str) -> bool:
+        self._conn()
+        subject = self._presence_subject(channel, client_id)
+        known = self._presence_seqs.pop(subject, None)
+        with self._errors():
+            if known is not None and await self._purge_presence(subject, known):
+                return True  # our own last write, removed by us: the leave is ours
+            last = await self._last_presence(subject)
+            if last is None:
+                return True  # expired and gone, or never there: nobody pushed a leave
+            seq, record, _ = last
+            purged = await self._purge_presence(subject, seq)
+            # A tombstone: a dead-node cleanup removed it and pushed the leave. Nothing purged:
+            # replaced between our read and our purge, which only a cleanup's tombstone does.
+            return not record.get("x") and purged > 0
+
+    async def remove_node_presence(
+        self, channel: str, node: str, ttl: float, *, leave: bool
+    ) -> list[ClientInfo]:
+        self._conn()
+        config = ConsumerConfig(
+            filter_subject=self._presence_subject(channel),
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        )
+        removed: list[ClientInfo] = []
+
+        async def tombstone(msg: Msg) -> None:
+            record = json.loads(msg.data)
+            if record.get("x") or record.get("n") != node:
+                return
+            stone = {"i": record["i"], "ttl": ttl, "n": node, "x": 1}
+            try:  # only if the entry is still the one read: exactly one survivor wins
+                await self._publish_presence(msg.subject, stone, msg.metadata.sequence.stream)
+            except nats.js.errors.APIError as exc:
+                if exc.err_code != _WRONG_LAST:
+                    raise
+                return
+            info = ClientInfo.from_dict(record["i"])
+            removed.append(info)
+            if leave:
+                await self.publish_leave(channel, info)
+
         with self._errors():
             await self._presence_stream(ttl)
             try:
-                await js.publish(subject, payload)
-            except nats.js.errors.NoStreamResponseError:  # deleted meanwhile: recreate
-                self._presence_age = 0.0
-                await self._presence_stream(ttl)
-                await js.publish(subject, payload)
+                msgs = await self._consume(f"{self.prefix}_P", config)
+            except nats.js.errors.NotFoundError:
+                return []
+            for start in range(0, len(msgs), 64):
+                await asyncio.gather(*(tombstone(msg) for msg in msgs[start : start + 64]))
+        return removed
 
-    async def remove_presence(self, channel: str, client_id: str) -> None:
-        _, js = self._conn()
-        with self._errors(), contextlib.suppress(nats.js.errors.NotFoundError):
-            subject = self._presence_subject(channel, client_id)
-            await js.purge_stream(f"{self.prefix}_P", subject=subject)
+    def _index_subject(self, node: str, channel: str | None = None) -> str:
+        token = "*" if channel is None else encode_token(channel)
+        return f"{self.prefix}.p.!n.{encode_token(node)}.{token}"
+
+    async def node_presence_channels(self, node: str) -> list[str]:
+        self._conn()
+        config = ConsumerConfig(
+            filter_subject=self._index_subject(node),
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        )
+        with self._errors():
+            try:
+                msgs = await self._consume(f"{self.prefix}_P", config)
+            except nats.js.errors.NotFoundError:
+                return []
+        now = time.time()
+        channels = []
+        for msg in msgs:
+            ttl = float(json.loads(msg.data).get("ttl", 0))
+            if msg.metadata.timestamp.timestamp() + ttl > now:
+                channels.append(decode_token(msg.subject.rsplit(".", 1)[1]))
+        return channels
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         self._conn()
@@ -835,6 +1007,8 @@ class NatsEngine(Engine):
         out: dict[str, ClientInfo] = {}
         for msg in msgs:
             record = json.loads(msg.data)
+            if record.get("x"):
+                continue  # a tombstone: removed by a dead-node cleanup
             if msg.metadata.timestamp.timestamp() + float(record["ttl"]) > now:
                 info = ClientInfo.from_dict(record["i"])
                 out[info.client] = info

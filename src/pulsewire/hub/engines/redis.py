@@ -7,8 +7,12 @@
 * History: per channel a stream (``{prefix}:{<channel>}:stream``, entry id ``<offset>-0``) and
   a meta hash (``...:meta``: ``epoch``, ``offset``), written by one Lua script that also
   PUBLISHes the publication, so every node receives a channel's publications in offset order.
-* Presence: a hash (client id -> ClientInfo JSON) and a sorted set (client id -> expiry, in
-  Redis time) per channel; expired members are removed when presence is read.
+* Presence: a hash (client id -> ClientInfo JSON), a sorted set (client id -> expiry, in
+  Redis time), a hash (client id -> owning instance) and a sorted set of tombstones per
+  channel; expired members are removed when presence is read. A dead instance's entries are
+  removed, tombstoned and their leaves PUBLISHed by one script per channel (atomic: of
+  several survivors running it, exactly one removes an entry). Per instance, a sorted set
+  ``{prefix}:node:{<instance>}:channels`` (channel -> expiry) lists where it has presence.
 * Idempotent publish: the key ``{prefix}:{<channel>}:idem:<key>`` (the channel's hash slot)
   is checked and set by the same script that writes, so a retry never writes twice; it holds
   the first ``offset,epoch`` for ``window`` ms. Keyed publications of channels without
@@ -43,7 +47,14 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..types import ClientInfo, HistoryResult, Publication, PublishOptions, StreamPosition
 from . import redis_scripts
-from .base import Engine, EngineOutcomeUnknown, EngineUnavailable, PublishOnce
+from .base import (
+    Engine,
+    EngineOutcomeUnknown,
+    EngineUnavailable,
+    IndexedChannels,
+    PresenceAdd,
+    PublishOnce,
+)
 
 __all__ = ["RedisEngine"]
 
@@ -163,6 +174,7 @@ class RedisEngine(Engine):
         self._dirty: set[str] = set()
         self._sub_waiters: list[asyncio.Future[None]] = []
         self._flush_scheduled = False
+        self._indexed = IndexedChannels()
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -205,6 +217,10 @@ class RedisEngine(Engine):
             "history": self._redis.register_script(redis_scripts.HISTORY),
             "presence_add": self._redis.register_script(redis_scripts.PRESENCE_ADD),
             "presence_get": self._redis.register_script(redis_scripts.PRESENCE_GET),
+            "presence_remove": self._redis.register_script(redis_scripts.PRESENCE_REMOVE),
+            "presence_remove_node": self._redis.register_script(redis_scripts.PRESENCE_REMOVE_NODE),
+            "node_index": self._redis.register_script(redis_scripts.NODE_INDEX),
+            "node_channels": self._redis.register_script(redis_scripts.NODE_CHANNELS),
         }
         try:
             with _unavailable():
@@ -375,7 +391,9 @@ class RedisEngine(Engine):
                     return  # our own echo: the hub has delivered it locally already
                 handler.on_publication(channel, publication)
             elif kind == "j":
-                handler.on_join(channel, ClientInfo.from_dict(envelope["info"]))
+                node = envelope.get("o")
+                info = ClientInfo.from_dict(envelope["info"])
+                handler.on_join(channel, info, node if isinstance(node, str) else "")
             elif kind == "l":
                 handler.on_leave(channel, ClientInfo.from_dict(envelope["info"]))
         except Exception:
@@ -552,14 +570,18 @@ class RedisEngine(Engine):
         )
         return PublishOnce(None, duplicate=not published)
 
-    async def _publish_event(self, channel: str, kind: str, info: ClientInfo) -> None:
-        message = _dumps({"t": kind, "info": info.to_dict(), "origin": self.node_id})
+    async def _publish_event(
+        self, channel: str, kind: str, info: ClientInfo, node: str = ""
+    ) -> None:
+        envelope = {"t": kind, "info": info.to_dict(), "origin": self.node_id}
+        if node:
+            envelope["o"] = node
         client = self._client()
         with _unavailable():
-            await client.publish(self._pubsub_name(channel), message)
+            await client.publish(self._pubsub_name(channel), _dumps(envelope))
 
-    async def publish_join(self, channel: str, info: ClientInfo) -> None:
-        await self._publish_event(channel, "j", info)
+    async def publish_join(self, channel: str, info: ClientInfo, node: str = "") -> None:
+        await self._publish_event(channel, "j", info, node)
 
     async def publish_leave(self, channel: str, info: ClientInfo) -> None:
         await self._publish_event(channel, "l", info)
@@ -604,23 +626,58 @@ class RedisEngine(Engine):
     # -- presence --------------------------------------------------------------------------
 
     def _presence_keys(self, channel: str) -> list[str]:
-        return [self._key(channel, "presence"), self._key(channel, "presence_exp")]
+        return [
+            self._key(channel, "presence"),
+            self._key(channel, "presence_exp"),
+            self._key(channel, "presence_node"),
+            self._key(channel, "presence_left"),
+        ]
 
-    async def add_presence(self, channel: str, info: ClientInfo, ttl: float) -> None:
-        await self._script(
-            "presence_add",
-            self._presence_keys(channel),
-            [info.client, _dumps(info.to_dict()), _ms(ttl)],
-        )
+    def _node_key(self, node: str) -> str:
+        return f"{self.prefix}:node:{{{node}}}:channels"
 
-    async def remove_presence(self, channel: str, client_id: str) -> None:
-        hash_key, zset_key = self._presence_keys(channel)
+    async def add_presence(
+        self, channel: str, info: ClientInfo, ttl: float, node: str = ""
+    ) -> PresenceAdd:
         client = self._client()
+        index = bool(node) and self._indexed.due(node, channel)
         with _unavailable():
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.hdel(hash_key, client_id)
-                pipe.zrem(zset_key, client_id)
-                await pipe.execute()
+            # One round trip; the index is another key (maybe another slot in a Cluster),
+            # so it is a second script in the same pipeline, not part of the first.
+            async with client.pipeline(transaction=False) as pipe:
+                await self._scripts["presence_add"](
+                    keys=self._presence_keys(channel),
+                    args=[info.client, _dumps(info.to_dict()), _ms(ttl), node],
+                    client=pipe,
+                )
+                if index:
+                    await self._scripts["node_index"](
+                        keys=[self._node_key(node)],
+                        args=[channel, _ms(IndexedChannels.INDEX_TTL_FACTOR * ttl)],
+                        client=pipe,
+                    )
+                results = await pipe.execute()
+        if index:
+            self._indexed.written(node, channel, ttl)
+        return PresenceAdd(int(results[0]))
+
+    async def remove_presence(self, channel: str, client_id: str) -> bool:
+        removed = await self._script("presence_remove", self._presence_keys(channel), [client_id])
+        return bool(int(removed))
+
+    async def remove_node_presence(
+        self, channel: str, node: str, ttl: float, *, leave: bool
+    ) -> list[ClientInfo]:
+        removed = await self._script(
+            "presence_remove_node",
+            self._presence_keys(channel),
+            [node, _ms(ttl), self._pubsub_name(channel) if leave else "", self.node_id],
+        )
+        return [ClientInfo.from_dict(json.loads(item)) for item in removed]
+
+    async def node_presence_channels(self, node: str) -> list[str]:
+        channels = await self._script("node_channels", [self._node_key(node)], [])
+        return [channel.decode() for channel in channels]
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         flat = await self._script("presence_get", self._presence_keys(channel), ["all"])

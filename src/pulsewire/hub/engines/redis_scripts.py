@@ -8,7 +8,17 @@ on presence expiry. Stream entry ids are ``<offset>-0``: the offset is the id, w
 
 from __future__ import annotations
 
-__all__ = ["HISTORY", "PRESENCE_ADD", "PRESENCE_GET", "PUBLISH", "PUBLISH_ONCE"]
+__all__ = [
+    "HISTORY",
+    "NODE_CHANNELS",
+    "NODE_INDEX",
+    "PRESENCE_ADD",
+    "PRESENCE_GET",
+    "PRESENCE_REMOVE",
+    "PRESENCE_REMOVE_NODE",
+    "PUBLISH",
+    "PUBLISH_ONCE",
+]
 
 #: KEYS: stream, meta, and for a keyed publish the idempotency key (same hash tag).
 #: ARGV: publication JSON without offset/prev/epoch, history size, stream TTL (ms), meta TTL
@@ -88,29 +98,120 @@ end
 return {offset, epoch, out}
 """
 
-#: KEYS: presence hash, presence expiry zset. ARGV: client id, ClientInfo JSON, TTL (ms).
-#: The keys' own TTL only ever grows, so it covers the longest-lived member.
-PRESENCE_ADD = """
+# Presence of a channel is four keys: a hash (client id -> ClientInfo JSON), a sorted set
+# (client id -> expiry), a hash (client id -> owning node instance) and a sorted set of
+# tombstones (client id -> expiry): clients whose entry a dead-node cleanup removed, and
+# whose leave it published. All times are Redis time in ms.
+_NOW = """
 local t = redis.call('time')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+#: KEYS: presence, expiry, owners, tombstones. ARGV: client id, ClientInfo JSON, TTL (ms),
+#: owner ('' = none). Returns 0 (the entry was there), 1 (it was not) or 2 (a live tombstone
+#: was: a dead-node cleanup removed it and pushed its leave). The keys' own TTL only ever
+#: grows, so it covers the longest-lived member.
+PRESENCE_ADD = (
+    _NOW
+    + """
 local ttl = tonumber(ARGV[3])
-redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
-redis.call('zadd', KEYS[2], now + ttl, ARGV[1])
-for _, key in ipairs(KEYS) do
-  if redis.call('pttl', key) < ttl then redis.call('pexpire', key, ttl) end
+local result = 0
+if redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  result = 1
+  local left = redis.call('zscore', KEYS[4], ARGV[1])
+  if left then
+    redis.call('zrem', KEYS[4], ARGV[1])
+    if tonumber(left) > now then result = 2 end
+  end
 end
+redis.call('zadd', KEYS[2], now + ttl, ARGV[1])
+if ARGV[4] ~= '' then
+  redis.call('hset', KEYS[3], ARGV[1], ARGV[4])
+else
+  redis.call('hdel', KEYS[3], ARGV[1])
+end
+for i = 1, 3 do
+  if redis.call('pttl', KEYS[i]) < ttl then redis.call('pexpire', KEYS[i], ttl) end
+end
+return result
+"""
+)
+
+#: KEYS: presence, expiry, owners, tombstones. ARGV: client id.
+#: Returns 0 when only a tombstone was there (its leave was published), else 1.
+PRESENCE_REMOVE = """
+local removed = redis.call('hdel', KEYS[1], ARGV[1])
+redis.call('zrem', KEYS[2], ARGV[1])
+redis.call('hdel', KEYS[3], ARGV[1])
+if redis.call('zrem', KEYS[4], ARGV[1]) == 1 and removed == 0 then return 0 end
 return 1
 """
 
-#: KEYS: presence hash, presence expiry zset. ARGV: 'stats' or 'all'.
+#: KEYS: presence, expiry, owners, tombstones. ARGV: owner, tombstone TTL (ms), pub/sub
+#: channel for leaves ('' = publish none), origin node name.
+#: Removes the owner's entries (expired ones too), leaves a tombstone for each and publishes
+#: its leave, all in one atomic step: of concurrent callers exactly one removes an entry.
+#: Returns the ClientInfo JSON of the entries removed.
+PRESENCE_REMOVE_NODE = (
+    _NOW
+    + """
+local ttl = tonumber(ARGV[2])
+local owners = redis.call('hgetall', KEYS[3])
+local removed = {}
+for i = 1, #owners, 2 do
+  if owners[i + 1] == ARGV[1] then
+    local client = owners[i]
+    local info = redis.call('hget', KEYS[1], client)
+    redis.call('hdel', KEYS[1], client)
+    redis.call('zrem', KEYS[2], client)
+    redis.call('hdel', KEYS[3], client)
+    if info then
+      redis.call('zadd', KEYS[4], now + ttl, client)
+      removed[#removed + 1] = info
+      if ARGV[3] ~= '' then
+        redis.call('publish', ARGV[3],
+          '{"t":"l","info":' .. info .. ',"origin":' .. cjson.encode(ARGV[4]) .. '}')
+      end
+    end
+  end
+end
+redis.call('zremrangebyscore', KEYS[4], '-inf', now)
+if #removed > 0 and redis.call('pttl', KEYS[4]) < ttl then redis.call('pexpire', KEYS[4], ttl) end
+return removed
+"""
+)
+
+#: KEYS: a node's index (sorted set: channel -> expiry). ARGV: channel, TTL (ms).
+NODE_INDEX = (
+    _NOW
+    + """
+local ttl = tonumber(ARGV[2])
+redis.call('zadd', KEYS[1], now + ttl, ARGV[1])
+redis.call('zremrangebyscore', KEYS[1], '-inf', now)
+if redis.call('pttl', KEYS[1]) < ttl then redis.call('pexpire', KEYS[1], ttl) end
+return 1
+"""
+)
+
+#: KEYS: a node's index. Returns the channels whose entry has not expired.
+NODE_CHANNELS = (
+    _NOW
+    + """
+return redis.call('zrangebyscore', KEYS[1], '(' .. now, '+inf')
+"""
+)
+
+#: KEYS: presence, expiry, owners. ARGV: 'stats' or 'all'.
 #: Removes expired members, then returns HGETALL (or {clients, distinct users}).
-PRESENCE_GET = """
-local t = redis.call('time')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+PRESENCE_GET = (
+    _NOW
+    + """
 local expired = redis.call('zrangebyscore', KEYS[2], '-inf', now)
 if #expired > 0 then
   for i = 1, #expired, 1000 do
-    redis.call('hdel', KEYS[1], unpack(expired, i, math.min(i + 999, #expired)))
+    local last = math.min(i + 999, #expired)
+    redis.call('hdel', KEYS[1], unpack(expired, i, last))
+    redis.call('hdel', KEYS[3], unpack(expired, i, last))
   end
   redis.call('zremrangebyscore', KEYS[2], '-inf', now)
 end
@@ -128,3 +229,4 @@ for _, value in ipairs(values) do
 end
 return {#values, n}
 """
+)
