@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 
 from pulsewire.hub import ChannelOptions, HubConfig, config
 from pulsewire.hub import hub as hub_module
-from pulsewire.hub.engines.base import PresenceAdd
+from pulsewire.hub.engines.base import EngineUnavailable, PresenceAdd
 from pulsewire.hub.hub import Hub
 from pulsewire.hub.types import ClientInfo
 
@@ -171,6 +172,24 @@ async def test_a_deaf_node_judges_nobody(
     assert sample(hub, "pulsewire_dead_nodes_total") == 1
 
 
+async def test_a_stalled_node_judges_nobody_on_waking(
+    start_hub: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """This node's own event loop stalled (a long GC, a starved CPU): the announcements that
+    arrived meanwhile are still unread when its deadline check runs late, so the check
+    restarts the countdowns instead of declaring every peer dead."""
+    caplog.set_level(logging.INFO, "pulsewire.hub")
+    hub = await start_hub()
+    peer = FakePeer(hub)
+    await peer.announce()
+    time.sleep(10 * INTERVAL)  # blocks the loop, as a stall does
+    await asyncio.sleep(INTERVAL / 2)  # the late check runs now
+    assert sample(hub, "pulsewire_dead_nodes_total") == 0
+    assert any("event loop stalled" in r.getMessage() for r in caplog.records)
+    await peer.announce()
+    await eventually(lambda: dead_log(caplog, "peer") != [], "the peer, silent, to be dead")
+
+
 async def test_a_dead_instance_stays_dead_and_is_told_so(
     start_hub: Any, hub_client: Any, uniq: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -281,6 +300,53 @@ async def test_a_refresh_that_finds_its_entry_removed_pushes_the_join(
     assert leaves(alice, chat) == [alice.client_id]
 
 
+async def test_a_client_leaving_after_a_cleanup_pushed_its_leave_gets_no_second_one(
+    start_hub: Any, hub_client: Any, uniq: Any
+) -> None:
+    hub = await start_hub()
+    chat = uniq("chat")
+    alice = await hub_client(hub.test_server, "alice")  # type: ignore[attr-defined]
+    bob = await hub_client(hub.test_server, "bob")  # type: ignore[attr-defined]
+    for client in (alice, bob):
+        await client.subscribe(chat)
+    # declared dead elsewhere; before this node hears of it, bob leaves
+    await hub.engine.remove_node_presence(chat, hub.instance, 60.0, leave=True)
+    await bob.ok("unsubscribe", {"channel": chat})
+    await alice.ok("unsubscribe", {"channel": chat})
+    await alice.subscribe(chat)  # its own events come after this
+    await alice.sync()
+    assert leaves(alice, chat).count(bob.client_id) == 1
+
+
+async def test_a_refresh_racing_an_unsubscribe_does_not_bring_the_client_back(
+    start_hub: Any, hub_client: Any, uniq: Any
+) -> None:
+    hub = await start_hub(presence_update_interval=0.05)
+    chat = uniq("chat")
+    alice = await hub_client(hub.test_server, "alice")  # type: ignore[attr-defined]
+    await alice.subscribe(chat)
+    add = hub.engine.add_presence
+    in_refresh, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_add(channel: str, info: ClientInfo, ttl: float, node: str = "") -> Any:
+        in_refresh.set()
+        await release.wait()  # the refresh's write lands after the client left
+        return await add(channel, info, ttl, node)
+
+    hub.engine.add_presence = slow_add  # type: ignore[method-assign]
+    await in_refresh.wait()
+    await alice.ok("unsubscribe", {"channel": chat})
+    assert await hub.presence(chat) == {}
+    release.set()
+    hub.engine.add_presence = add  # type: ignore[method-assign]
+
+    async def gone() -> bool:
+        await asyncio.sleep(0.1)
+        return await hub.presence(chat) == {}
+
+    await eventually(gone, "the stray entry to be removed again")
+
+
 async def test_a_departing_peer_is_not_counted_dead(
     start_hub: Any, hub_client: Any, uniq: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -332,6 +398,29 @@ async def test_closing_tells_the_others(start_hub: Any, hub_client: Any, uniq: A
     assert gone == [{"op": "node_gone", "instance": hub.instance, "clean": True,
                      "from": hub.node_id}]  # fmt: skip
     assert await hub.engine.presence(chat) == {}
+
+
+async def test_closing_with_presence_left_behind_asks_the_others_to_clean_up(
+    start_hub: Any, hub_client: Any, uniq: Any
+) -> None:
+    hub = await start_hub()
+    alice = await hub_client(hub.test_server, "alice")  # type: ignore[attr-defined]
+    await alice.subscribe(uniq("chat"))
+    sent: list[dict[str, Any]] = []
+    publish_control = hub.engine.publish_control
+
+    async def recording(message: dict[str, Any]) -> None:
+        sent.append(dict(message))
+        await publish_control(message)
+
+    async def failing(channel: str, client: str) -> bool:
+        raise EngineUnavailable("down")
+
+    hub.engine.publish_control = recording  # type: ignore[method-assign]
+    hub.engine.remove_presence = failing  # type: ignore[method-assign]
+    await hub.close()
+    gone = [m for m in sent if m.get("op") == "node_gone"]
+    assert [m["clean"] for m in gone] == [False]
 
 
 async def test_remote_members_tracked_per_channel_are_bounded(

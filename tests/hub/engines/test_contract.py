@@ -443,7 +443,7 @@ async def test_a_node_presence_is_removed_once_with_its_leaves(
     nodes = await cluster.up_to(3)
     for node in nodes:
         await node.subscribe("room")
-    dead = [ClientInfo(f"d{i}", f"u{i}", {"i": i}) for i in range(6)]
+    dead = [ClientInfo(f"d{i:02}", f"u{i}", {"i": i}) for i in range(40)]
     alive = ClientInfo("a1", "ua")
     for info in dead:
         await engine.add_presence("room", info, 30.0, "X")
