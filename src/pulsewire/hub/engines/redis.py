@@ -639,27 +639,21 @@ class RedisEngine(Engine):
     async def add_presence(
         self, channel: str, info: ClientInfo, ttl: float, node: str = ""
     ) -> PresenceAdd:
-        client = self._client()
-        index = bool(node) and self._indexed.due(node, channel)
-        with _unavailable():
-            # One round trip; the index is another key (maybe another slot in a Cluster),
-            # so it is a second script in the same pipeline, not part of the first.
-            async with client.pipeline(transaction=False) as pipe:
-                await self._scripts["presence_add"](
-                    keys=self._presence_keys(channel),
-                    args=[info.client, _dumps(info.to_dict()), _ms(ttl), node],
-                    client=pipe,
-                )
-                if index:
-                    await self._scripts["node_index"](
-                        keys=[self._node_key(node)],
-                        args=[channel, _ms(IndexedChannels.INDEX_TTL_FACTOR * ttl)],
-                        client=pipe,
-                    )
-                results = await pipe.execute()
-        if index:
+        outcome = await self._script(
+            "presence_add",
+            self._presence_keys(channel),
+            [info.client, _dumps(info.to_dict()), _ms(ttl), node],
+        )
+        if node and self._indexed.due(node, channel):
+            # The index is another key (another slot in a Cluster): a second call, made once
+            # a third of the ttl per channel, not on every refresh.
+            await self._script(
+                "node_index",
+                [self._node_key(node)],
+                [channel, _ms(IndexedChannels.INDEX_TTL_FACTOR * ttl)],
+            )
             self._indexed.written(node, channel, ttl)
-        return PresenceAdd(int(results[0]))
+        return PresenceAdd(int(outcome))
 
     async def remove_presence(self, channel: str, client_id: str) -> bool:
         removed = await self._script("presence_remove", self._presence_keys(channel), [client_id])
