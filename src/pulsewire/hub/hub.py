@@ -479,7 +479,9 @@ class Hub:
 
     @property
     def nodes(self) -> dict[str, dict[str, Any]]:
-        """Nodes seen recently (this one included) with their last announced stats."""
+        """Live nodes (this one included) by name: their last announced stats, ``instance``
+        and ``expires`` (Unix time until which they count as alive without another
+        announcement). Dead and departed nodes are dropped at once."""
         now = time.time()
         self._nodes = {k: v for k, v in self._nodes.items() if v.get("expires", 0) > now}
         return dict(self._nodes)
