@@ -267,7 +267,10 @@ async def test_a_frozen_node_declared_dead_rejoins_when_it_thaws(
             for channel in (room, jl):
                 await eventually(
                     lambda w=watcher, ch=channel: len(events(w, ch, vid)) >= 3,
-                    "the thawed node's joins",
+                    lambda w=watcher, ch=channel: (
+                        f"the thawed node's joins in {ch} (seen: {events(w, ch, vid)});"
+                        + "".join(f"\n--- {n.name}:\n{n.log()}" for n in nodes)
+                    ),
                     timeout=20,
                 )
 

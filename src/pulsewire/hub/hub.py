@@ -18,9 +18,12 @@ cut off) comes back under a new instance id and pushes ``join`` again for what w
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import inspect
 import json
 import logging
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -59,6 +62,8 @@ UNSUBSCRIBE_SERVER = 2000
 MEMBERS_TRACKED_PER_CHANNEL = 10_000
 #: Missed announcements (plus one interval) before a node counts as dead.
 DEAD_AFTER_INTERVALS = 3
+#: Channels whose presence a survivor cleans at once after a node died.
+CLEANUP_CONCURRENCY = 8
 _NODE_OPS = frozenset({"node", "node_dead", "node_gone"})
 
 
@@ -590,9 +595,9 @@ class Hub:
             self._spawn(self._forget_presence(sub))
 
     def on_join(self, channel: str, info: ClientInfo, node: str = "") -> None:
-        if node and node != self.instance:
-            if self._peers.ended(node):
-                return  # late news from a dead node, whose leaves are pushed (or were) already
+        # A join from an instance declared dead is still news: that node is alive after all
+        # and has not heard yet; it rejoins (and joins again) under a new id once told.
+        if node and not self._is_own(node):
             self._track_member(channel, info, node)
         self._push_event(channel, "join", info)
 
@@ -738,11 +743,15 @@ class Hub:
                         # It left while we wrote: don't let the refresh bring it back.
                         if name not in session.subscriptions:
                             self._spawn(self._remove_stray_presence(name, sub.info.client))
-                    elif outcome is PresenceAdd.RESTORED and sub.channel.options.join_leave:
-                        # A cleanup removed it and pushed its leave (this node was declared
-                        # dead): the join is this refresh's to push, it took the tombstone.
-                        # (The node itself rejoins once told, see _on_node_message.)
-                        await self._publish_join(name, sub.info)
+                    elif outcome is PresenceAdd.RESTORED:
+                        # A cleanup removed it and pushed its leave: this node was declared
+                        # dead (unless it is rejoining already: a tombstone of its old id).
+                        # Rejoin first, so that this join (the refresh took the tombstone, so
+                        # it is this one's to push) carries the new id.
+                        if self._rejoin_task is None or self._rejoin_task.done():
+                            self._start_rejoin("a dead-node cleanup (found on refresh)")
+                        if sub.channel.options.join_leave:
+                            await self._publish_join(name, sub.info)
 
     async def _remove_stray_presence(self, channel: str, client: str) -> None:
         try:
@@ -920,43 +929,56 @@ class Hub:
         return pushed
 
     async def _remove_node_presence(self, instance: str) -> tuple[int, int, int]:
-        """Remove ``instance``'s presence entries in every channel it had some; retried
+        """Remove ``instance``'s presence entries in every channel it had some, a few channels
+        at a time, in an order of this node's own (survivors spread their first pass); retried
         while the engine is down, until its entries would have expired anyway. Returns
         (entries removed, channels, leaves published) by this node."""
         ttl = self.config.presence_ttl
         give_up = time.monotonic() + ttl
+        counts = [0, 0]  # removed, leaves
+        channels = await self._retrying(
+            lambda: self.engine.node_presence_channels(instance), give_up
+        )
+        if channels is None:
+            logger.warning("cannot read where instance %s had presence: engine down", instance)
+            return 0, 0, 0
+        random.shuffle(channels)
+        pending = collections.deque(channels)
+
+        async def worker() -> None:
+            while pending:
+                channel = pending.popleft()
+                try:
+                    leave = parse_channel(channel, self.config).options.join_leave
+                except HubError:  # a namespace this node does not know
+                    leave = False
+                remove = functools.partial(
+                    self.engine.remove_node_presence, channel, instance, ttl, leave=leave
+                )
+                infos = await self._retrying(remove, give_up)
+                if infos is None:
+                    logger.warning("gave up removing the presence of %s in %s", instance, channel)
+                    continue
+                counts[0] += len(infos)
+                self.metrics.dead_node_presence_removed.inc(len(infos))
+                if leave:
+                    counts[1] += len(infos)
+                    self.metrics.dead_node_leaves.inc(len(infos))
+
+        await asyncio.gather(*(worker() for _ in range(min(CLEANUP_CONCURRENCY, len(pending)))))
+        return counts[0], len(channels), counts[1]
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]], give_up: float) -> T | None:
+        """``call()``, again with backoff while the engine is unavailable; None past
+        ``give_up`` (time.monotonic())."""
         delay = 0.05
-        pending: list[str] | None = None
-        removed = leaves = channels = 0
         while True:
             try:
-                if pending is None:
-                    pending = sorted(await self.engine.node_presence_channels(instance))
-                    channels = len(pending)
-                while pending:
-                    channel = pending[0]
-                    try:
-                        leave = parse_channel(channel, self.config).options.join_leave
-                    except HubError:  # a namespace this node does not know
-                        leave = False
-                    infos = await self.engine.remove_node_presence(
-                        channel, instance, ttl, leave=leave
-                    )
-                    pending.pop(0)
-                    removed += len(infos)
-                    self.metrics.dead_node_presence_removed.inc(len(infos))
-                    if leave:
-                        leaves += len(infos)
-                        self.metrics.dead_node_leaves.inc(len(infos))
-                return removed, channels, leaves
+                return await call()
             except EngineUnavailable:
                 self.metrics.engine_errors.inc()
                 if time.monotonic() + delay > give_up:
-                    logger.warning(
-                        "giving up removing the presence of instance %s: engine unavailable",
-                        instance,
-                    )
-                    return removed, channels, leaves
+                    return None
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, self.config.node_announce_interval)
 
