@@ -284,6 +284,43 @@ async def test_a_node_declared_dead_by_mistake_rejoins(
     assert sample(hub, "pulsewire_dead_nodes_total") == 0
 
 
+async def test_a_rejoin_cut_short_by_the_next_leaves_no_join_owed(
+    start_hub: Any, hub_client: Any, uniq: Any
+) -> None:
+    """Declared dead again while rejoining: the second rejoin pushes the joins the first
+    one had not pushed yet, though it finds the entries in place."""
+    hub = await start_hub()
+    chat = uniq("chat")
+    alice = await hub_client(hub.test_server, "alice")  # type: ignore[attr-defined]
+    bob = await hub_client(hub.test_server, "bob")  # type: ignore[attr-defined]
+    for client in (alice, bob):
+        await client.subscribe(chat)
+    first = hub.instance
+    await hub.engine.remove_node_presence(chat, first, 60.0, leave=True)
+    publish_join = hub.engine.publish_join
+    blocked = asyncio.Event()
+
+    async def slow_once(channel: str, info: ClientInfo, node: str = "") -> None:
+        if not blocked.is_set():
+            blocked.set()
+            await asyncio.Event().wait()  # an engine call that never returns
+        await publish_join(channel, info, node)
+
+    hub.engine.publish_join = slow_once  # type: ignore[method-assign]
+    await hub.engine.publish_control({"op": "node_dead", "instance": first, "from": "s"})
+    await blocked.wait()
+    second = hub.instance
+    await hub.engine.publish_control({"op": "node_dead", "instance": second, "from": "s"})
+    assert hub.instance not in (first, second)
+    for client in (alice, bob):
+        cid = client.client_id
+        await eventually(lambda c=cid: joins(alice, chat).count(c) == 2, "the joins owed")
+    await alice.sync()
+    for client in (alice, bob):
+        assert joins(alice, chat).count(client.client_id) == 2
+        assert leaves(alice, chat).count(client.client_id) == 1
+
+
 async def test_a_refresh_that_finds_its_entry_removed_rejoins(
     start_hub: Any, hub_client: Any, uniq: Any
 ) -> None:

@@ -124,6 +124,9 @@ class Hub:
         self._node_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._rejoin_task: asyncio.Task[None] | None = None
+        # (channel, client) whose presence a rejoin restored but whose join is not out yet:
+        # a rejoin cancelled by the next one (declared dead again) leaves them to it.
+        self._joins_owed: set[tuple[str, str]] = set()
         self._forgetting = 0  # presence removals of local clients in progress
         self._forget_failed_at = -float("inf")  # time.monotonic() of the last failed one
         self._started = False
@@ -1031,6 +1034,7 @@ class Hub:
                 join = None
                 continue
             options = sub.channel.options
+            owed = (name, sub.info.client)
             try:
                 if join is None:
                     join = options.join_leave
@@ -1038,9 +1042,12 @@ class Hub:
                         outcome = await self.engine.add_presence(name, sub.info, ttl, instance)
                         # REFRESHED: still there (now ours under the new id), no leave was
                         # pushed for it. Otherwise a cleanup removed it (or it expired).
-                        join = join and outcome is not PresenceAdd.REFRESHED
+                        if outcome is not PresenceAdd.REFRESHED:
+                            self._joins_owed.add(owed)
+                        join = join and owed in self._joins_owed
                 if join and session.subscriptions.get(name) is sub:
                     await self.engine.publish_join(name, sub.info, instance)
+                self._joins_owed.discard(owed)
             except EngineUnavailable:
                 self.metrics.engine_errors.inc()
                 await asyncio.sleep(delay)
@@ -1048,6 +1055,7 @@ class Hub:
                 continue
             todo.pop(0)
             join = None
+        self._joins_owed.clear()  # the ones left belong to subscriptions that ended
 
     # ------------------------------------------------------------------------- encoding
 
