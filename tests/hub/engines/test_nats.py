@@ -7,6 +7,7 @@ prefix and deletes its streams afterwards. Without a server the tests skip (fail
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import socket
@@ -24,7 +25,12 @@ except ImportError:  # pragma: no cover
         raise
     pytest.skip("nats-py is not installed", allow_module_level=True)
 
-from pulsewire.hub.engines.base import EngineOutcomeUnknown, EngineUnavailable, PublishOnce
+from pulsewire.hub.engines.base import (
+    EngineOutcomeUnknown,
+    EngineUnavailable,
+    PresenceAdd,
+    PublishOnce,
+)
 from pulsewire.hub.engines.nats import NatsEngine, decode_token, encode_token
 from pulsewire.hub.types import (
     ClientInfo,
@@ -513,6 +519,39 @@ async def test_presence_survives_its_stream_being_deleted(
     await a.engine.remove_presence("room", "c1")
     await a.engine.add_presence("room", ClientInfo("c2", "u2"), 30.0)
     assert set(await a.engine.presence("room")) == {"c2"}
+
+
+async def test_presence_owner_tombstone_and_node_index_records(
+    make_node: NodeFactory, nats_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = await make_node("a"), await make_node("b")
+    info = ClientInfo("c1", "u1")
+    assert await a.engine.add_presence("chat.1", info, 30.0, "inst-1") is PresenceAdd.CREATED
+    entry = f"{prefix}.p.{encode_token('chat.1')}.c1"
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        raw = await js.get_last_msg(f"{prefix}_P", entry)
+        assert json.loads(raw.data) == {"i": info.to_dict(), "ttl": 30.0, "n": "inst-1"}
+        raw = await js.get_last_msg(f"{prefix}_P", f"{prefix}.p.!n.inst-1.chat%2E1")
+        assert json.loads(raw.data) == {"ttl": 60.0}  # twice the ttl: covers every entry
+        assert await b.engine.node_presence_channels("inst-1") == ["chat.1"]
+        assert await b.engine.presence("!n") == {}  # a channel named like the index: apart
+        assert await b.engine.remove_node_presence("chat.1", "inst-1", 20.0, leave=False) == [info]
+        raw = await js.get_last_msg(f"{prefix}_P", entry)
+        stone = {"i": info.to_dict(), "ttl": 20.0, "n": "inst-1", "x": 1}
+        assert json.loads(raw.data) == stone
+        assert await a.engine.presence("chat.1") == {}
+    finally:
+        await nc.close()
+    # The index is best effort: a failed write does not fail the add, and is retried.
+    index_subject = a.engine._index_subject
+    monkeypatch.setattr(a.engine, "_index_subject", lambda node, channel=None: "nowhere.x")
+    assert await a.engine.add_presence("chat.2", info, 30.0, "inst-1") is PresenceAdd.CREATED
+    assert await b.engine.node_presence_channels("inst-1") == ["chat.1"]
+    monkeypatch.setattr(a.engine, "_index_subject", index_subject)
+    assert await a.engine.add_presence("chat.2", info, 30.0, "inst-1") is PresenceAdd.REFRESHED
+    assert sorted(await b.engine.node_presence_channels("inst-1")) == ["chat.1", "chat.2"]
 
 
 # -- faults ---------------------------------------------------------------------------------

@@ -21,7 +21,12 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from pulsewire.hub.engines.base import Engine, EngineOutcomeUnknown, EngineUnavailable
+from pulsewire.hub.engines.base import (
+    Engine,
+    EngineOutcomeUnknown,
+    EngineUnavailable,
+    PresenceAdd,
+)
 from pulsewire.hub.engines.redis import RedisEngine
 from pulsewire.hub.types import ClientInfo, Publication, PublishOptions, StreamPosition
 
@@ -111,6 +116,48 @@ async def test_key_layout_ttls_and_channel_names(
         assert 29_000 < await admin.pttl(key) <= 30_000
     channels = await admin.pubsub_channels(f"{prefix}.*")
     assert sorted(channels) == [f"{prefix}.ch.room:1", f"{prefix}.control"]
+
+
+@on_redis
+async def test_presence_owners_tombstones_and_node_index_layout(
+    cluster: Cluster, engine: Engine, admin: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix = cluster.prefix
+    survivor = await cluster.add_engine()
+    for client in ("c1", "c2"):
+        await engine.add_presence("room:1", ClientInfo(client, "u"), 30.0, "inst-1")
+    keys = {
+        k: f"{prefix}:{{room:1}}:{k}"
+        for k in ("presence", "presence_exp", "presence_node", "presence_left")
+    }
+    index = f"{prefix}:node:{{inst-1}}:channels"
+    assert await admin.hgetall(keys["presence_node"]) == {"c1": "inst-1", "c2": "inst-1"}
+    assert 29_000 < await admin.pttl(keys["presence_node"]) <= 30_000
+    assert await admin.zrange(index, 0, -1) == ["room:1"]
+    assert 59_000 < await admin.pttl(index) <= 60_000  # twice the ttl: covers every entry
+    assert len({key_slot(k.encode()) for k in keys.values()}) == 1, "one hash tag per channel"
+
+    assert len(await survivor.remove_node_presence("room:1", "inst-1", 20.0, leave=False)) == 2
+    assert await admin.zrange(keys["presence_left"], 0, -1) == ["c1", "c2"]
+    assert 19_000 < await admin.pttl(keys["presence_left"]) <= 20_000
+    for kind in ("presence", "presence_exp", "presence_node"):
+        assert not await admin.exists(keys[kind])
+
+    # The index is best effort: a failed write does not fail the add, and is retried.
+    script = engine._script  # type: ignore[attr-defined]
+
+    async def index_down(name: str, keys: Any, args: Any) -> Any:
+        if name == "node_index":
+            raise EngineUnavailable("redis: down")
+        return await script(name, keys, args)
+
+    monkeypatch.setattr(engine, "_script", index_down)
+    info = ClientInfo("c3", "u")
+    assert await engine.add_presence("room:2", info, 30.0, "inst-1") is PresenceAdd.CREATED
+    assert await engine.node_presence_channels("inst-1") == ["room:1"]
+    monkeypatch.setattr(engine, "_script", script)
+    assert await engine.add_presence("room:2", info, 30.0, "inst-1") is PresenceAdd.REFRESHED
+    assert sorted(await engine.node_presence_channels("inst-1")) == ["room:1", "room:2"]
 
 
 @on_redis

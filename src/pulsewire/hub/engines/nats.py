@@ -909,11 +909,18 @@ class NatsEngine(Engine):
                 break
             else:
                 raise EngineUnavailable(f"presence in {channel!r}: too much contention")
-            if node and self._indexed.due(node, channel):
-                index = _dumps({"ttl": IndexedChannels.INDEX_TTL_FACTOR * ttl})
-                await self._presence_stream(IndexedChannels.INDEX_TTL_FACTOR * ttl)
-                _, js = self._conn()
-                await js.publish(self._index_subject(node, channel), index)
+        if node and self._indexed.due(node, channel):
+            # Best effort: the entry is written, failing the add for it would leave it behind;
+            # retried on the next refresh.
+            try:
+                with self._errors():
+                    index = _dumps({"ttl": IndexedChannels.INDEX_TTL_FACTOR * ttl})
+                    await self._presence_stream(IndexedChannels.INDEX_TTL_FACTOR * ttl)
+                    _, js = self._conn()
+                    await js.publish(self._index_subject(node, channel), index)
+            except EngineUnavailable as exc:
+                log.debug("NATS engine: presence index of %s not written: %r", node, exc)
+            else:
                 self._indexed.written(node, channel, ttl)
         return outcome
 

@@ -646,13 +646,18 @@ class RedisEngine(Engine):
         )
         if node and self._indexed.due(node, channel):
             # The index is another key (another slot in a Cluster): a second call, made once
-            # a third of the ttl per channel, not on every refresh.
-            await self._script(
-                "node_index",
-                [self._node_key(node)],
-                [channel, _ms(IndexedChannels.INDEX_TTL_FACTOR * ttl)],
-            )
-            self._indexed.written(node, channel, ttl)
+            # a third of the ttl per channel, not on every refresh. Best effort: the entry is
+            # written, failing the add for it would leave it behind; retried next refresh.
+            try:
+                await self._script(
+                    "node_index",
+                    [self._node_key(node)],
+                    [channel, _ms(IndexedChannels.INDEX_TTL_FACTOR * ttl)],
+                )
+            except EngineUnavailable as exc:
+                logger.debug("redis engine: presence index of %s not written: %s", node, exc)
+            else:
+                self._indexed.written(node, channel, ttl)
         return PresenceAdd(int(outcome))
 
     async def remove_presence(self, channel: str, client_id: str) -> bool:
