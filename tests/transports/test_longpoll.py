@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from pulsewire.aio.budget import BudgetLimits
 from pulsewire.server.app import HubServer
+from pulsewire.server.limits import ConnectionLimits
 
 from .conftest import TEXT, base_url, command_lines, wait_until
 
@@ -227,3 +229,84 @@ async def test_requests_are_checked(hub_server: Start, longpoll: Any, http: Any)
     assert response.status_code == 404
     response = await http.head(f"{url}/poll{lp.query}")  # would take the messages unseen
     assert response.status_code == 405
+
+
+# ------------------------------------------------------------------- slots and budgets
+
+
+async def test_each_session_takes_a_connection_slot_of_its_address(
+    hub_server: Start, longpoll: Any, http: Any
+) -> None:
+    server = await hub_server(limits=ConnectionLimits(max_connections_per_ip=3))
+    first = await longpoll(server)  # the client's keep-alive connection is the third slot
+    await longpoll(server)
+    assert (server.limiter.total, server.limiter.sessions) == (3, 2)
+    response = await http.post(f"{base_url(server)}/connection/longpoll/open", headers=TEXT)
+    assert response.status_code == 503
+    assert response.json() == {"error": "too many connections from your address"}
+    assert server.http.refusals == {503: 1}
+    closed = await http.post(f"{first.base}/close{first.query}", headers=TEXT)
+    assert closed.status_code == 204
+    assert server.limiter.sessions == 1  # given back when the session ends
+    await longpoll(server)
+
+
+async def test_a_session_that_expires_gives_its_slot_back(hub_server: Start, longpoll: Any) -> None:
+    server = await hub_server()
+    server.longpoll.idle_timeout = 0.2
+    await longpoll(server)
+    assert server.limiter.sessions == 1
+    await wait_until(lambda: server.limiter.sessions == 0, timeout=5)
+    assert not server.longpoll.transports and server.budgets.addresses <= 1
+
+
+async def test_new_sessions_take_tokens_of_the_rate_of_new_connections(
+    hub_server: Start, longpoll: Any, http: Any
+) -> None:
+    rate = ConnectionLimits(connections_per_second_per_ip=0.001, connections_burst_per_ip=3)
+    server = await hub_server(limits=rate)
+    await longpoll(server)
+    await longpoll(server)  # with the connection: three tokens
+    response = await http.post(f"{base_url(server)}/connection/longpoll/open", headers=TEXT)
+    assert response.status_code == 429
+    assert response.json() == {"error": "too many new connections from your address, slow down"}
+
+
+async def test_the_queue_is_charged_to_the_address_until_it_is_polled(
+    hub_server: Start, longpoll: Any, token: Callable[[str], str], api: Any
+) -> None:
+    server = await hub_server()
+    lp = await longpoll(server)
+    await connect(lp, token("gil"), "chat:held")
+    lp.inbox.clear()
+    await wait_until(lambda: server.budgets.held("127.0.0.1") == 0)
+    for n in range(10):
+        await api(server, "publish", {"channel": "chat:held", "data": "x" * 1000, "n": n})
+    assert server.budgets.held("127.0.0.1") >= 10 * 1000
+    assert len(await lp.poll()) == 10
+    await wait_until(lambda: server.budgets.held("127.0.0.1") == 0)
+
+
+async def test_a_session_that_takes_its_address_over_the_hard_limit_ends(
+    hub_server: Start, longpoll: Any, token: Callable[[str], str], api: Any
+) -> None:
+    limits = BudgetLimits(
+        connection_high=4096, connection_hard=1 << 20, address_high=4096, address_hard=8192
+    )
+    server = await hub_server(budget_limits=limits)
+    lp = await longpoll(server)
+    await connect(lp, token("hal"), "chat:over")
+    lp.inbox.clear()
+    for n in range(20):  # 20 kB queued for an address allowed 8 KiB
+        if not server.hub.sessions:
+            break
+        await api(server, "publish", {"channel": "chat:over", "data": "x" * 1000, "n": n})
+    assert not server.hub.sessions
+    assert server.budgets.exceeded == {"connection": 0, "address": 1}
+    messages = await lp.poll()
+    assert messages[-1] == {
+        "push": "disconnect",
+        "code": 1013,
+        "reason": "server memory budget exceeded",
+        "reconnect": True,
+    }

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from pulsewire.aio.budget import BudgetLimits
 from pulsewire.server.app import HubServer
 
 from .conftest import TEXT, base_url, command_lines, wait_until
@@ -264,4 +265,43 @@ async def test_a_client_that_stops_reading_is_a_slow_consumer(
         await asyncio.sleep(0)
     assert not server.hub.sessions
     await wait_until(lambda: not server.sse.transports)  # the stream ended
+    writer.close()
+
+
+async def test_a_stream_whose_queue_takes_its_address_over_the_hard_limit_ends(
+    hub_server: Start, http: Any, token: Callable[[str], str]
+) -> None:
+    limits = BudgetLimits(
+        connection_high=8192, connection_hard=1 << 20, address_high=8192, address_hard=32768
+    )
+    server = await hub_server(max_buffered=1 << 20, budget_limits=limits)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    writer.write(b"GET /connection/sse HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    await reader.readuntil(b"\r\n\r\n")
+    hello = await reader.readuntil(b"\n\n")
+    session = json.loads(hello.split(b"data: ", 1)[1])["session"]
+    for conn in server.http.connections:
+        if conn.streaming is not None and conn.transport is not None:
+            conn.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+            )
+    url = f"{base_url(server)}/connection/sse/send?session={session}"
+    body = command_lines(
+        {"id": 1, "method": "connect", "params": {"token": token("held")}},
+        {"id": 2, "method": "subscribe", "params": {"channel": "chat:held"}},
+    )
+    assert (await http.post(url, content=body, headers=TEXT)).status_code == 204
+    for _ in range(300):  # 300 kB for a client that reads nothing; its address may hold 32 KiB
+        if not server.hub.sessions:
+            break
+        await server.hub.publish("chat:held", "x" * 1000)
+        await asyncio.sleep(0)
+    assert not server.hub.sessions
+    assert server.budgets.exceeded["address"] == 1
+    await wait_until(lambda: not server.sse.transports)  # the stream ended
+    await wait_until(lambda: server.budgets.addresses <= 1)  # (httpx's connection may stay)
     writer.close()

@@ -3,6 +3,11 @@
 Routes: ``/connection/websocket`` (the client endpoint), ``/api/*`` (the server API),
 ``/health``, ``/metrics`` (Prometheus), ``/`` and the static pages under ``/demo/`` plus
 ``/pulsewire.js`` (the browser client), all served from ``pulsewire/web``.
+
+One :class:`~pulsewire.aio.budget.Budgets` and one
+:class:`~pulsewire.server.limits.ConnectionLimiter` per server are shared by the front door,
+the WebSocket server and the SSE and long-poll transports, so that one address's connections
+and sessions of every transport count together.
 """
 
 from __future__ import annotations
@@ -21,17 +26,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..aio.budget import BudgetLimits, Budgets
 from ..aio.server import HTTPResponse
 from ..aio.server import Server as WebSocketServer
 from ..hub.errors import DisconnectCode
 from ..hub.hub import Hub
 from ..protocol.handshake import OriginPolicy, Request
+from ..transports.http_session import Admit
 from ..transports.longpoll import LongPollEndpoints
 from ..transports.sse import SseEndpoints
 from ..transports.websocket import SUBPROTOCOLS, serve_hub_session
 from .admin import AdminPages
 from .api import ApiHandler
-from .http import HttpRequest, HttpResponse, HttpServer, json_response
+from .http import HttpLimits, HttpRequest, HttpResponse, HttpServer, json_response
 from .limits import ConnectionLimiter, ConnectionLimits
 
 __all__ = ["WEB_ROOT", "HubServer"]
@@ -50,10 +57,15 @@ def add_hub_routes(
     max_buffered: int,
     max_message_size: int,
     started_at: float,
+    budgets: Budgets | None = None,
+    admit: Admit | None = None,
 ) -> tuple[ApiHandler, SseEndpoints, LongPollEndpoints]:
     """Register the hub's HTTP endpoints on ``http``: ``/health``, ``/metrics``, ``/api/*``,
     SSE (``/connection/sse``) and long-polling (``/connection/longpoll/*``). Shared by
-    ``pulsewire serve`` and the ASGI adapter, so both answer the same way."""
+    ``pulsewire serve`` and the ASGI adapter, so both answer the same way.
+
+    ``budgets`` is charged with the sessions' queues; ``admit`` gives each long-poll
+    session a connection slot of its address (see :mod:`pulsewire.transports.longpoll`)."""
 
     async def health(request: HttpRequest) -> HttpResponse:
         engine = hub.engine
@@ -76,16 +88,29 @@ def add_hub_routes(
     http.add("/metrics", metrics)
     api = ApiHandler(hub, api_key)
     http.add("/api/", api, methods=("POST",), prefix=True)
-    limits = {"max_buffered": max_buffered, "max_message_size": max_message_size}
-    sse = SseEndpoints(hub, origins, **limits)
+    sse = SseEndpoints(
+        hub, origins, max_buffered=max_buffered, max_message_size=max_message_size, budgets=budgets
+    )
     sse.register(http)
-    longpoll = LongPollEndpoints(hub, origins, **limits)
+    longpoll = LongPollEndpoints(
+        hub,
+        origins,
+        max_buffered=max_buffered,
+        max_message_size=max_message_size,
+        budgets=budgets,
+        admit=admit,
+    )
     longpoll.register(http)
     return api, sse, longpoll
 
 
 class HubServer:
-    """Serves a :class:`Hub` over HTTP and WebSocket on one port."""
+    """Serves a :class:`Hub` over HTTP and WebSocket on one port.
+
+    ``limits``: connection admission (caps and rate per address, counting long-poll
+    sessions too); ``budget_limits``: the memory each connection and each address may make
+    the node hold; ``http_limits``: the front door's sizes and deadlines.
+    """
 
     def __init__(
         self,
@@ -104,6 +129,8 @@ class HubServer:
         sock: Any = None,
         limits: ConnectionLimits | None = None,
         admin_password: str | None = None,
+        budget_limits: BudgetLimits | None = None,
+        http_limits: HttpLimits | None = None,
     ) -> None:
         self.hub = hub
         self.host = host
@@ -122,6 +149,8 @@ class HubServer:
             if check_origin
             else OriginPolicy(None)
         )
+        self.budgets = Budgets(budget_limits)
+        """The memory accounts of every connection and session, by peer address."""
         self.websocket = WebSocketServer(
             lambda ws: serve_hub_session(hub, ws, max_buffered=max_buffered),
             None,
@@ -131,9 +160,10 @@ class HubServer:
             subprotocols=SUBPROTOCOLS,
             compression="deflate",
             max_size=max_message_size,
+            budgets=self.budgets,
         )
         self.limiter = ConnectionLimiter(limits)
-        self.http = HttpServer(limiter=self.limiter)
+        self.http = HttpServer(limiter=self.limiter, budgets=self.budgets, limits=http_limits)
         self.http.add_websocket("/connection/websocket", self.websocket)
         self.api, self.sse, self.longpoll = add_hub_routes(
             self.http,
@@ -143,6 +173,8 @@ class HubServer:
             max_buffered=max_buffered,
             max_message_size=max_message_size,
             started_at=self.started_at,
+            budgets=self.budgets,
+            admit=self.limiter.admit_session,
         )
         self.admin = AdminPages(self, admin_password)
         self.http.add("/admin", self.admin.page)
@@ -256,8 +288,51 @@ class _FrontDoorCollector(Collector):
         for status, count in sorted(merged.items()):
             refusals.add_metric([str(status)], count)
         yield refusals
+        limiter = server.limiter
         open_connections = GaugeMetricFamily(
             "pulsewire_tcp_connections", "Open TCP connections admitted by the front door"
         )
-        open_connections.add_metric([], server.limiter.total)
+        open_connections.add_metric([], limiter.total - limiter.sessions)
         yield open_connections
+        slots = GaugeMetricFamily(
+            "pulsewire_session_slots",
+            "Connection slots held by sessions without a TCP connection of their own "
+            "(long-polling)",
+        )
+        slots.add_metric([], limiter.sessions)
+        yield slots
+        timeouts = CounterMetricFamily(
+            "pulsewire_http_timeouts",
+            "HTTP connections ended by a deadline, by what was awaited (head and body also "
+            "count as 408 refusals; send: a response or stream the peer did not take)",
+            labels=["phase"],
+        )
+        for phase, count in sorted(server.http.timeouts.items()):
+            timeouts.add_metric([phase], count)
+        yield timeouts
+        budgets = server.budgets
+        exceeded = CounterMetricFamily(
+            "pulsewire_budget_exceeded",
+            "Connections and sessions closed over a memory hard limit, by the limit's scope",
+            labels=["scope"],
+        )
+        for scope, count in sorted(budgets.exceeded.items()):
+            exceeded.add_metric([scope], count)
+        yield exceeded
+        pauses = CounterMetricFamily(
+            "pulsewire_budget_pauses",
+            "Times a peer was told to stop sending (over a memory high-water mark)",
+        )
+        pauses.add_metric([], budgets.pauses)
+        yield pauses
+        held = GaugeMetricFamily(
+            "pulsewire_held_bytes",
+            "Bytes held for peers (input, requests, queued output) as last reported",
+        )
+        held.add_metric([], budgets.total)
+        yield held
+        addresses = GaugeMetricFamily(
+            "pulsewire_budget_addresses", "Peer addresses with at least one memory account"
+        )
+        addresses.add_metric([], budgets.addresses)
+        yield addresses

@@ -12,7 +12,10 @@ pages aside): ``connection/websocket``, ``connection/sse``, ``connection/longpol
 ASGI server's WebSocket (the server owns the protocol, this module sees ``websocket.*``
 events). Pushes never block the publisher: they are queued per connection (bounded in bytes)
 and written by one task per connection; a client that does not read is disconnected as a
-slow consumer (1013), like on the native WebSocket endpoint.
+slow consumer (1013), like on the native WebSocket endpoint. The queues of every session
+(WebSocket, SSE, long-poll) are charged to memory accounts by client address
+(``budget_limits``): the session that takes an address past its hard limit ends with 1013.
+Connections themselves (their number, sizes and deadlines) are the ASGI server's business.
 
 The hub must be started: use ``lifespan=rt.lifespan`` (or ``await rt.start()`` / ``await
 rt.close()`` yourself); otherwise it is started by the first request. Mounted apps get no
@@ -30,6 +33,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from ..aio.budget import Account, BudgetLimits, Budgets
 from ..hub.errors import Disconnect
 from ..hub.hub import Hub
 from ..hub.session import ConnectRequest, Session
@@ -37,6 +41,7 @@ from ..hub.types import Publication
 from ..hub.wire import SUBPROTOCOLS, codec_for
 from ..protocol.close import CloseCode
 from ..protocol.handshake import Headers, OriginPolicy, request_scheme
+from ..transports.http_session import OVER_BUDGET
 from ..transports.http_types import HttpRequest, HttpResponse, StreamResponse
 from .app import add_hub_routes
 from .http import HttpServer
@@ -72,10 +77,17 @@ class AsgiWebSocketTransport:
     kind = "websocket"
 
     def __init__(
-        self, send: Send, binary: bool, max_buffered: int, close_timeout: float = 5.0
+        self,
+        send: Send,
+        binary: bool,
+        max_buffered: int,
+        close_timeout: float = 5.0,
+        account: Account | None = None,
     ) -> None:
         self.binary = binary
         self.max_buffered = max_buffered
+        self.account = account
+        """Charged with the queue's bytes (under the client's address); closed by stop()."""
         self.close_timeout = close_timeout
         self.session: Session | None = None
         self.close_code: int | None = None
@@ -95,10 +107,16 @@ class AsgiWebSocketTransport:
             return
         self._queue.append(message)
         self._queued += len(message)
+        reason = None
         if self._queued > self.max_buffered:
             # The hard cap (replies, pushes, a "drop" channel gone wild): memory stays bounded
             # whatever the session's policy.
             reason = "slow consumer: too much data queued"
+        elif self.account is not None and not self.account.hold(self._queued):
+            reason = OVER_BUDGET
+            self.account.close()
+            self.account = None
+        if reason is not None:
             if self.session is not None:
                 self.session.disconnect(SLOW_CONSUMER, reason)
             else:
@@ -115,6 +133,7 @@ class AsgiWebSocketTransport:
         if code == SLOW_CONSUMER:
             self._queue.clear()
             self._queued = 0
+            self._charge()
         self.close_code = code
         self.close_reason = reason.encode("utf-8")[:123].decode("utf-8", "ignore")
         self._wakeup.set()
@@ -133,12 +152,19 @@ class AsgiWebSocketTransport:
         self._gone = True
         self._queue.clear()
         self._queued = 0
+        if self.account is not None:
+            self.account.close()
+            self.account = None
         if self._deadline is not None:
             self._deadline.cancel()
         writer = self._writer
         if writer is not None and not writer.done():
             writer.cancel()
             await asyncio.wait({writer})
+
+    def _charge(self) -> None:
+        if self.account is not None:
+            self.account.hold(self._queued)  # shrinking: never over a limit
 
     async def _write(self) -> None:
         send, queue = self._send, self._queue
@@ -155,6 +181,7 @@ class AsgiWebSocketTransport:
                     if queue and queue[0] is message:  # not dropped meanwhile by close()
                         queue.popleft()
                         self._queued -= len(message)
+                        self._charge()
                 if self.close_code is not None:
                     await send(
                         {
@@ -186,6 +213,7 @@ class HubASGI:
     channels' policy (default: twice ``client_queue_max_bytes``). ``max_message_size``: the
     largest client message or command body; ``max_body``: the largest request body (413).
     ``close_timeout``: seconds to flush a closing WebSocket before giving up on it.
+    ``budget_limits``: what the session queues of one client address may hold together.
     """
 
     def __init__(
@@ -199,8 +227,11 @@ class HubASGI:
         max_message_size: int = 65536,
         max_body: int = 1 << 20,
         close_timeout: float = 5.0,
+        budget_limits: BudgetLimits | None = None,
     ) -> None:
         self.hub = hub
+        self.budgets = Budgets(budget_limits)
+        """The memory accounts of the sessions' queues, by client address."""
         if max_buffered is None:
             max_buffered = 2 * hub.config.client_queue_max_bytes
         self.max_buffered = max_buffered
@@ -225,6 +256,7 @@ class HubASGI:
             max_buffered=max_buffered,
             max_message_size=max_message_size,
             started_at=self.started_at,
+            budgets=self.budgets,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -363,19 +395,25 @@ class HubASGI:
         codec = codec_for(subprotocol)
         await send({"type": "websocket.accept", "subprotocol": subprotocol})
         client = scope.get("client")
+        address = str(client[0]) if client else ""
         query = scope.get("query_string", b"")
         request = ConnectRequest(
             transport="websocket",
             path=_full_path(scope) + ("?" + query.decode("latin-1") if query else ""),
             headers=headers.items(),
-            remote_address=str(client[0]) if client else "",
+            remote_address=address,
         )
         transport = AsgiWebSocketTransport(
-            send, codec.binary, self.max_buffered, self.close_timeout
+            send,
+            codec.binary,
+            self.max_buffered,
+            self.close_timeout,
+            self.budgets.open(address, _ignore, _ignore),
         )
         try:
             session = self.hub.open_session(transport, codec, request)
         except Disconnect as exc:
+            await transport.stop()
             await send({"type": "websocket.close", "code": exc.code, "reason": exc.reason})
             return
         transport.session = session
@@ -396,6 +434,7 @@ class HubASGI:
             reader.cancel()
             await transport.stop()
             session.transport_closed(code, reason)
+            transport.session = None  # no cycle left with the session
 
     async def _read(self, receive: Receive, session: Session) -> tuple[int, str]:
         """Feed the client's messages to the session until ``websocket.disconnect``."""
@@ -421,6 +460,10 @@ class HubASGI:
 
 
 # ------------------------------------------------------------------------------ helpers
+
+
+def _ignore() -> None:
+    """Pause/resume of a session's account: input is read one message at a time already."""
 
 
 def _headers(scope: Scope) -> Headers:

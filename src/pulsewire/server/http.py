@@ -1,23 +1,50 @@
 """A small HTTP/1.1 server on httptools: the front door of ``pulsewire serve``.
 
-It serves plain requests (API, health, metrics, static pages) with keep-alive, streams
-responses (Server-Sent Events), and hands WebSocket upgrade requests over to a
+It serves plain requests (API, health, metrics, static pages) with keep-alive and pipelining,
+streams responses (Server-Sent Events), and hands WebSocket upgrade requests over to a
 :class:`pulsewire.aio.Server` on the same port: the request head is replayed into a
 ``ServerConnection``, which runs the real handshake checks (Origin, version, key, ...).
 
-Limits: request line, header count and head size (414/431), body size (413), a deadline for
-the request head (408, slow-loris protection) and an idle keep-alive timeout.
+Bounded by construction:
+
+* **Memory.** Each connection charges an :class:`~pulsewire.aio.budget.Account` of the
+  server's :class:`~pulsewire.aio.budget.Budgets` with everything it holds: input not parsed
+  yet, the request being received (head and body so far), the request waiting behind the one
+  being handled, and the output the peer has not taken (the transport's write buffer).
+  Requests are parsed one at a time: reading stops while a complete request already waits
+  behind the one being handled, and while the connection or its address is over its
+  high-water mark (at the next request boundary: a request within the size limits is always
+  received whole). After each response the worker waits until the peer has taken it before
+  handling the next one. Over a hard limit the connection is closed: 503 if nothing is
+  pending on the way out, else aborted.
+* **Sizes.** Request line (414), header count and head size (431, counted per request, so
+  pipelined requests split across reads are all served), body size (413, refused as soon as
+  ``Content-Length`` says so).
+* **Time.** A request head must arrive within ``head_timeout`` of its first byte, a body within
+  ``body_timeout`` of its head and at ``body_min_rate`` bytes/s over every
+  ``body_rate_window`` (408 otherwise); a response or stream chunk the peer does not take
+  within ``send_timeout`` aborts the connection; a keep-alive connection idle for
+  ``idle_timeout`` is closed, and a closing one that cannot flush within
+  :data:`CLOSE_DEADLINE` is aborted.
+
+httptools cannot pause in the middle of a buffer, so input is fed to it in slices that end
+where a request head ends (``CRLF CRLF``) or where a ``Content-Length`` body ends, at most
+:data:`SLICE` bytes: parsing stops exactly at a request boundary and the rest waits in the
+connection's own buffer (at most what one read brought in, since reading is paused then).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import urllib.parse
+from collections import deque
 from dataclasses import dataclass
 
 import httptools
 
+from ..aio.budget import Account, Budgets
 from ..aio.server import Server as WebSocketServer
 from ..protocol.handshake import Headers, http_response, target_error
 from ..transports.http_types import (
@@ -30,7 +57,11 @@ from ..transports.http_types import (
 from .limits import ConnectionLimiter
 
 __all__ = [
+    "CLOSE_DEADLINE",
+    "SLICE",
     "Handler",
+    "HttpLimits",
+    "HttpProtocol",
     "HttpRequest",
     "HttpResponse",
     "HttpServer",
@@ -44,6 +75,41 @@ logger = logging.getLogger("pulsewire.server")
 CLOSE_DEADLINE = 5.0
 """Seconds a closing connection may take to flush its buffer before it is aborted."""
 
+SLICE = 8192
+"""The most bytes fed to the parser at once: where a request ends inside a slice that is not
+cut at a head or ``Content-Length`` boundary (chunked bodies), the next request's first bytes
+are parsed with it, so per-request head counts are exact to within this many bytes."""
+
+_HEAD_END = b"\r\n\r\n"
+_OPTIONS_ALLOW = "GET, HEAD, POST, OPTIONS"
+
+
+@dataclass
+class HttpLimits:
+    """Sizes and deadlines of the front door (mutable: tests and reloads adjust them)."""
+
+    max_target: int = 8192
+    """Longest request target (414)."""
+    max_headers: int = 100
+    """Most header fields (431)."""
+    max_head: int = 16384
+    """Largest request head, request line included (431)."""
+    max_body: int = 1 << 20
+    """Largest request body (413)."""
+    head_timeout: float = 10.0
+    """Seconds from a request's first byte (or the connection's start) to its complete head."""
+    body_timeout: float = 30.0
+    """Seconds from a complete head to the complete body (408)."""
+    body_min_rate: int = 1024
+    """Bytes per second a body must keep up over each window (408); 0: no minimum."""
+    body_rate_window: float = 5.0
+    """Seconds over which ``body_min_rate`` is measured."""
+    idle_timeout: float = 75.0
+    """Seconds a keep-alive connection may wait for its next request."""
+    send_timeout: float = 30.0
+    """Seconds the peer may leave a response or stream chunk untaken (the connection is
+    aborted)."""
+
 
 @dataclass
 class Route:
@@ -53,35 +119,39 @@ class Route:
     prefix: bool = False
 
 
-class _Limits:
-    max_target = 8192
-    max_headers = 100
-    max_head = 16384
-    max_body = 1 << 20
-    head_timeout = 10.0
-    idle_timeout = 75.0
-
-
 class HttpServer:
-    """Routes by exact path or prefix; WebSocket routes hand the connection over."""
+    """Routes by exact path or prefix; WebSocket routes hand the connection over.
+
+    ``budgets``: the memory accounts its connections charge (shared with the WebSocket
+    server and the HTTP transports of a hub); ``limiter``: connection admission.
+    """
 
     def __init__(
         self,
         *,
-        max_body: int = 1 << 20,
-        head_timeout: float = 10.0,
-        idle_timeout: float = 75.0,
+        max_body: int | None = None,
+        head_timeout: float | None = None,
+        idle_timeout: float | None = None,
+        limits: HttpLimits | None = None,
         limiter: ConnectionLimiter | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.limiter = limiter
+        self.budgets = budgets
         self.refusals: dict[int, int] = {}
         """Requests and connections refused at the front door, by HTTP status."""
+        self.timeouts = {"head": 0, "body": 0, "send": 0, "idle": 0}
+        """Deadlines that ended a connection, by what was awaited (head and body ones are
+        also counted as 408 refusals)."""
         self.routes: dict[str, Route] = {}
         self.prefixes: list[tuple[str, Route]] = []
-        self.limits = _Limits()
-        self.limits.max_body = max_body
-        self.limits.head_timeout = head_timeout
-        self.limits.idle_timeout = idle_timeout
+        self.limits = limits if limits is not None else HttpLimits()
+        if max_body is not None:
+            self.limits.max_body = max_body
+        if head_timeout is not None:
+            self.limits.head_timeout = head_timeout
+        if idle_timeout is not None:
+            self.limits.idle_timeout = idle_timeout
         self.connections: set[HttpProtocol] = set()
         self.closing = False
 
@@ -113,33 +183,43 @@ class HttpServer:
         return None
 
     async def dispatch(self, request: HttpRequest) -> HttpResponse | StreamResponse:
-        """Route ``request``: 404, 426 (WebSocket path), 405, or the handler (500 if it fails)."""
+        """Route ``request``: 404, 426 (WebSocket path), 405, or the handler (500 if it fails).
+
+        ``OPTIONS *`` (the server as a whole) gets 204 with the methods it serves."""
+        if request.target == "*":  # only OPTIONS gets here with it (see HttpProtocol)
+            return HttpResponse(204, b"", [("Allow", _OPTIONS_ALLOW)])
         route = self.route(request.path)
+        response: HttpResponse | StreamResponse
         try:
             if route is None or route.handler is None:
                 if route is not None and route.websocket is not None:
-                    return HttpResponse(
+                    response = HttpResponse(
                         426,
                         "this is a WebSocket endpoint: Upgrade: websocket is required\n",
                         [("Upgrade", "websocket")],
                     )
-                return HttpResponse(404, f"not found: {request.path}\n")
-            if request.method not in route.methods:
+                else:
+                    response = HttpResponse(404, f"not found: {request.path}\n")
+            elif request.method not in route.methods:
                 # HEAD runs the GET handler and drops the body, so only routes that list it
                 # (plain pages) take it: on a stream or a long poll it would have effects.
                 allowed = ", ".join(route.methods)
-                return HttpResponse(
+                response = HttpResponse(
                     405,
                     f"method {request.method} not allowed; use {allowed}\n",
                     [("Allow", allowed)],
                 )
-            response = await route.handler(request)
+            else:
+                response = await route.handler(request)
         except Exception:
             logger.exception("HTTP handler failed for %s %s", request.method, request.path)
             response = HttpResponse(500, "internal server error\n")
         if response.status >= 400:  # handlers refuse too (Origin 403, unknown session 404...)
-            self.refusals[response.status] = self.refusals.get(response.status, 0) + 1
+            self.count_refusal(response.status)
         return response
+
+    def count_refusal(self, status: int) -> None:
+        self.refusals[status] = self.refusals.get(status, 0) + 1
 
     def protocol_factory(self) -> HttpProtocol:
         return HttpProtocol(self)
@@ -151,38 +231,126 @@ class HttpServer:
             conn.close_if_idle()
 
 
+@dataclass(slots=True)
+class _Answer:
+    """A refusal to send, in order, after the responses before it; the connection then
+    closes."""
+
+    status: int
+    reason: str
+
+
+@dataclass(slots=True)
+class _Upgrade:
+    """An upgrade request, handed over in order, after the responses before it."""
+
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]
+    trailing: bytes
+
+
+_Item = HttpRequest | _Answer | _Upgrade
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
 class HttpProtocol(asyncio.Protocol):
-    """One HTTP/1.1 connection: requests are handled one at a time, in order."""
+    """One HTTP/1.1 connection: requests are handled one at a time, in order.
+
+    Public attributes read by the server and tests: ``transport`` (None once closing),
+    ``remote`` (the peer's address), ``streaming`` (the response being streamed, if any).
+    """
+
+    __slots__ = (
+        "_abort_timer",
+        "_body_deadline",
+        "_body_left",
+        "_buf",
+        "_drain",
+        "_handling",
+        "_head_bytes",
+        "_head_done",
+        "_head_tail",
+        "_in_message",
+        "_over_budget",
+        "_pending_bytes",
+        "_pos",
+        "_reading",
+        "_stopped",
+        "_timer_kind",
+        "_window_mark",
+        "_write_paused",
+        "account",
+        "admitted",
+        "body",
+        "discarding",
+        "headers",
+        "limits",
+        "loop",
+        "parser",
+        "pending",
+        "remote",
+        "server",
+        "streaming",
+        "timer",
+        "transport",
+        "url",
+        "worker",
+    )
 
     def __init__(self, server: HttpServer) -> None:
         self.server = server
         self.limits = server.limits
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        self.account: Account | None = None
         self.remote = ""
-        self._reset()
-        self.queue: asyncio.Queue[HttpRequest | None] | None = None
-        self.worker: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.busy = False
-        self.streaming: asyncio.Task[None] | None = None
         self.admitted = False
-        self.pending_head = 0
-        self.writable = asyncio.Event()
-        self.writable.set()
-
-    def _reset(self) -> None:
+        # input not fed to the parser yet: self._buf[self._pos:]
+        self._buf = b""
+        self._pos = 0
+        # the request being received
         self.url = bytearray()
         self.headers: list[tuple[str, str]] = []
         self.body = bytearray()
-        self.head_size = 0
-        self.head_done = False
+        self._in_message = False
+        self._head_done = False
+        self._head_bytes = 0
+        self._head_tail = b""
+        self._body_left: int | None = None
+        # complete requests (or refusals, or an upgrade) waiting for the worker
+        self.pending: deque[tuple[_Item, int]] = deque()
+        self._pending_bytes = 0
+        self._handling = 0
+        self.worker: asyncio.Task[None] | None = None
+        self.streaming: StreamResponse | None = None
+        self._stopped = False  # no more requests are parsed on this connection
+        self.discarding = False  # what arrives is dropped unread (a stream is on)
+        self._reading = True
+        self._over_budget = False
+        self._write_paused = False
+        self._drain: asyncio.Future[bool] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self._timer_kind = ""
+        self._body_deadline = 0.0
+        self._window_mark = 0
+        self._abort_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # Told about every byte the peer has not taken (pause) and when it has taken all
+        # (resume): the account is exact, and each response waits for the one before it.
+        transport.set_write_buffer_limits(high=0)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
         limiter = self.server.limiter
@@ -193,136 +361,336 @@ class HttpProtocol(asyncio.Protocol):
                 return
             self.admitted = True
         self.server.connections.add(self)
-        self._arm(self.limits.head_timeout)
+        budgets = self.server.budgets
+        if budgets is not None:
+            self.account = budgets.open(self.remote, self._budget_pause, self._budget_resume)
+        self._arm("head", self.limits.head_timeout)
 
     def pause_writing(self) -> None:
-        self.writable.clear()
+        self._write_paused = True
 
     def resume_writing(self) -> None:
-        self.writable.set()
+        self._write_paused = False
+        waiter = self._drain
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+        self._charge()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.writable.set()  # wake a stream waiting to write: it sees the transport is gone
         self._release()
         self.server.connections.discard(self)
         self.transport = None
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.worker is not None:
-            self.worker.cancel()
-        if self.streaming is not None:
-            self.streaming.cancel()
+        # Break every reference from this object to the ones that point back at it (parser,
+        # account, timers, worker): a closed connection is freed by reference counting.
+        self.parser = None
+        self._stopped = True
+        if self.account is not None:
+            self.account.close()
+            self.account = None
+        self._cancel_timer()
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+            self._abort_timer = None
+        waiter = self._drain
+        if waiter is not None and not waiter.done():
+            waiter.set_result(False)
+        worker = self.worker
+        self.worker = None
+        if worker is not None:
+            worker.cancel()
+        self.pending.clear()
+        self._pending_bytes = 0
+        self._drop_input()
 
     def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._upgrade(data[exc.args[0] :])
+        if self.discarding or self.transport is None:
             return
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, _Refusal):
-                self._error(cause.status, cause.reason)
-            else:
-                self._error(400, f"malformed HTTP request: {exc}")
-            return
-        except httptools.HttpParserError as exc:
-            self._error(400, f"malformed HTTP request: {exc}")
-            return
-        if not self.head_done and self.transport is not None:
-            # An unfinished head: count raw bytes (a single huge header line never reaches
-            # on_header). Finished heads are measured field by field in the callbacks.
-            self.pending_head += len(data)
-            if self.pending_head > self.limits.max_head:
-                self._error(431, f"request head larger than {self.limits.max_head} bytes")
+        if self._pos < len(self._buf):
+            self._buf = self._buf[self._pos :] + data
         else:
-            self.pending_head = 0
+            self._buf = data
+        self._pos = 0
+        self._continue()
+
+    # -- parsing -------------------------------------------------------------------------------
+
+    def _can_parse(self) -> bool:
+        if self._stopped or self.transport is None:
+            return False
+        if self._in_message:
+            # Finish the request being received (bounded by the size limits); only a chunked
+            # body can have started the next one inside the same slice, hence "< 2".
+            return len(self.pending) < 2
+        # One request waits at most behind the one being handled. (Being over budget stops
+        # reading, not parsing: parsing what was read is how it is released.)
+        return not self.pending
+
+    def _parse(self) -> None:
+        """Feed what is buffered to the parser while a new request may be taken."""
+        parser = self.parser
+        buf = self._buf
+        while parser is not None and self._pos < len(buf) and self._can_parse():
+            start = self._pos
+            size = self._slice(buf, start)
+            self._pos = end = start + size
+            if not self._head_done:
+                self._head_bytes += size
+                if self._head_bytes > self.limits.max_head:
+                    self._error(431, f"request head larger than {self.limits.max_head} bytes")
+                    break
+                self._head_tail = (self._head_tail + buf[max(start, end - 3) : end])[-3:]
+            try:
+                parser.feed_data(memoryview(buf)[start:end])
+            except httptools.HttpParserUpgrade as exc:
+                self._upgrade_requested(buf[start + int(exc.args[0]) :])
+                break
+            except httptools.HttpParserCallbackError as exc:
+                cause = exc.__context__
+                if isinstance(cause, _Refusal):
+                    self._error(cause.status, cause.reason)
+                else:
+                    self._error(400, f"malformed HTTP request: {exc}")
+                break
+            except httptools.HttpParserError as exc:
+                self._error(400, f"malformed HTTP request: {exc}")
+                break
+        if self._pos >= len(self._buf):
+            self._buf = b""
+            self._pos = 0
+        self._charge()
+
+    def _slice(self, buf: bytes, start: int) -> int:
+        """How many bytes to feed next: up to the end of a head, or of a known-length body."""
+        limit = min(len(buf) - start, SLICE)
+        if not self._head_done:
+            tail = self._head_tail
+            if tail:  # the head end may straddle the previous slice
+                found = (tail + buf[start : start + 3]).find(_HEAD_END)
+                if found >= 0:
+                    return found + 4 - len(tail)
+            found = buf.find(_HEAD_END, start, start + limit)
+            return found + 4 - start if found >= 0 else limit
+        if self._body_left:
+            return min(self._body_left, limit)
+        return limit
+
+    def _continue(self) -> None:
+        """Parse what waits in the buffer, if a request may be taken now."""
+        if self.transport is not None:
+            self._parse()
+
+    def _update_reading(self) -> None:
+        """Read from the socket only while what is read can be parsed (or dropped)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        wanted = self._wants_input()
+        if wanted == self._reading:
+            return
+        self._reading = wanted
+        if wanted:
+            transport.resume_reading()
+            if self._in_message and self.timer is None:
+                # Stopped by us in the middle of a request: its deadline starts over.
+                if self._head_done:
+                    self._arm_body()
+                else:
+                    self._arm("head", self.limits.head_timeout)
+        else:
+            transport.pause_reading()
+            if self._in_message:
+                self._cancel_timer()  # not the peer's delay while we do not read
+
+    def _wants_input(self) -> bool:
+        if self.discarding:
+            return True
+        if self._stopped:
+            return False
+        if self._in_message and len(self.pending) < 2:
+            return True  # finish the request being received
+        if self._over_budget and self.account is not None and self.account.held:
+            # Over the connection's or the address's mark: read nothing more while this
+            # connection holds anything. One that holds nothing takes one request at a time,
+            # so that those that release memory (a poll taking queued messages) get through.
+            return False
+        # Keep reading while nothing waits unparsed: one more read is all that can pile up
+        # (then this is False) while the worker is busy, without a pause per request.
+        return self._pos >= len(self._buf)
+
+    def _drop_input(self) -> None:
+        """Forget the unparsed input and the request being received."""
+        self._buf = b""
+        self._pos = 0
+        self.url = bytearray()
+        self.headers = []
+        self.body = bytearray()
+        self._in_message = False
+        self._head_done = False
+        self._head_bytes = 0
+        self._head_tail = b""
+        self._body_left = None
 
     # -- httptools callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._reset()
-        self._arm(self.limits.head_timeout)
+        self._in_message = True
+        self._arm("head", self.limits.head_timeout)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        self._grow_head(len(url))
         if len(self.url) > self.limits.max_target:
             raise _Refusal(414, f"request target longer than {self.limits.max_target} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
-        self._grow_head(len(name) + len(value) + 4)
         if len(self.headers) > self.limits.max_headers:
             raise _Refusal(431, f"more than {self.limits.max_headers} header fields")
 
-    def _grow_head(self, n: int) -> None:
-        self.head_size += n
-        if self.head_size > self.limits.max_head:
-            raise _Refusal(431, f"request head larger than {self.limits.max_head} bytes")
-
     def on_headers_complete(self) -> None:
+        self._head_done = True
+        self._head_tail = b""
+        parser = self.parser
+        assert parser is not None
         problem = target_error(
-            self.parser.get_method().decode("ascii", "replace"), self.url.decode("latin-1")
+            parser.get_method().decode("ascii", "replace"), self.url.decode("latin-1")
         )
         if problem is not None:  # e.g. "GET *": no resource to route, upgrade or not
             raise _Refusal(400, problem)
-        self.head_done = True
-        self.pending_head = 0
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        length: int | None = None
+        chunked = False
+        for name, value in self.headers:
+            lowered = name.lower()
+            if lowered == "content-length":
+                length = int(value)  # llhttp has checked it (digits, one value)
+            elif lowered == "transfer-encoding":
+                chunked = True
+        max_body = self.limits.max_body
+        if length is not None and length > max_body:
+            raise _Refusal(413, f"request body larger than {max_body} bytes")
+        self._body_left = None if chunked else length
+        if chunked or length:
+            self._arm_body()
+        else:
+            self._cancel_timer()
 
     def on_body(self, body: bytes) -> None:
         if len(self.body) + len(body) > self.limits.max_body:
             raise _Refusal(413, f"request body larger than {self.limits.max_body} bytes")
         self.body += body
+        if self._body_left is not None:
+            self._body_left -= len(body)
 
     def on_message_complete(self) -> None:
-        if self.parser.should_upgrade():
-            return  # handled by HttpParserUpgrade
+        parser = self.parser
+        assert parser is not None
+        self._cancel_timer()
+        if parser.should_upgrade():
+            return  # handled by HttpParserUpgrade, which follows
         request = HttpRequest(
-            method=self.parser.get_method().decode("ascii", "replace"),
+            method=parser.get_method().decode("ascii", "replace"),
             target=self.url.decode("latin-1"),
             headers=Headers(self.headers),
             body=bytes(self.body),
             remote_address=self.remote,
-            version=self.parser.get_http_version(),
-            keep_alive=self.parser.should_keep_alive(),
-            secure=self.transport is not None
-            and self.transport.get_extra_info("ssl_object") is not None,
+            version=parser.get_http_version(),
+            keep_alive=parser.should_keep_alive(),
+            secure=self._secure(),
         )
-        if self.queue is None:
-            self.queue = asyncio.Queue()
+        size = self._head_bytes + len(self.body)
+        self._drop_message()
+        self._enqueue(request, size)
+
+    def _secure(self) -> bool:
+        transport = self.transport
+        return transport is not None and transport.get_extra_info("ssl_object") is not None
+
+    def _drop_message(self) -> None:
+        self.url = bytearray()
+        self.headers = []
+        self.body = bytearray()
+        self._in_message = False
+        self._head_done = False
+        self._head_bytes = 0
+        self._head_tail = b""
+        self._body_left = None
+
+    def _upgrade_requested(self, trailing: bytes) -> None:
+        """An Upgrade request is complete: hand the connection over once its turn comes."""
+        parser = self.parser
+        assert parser is not None
+        if self.url == b"*":  # OPTIONS * with an Upgrade header: answered, not upgraded
+            request = HttpRequest(
+                method="OPTIONS",
+                target="*",
+                headers=Headers(self.headers),
+                body=b"",
+                remote_address=self.remote,
+                version=parser.get_http_version(),
+                keep_alive=False,
+                secure=self._secure(),
+            )
+            self._stopped = True
+            self._drop_input()
+            self._enqueue(request, 0)
+            return
+        item = _Upgrade(
+            method=parser.get_method().decode("ascii", "replace"),
+            target=self.url.decode("latin-1"),
+            version=parser.get_http_version(),
+            headers=self.headers,
+            trailing=trailing,
+        )
+        size = self._head_bytes + len(trailing)
+        self._stopped = True  # what follows belongs to the WebSocket connection
+        self._drop_input()
+        self._cancel_timer()
+        self._enqueue(item, size)
+
+    def _enqueue(self, item: _Item, size: int) -> None:
+        self.pending.append((item, size))
+        self._pending_bytes += size
+        if self.worker is None:
             self.worker = self.loop.create_task(self._work())
-        self.queue.put_nowait(request)
 
     # -- request handling ----------------------------------------------------------------------
 
     async def _work(self) -> None:
-        assert self.queue is not None
-        while True:
-            request = await self.queue.get()
-            if request is None or self.transport is None:
-                return
-            self.busy = True
-            try:
-                keep = await self._respond(request)
-            finally:
-                self.busy = False
-            if not keep:
-                self._close()
-                return
-            if self.queue.empty():
-                if self.server.closing:
+        """Handle the waiting items in order; exits when there are none left."""
+        try:
+            while self.pending and self.transport is not None:
+                item, size = self.pending.popleft()
+                self._pending_bytes -= size
+                self._handling = size
+                self._continue()  # the next request may be read while this one is handled
+                if isinstance(item, _Answer):
+                    self._answer(item.status, item.reason)
+                    return
+                if isinstance(item, _Upgrade):
+                    self._hand_over(item)
+                    return
+                responding = self._respond(item)
+                del item  # the coroutine drops the request once its answer is written
+                if not await responding:
                     self._close()
                     return
-                self._arm(self.limits.idle_timeout)
+                self._handling = 0
+            if self.transport is not None:
+                if self.server.closing:
+                    self._close()
+                elif not self._in_message and not self._stopped:
+                    self._arm("idle", self.limits.idle_timeout)
+        finally:
+            if self.worker is asyncio.current_task():
+                self.worker = None
+            self._handling = 0
+            self._charge()
 
     async def _respond(self, request: HttpRequest) -> bool:
+        """Answer one request; True to go on with the next one (keep-alive)."""
         keep_alive = request.keep_alive and not self.server.closing
         response = await self.server.dispatch(request)
-        if self.transport is None:
+        transport = self.transport
+        if transport is None:
             return False
         if isinstance(response, StreamResponse):
             await self._stream(response)
@@ -334,91 +702,251 @@ class HttpProtocol(asyncio.Protocol):
         data = http_response(response.status, body, headers, close=False)
         if request.method == "HEAD":
             data = data[: data.index(b"\r\n\r\n") + 4]
-        self.transport.write(data)
-        return keep_alive
+        del body, response, request  # held by the transport's buffer from here on
+        transport.write(data)
+        del data
+        self._handling = 0
+        self._charge()
+        if not keep_alive:
+            return False
+        # Backpressure: the next request is handled once the peer has taken this answer.
+        return await self._drained()
 
     async def _stream(self, response: StreamResponse) -> None:
-        assert self.transport is not None
+        transport = self.transport
+        assert transport is not None
+        self.streaming = response
+        # The connection closes when the stream ends: no request after this one will be
+        # answered, so what the peer sends is read (to notice when it leaves) and dropped.
+        self._stopped = True
+        self.discarding = True
+        self._drop_input()
+        self._cancel_timer()
+        for _, size in self.pending:
+            self._pending_bytes -= size
+        self.pending.clear()
+        self._handling = 0
+        self._update_reading()
         head = http_response(
             response.status, b"", [*response.headers, ("Connection", "close")], close=False
         )
-        head = head.replace(b"Content-Length: 0\r\n", b"")
-        self.transport.write(head)
-        self.streaming = asyncio.current_task()
+        transport.write(head.replace(b"Content-Length: 0\r\n", b""))
+        self._charge()
+        stream = response.stream
         try:
-            async for chunk in response.stream:
-                if self.transport is None:
+            async for chunk in stream:
+                transport = self.transport
+                if transport is None:
                     break
-                self.transport.write(chunk)
-                # Backpressure: while the client does not read, pull nothing more from the
-                # stream; what it has not taken stays bounded in the stream's own queue.
-                if not self.writable.is_set() and not await self._wait_writable(response.ended):
-                    if self.transport is not None:
-                        self.transport.abort()  # the stream ended, the client never read
+                transport.write(chunk)
+                del chunk
+                self._charge()
+                # Pull nothing more from the stream while the peer does not read: what it has
+                # not taken stays bounded in the stream's own (accounted) queue.
+                if not await self._drained(response.ended):
                     break
-        except asyncio.CancelledError:
-            pass
         finally:
-            closer = getattr(response.stream, "aclose", None)
+            closer = getattr(stream, "aclose", None)
             if closer is not None:
                 try:
                     await closer()
                 except Exception:
-                    pass
+                    logger.debug("closing a response stream failed", exc_info=True)
+            self.streaming = None
 
-    async def _wait_writable(self, ended: asyncio.Event | None) -> bool:
-        """Wait until the client reads again (True) or the stream has ended (False)."""
-        if ended is None:
-            await self.writable.wait()
-            return True
-        writable = asyncio.ensure_future(self.writable.wait())
-        over = asyncio.ensure_future(ended.wait())
+    async def _drained(self, ended: asyncio.Event | None = None) -> bool:
+        """Wait until the peer has taken everything written (True), or abort the connection
+        when it does not within ``send_timeout`` or when the stream ``ended`` (False)."""
+        if not self._write_paused:
+            return self.transport is not None
+        waiter: asyncio.Future[bool] = self.loop.create_future()
+        self._drain = waiter
+        timer = self.loop.call_later(self.limits.send_timeout, self._send_timed_out)
+        watcher: asyncio.Task[bool] | None = None
+        if ended is not None:
+            watcher = asyncio.ensure_future(ended.wait())
+            watcher.add_done_callback(self._stream_ended)
         try:
-            await asyncio.wait({writable, over}, return_when=asyncio.FIRST_COMPLETED)
+            drained = await waiter
         finally:
-            writable.cancel()
-            over.cancel()
-        return self.writable.is_set() and self.transport is not None
+            timer.cancel()
+            self._drain = None
+            if watcher is not None:
+                watcher.cancel()
+        if not drained:
+            self._abort()
+        return drained
 
-    def _upgrade(self, trailing: bytes) -> None:
+    def _send_timed_out(self) -> None:
+        waiter = self._drain
+        if waiter is not None and not waiter.done():
+            self.server.timeouts["send"] += 1
+            waiter.set_result(False)
+
+    def _stream_ended(self, _: object) -> None:
+        waiter = self._drain
+        if waiter is not None and not waiter.done():
+            waiter.set_result(False)  # the stream is over and the peer never read its end
+
+    def _hand_over(self, item: _Upgrade) -> None:
         """Hand the connection to the WebSocket server of this path (or refuse)."""
-        path = urllib.parse.urlsplit(self.url.decode("latin-1")).path or "/"
-        route = self.server.route(path)
         transport = self.transport
         if transport is None:
             return
+        path = urllib.parse.urlsplit(item.target).path or "/"
+        route = self.server.route(path)
         if route is None or route.websocket is None:
-            self._error(404, f"no WebSocket endpoint at {path}")
+            self.server.count_refusal(404)
+            self._answer(404, f"no WebSocket endpoint at {path}")
             return
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.server.connections.discard(self)
         # Replay the parsed head: the WebSocket server runs the full handshake checks on it.
-        method = self.parser.get_method().decode("ascii", "replace")
-        lines = [f"{method} {self.url.decode('latin-1')} HTTP/{self.parser.get_http_version()}"]
-        lines += [f"{name}: {value}" for name, value in self.headers]
-        raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        lines = [f"{item.method} {item.target} HTTP/{item.version}"]
+        lines += [f"{name}: {value}" for name, value in item.headers]
+        raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + item.trailing
+        raw += self._buf[self._pos :]  # read after the upgrade request was taken
+        # The WebSocket connection now owns the transport, with its own account and flow
+        # control, and the admission slot (released through a callable that does not keep
+        # this object alive).
+        release = None
+        limiter = self.server.limiter
+        if self.admitted and limiter is not None:
+            self.admitted = False
+            release = functools.partial(limiter.release, self.remote)
+        self._detach()
+        transport.set_write_buffer_limits()
+        if not self._reading:
+            transport.resume_reading()
+        route.websocket.attach(transport, raw, on_closed=release)
+
+    def _detach(self) -> None:
+        """Let go of the transport without closing it (it was handed over)."""
+        self.server.connections.discard(self)
         self.transport = None
-        # The WebSocket connection now owns the transport, and the admission slot with it.
-        release = self._release if self.admitted else None
-        route.websocket.attach(transport, raw + trailing, on_closed=release)
+        self.parser = None
+        self._stopped = True
+        self._cancel_timer()
+        self.pending.clear()
+        self._pending_bytes = 0
+        self._drop_input()
+        if self.account is not None:
+            self.account.close()
+            self.account = None
+
+    # -- accounting ------------------------------------------------------------------------------
+
+    def _charge(self) -> None:
+        """Report what this connection holds (closing it over a hard limit), and read or not
+        accordingly."""
+        account = self.account
+        transport = self.transport
+        if account is None or transport is None:
+            self._update_reading()
+            return  # closing: what it last reported stays charged until it is gone
+        held = (
+            len(self._buf)
+            - self._pos
+            + self._head_bytes
+            + len(self.body)
+            + self._pending_bytes
+            + self._handling
+            + transport.get_write_buffer_size()
+        )
+        if not account.hold(held):
+            self._over_hard_limit(account)
+        self._update_reading()
+
+    def _over_hard_limit(self, account: Account) -> None:
+        scope = "connection" if account.held > self._connection_hard() else "address"
+        account.close()
+        self.account = None
+        transport = self.transport
+        self._stopped = True
+        self._drop_input()
+        self.pending.clear()
+        self._pending_bytes = 0
+        worker = self.worker
+        if worker is not None and worker is not asyncio.current_task():
+            self.worker = None
+            worker.cancel()
+        if transport is None:
+            return
+        if self.streaming is None and transport.get_write_buffer_size() == 0:
+            who = "this connection" if scope == "connection" else "your address"
+            self.server.count_refusal(503)
+            transport.write(http_response(503, f"server memory budget exceeded for {who}\n"))
+            self._close()
+        else:
+            self._abort()
+
+    def _connection_hard(self) -> int:
+        budgets = self.server.budgets
+        return budgets.limits.connection_hard if budgets is not None else 0
+
+    def _budget_pause(self) -> None:
+        self._over_budget = True
+        self._update_reading()
+
+    def _budget_resume(self) -> None:
+        self._over_budget = False
+        # Not from inside another connection's report: parse on the next loop iteration.
+        self.loop.call_soon(self._continue)
 
     # -- closing ---------------------------------------------------------------------------------
 
-    def _arm(self, seconds: float) -> None:
+    def _arm(self, kind: str, seconds: float) -> None:
+        self._cancel_timer()
+        self._timer_kind = kind
+        self.timer = self.loop.call_later(seconds, self._timeout)
+
+    def _arm_body(self) -> None:
+        """The body deadline: all of it within ``body_timeout``, and at the minimum rate."""
+        limits = self.limits
+        now = self.loop.time()
+        self._body_deadline = now + limits.body_timeout
+        self._window_mark = len(self.body)
+        self._cancel_timer()
+        self._timer_kind = "body"
+        when = min(now + limits.body_rate_window, self._body_deadline)
+        self.timer = self.loop.call_at(when, self._timeout)
+
+    def _cancel_timer(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
-        self.timer = self.loop.call_later(seconds, self._timeout)
+            self.timer = None
 
     def _timeout(self) -> None:
         self.timer = None
-        if self.busy or self.streaming is not None:
+        kind = self._timer_kind
+        if kind == "body":
+            self._body_check()
             return
-        if self.url or self.pending_head or self.headers:
-            self._error(408, "request not received in time")
-        else:
-            self._close()
+        if kind == "head" and (self._in_message or self._head_bytes or self._pos < len(self._buf)):
+            self.server.timeouts["head"] += 1
+            self._error(408, "request head not received in time")
+            return
+        self.server.timeouts["idle"] += 1
+        self._close()  # nothing was asked: close without an answer
+
+    def _body_check(self) -> None:
+        limits = self.limits
+        now = self.loop.time()
+        if now >= self._body_deadline:
+            self.server.timeouts["body"] += 1
+            self._error(408, f"request body not received within {limits.body_timeout:g} s")
+            return
+        wanted = limits.body_min_rate * limits.body_rate_window
+        if len(self.body) - self._window_mark < wanted:
+            self.server.timeouts["body"] += 1
+            self._error(
+                408,
+                f"request body too slow: under {limits.body_min_rate} bytes/s "
+                f"over {limits.body_rate_window:g} s",
+            )
+            return
+        self._window_mark = len(self.body)
+        self._timer_kind = "body"
+        when = min(now + limits.body_rate_window, self._body_deadline)
+        self.timer = self.loop.call_at(when, self._timeout)
 
     def _release(self) -> None:
         if self.admitted and self.server.limiter is not None:
@@ -426,30 +954,61 @@ class HttpProtocol(asyncio.Protocol):
             self.server.limiter.release(self.remote)
 
     def _error(self, status: int, reason: str) -> None:
-        self.server.refusals[status] = self.server.refusals.get(status, 0) + 1
+        """Refuse the request being received (or the connection): after the answers to the
+        requests before it, then close."""
+        self.server.count_refusal(status)
+        self._stopped = True
+        self._drop_input()
+        self._cancel_timer()
+        if self.worker is not None:
+            self._enqueue(_Answer(status, reason), 0)
+        else:
+            self._answer(status, reason)
+        self._update_reading()
+
+    def _answer(self, status: int, reason: str) -> None:
         if self.transport is not None:
             self.transport.write(http_response(status, reason + "\n"))
         self._close()
 
     def _close(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        """Close once what is written is flushed. Where it can, this ends our side only
+        (FIN) and reads and drops what the peer still sends until it closes too: closing
+        with unread input would send a reset, and the peer could lose our last answer (a
+        413 or 503 refusing a body it is still sending). Either way the connection is
+        aborted :data:`CLOSE_DEADLINE` seconds later if still there."""
+        self._cancel_timer()
+        self._stopped = True
+        transport = self.transport
+        if transport is None:
+            return
+        self.transport = None
+        self.discarding = True
+        self._drop_input()
+        self.pending.clear()
+        self._pending_bytes = 0
+        if transport.is_closing():
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+            if not self._reading:
+                self._reading = True
+                transport.resume_reading()
+        else:
+            transport.close()
+            if not transport.get_write_buffer_size():
+                return
+        # The peer may never read what is buffered, nor close: don't keep the socket forever.
+        self._abort_timer = self.loop.call_later(CLOSE_DEADLINE, transport.abort)
+
+    def _abort(self) -> None:
+        self._cancel_timer()
+        self._stopped = True
         transport = self.transport
         if transport is not None:
-            transport.close()  # flushes what is buffered first...
-            if transport.get_write_buffer_size():
-                # ...unless the client never reads it: don't keep the socket forever.
-                self.loop.call_later(CLOSE_DEADLINE, transport.abort)
+            transport.abort()
             self.transport = None
 
     def close_if_idle(self) -> None:
-        if not self.busy and self.streaming is None:
+        if self.worker is None and not self._in_message:
             self._close()
-
-
-class _Refusal(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason

@@ -23,12 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..aio.budget import BudgetLimits
 from ..aio.loop import run
 from ..hub.config import HubConfig, load_config
 from ..hub.hub import Hub
 from ..protocol.close import CloseCode
 from .app import HubServer
 from .demo import DemoTokens, demo_config
+from .http import HttpLimits
 from .limits import ConnectionLimits
 from .logs import configure_logging
 
@@ -54,6 +56,22 @@ LIMIT_KEYS = frozenset(
         "connections_burst_per_ip",
     }
 )
+BUDGET_KEYS = {
+    "bytes_high_per_connection": "connection_high",
+    "max_bytes_per_connection": "connection_hard",
+    "bytes_high_per_ip": "address_high",
+    "max_bytes_per_ip": "address_hard",
+}
+"""``[server]`` memory budget settings and the :class:`BudgetLimits` fields they set."""
+TIMEOUT_KEYS = {
+    "head_timeout": 10.0,
+    "body_timeout": 30.0,
+    "idle_timeout": 75.0,
+    "send_timeout": 30.0,
+    "longpoll_timeout": 25.0,
+    "longpoll_idle_timeout": 60.0,
+}
+"""``[server]`` deadlines (seconds, positive) and their defaults."""
 SERVER_KEYS = frozenset(
     {
         "host",
@@ -65,9 +83,11 @@ SERVER_KEYS = frozenset(
         "workers",
         "drain_timeout",
         "max_message_size",
-        "head_timeout",
+        "body_min_rate",
         "admin_password",
         *LIMIT_KEYS,
+        *BUDGET_KEYS,
+        *TIMEOUT_KEYS,
     }
 )
 """The settings of the ``[server]`` table."""
@@ -98,6 +118,13 @@ class Settings:
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     max_message_size: int = 65536
     head_timeout: float = 10.0
+    body_timeout: float = 30.0
+    body_min_rate: int = 1024
+    idle_timeout: float = 75.0
+    send_timeout: float = 30.0
+    longpoll_timeout: float = 25.0
+    longpoll_idle_timeout: float = 60.0
+    budget_limits: BudgetLimits = field(default_factory=BudgetLimits)
     admin_password: str | None = None
     generated_secret: bool = field(default=False, compare=False)
     """The demo's token secret was made up here (pin it before starting more processes)."""
@@ -150,16 +177,24 @@ def load_settings(args: argparse.Namespace) -> Settings:
         raise ValueError("drain_timeout must not be negative")
     limits = ConnectionLimits(**{k: table[k] for k in LIMIT_KEYS if k in table})
     max_message_size = int(table.get("max_message_size", 65536))
-    head_timeout = float(table.get("head_timeout", 10.0))
-    if max_message_size <= 0 or head_timeout <= 0:
-        raise ValueError("[server] max_message_size and head_timeout must be positive")
+    if max_message_size <= 0:
+        raise ValueError("[server] max_message_size must be positive")
+    timeouts = {key: float(table.get(key, default)) for key, default in TIMEOUT_KEYS.items()}
+    for key, value in timeouts.items():
+        if value <= 0:
+            raise ValueError(f"[server] {key} must be positive")
+    body_min_rate = int(table.get("body_min_rate", 1024))
+    if body_min_rate < 0:
+        raise ValueError("[server] body_min_rate must not be negative")
     admin_password = os.environ.get("PULSEWIRE_ADMIN_PASSWORD") or table.get("admin_password")
     return Settings(
         config=config,
         admin_password=admin_password,
         limits=limits,
+        budget_limits=_budget_limits(table),
         max_message_size=max_message_size,
-        head_timeout=head_timeout,
+        body_min_rate=body_min_rate,
+        **timeouts,
         host=host,
         port=port,
         allowed_origins=tuple(origins),
@@ -170,6 +205,18 @@ def load_settings(args: argparse.Namespace) -> Settings:
         drain_timeout=drain_timeout,
         generated_secret=generated,
     )
+
+
+def _budget_limits(table: dict[str, Any]) -> BudgetLimits:
+    """The memory budget settings of ``[server]`` (ValueError, with their names, if bad)."""
+    values = {field: int(table[key]) for key, field in BUDGET_KEYS.items() if key in table}
+    try:
+        return BudgetLimits(**values)
+    except ValueError:
+        raise ValueError(
+            "[server] need 0 < bytes_high_per_connection <= max_bytes_per_connection and "
+            "0 < bytes_high_per_ip <= max_bytes_per_ip (defaults 1 MiB, 4 MiB, 16 MiB, 32 MiB)"
+        ) from None
 
 
 def pin_generated_secret(args: argparse.Namespace, settings: Settings) -> argparse.Namespace:
@@ -201,10 +248,19 @@ def server_from_settings(settings: Settings, *, reuse_port: bool = False) -> Hub
         ssl=context,
         reuse_port=reuse_port,
         limits=settings.limits,
+        budget_limits=settings.budget_limits,
+        http_limits=HttpLimits(
+            head_timeout=settings.head_timeout,
+            body_timeout=settings.body_timeout,
+            body_min_rate=settings.body_min_rate,
+            idle_timeout=settings.idle_timeout,
+            send_timeout=settings.send_timeout,
+        ),
         max_message_size=settings.max_message_size,
         admin_password=settings.admin_password,
     )
-    server.http.limits.head_timeout = settings.head_timeout
+    server.longpoll.poll_timeout = settings.longpoll_timeout
+    server.longpoll.idle_timeout = settings.longpoll_idle_timeout
     if settings.demo:
         assert config.token_hmac_secret is not None
         server.http.add("/demo/token", DemoTokens(config.token_hmac_secret))

@@ -5,6 +5,11 @@ request (``?session=ID``). The id is the only handle on the session, so it is un
 (128 random bits). Client-to-server commands arrive by ``POST .../send?session=ID`` with JSON
 lines in the body; they are handled one at a time, in arrival order, like WebSocket frames.
 
+Bounds: every session's queue is charged to a memory account under the client's address
+(:class:`~pulsewire.aio.budget.Budgets`, shared with the front door's connections), and a
+front door may make each new session take a connection slot of the address (``admit``, see
+:data:`Admit`): one address's sessions of every transport count together.
+
 Security: browsers attach cookies to these requests, so every request goes through the
 server's Origin policy (the same one as the WebSocket handshake) and POST bodies must be
 ``application/json`` or ``text/plain`` (HTML forms cannot send the former; the Origin check
@@ -17,7 +22,9 @@ import asyncio
 import json
 import secrets
 from collections import deque
+from collections.abc import Callable
 
+from ..aio.budget import Account, Budgets
 from ..hub.hub import Hub
 from ..hub.session import ConnectRequest, Session
 from ..hub.types import Publication
@@ -33,12 +40,34 @@ from .http_types import (
     json_response,
 )
 
-__all__ = ["SLOW_CONSUMER", "HttpEndpoints", "HttpTransport", "disconnect_message"]
+__all__ = [
+    "SLOW_CONSUMER",
+    "Admit",
+    "HttpEndpoints",
+    "HttpTransport",
+    "Release",
+    "disconnect_message",
+]
 
 SLOW_CONSUMER = int(CloseCode.TRY_AGAIN_LATER)
 """Disconnect code for a client that does not take its messages (1013, like WebSocket)."""
 
 _CONTENT_TYPES = ("application/json", "text/plain")
+
+Release = Callable[[], None]
+"""Gives an admitted session's slot back (safe to call more than once)."""
+
+Admit = Callable[[str], "tuple[int, str] | Release"]
+"""Asks the front door for a slot for a new session from an address: either a refusal
+``(HTTP status, reason)`` (e.g. 503 over the per-address cap, 429 over the rate of new
+sessions) or the :data:`Release` to call when the session ends."""
+
+OVER_BUDGET = "server memory budget exceeded"
+
+
+def _ignore() -> None:
+    """Pause/resume of a session account: a session's queue is filled by the hub, not read
+    from the peer (the front door pauses the connections that carry its requests)."""
 
 
 def disconnect_message(code: int, reason: str) -> str:
@@ -56,9 +85,11 @@ class HttpTransport:
 
     kind = "http"
 
-    def __init__(self, max_buffered: int) -> None:
+    def __init__(self, max_buffered: int, account: Account | None = None) -> None:
         self.id = secrets.token_urlsafe(16)
         self.max_buffered = max_buffered
+        self.account = account
+        """Charged with the queue's bytes; closed by :meth:`release`."""
         self.session: Session | None = None
         self.closed = False
         self._queue: deque[bytes] = deque()
@@ -74,11 +105,19 @@ class HttpTransport:
         data = message.encode("utf-8") if isinstance(message, str) else message
         self._queue.append(data)
         self._queued += len(data)
+        reason = None
         if self.buffered() > self.max_buffered:
+            reason = "slow consumer: too much data queued"
+        elif self.account is not None and not self.account.hold(self._queued):
+            reason = OVER_BUDGET
+            self._drop_queue()  # what it had not taken: recovery brings it back
+            self.account.close()  # counted once (Budgets.exceeded); the rest is one message
+            self.account = None
+        if reason is not None:
             if self.session is not None:
-                self.session.disconnect(SLOW_CONSUMER, "slow consumer: too much data queued")
+                self.session.disconnect(SLOW_CONSUMER, reason)
             else:
-                self.close(SLOW_CONSUMER, "slow consumer: too much data queued")
+                self.close(SLOW_CONSUMER, reason)
             return
         self._wake()
 
@@ -90,13 +129,27 @@ class HttpTransport:
         if self.closed:
             return
         if self.buffered() > self.max_buffered:
-            self._queue.clear()
-            self._queued = 0
+            self._drop_queue()
         message = disconnect_message(code, reason).encode("utf-8")
         self._queue.append(message)
         self._queued += len(message)
         self.closed = True
         self._wake()
+
+    def release(self) -> None:
+        """The session is over: close its account and let go of it (no reference cycle
+        with the session is left behind)."""
+        self.session = None
+        self._drop_queue()
+        if self.account is not None:
+            self.account.close()
+            self.account = None
+
+    def _drop_queue(self) -> None:
+        self._queue.clear()
+        self._queued = 0
+        if self.account is not None:
+            self.account.hold(0)
 
     # -- for subclasses and endpoints --------------------------------------------------------
 
@@ -106,8 +159,7 @@ class HttpTransport:
     def take(self) -> list[bytes]:
         """Everything queued (encoded JSON messages), oldest first; the queue is emptied."""
         messages = list(self._queue)
-        self._queue.clear()
-        self._queued = 0
+        self._drop_queue()  # the front door's connection holds (and charges) them now
         return messages
 
     @property
@@ -142,11 +194,17 @@ class HttpEndpoints:
         *,
         max_buffered: int = 1 << 20,
         max_message_size: int = 65536,
+        budgets: Budgets | None = None,
+        admit: Admit | None = None,
     ) -> None:
         self.hub = hub
         self.origins = origins
         self.max_buffered = max_buffered
         self.max_message_size = max_message_size
+        self.budgets = budgets
+        """Where session queues are charged, under the client's address (None: nowhere)."""
+        self.admit = admit
+        """Asked for a slot by sessions that have no connection of their own (None: no cap)."""
         self.transports: dict[str, HttpTransport] = {}
 
     # -- checks ------------------------------------------------------------------------------
@@ -233,6 +291,12 @@ class HttpEndpoints:
             headers=request.headers.items(),
             remote_address=request.remote_address,
         )
+
+    def open_account(self, request: HttpRequest) -> Account | None:
+        """A memory account for a new session's queue, under the client's address."""
+        if self.budgets is None:
+            return None
+        return self.budgets.open(request.remote_address, _ignore, _ignore)
 
     def open(self, request: HttpRequest, transport: HttpTransport) -> Session:
         """Open a hub session carried by ``transport`` and register it; raises Disconnect."""

@@ -12,17 +12,23 @@ A session whose client has not polled for ``idle_timeout`` seconds ends. The que
 in bytes: past ``max_buffered`` the session ends as a slow consumer (``disconnect`` push with
 code 1013 and ``reconnect: true``; unread messages are dropped, recovery brings them back).
 The last message of a session is a ``disconnect`` push; polls after it get 404.
+
+A session has no connection of its own, so the front door gives each one a connection slot
+of the client's address when it opens (``admit``: refused with 503 over the per-address or
+total cap, 429 over the rate of new connections) and takes it back when it ends; its queue is
+charged to a memory account under the address (``budgets``).
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from ..aio.budget import Account, Budgets
 from ..hub.errors import Disconnect
 from ..hub.hub import Hub
 from ..protocol.close import CloseCode
 from ..protocol.handshake import OriginPolicy
-from .http_session import HttpEndpoints, HttpTransport
+from .http_session import Admit, HttpEndpoints, HttpTransport, Release
 from .http_types import HttpRequest, HttpResponse, RouteTable, json_response
 
 __all__ = ["LongPollEndpoints", "LongPollTransport"]
@@ -33,9 +39,15 @@ class LongPollTransport(HttpTransport):
 
     kind = "longpoll"
 
-    def __init__(self, endpoints: LongPollEndpoints) -> None:
-        super().__init__(endpoints.max_buffered)
+    def __init__(
+        self,
+        endpoints: LongPollEndpoints,
+        account: Account | None = None,
+        slot: Release | None = None,
+    ) -> None:
+        super().__init__(endpoints.max_buffered, account)
         self.endpoints = endpoints
+        self._slot = slot
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[bool] | None = None
         self._polls = 0
@@ -77,6 +89,8 @@ class LongPollTransport(HttpTransport):
 
     def end(self, code: int, reason: str) -> None:
         """The client is gone (it said so, or stopped polling): end its session now."""
+        if self._ended:
+            return
         self._ended = True
         self._cancel_idle()
         self.endpoints.forget(self)
@@ -84,6 +98,10 @@ class LongPollTransport(HttpTransport):
         self._wake()
         if self.session is not None:
             self.session.transport_closed(code, reason)
+        self.release()
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot()
 
     def _arm_idle(self) -> None:
         self._cancel_idle()
@@ -113,8 +131,17 @@ class LongPollEndpoints(HttpEndpoints):
         max_message_size: int = 65536,
         poll_timeout: float = 25.0,
         idle_timeout: float = 60.0,
+        budgets: Budgets | None = None,
+        admit: Admit | None = None,
     ) -> None:
-        super().__init__(hub, origins, max_buffered=max_buffered, max_message_size=max_message_size)
+        super().__init__(
+            hub,
+            origins,
+            max_buffered=max_buffered,
+            max_message_size=max_message_size,
+            budgets=budgets,
+            admit=admit,
+        )
         self.poll_timeout = poll_timeout
         """Seconds a poll waits for messages before answering ``[]``."""
         self.idle_timeout = idle_timeout
@@ -130,7 +157,13 @@ class LongPollEndpoints(HttpEndpoints):
         refused = self.check(request) or self.closing_refusal(request)
         if refused is not None:
             return refused
-        transport = LongPollTransport(self)
+        slot: Release | None = None
+        if self.admit is not None:
+            admitted = self.admit(request.remote_address)
+            if isinstance(admitted, tuple):
+                return self.refuse(request, *admitted)
+            slot = admitted
+        transport = LongPollTransport(self, self.open_account(request), slot)
         try:
             self.open(request, transport)
         except Disconnect as exc:

@@ -12,6 +12,9 @@ go by ``POST /connection/sse/send?session=<id>`` (JSON lines, ``text/plain`` or
 ``heartbeat`` seconds keeps proxies from closing an idle stream. When the hub ends the session,
 the last event is a ``disconnect`` push (``code``, ``reason``, ``reconnect``) and the stream
 closes; when the client closes the stream, the session ends.
+
+The session's queue is charged to a memory account under the client's address (``budgets``);
+the stream's connection itself holds a connection slot, so an SSE session takes no other.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+from ..aio.budget import Account, Budgets
 from ..hub.errors import Disconnect
 from ..hub.hub import Hub
 from ..protocol.close import CloseCode
@@ -40,8 +44,10 @@ class SseTransport(HttpTransport):
 
     kind = "sse"
 
-    def __init__(self, max_buffered: int, ended: asyncio.Event) -> None:
-        super().__init__(max_buffered)
+    def __init__(
+        self, max_buffered: int, ended: asyncio.Event, account: Account | None = None
+    ) -> None:
+        super().__init__(max_buffered, account)
         self.ready = asyncio.Event()
         self.ended = ended
 
@@ -74,8 +80,15 @@ class SseEndpoints(HttpEndpoints):
         max_buffered: int = 1 << 20,
         max_message_size: int = 65536,
         heartbeat: float = 20.0,
+        budgets: Budgets | None = None,
     ) -> None:
-        super().__init__(hub, origins, max_buffered=max_buffered, max_message_size=max_message_size)
+        super().__init__(
+            hub,
+            origins,
+            max_buffered=max_buffered,
+            max_message_size=max_message_size,
+            budgets=budgets,
+        )
         self.heartbeat = heartbeat
         """Seconds between comment lines on an idle stream."""
         self._http: RouteTable | None = None
@@ -95,10 +108,11 @@ class SseEndpoints(HttpEndpoints):
         return StreamResponse(self._events(request, ended), 200, headers, ended)
 
     async def _events(self, request: HttpRequest, ended: asyncio.Event) -> AsyncIterator[bytes]:
-        transport = SseTransport(self.max_buffered, ended)
+        transport = SseTransport(self.max_buffered, ended, self.open_account(request))
         try:
             session = self.open(request, transport)
         except Disconnect as exc:
+            transport.release()
             yield f"data: {disconnect_message(exc.code, exc.reason)}\n\n".encode()
             return
         hello = json.dumps({"session": transport.id, "heartbeat": self.heartbeat})
@@ -117,3 +131,4 @@ class SseEndpoints(HttpEndpoints):
         finally:
             self.forget(transport)
             session.transport_closed(CloseCode.ABNORMAL_CLOSURE, "event stream closed")
+            transport.release()
