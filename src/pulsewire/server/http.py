@@ -81,7 +81,6 @@ cut at a head or ``Content-Length`` boundary (chunked bodies), the next request'
 are parsed with it, so per-request head counts are exact to within this many bytes."""
 
 _HEAD_END = b"\r\n\r\n"
-_OPTIONS_ALLOW = "GET, HEAD, POST, OPTIONS"
 
 
 @dataclass
@@ -183,11 +182,7 @@ class HttpServer:
         return None
 
     async def dispatch(self, request: HttpRequest) -> HttpResponse | StreamResponse:
-        """Route ``request``: 404, 426 (WebSocket path), 405, or the handler (500 if it fails).
-
-        ``OPTIONS *`` (the server as a whole) gets 204 with the methods it serves."""
-        if request.target == "*":  # only OPTIONS gets here with it (see HttpProtocol)
-            return HttpResponse(204, b"", [("Allow", _OPTIONS_ALLOW)])
+        """Route ``request``: 404, 426 (WebSocket path), 405, or the handler (500 if it fails)."""
         route = self.route(request.path)
         response: HttpResponse | StreamResponse
         try:
@@ -255,10 +250,22 @@ _Item = HttpRequest | _Answer | _Upgrade
 
 
 class _Refusal(Exception):
+    """Raised by a parser callback to refuse the request (httptools then stops parsing)."""
+
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+def _refusal_of(exc: httptools.HttpParserCallbackError) -> tuple[int, str]:
+    """The status and reason of a callback's refusal. Only plain values leave this function:
+    the refusal's traceback holds the callback's frame, whose caller is the frame that
+    caught it, so keeping the exception in a local there would make a reference cycle."""
+    cause = exc.__context__
+    if isinstance(cause, _Refusal):
+        return cause.status, cause.reason
+    return 400, f"malformed HTTP request: {exc}"
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -445,11 +452,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._upgrade_requested(buf[start + int(exc.args[0]) :])
                 break
             except httptools.HttpParserCallbackError as exc:
-                cause = exc.__context__
-                if isinstance(cause, _Refusal):
-                    self._error(cause.status, cause.reason)
-                else:
-                    self._error(400, f"malformed HTTP request: {exc}")
+                self._error(*_refusal_of(exc))
                 break
             except httptools.HttpParserError as exc:
                 self._error(400, f"malformed HTTP request: {exc}")
@@ -618,21 +621,6 @@ class HttpProtocol(asyncio.Protocol):
         """An Upgrade request is complete: hand the connection over once its turn comes."""
         parser = self.parser
         assert parser is not None
-        if self.url == b"*":  # OPTIONS * with an Upgrade header: answered, not upgraded
-            request = HttpRequest(
-                method="OPTIONS",
-                target="*",
-                headers=Headers(self.headers),
-                body=b"",
-                remote_address=self.remote,
-                version=parser.get_http_version(),
-                keep_alive=False,
-                secure=self._secure(),
-            )
-            self._stopped = True
-            self._drop_input()
-            self._enqueue(request, 0)
-            return
         item = _Upgrade(
             method=parser.get_method().decode("ascii", "replace"),
             target=self.url.decode("latin-1"),
