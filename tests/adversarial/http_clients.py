@@ -48,6 +48,9 @@ def request(
 class Conn:
     """One TCP connection to the node."""
 
+    opened = 0
+    """Connections opened so far (by every instance; for the figures of a test)."""
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
@@ -57,6 +60,7 @@ class Conn:
         cls, port: int, source: str = ATTACKER, *, rcvbuf: int | None = None, limit: int = 1 << 16
     ) -> Conn:
         reader, writer = await open_tcp(port, source, rcvbuf=rcvbuf, limit=limit)
+        Conn.opened += 1
         return cls(reader, writer)
 
     def send(self, data: bytes) -> None:
