@@ -91,6 +91,15 @@ SERVER_KEYS = frozenset(
     }
 )
 """The settings of the ``[server]`` table."""
+FRONT_DOOR_FIELDS = (
+    "limits",
+    "budget_limits",
+    "max_message_size",
+    "body_min_rate",
+    *TIMEOUT_KEYS,
+)
+""":class:`Settings` fields of the front door's limits and deadlines: fixed at start (a
+reload logs those that changed as "restart needed", see :func:`front_door_changes`)."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -217,6 +226,22 @@ def _budget_limits(table: dict[str, Any]) -> BudgetLimits:
             "[server] need 0 < bytes_high_per_connection <= max_bytes_per_connection and "
             "0 < bytes_high_per_ip <= max_bytes_per_ip (defaults 1 MiB, 4 MiB, 16 MiB, 32 MiB)"
         ) from None
+
+
+def front_door_changes(old: Settings, new: Settings) -> list[str]:
+    """The ``[server]`` limits and deadlines whose value differs, by their TOML names."""
+    changed = [k for k in LIMIT_KEYS if getattr(old.limits, k) != getattr(new.limits, k)]
+    changed += [
+        key
+        for key, name in BUDGET_KEYS.items()
+        if getattr(old.budget_limits, name) != getattr(new.budget_limits, name)
+    ]
+    changed += [
+        key
+        for key in ("max_message_size", "body_min_rate", *TIMEOUT_KEYS)
+        if getattr(old, key) != getattr(new, key)
+    ]
+    return sorted(changed)
 
 
 def pin_generated_secret(args: argparse.Namespace, settings: Settings) -> argparse.Namespace:

@@ -4,7 +4,9 @@ Live: channel options (``[channel]``, ``[namespaces.*]``), token keys, audience 
 the API key, allowed origins, anonymous access, timeouts, rate limits (for new
 connections) and the drain timeout. Needs a restart (logged as "restart needed", the running
 value is kept): host, port, TLS files, demo mode, workers, the engine, its prefix, the node
-name and ``client_queue_max_bytes`` (it sizes the transports' hard caps).
+name, ``client_queue_max_bytes`` (it sizes the transports' hard caps) and the front door's
+limits and deadlines (connection caps and rates, memory budgets, request, send and long-poll
+timeouts: the connections and sessions already open were set up with them).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ..hub.config import HubConfig
 from ..protocol.handshake import OriginPolicy
 from .api import ApiHandler
 from .app import HubServer
-from .main import Settings, load_settings
+from .main import FRONT_DOOR_FIELDS, Settings, front_door_changes, load_settings
 
 __all__ = ["apply_settings", "config_changes", "reload_settings"]
 
@@ -59,6 +61,7 @@ def apply_settings(
 ) -> Settings:
     """Apply ``new`` to the running ``server``; returns the settings now in effect."""
     restart = [n for n in RESTART_SERVER if getattr(current, n) != getattr(new, n)]
+    restart += front_door_changes(current, new)
     restart += [n for n in RESTART_HUB if getattr(current.config, n) != getattr(new.config, n)]
     kept: dict[str, Any] = {n: getattr(current.config, n) for n in RESTART_HUB}
     config = new.config.replace(**kept)
@@ -88,7 +91,7 @@ def apply_settings(
         logger.info("reloaded %s: %s", source, "; ".join(changes))
     else:
         logger.info("reloaded %s: no live setting changed", source)
-    keep_server = {n: getattr(current, n) for n in RESTART_SERVER}
+    keep_server = {n: getattr(current, n) for n in (*RESTART_SERVER, *FRONT_DOOR_FIELDS)}
     return dataclasses.replace(new, config=config, **keep_server)
 
 

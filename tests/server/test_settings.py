@@ -1,0 +1,115 @@
+"""``[server]`` limits and deadlines of the front door: read from the config file, given to the
+server, checked, and kept (with a "restart needed" line) by a reload."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from pulsewire.aio.budget import BudgetLimits
+from pulsewire.cli import _build_parser
+from pulsewire.server.http import HttpLimits
+from pulsewire.server.limits import ConnectionLimits
+from pulsewire.server.main import front_door_changes, load_settings, server_from_settings
+from pulsewire.server.reload import apply_settings
+
+KiB, MiB = 1 << 10, 1 << 20
+
+TABLE = """
+[server]
+max_connections_per_ip = 50
+bytes_high_per_connection = 262144
+max_bytes_per_connection = 524288
+bytes_high_per_ip = 2097152
+max_bytes_per_ip = 8388608
+head_timeout = 4.0
+body_timeout = 12.5
+body_min_rate = 2048
+idle_timeout = 30.0
+send_timeout = 15.0
+longpoll_timeout = 20.0
+longpoll_idle_timeout = 45.0
+"""
+
+
+def settings_from(tmp_path: Path, text: str, name: str = "pulsewire.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return load_settings(_build_parser().parse_args(["serve", "--config", str(path)]))
+
+
+def test_the_front_door_settings_reach_the_server(tmp_path: Path) -> None:
+    settings = settings_from(tmp_path, TABLE)
+    assert settings.budget_limits == BudgetLimits(256 * KiB, 512 * KiB, 2 * MiB, 8 * MiB)
+    assert settings.limits.max_connections_per_ip == 50
+    server = server_from_settings(settings)
+    assert server.budgets.limits == settings.budget_limits
+    assert server.websocket.budgets is server.budgets  # one budget for every transport
+    assert server.http.budgets is server.budgets
+    assert server.sse.budgets is server.budgets and server.longpoll.budgets is server.budgets
+    limits = server.http.limits
+    assert (limits.head_timeout, limits.body_timeout, limits.body_min_rate) == (4.0, 12.5, 2048)
+    assert (limits.idle_timeout, limits.send_timeout) == (30.0, 15.0)
+    assert (server.longpoll.poll_timeout, server.longpoll.idle_timeout) == (20.0, 45.0)
+    assert server.limiter.limits.max_connections_per_ip == 50
+
+
+def test_the_defaults(tmp_path: Path) -> None:
+    settings = settings_from(tmp_path, "[server]\n")
+    server = server_from_settings(settings)
+    assert server.budgets.limits == BudgetLimits()
+    assert server.http.limits == HttpLimits()
+    assert server.limiter.limits == ConnectionLimits()
+    assert (server.longpoll.poll_timeout, server.longpoll.idle_timeout) == (25.0, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("bytes_high_per_ip = 99999999", "bytes_high_per_ip <= max_bytes_per_ip"),
+        ("max_bytes_per_connection = 1000", "bytes_high_per_connection <= max_bytes_per_conn"),
+        ("bytes_high_per_connection = 0", "0 < bytes_high_per_connection"),
+        ("body_timeout = 0", "body_timeout must be positive"),
+        ("send_timeout = -1", "send_timeout must be positive"),
+        ("longpoll_idle_timeout = 0", "longpoll_idle_timeout must be positive"),
+        ("body_min_rate = -5", "body_min_rate must not be negative"),
+    ],
+)
+def test_bad_values_are_refused_with_their_name(tmp_path: Path, line: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        settings_from(tmp_path, f"[server]\n{line}\n")
+
+
+def test_a_reload_keeps_the_running_limits_and_says_a_restart_is_needed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    current = settings_from(tmp_path, "[server]\n", "a.toml")
+    new = settings_from(tmp_path, TABLE, "b.toml")
+    assert front_door_changes(current, new) == sorted(
+        [
+            "max_connections_per_ip",
+            "bytes_high_per_connection",
+            "max_bytes_per_connection",
+            "bytes_high_per_ip",
+            "max_bytes_per_ip",
+            "head_timeout",
+            "body_timeout",
+            "body_min_rate",
+            "idle_timeout",
+            "send_timeout",
+            "longpoll_timeout",
+            "longpoll_idle_timeout",
+        ]
+    )
+    assert front_door_changes(current, current) == []
+    server = server_from_settings(current)
+    with caplog.at_level(logging.WARNING, logger="pulsewire.server"):
+        kept = apply_settings(server, current, new)
+    assert (
+        "restart needed for body_min_rate, body_timeout, bytes_high_per_connection," in caplog.text
+    )
+    assert kept.budget_limits == current.budget_limits and kept.limits == current.limits
+    assert kept.send_timeout == current.send_timeout
+    assert server.http.limits == HttpLimits()
