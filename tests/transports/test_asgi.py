@@ -23,6 +23,7 @@ import msgpack
 import pytest
 
 import pulsewire
+from pulsewire.aio.budget import BudgetLimits
 from pulsewire.hub import ChannelOptions, Hub, HubConfig
 from pulsewire.hub.wire import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
 from pulsewire.protocol.errors import ConnectionClosed, InvalidStatus
@@ -369,6 +370,53 @@ async def test_slow_consumer_is_disconnected_with_bounded_queue(mounted, raw_cli
     assert frames and frames[-1].opcode == 0x8
     assert frames[-1].close_code == 1013
     assert "slow consumer" in frames[-1].close_reason
+
+
+async def test_a_websocket_session_queue_over_the_address_budget_ends_it(mounted, raw_client):
+    limits = BudgetLimits(
+        connection_high=8192, connection_hard=1 << 20, address_high=8192, address_hard=32768
+    )
+    served = await mounted(budget_limits=limits)
+    raw = await raw_client(served.port, WS_PATH, rcvbuf=4096)
+    connect = {"id": 1, "method": "connect", "params": {"token": make_token("held")}}
+    subscribe = {"id": 2, "method": "subscribe", "params": {"channel": "typing:held"}}
+    for command in (connect, subscribe):
+        await raw.send_frame(0x1, json.dumps(command).encode())
+        assert json.loads((await raw.recv_frame()).payload)["id"] == command["id"]
+    (session,) = served.hub.sessions.values()
+    published = 0
+    while session.id in served.hub.sessions:
+        assert published < 5000, "never disconnected"
+        await served.hub.publish("typing:held", "x" * 8192)
+        published += 1
+        assert served.rt.budgets.held(HOST) <= 32768 + 8192 + 200
+        await asyncio.sleep(0)
+    assert served.rt.budgets.exceeded == {"connection": 0, "address": 1}
+    frames = await raw.recv_until_close(timeout=10)
+    assert (frames[-1].close_code, frames[-1].close_reason) == (
+        1013,
+        "server memory budget exceeded",
+    )
+    await wait_until(lambda: served.rt.budgets.addresses == 0)
+
+
+async def test_longpoll_queues_are_charged_to_the_address_through_asgi(mounted, http):
+    served = await mounted()
+    base = f"{served.http}/connection/longpoll"
+    session = (await http.post(f"{base}/open")).json()["session"]
+    commands = command_lines(
+        {"id": 1, "method": "connect", "params": {"token": make_token("jane")}},
+        {"id": 2, "method": "subscribe", "params": {"channel": "chat:held"}},
+    )
+    assert await http.post(f"{base}/send?session={session}", content=commands, headers=TEXT)
+    await http.get(f"{base}/poll?session={session}")  # the replies
+    for n in range(5):
+        await served.hub.publish("chat:held", {"n": n, "pad": "x" * 1000})
+    assert served.rt.budgets.held(HOST) > 5000
+    assert len((await http.get(f"{base}/poll?session={session}")).json()) == 5
+    assert served.rt.budgets.held(HOST) == 0
+    await http.post(f"{base}/close?session={session}")
+    assert served.rt.budgets.addresses == 0
 
 
 async def test_slow_consumer_that_never_reads_is_abandoned(mounted, raw_client):
