@@ -301,7 +301,8 @@ async def test_a_stream_whose_queue_takes_its_address_over_the_hard_limit_ends(
         await server.hub.publish("chat:held", "x" * 1000)
         await asyncio.sleep(0)
     assert not server.hub.sessions
-    assert server.budgets.exceeded["address"] == 1
+    assert server.budgets.exceeded["address"] >= 1  # the session (or its stream) went over
     await wait_until(lambda: not server.sse.transports)  # the stream ended
-    await wait_until(lambda: server.budgets.addresses <= 1)  # (httpx's connection may stay)
+    # (httpx's connection may stay; the stream's may linger up to CLOSE_DEADLINE, 5 s)
+    await wait_until(lambda: server.budgets.addresses <= 1, timeout=10)
     writer.close()
