@@ -292,11 +292,13 @@ class HttpProtocol(asyncio.Protocol):
         "_reading",
         "_stopped",
         "_timer_kind",
+        "_wakeup",
         "_window_mark",
         "_write_paused",
         "account",
         "admitted",
         "body",
+        "busy",
         "discarding",
         "headers",
         "limits",
@@ -304,6 +306,7 @@ class HttpProtocol(asyncio.Protocol):
         "parser",
         "pending",
         "remote",
+        "secure",
         "server",
         "streaming",
         "timer",
@@ -320,6 +323,8 @@ class HttpProtocol(asyncio.Protocol):
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.account: Account | None = None
         self.remote = ""
+        self.secure = False
+        """Whether the connection is TLS (the same-host Origin check then expects https)."""
         self.admitted = False
         # input not fed to the parser yet: self._buf[self._pos:]
         self._buf = b""
@@ -338,6 +343,10 @@ class HttpProtocol(asyncio.Protocol):
         self._pending_bytes = 0
         self._handling = 0
         self.worker: asyncio.Task[None] | None = None
+        """Handles the requests in order; started by the first one, waits for the next."""
+        self._wakeup: asyncio.Future[None] | None = None
+        self.busy = False
+        """Whether a request is being handled (or its answer written)."""
         self.streaming: StreamResponse | None = None
         self._stopped = False  # no more requests are parsed on this connection
         self.discarding = False  # what arrives is dropped unread (a stream is on)
@@ -360,6 +369,7 @@ class HttpProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=0)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
+        self.secure = transport.get_extra_info("ssl_object") is not None
         limiter = self.server.limiter
         if limiter is not None:
             refusal = limiter.admit(self.remote)
@@ -403,6 +413,7 @@ class HttpProtocol(asyncio.Protocol):
             waiter.set_result(False)
         worker = self.worker
         self.worker = None
+        self._wakeup = None
         if worker is not None:
             worker.cancel()
         self.pending.clear()
@@ -440,12 +451,12 @@ class HttpProtocol(asyncio.Protocol):
             start = self._pos
             size = self._slice(buf, start)
             self._pos = end = start + size
-            if not self._head_done:
+            in_head = not self._head_done
+            if in_head:
                 self._head_bytes += size
                 if self._head_bytes > self.limits.max_head:
                     self._error(431, f"request head larger than {self.limits.max_head} bytes")
                     break
-                self._head_tail = (self._head_tail + buf[max(start, end - 3) : end])[-3:]
             try:
                 parser.feed_data(memoryview(buf)[start:end])
             except httptools.HttpParserUpgrade as exc:
@@ -457,6 +468,9 @@ class HttpProtocol(asyncio.Protocol):
             except httptools.HttpParserError as exc:
                 self._error(400, f"malformed HTTP request: {exc}")
                 break
+            if in_head and self._in_message and not self._head_done:
+                # The head goes on in the next slice: its end may straddle the two.
+                self._head_tail = (self._head_tail + buf[max(start, end - 3) : end])[-3:]
         if self._pos >= len(self._buf):
             self._buf = b""
             self._pos = 0
@@ -484,11 +498,11 @@ class HttpProtocol(asyncio.Protocol):
 
     def _update_reading(self) -> None:
         """Read from the socket only while what is read can be parsed (or dropped)."""
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
         wanted = self._wants_input()
         if wanted == self._reading:
+            return
+        transport = self.transport
+        if transport is None or transport.is_closing():
             return
         self._reading = wanted
         if wanted:
@@ -573,8 +587,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body_left = None if chunked else length
         if chunked or length:
             self._arm_body()
-        else:
-            self._cancel_timer()
+        # (without a body the request is complete now, and its head deadline cancelled)
 
     def on_body(self, body: bytes) -> None:
         if len(self.body) + len(body) > self.limits.max_body:
@@ -597,15 +610,11 @@ class HttpProtocol(asyncio.Protocol):
             remote_address=self.remote,
             version=parser.get_http_version(),
             keep_alive=parser.should_keep_alive(),
-            secure=self._secure(),
+            secure=self.secure,
         )
         size = self._head_bytes + len(self.body)
         self._drop_message()
         self._enqueue(request, size)
-
-    def _secure(self) -> bool:
-        transport = self.transport
-        return transport is not None and transport.get_extra_info("ssl_object") is not None
 
     def _drop_message(self) -> None:
         self.url = bytearray()
@@ -639,17 +648,39 @@ class HttpProtocol(asyncio.Protocol):
         self._pending_bytes += size
         if self.worker is None:
             self.worker = self.loop.create_task(self._work())
+        else:
+            self._wake_worker()
+
+    def _wake_worker(self) -> None:
+        """There is work, or the connection is closing: the waiting worker goes on."""
+        waker = self._wakeup
+        if waker is not None:
+            self._wakeup = None
+            if not waker.done():
+                waker.set_result(None)
 
     # -- request handling ----------------------------------------------------------------------
 
     async def _work(self) -> None:
-        """Handle the waiting items in order; exits when there are none left."""
+        """Handle the waiting items in order, for as long as the connection is open."""
         try:
-            while self.pending and self.transport is not None:
+            while self.transport is not None:
+                if not self.pending:
+                    if self.server.closing:
+                        self._close()
+                        return
+                    if not self._in_message and not self._stopped:
+                        self._arm("idle", self.limits.idle_timeout)
+                    waker: asyncio.Future[None] = self.loop.create_future()
+                    self._wakeup = waker
+                    await waker
+                    continue
+                self.busy = True
                 item, size = self.pending.popleft()
                 self._pending_bytes -= size
                 self._handling = size
-                self._continue()  # the next request may be read while this one is handled
+                if self._pos < len(self._buf):
+                    self._continue()  # the next request may be parsed while this one is handled
                 if isinstance(item, _Answer):
                     self._answer(item.status, item.reason)
                     return
@@ -662,14 +693,12 @@ class HttpProtocol(asyncio.Protocol):
                     self._close()
                     return
                 self._handling = 0
-            if self.transport is not None:
-                if self.server.closing:
-                    self._close()
-                elif not self._in_message and not self._stopped:
-                    self._arm("idle", self.limits.idle_timeout)
+                self.busy = False
         finally:
             if self.worker is asyncio.current_task():
                 self.worker = None
+            self._wakeup = None
+            self.busy = False
             self._handling = 0
             self._charge()
 
@@ -698,7 +727,7 @@ class HttpProtocol(asyncio.Protocol):
         if not keep_alive:
             return False
         # Backpressure: the next request is handled once the peer has taken this answer.
-        return await self._drained()
+        return not self._write_paused or await self._drained()
 
     async def _stream(self, response: StreamResponse) -> None:
         transport = self.transport
@@ -839,7 +868,7 @@ class HttpProtocol(asyncio.Protocol):
             + self._handling
             + transport.get_write_buffer_size()
         )
-        if not account.hold(held):
+        if held != account.held and not account.hold(held):
             self._over_hard_limit(account)
         self._update_reading()
 
@@ -971,6 +1000,7 @@ class HttpProtocol(asyncio.Protocol):
         if transport is None:
             return
         self.transport = None
+        self._wake_worker()  # (it sees the connection is closing and ends)
         self.discarding = True
         self._drop_input()
         self.pending.clear()
@@ -996,7 +1026,8 @@ class HttpProtocol(asyncio.Protocol):
         if transport is not None:
             transport.abort()
             self.transport = None
+            self._wake_worker()
 
     def close_if_idle(self) -> None:
-        if self.worker is None and not self._in_message:
+        if not self.busy and not self.pending and not self._in_message:
             self._close()
