@@ -11,12 +11,13 @@ Bounded by construction:
   server's :class:`~pulsewire.aio.budget.Budgets` with everything it holds: input not parsed
   yet, the request being received (head and body so far), the request waiting behind the one
   being handled, and the output the peer has not taken (the transport's write buffer).
-  Requests are parsed one at a time: reading stops while a complete request already waits
-  behind the one being handled, and while the connection or its address is over its
-  high-water mark (at the next request boundary: a request within the size limits is always
-  received whole). After each response the worker waits until the peer has taken it before
-  handling the next one. Over a hard limit the connection is closed: 503 if nothing is
-  pending on the way out, else aborted.
+  Requests are parsed one at a time: at most one complete request waits behind the one being
+  handled, and reading stops once input piles up behind it (more than :data:`SLICE` bytes),
+  and, while the connection or its address is over its high-water mark, as long as this
+  connection holds anything (a request already being received is read to its end: it is
+  bounded by the size limits). After each response the worker waits until the peer has
+  taken it before handling the next one. Over a hard limit the connection is closed: 503 if
+  nothing is on its way out, else aborted.
 * **Sizes.** Request line (414), header count and head size (431, counted per request, so
   pipelined requests split across reads are all served), body size (413, refused as soon as
   ``Content-Length`` says so).
@@ -30,7 +31,13 @@ Bounded by construction:
 httptools cannot pause in the middle of a buffer, so input is fed to it in slices that end
 where a request head ends (``CRLF CRLF``) or where a ``Content-Length`` body ends, at most
 :data:`SLICE` bytes: parsing stops exactly at a request boundary and the rest waits in the
-connection's own buffer (at most what one read brought in, since reading is paused then).
+connection's own buffer (at most :data:`SLICE` bytes plus what one read brought in, since
+reading is paused then).
+
+Closing is graceful where it can be: our side ends (FIN), what the peer still sends is read
+and dropped until it closes too (so that a reset cannot destroy our last answer), and the
+connection is aborted :data:`CLOSE_DEADLINE` seconds later if it is still there. A closed
+connection keeps no reference cycle: it is freed by reference counting.
 """
 
 from __future__ import annotations
@@ -530,9 +537,9 @@ class HttpProtocol(asyncio.Protocol):
             # connection holds anything. One that holds nothing takes one request at a time,
             # so that those that release memory (a poll taking queued messages) get through.
             return False
-        # Keep reading while nothing waits unparsed: one more read is all that can pile up
-        # (then this is False) while the worker is busy, without a pause per request.
-        return self._pos >= len(self._buf)
+        # Keep reading while little waits unparsed (no pause per pipelined request): one
+        # more read is all that can pile up on top of SLICE bytes while the worker is busy.
+        return len(self._buf) - self._pos < SLICE
 
     def _drop_input(self) -> None:
         """Forget the unparsed input and the request being received."""
