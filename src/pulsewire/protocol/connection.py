@@ -22,7 +22,16 @@ consumed chunk by chunk, so text is UTF-8 validated and compressed data inflated
 arrive. The only bytes ever held back are an incomplete header (at most 14 bytes) or an
 incomplete control frame (at most 139 bytes), or a binary frame of at most 64 KiB that is
 taken whole once complete (cheaper than streaming it): buffering is bounded by design.
-Complete messages are assembled up to ``max_message_size`` and no further.
+Complete messages are assembled up to ``max_message_size`` and no further, and compressed data
+is inflated in bounded pieces (see :mod:`.deflate`): a decompression bomb costs at most the
+limit plus one piece. A message that fails (1007, 1009, ...) is dropped at once.
+:attr:`Connection.buffered_in` tells an I/O layer what the input side holds.
+
+Compressed messages are the one way a few bytes of input become many: with
+``max_inflated_per_read``, :meth:`Connection.receive_data` stops at the first message boundary
+after inflating that many bytes and keeps the rest of its input unparsed
+(:attr:`Connection.input_held_back`), so that the caller can deliver (or stop reading) before
+it continues with ``receive_data(b"")``.
 """
 
 from __future__ import annotations
@@ -75,15 +84,19 @@ class Connection:
 
     ``max_message_size`` bounds a whole message after inflation (``None``: no limit, for tools
     that need it, never the default); ``max_frame_size`` bounds one frame's payload (default:
-    the message limit). Both fail the connection with 1009.
+    the message limit). Both fail the connection with 1009. ``max_inflated_per_read`` (default
+    ``None``: no pause) bounds the compressed messages one :meth:`receive_data` call completes,
+    see the module docstring.
     """
 
     __slots__ = (
+        "__weakref__",
         "side",
         "state",
         "max_message_size",
         "max_frame_size",
         "max_fragments",
+        "max_inflated_per_read",
         "deflate",
         "close_sent",
         "close_rcvd",
@@ -91,6 +104,7 @@ class Connection:
         "failure",
         "out_bytes",
         "close_transport",
+        "input_held_back",
         "_client",
         "_mask_key",
         "_events",
@@ -107,8 +121,9 @@ class Connection:
         "_msg_compressed",
         "_msg_size",
         "_msg_frames",
-        "_msg_inflated",
+        "_msg_held",
         "_msg_parts",
+        "_read_inflated",
         "_utf8",
         # current outgoing fragmented message
         "_out_fragmenting",
@@ -122,6 +137,7 @@ class Connection:
         max_message_size: int | None = 2**20,
         max_frame_size: int | None = None,
         max_fragments: int | None = 4096,
+        max_inflated_per_read: int | None = None,
         deflate: PerMessageDeflate | None = None,
         mask_key: Callable[[], bytes] | None = None,
     ) -> None:
@@ -130,6 +146,7 @@ class Connection:
         self.max_message_size = max_message_size
         self.max_frame_size = max_frame_size if max_frame_size is not None else max_message_size
         self.max_fragments = max_fragments
+        self.max_inflated_per_read = max_inflated_per_read
         self.deflate = deflate
         self.close_sent: Close | None = None
         self.close_rcvd: Close | None = None
@@ -138,6 +155,9 @@ class Connection:
         """Bytes queued in :meth:`data_to_send` and not yet taken (for write backpressure)."""
         self.failure: ProtocolError | None = None
         self.close_transport = False
+        self.input_held_back = False
+        """:meth:`receive_data` stopped before the end of its input (``max_inflated_per_read``):
+        take the events, then call ``receive_data(b"")`` to go on."""
         self._client = side is Side.CLIENT
         self._mask_key: Callable[[], bytes] = mask_key or (lambda: os.urandom(4))
         self._events: list[Event] = []
@@ -152,8 +172,9 @@ class Connection:
         self._msg_compressed = False
         self._msg_size = 0
         self._msg_frames = 0
-        self._msg_inflated = 0
-        self._msg_parts: list[bytes] | list[str] = []
+        self._msg_held = 0
+        self._msg_parts: list[bytes] = []
+        self._read_inflated = 0
         self._utf8: Utf8Decoder | None = None
         self._out_fragmenting = 0
         self._out_compressed = False
@@ -161,12 +182,17 @@ class Connection:
     # ------------------------------------------------------------------------------ input
 
     def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the network, then read :meth:`events_received`, :meth:`data_to_send`."""
+        """Feed bytes from the network, then read :meth:`events_received`, :meth:`data_to_send`.
+
+        When :attr:`input_held_back` turns True, call ``receive_data(b"")`` (after taking the
+        events) to parse the rest of what was fed."""
+        self.input_held_back = False
         if self._discard_input:
             return
         if self._pending:
             data = self._pending + data
             self._pending = b""
+        self._read_inflated = 0
         try:
             pos = self._parse(data)
         except ProtocolError as exc:
@@ -177,11 +203,30 @@ class Connection:
 
     def receive_eof(self) -> None:
         """The peer closed the TCP connection (or it broke)."""
-        self._discard_input = True
-        self._pending = b""
+        self._drop_input()
         if self.state is not State.CLOSED:
             self.state = State.CLOSED
         self.close_transport = True
+
+    @property
+    def buffered_in(self) -> int:
+        """Bytes the input side holds: unparsed input plus the message being assembled
+        (complete messages waiting in :meth:`events_received` are not counted)."""
+        return len(self._pending) + self._msg_held
+
+    def _drop_input(self) -> None:
+        """Nothing more will be parsed: let go of unparsed input and of a partial message."""
+        self._discard_input = True
+        self.input_held_back = False
+        self._pending = b""
+        self._frame_left = 0
+        self._msg_type = _NO_MESSAGE
+        self._msg_compressed = False
+        self._msg_size = self._msg_frames = self._msg_held = 0
+        self._msg_parts = []
+        self._utf8 = None
+        if self.deflate is not None:
+            self.deflate.reset_receiving()
 
     def events_received(self) -> list[Event]:
         """Events parsed since the last call: str/bytes messages, Ping, Pong, CloseReceived."""
@@ -222,6 +267,12 @@ class Connection:
                     chunk = apply_mask(chunk, mask)
                     self._frame_phase = (phase + take) & 3
                 self._on_data(chunk, self._frame_left == 0)
+                cap = self.max_inflated_per_read
+                if cap is not None and self._read_inflated >= cap and not self._msg_type:
+                    # Enough inflated for one read: let the caller deliver it first.
+                    if pos < end:
+                        self.input_held_back = True
+                    return pos
                 continue
 
             if end - pos < 2:
@@ -313,9 +364,6 @@ class Connection:
             if opcode:
                 self._msg_type = opcode
                 self._msg_compressed = bool(rsv1)
-                self._msg_parts = []
-                if opcode == _TEXT:
-                    self._utf8 = Utf8Decoder()
             self._msg_size += length
             self._msg_frames += 1
             if self.max_fragments is not None and self._msg_frames > self.max_fragments:
@@ -334,34 +382,52 @@ class Connection:
         return pos
 
     def _on_data(self, chunk: bytes, frame_done: bool) -> None:
-        """Add a piece of the current frame's (unmasked) payload to the current message."""
+        """Add a piece of the current frame's (unmasked) payload to the current message.
+
+        The message is kept as the bytes that arrived (inflated), and text is decoded once,
+        when it is complete: str pieces could take up to 4 bytes per UTF-8 byte. Text that
+        arrives in several pieces is also validated as each one arrives, to fail fast."""
         last = frame_done and self._frame_fin
         if self._msg_compressed:
             assert self.deflate is not None
             limit = self.max_message_size
-            budget = None if limit is None else limit - self._msg_inflated
-            chunk = self.deflate.inflate(chunk, last, budget)
-            self._msg_inflated += len(chunk)
-        parts = self._msg_parts
-        if self._msg_type == _TEXT:
-            assert self._utf8 is not None
-            text = self._utf8.decode(chunk, last)
-            if text:
-                parts.append(text)  # type: ignore[arg-type]
+            budget = None if limit is None else limit - self._msg_held
+            # One piece of look-ahead: a message that inflates to a single piece is not
+            # validated twice.
+            ahead = b""
+            for piece in self.deflate.inflate_pieces(chunk, last, budget):
+                if ahead:
+                    self._add_piece(ahead, True)
+                ahead = piece
+            if ahead:
+                self._add_piece(ahead, not last or bool(self._msg_parts))
         elif chunk:
-            parts.append(chunk)  # type: ignore[arg-type]
+            self._add_piece(chunk, not last or bool(self._msg_parts))
         if last:
-            if self._msg_type == _TEXT:
-                self._events.append("".join(parts))  # type: ignore[arg-type]
-            else:
-                self._events.append(b"".join(parts))  # type: ignore[arg-type]
-            self._msg_type = _NO_MESSAGE
-            self._msg_compressed = False
-            self._msg_size = 0
-            self._msg_frames = 0
-            self._msg_inflated = 0
-            self._msg_parts = []
-            self._utf8 = None
+            self._finish_message()
+
+    def _add_piece(self, piece: bytes, validate: bool) -> None:
+        self._msg_parts.append(piece)
+        self._msg_held += len(piece)
+        if validate and self._msg_type == _TEXT:
+            utf8 = self._utf8
+            if utf8 is None:
+                utf8 = self._utf8 = Utf8Decoder()
+            utf8.decode(piece)  # raises ProtocolError(1007) at the first invalid byte
+
+    def _finish_message(self) -> None:
+        parts = self._msg_parts
+        text = self._msg_type == _TEXT
+        if self._msg_compressed:
+            self._read_inflated += self._msg_held
+        self._msg_type = _NO_MESSAGE
+        self._msg_compressed = False
+        self._msg_size = self._msg_frames = self._msg_held = 0
+        self._msg_parts = []
+        self._utf8 = None
+        payload = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()  # the pieces are joined: don't hold them twice while decoding
+        self._events.append(decode_text(payload) if text else payload)
 
     def _on_control(self, opcode: int, payload: bytes) -> None:
         if opcode == 9:
@@ -381,8 +447,7 @@ class Connection:
                 self.close_sent = Close(close.code, "")
                 self._send_frame(0x88, serialize_close(close.code))
             self.state = State.CLOSED
-            self._discard_input = True
-            self._pending = b""
+            self._drop_input()
             if not self._client:
                 self.close_transport = True
             self._events.append(CloseReceived(close))
@@ -392,14 +457,16 @@ class Connection:
         if exc is None:
             exc = ProtocolError(reason, code)
         if self.failure is None:
+            # Kept without its traceback, whose frames would hold this connection (a cycle
+            # only the garbage collector frees) and the input being parsed.
+            exc.__traceback__ = exc.__context__ = exc.__cause__ = None
             self.failure = exc
         if self.state is State.OPEN:
             reason = truncate_reason(reason)
             self.close_sent = Close(code, reason)
             self._send_frame(0x88, serialize_close(code, reason))
         self.state = State.CLOSED
-        self._discard_input = True
-        self._pending = b""
+        self._drop_input()  # a failed message's pieces go at once
         self.close_transport = True
 
     # ----------------------------------------------------------------------------- output

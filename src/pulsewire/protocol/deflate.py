@@ -2,9 +2,11 @@
 
 Decisions worth knowing:
 
-* Inflation is bounded: :meth:`PerMessageDeflate.inflate` never asks zlib for more than the
-  remaining budget plus one byte, so a decompression bomb is detected (1009) without ever
-  allocating more than the limit.
+* Inflation is bounded twice: :meth:`PerMessageDeflate.inflate_pieces` never asks zlib for
+  more than the remaining budget plus one byte, so a decompression bomb is detected (1009)
+  at the limit, and never for more than :data:`INFLATE_STEP` bytes per zlib call, so what a
+  bomb makes us hold is the message's pieces so far (at most the limit) plus one step, not a
+  second copy of the limit in zlib's output buffer.
 * "No context takeover" on our own side is done with ``Z_FULL_FLUSH`` at the end of each message,
   which resets the compressor's history without reallocating it. That also lets us fall back to
   sending an incompressible message uncompressed (RSV1 clear) for free.
@@ -18,16 +20,28 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .close import CloseCode
 from .errors import NegotiationError, PayloadTooBig, ProtocolError
 from .headers import ExtensionOffer, format_extension
 
-__all__ = ["EXTENSION_NAME", "DeflateOptions", "PerMessageDeflate", "deflate_options"]
+__all__ = [
+    "EXTENSION_NAME",
+    "INFLATE_STEP",
+    "DeflateOptions",
+    "PerMessageDeflate",
+    "deflate_options",
+]
 
 EXTENSION_NAME = "permessage-deflate"
 _TAIL = b"\x00\x00\xff\xff"
+INFLATE_STEP = 64 * 1024
+"""Most bytes of output asked of zlib in one call, and most bytes of input given to it. zlib's
+output buffer grows in blocks and is copied into one bytes object at the end of a call, so a
+call costs up to twice its output, and a call stopped by the output limit copies the input
+it left into ``unconsumed_tail``: one step bounds both, whatever the compression ratio."""
 _PARAMS = (
     "server_no_context_takeover",
     "client_no_context_takeover",
@@ -278,26 +292,47 @@ class PerMessageDeflate:
         """Inflate one frame of a compressed message; at most ``budget`` bytes of output.
 
         Raises PayloadTooBig (1009) past the budget and ProtocolError (1007) on corrupt data.
+        The output is joined into one bytes object: use :meth:`inflate_pieces` to keep the
+        memory of a large message to one copy.
+        """
+        return b"".join(self.inflate_pieces(data, fin, budget))
+
+    def inflate_pieces(self, data: bytes, fin: bool, budget: int | None) -> Iterator[bytes]:
+        """Inflate one frame of a compressed message, in pieces of at most :data:`INFLATE_STEP`
+        bytes and at most ``budget`` bytes in all (``None``: no limit).
+
+        Raises PayloadTooBig (1009) as soon as the output would pass the budget, and
+        ProtocolError (1007) on corrupt data; in both cases the inflater is dropped.
         """
         dec = self._decompressor
         if dec is None:
             # A larger window than negotiated always inflates correctly; zlib needs >= 9.
             dec = self._decompressor = zlib.decompressobj(-max(9, self.remote_max_window_bits))
-        limit = 0 if budget is None else budget + 1
+        left = budget
         try:
-            out = dec.decompress(data, limit) if data else b""
-            if budget is not None and (len(out) > budget or dec.unconsumed_tail):
-                raise PayloadTooBig(f"message inflates past the limit of {budget} bytes")
-            if fin:
-                left = None if budget is None else budget - len(out)
-                tail = dec.decompress(_TAIL, 0 if left is None else left + 1)
-                if left is not None and (len(tail) > left or dec.unconsumed_tail):
-                    raise PayloadTooBig(f"message inflates past the limit of {budget} bytes")
-                out += tail
-                if self.remote_no_context_takeover:
-                    self._decompressor = None
+            for source in _slices(data, fin):
+                while True:
+                    step = INFLATE_STEP if left is None or left >= INFLATE_STEP else left + 1
+                    piece = dec.decompress(source, step)
+                    source = dec.unconsumed_tail
+                    if left is not None:
+                        left -= len(piece)
+                        if left < 0:
+                            raise PayloadTooBig(
+                                f"message inflates past the limit of {budget} bytes"
+                            )
+                    if piece:
+                        yield piece
+                    # A full step may leave output inside zlib even with no input left. After
+                    # the end of the stream, zlib keeps what follows in unused_data (below).
+                    if dec.eof or (not source and len(piece) < step):
+                        break
         except zlib.error as exc:
+            self._decompressor = None
             raise ProtocolError(f"invalid compressed data: {exc}", CloseCode.INVALID_DATA) from None
+        except ProtocolError:
+            self._decompressor = None
+            raise
         if dec.eof:
             # A block with BFINAL set ended the deflate stream (RFC 7692 7.2.3.4 allows it): the
             # next message starts a new stream. Bytes after the end, other than our tail, are junk.
@@ -306,7 +341,25 @@ class PerMessageDeflate:
                 raise ProtocolError(
                     "data after the end of the deflate stream", CloseCode.INVALID_DATA
                 )
-        return out
+        elif fin and self.remote_no_context_takeover:
+            self._decompressor = None
+
+    def reset_receiving(self) -> None:
+        """Drop the inflater (and its window): after a failed message nothing is inflated
+        again, and a fresh one is made on demand."""
+        self._decompressor = None
+
+
+def _slices(data: bytes, fin: bool) -> Iterator[bytes | memoryview]:
+    """A frame's compressed payload in pieces of at most INFLATE_STEP, then the RFC 7692 tail."""
+    if len(data) <= INFLATE_STEP:
+        yield data
+    else:
+        view = memoryview(data)
+        for start in range(0, len(data), INFLATE_STEP):
+            yield view[start : start + INFLATE_STEP]
+    if fin:
+        yield _TAIL
 
 
 def deflate_options(compression: str | DeflateOptions | None) -> DeflateOptions | None:
