@@ -3,6 +3,9 @@ hard limits, per connection and per address."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 
 from pulsewire.aio.budget import Account, BudgetLimits, Budgets
@@ -135,3 +138,41 @@ def test_limits_must_be_ordered(changes: dict[str, int]) -> None:
     }
     with pytest.raises(ValueError):
         BudgetLimits(**values)
+
+
+def test_a_refused_account_is_counted_once_however_often_it_reports() -> None:
+    budgets = Budgets(LIMITS)
+    a = Owner(budgets)
+    assert not a.account.hold(401)
+    assert not a.account.hold(500)
+    assert a.account.refused
+    assert budgets.exceeded == {"connection": 1, "address": 0}
+
+
+def test_an_owner_may_reserve_room_above_the_connection_hard_limit() -> None:
+    budgets = Budgets(LIMITS)
+    a = Owner(budgets)
+    a.account.reserve(150)  # e.g. a hub session's outgoing queue, bounded by the hub itself
+    assert a.account.hold(550)  # over 400, under 400 + 150: paused, not refused
+    assert not a.reading
+    assert not a.account.hold(551)
+    assert budgets.exceeded == {"connection": 1, "address": 0}
+    b = Owner(budgets)
+    b.account.reserve(1000)
+    assert not b.account.hold(100)  # the address's limits are unchanged: 551 + 100 > 600
+    assert budgets.exceeded == {"connection": 1, "address": 1}
+
+
+def test_a_closed_account_does_not_keep_its_owner_alive() -> None:
+    budgets = Budgets(LIMITS)
+    owner = Owner(budgets)  # owner -> account -> owner's bound methods: a cycle while open
+    account = owner.account
+    account.close()
+    ref = weakref.ref(owner)
+    gc.disable()
+    try:
+        del owner
+        assert ref() is None, "the closed account kept its owner (a cycle for the GC)"
+    finally:
+        gc.enable()
+    assert account.hold(10)  # and reports after close are ignored, as before

@@ -15,8 +15,9 @@ shrinks, and the account answers with the same flow control everywhere:
   resumed by whichever account of that address brings the sum down.
 * above the hard limit of the account or of its address, :meth:`Account.hold` returns False:
   the owner closes the connection (WebSocket 1013, HTTP 503) and the refusal is counted in
-  :attr:`Budgets.exceeded`. An account paused for its own sake also waits for its address to
-  be under half its high-water mark: resuming is the conservative side.
+  :attr:`Budgets.exceeded`, once per account however often the owner reports afterwards.
+  An account paused for its own sake also waits for its address to be under half its
+  high-water mark: resuming is the conservative side.
 
 So the worst a peer can make a server hold is the address's hard limit plus what one read can
 add before the check (the transport's read size), whatever the number of its connections.
@@ -32,6 +33,13 @@ __all__ = ["Account", "BudgetLimits", "Budgets"]
 
 KiB = 1024
 MiB = 1024 * KiB
+
+READ_SIZE = 256 * KiB
+"""The most one ``data_received`` brings (asyncio's and uvloop's read size): what an account
+can grow by between two reports, before inflation."""
+INFLATED_PER_READ = 1 * MiB
+"""What one read may inflate into before the rest of it waits (at least ``max_size``)."""
+_UNBOUNDED = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,42 @@ class BudgetLimits:
             if not 0 < high <= hard:
                 raise ValueError(f"need 0 < {kind}_high <= {kind}_hard, got {high}, {hard}")
 
+    @classmethod
+    def for_message_size(cls, max_size: int | None) -> BudgetLimits:
+        """Limits in which any legal message fits: the default of a WebSocket server.
+
+        A connection assembling a message of ``max_size`` bytes must never be paused for it
+        and stay paused (it resumes under half its high-water mark, and only more input
+        completes the message), so ``connection_high = 2 * max_size + 256 KiB`` (at least
+        1 MiB). One read can then add a read's bytes plus what it inflates (at most
+        ``max(max_size, 1 MiB)`` plus one message of ``max_size``) before the next check, so
+        ``connection_hard = 2 * connection_high`` (at least 4 MiB). An address may hold four
+        connections at their high-water marks (at least 16 MiB) and twice that at most. With
+        ``max_size=None`` (no message limit) any budget could refuse a legal message: the
+        limits are then too large ever to pause or refuse (2**62 bytes).
+        """
+        if max_size is None:
+            return cls(_UNBOUNDED, _UNBOUNDED, _UNBOUNDED, _UNBOUNDED)
+        high = max(1 * MiB, 2 * max_size + READ_SIZE)
+        address_high = max(16 * MiB, 4 * high)
+        return cls(high, max(4 * MiB, 2 * high), address_high, 2 * address_high)
+
+    def check_message_size(self, max_size: int | None) -> None:
+        """Raise ValueError if a legal message of ``max_size`` bytes could be paused for good
+        or refused (see :meth:`for_message_size`). With ``max_size=None`` every budget is
+        accepted: it is then the only bound, and a message it cannot hold is refused."""
+        if max_size is None:
+            return
+        high = 2 * max_size + READ_SIZE
+        hard = self.connection_high + READ_SIZE + max(max_size, INFLATED_PER_READ) + max_size
+        if self.connection_high < high or self.connection_hard < hard:
+            raise ValueError(
+                f"a budget of connection_high={self.connection_high}, connection_hard="
+                f"{self.connection_hard} is too small for max_size={max_size}: a legal message "
+                f"needs connection_high >= {high} and connection_hard >= {hard} "
+                "(BudgetLimits.for_message_size gives limits that fit)"
+            )
+
 
 class _Address:
     __slots__ = ("accounts", "held", "key", "paused")
@@ -67,7 +111,18 @@ class _Address:
 class Account:
     """What one connection (or session) holds; see the module docstring."""
 
-    __slots__ = ("_address", "_budgets", "_pause", "_resume", "closed", "held", "high", "paused")
+    __slots__ = (
+        "_address",
+        "_budgets",
+        "_pause",
+        "_resume",
+        "closed",
+        "hard",
+        "held",
+        "high",
+        "paused",
+        "refused",
+    )
 
     def __init__(
         self,
@@ -82,11 +137,22 @@ class Account:
         self._pause = pause
         self._resume = resume
         self.high = high
+        self.hard = budgets.limits.connection_hard
+        """This account's hard limit (see :meth:`reserve`)."""
         self.held = 0
         """Bytes this account holds now (as last reported)."""
         self.paused = False
         """Whether the owner was told to stop reading (and not yet to start again)."""
+        self.refused = False
+        """Whether :meth:`hold` ever returned False (counted once in Budgets.exceeded)."""
         self.closed = False
+
+    def reserve(self, nbytes: int) -> None:
+        """Raise this account's hard limit by ``nbytes``, for an owner that lets that much
+        output queue by design and bounds it itself (e.g. a hub session's outgoing queue,
+        with its own slow-consumer policy). The bytes are still charged, to the address too:
+        its limits are unchanged."""
+        self.hard += nbytes
 
     @property
     def address_held(self) -> int:
@@ -102,11 +168,11 @@ class Account:
         self.held = nbytes
         budgets = self._budgets
         limits = budgets.limits
-        if nbytes > limits.connection_hard:
-            budgets.exceeded["connection"] += 1
+        if nbytes > self.hard:
+            self._refuse("connection")
             return False
         if address.held > limits.address_hard:
-            budgets.exceeded["address"] += 1
+            self._refuse("address")
             return False
         if nbytes > self.high or address.held > limits.address_high:
             if not self.paused:
@@ -118,11 +184,19 @@ class Account:
             self._resume_address(address)
         return True
 
+    def _refuse(self, scope: str) -> None:
+        if not self.refused:
+            self.refused = True
+            self._budgets.exceeded[scope] += 1
+
     def close(self) -> None:
         """The connection is gone: release what it held (and maybe resume the others)."""
         if self.closed:
             return
         self.closed = True
+        # The callbacks are usually the owner's bound methods: drop them, so that an owner
+        # that keeps its closed account is not kept alive by it (no cycle to collect).
+        self._pause = self._resume = _nothing
         address = self._address
         address.held -= self.held
         self.held = 0
@@ -145,6 +219,10 @@ class Account:
         for account in list(address.paused):
             if account.held <= account.high >> 1 and account.paused and not account.closed:
                 account._unpause()
+
+
+def _nothing() -> None:
+    pass
 
 
 class Budgets:

@@ -7,8 +7,17 @@ core and the bytes are written once per batch, either when the consumer is about
 more input (everything it produced in reaction to one read goes out in one system call) or at
 the end of the loop iteration, whichever comes first.
 
-Flow control both ways: reading pauses while ``max_queue`` messages wait unread, and ``send``
-waits while the transport's write buffer is above its high-water mark.
+Flow control both ways: ``send`` waits while the transport's write buffer is above its
+high-water mark, and reading from the socket pauses for any of three reasons, each ending on its
+own (a bit mask, so one ending does not resume reading while another holds): ``max_queue``
+messages wait unread; on a server, the write buffer is above its high-water mark (a peer that
+makes us write, pings included, and does not read gets TCP backpressure rather than our
+memory); or, on a server, the connection's memory account (:mod:`.budget`) is over its
+high-water mark.
+
+A connection is freed by reference counting when it ends: exceptions are never stored and
+re-raised (each ``raise`` gets a fresh :class:`ConnectionClosed`, and futures are completed
+with results, not exceptions), so no traceback ties a handler's frame to the connection.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import asyncio
 import collections
 import logging
 import os
+import sys
 import time
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
@@ -28,12 +38,20 @@ from ..protocol.connection import State
 from ..protocol.errors import ConnectionClosed, ConnectionClosedOK, connection_closed
 from ..protocol.events import CloseReceived, Ping, Pong
 from ..protocol.handshake import Headers, Request
+from .budget import INFLATED_PER_READ, Account
 
 __all__ = ["ConcurrencyError", "Connection", "Data", "Listener"]
 
 logger = logging.getLogger("pulsewire")
 
 Data = str | bytes
+
+# Why reading from the socket is paused (bits of Connection._paused_reading).
+_QUEUE = 1  # max_queue messages wait unread
+_WRITE = 2  # the transport's write buffer is above its high-water mark
+_BUDGET = 4  # the memory account is over its (or its address's) high-water mark
+
+_sizeof = sys.getsizeof
 
 
 class ConcurrencyError(RuntimeError):
@@ -47,9 +65,9 @@ class Listener:
     (shared by every connection). ``on_message`` runs inside the read callback, so it must not
     block: reply with :meth:`Connection.send_nowait` (everything sent while handling one read
     goes out in one write) and close with :meth:`Connection.close_nowait`. Reading pauses
-    while the connection's write buffer is above its high-water mark, so a client that does
-    not read its replies cannot grow the server's memory. An exception in a callback is
-    logged and closes the connection with 1011.
+    while the connection's write buffer is above its high-water mark (as for every
+    connection), so a client that does not read its replies cannot grow the server's memory.
+    An exception in a callback is logged and closes the connection with 1011.
     """
 
     def on_open(self, ws: Connection) -> None:
@@ -114,12 +132,19 @@ class Connection(asyncio.Protocol):
     :meth:`send` sends ``str`` as text and ``bytes`` as binary.
     """
 
+    _pause_while_writing = False
+    """Whether reading stops while the write buffer is above its high-water mark: on a
+    server (see ServerConnection). A client keeps reading (up to ``max_queue`` messages),
+    so that one that sends several messages before reading does not deadlock with such a
+    server: one of the two sides must read while it cannot write."""
+
     __slots__ = (
         "__weakref__",
+        "_account",
         "_close_timer",
         "_closed",
-        "_closed_exc",
         "_drain_waiter",
+        "_ended",
         "_flush_queue",
         "_flush_scheduled",
         "_fragmenting",
@@ -131,6 +156,7 @@ class Connection(asyncio.Protocol):
         "_paused_writing",
         "_pings",
         "_proto",
+        "_queued",
         "_recv_waiter",
         "_transport",
         "close_timeout",
@@ -160,17 +186,21 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._proto: CoreConnection | None = None
         self._messages: collections.deque[Data] = collections.deque()
-        self._recv_waiter: asyncio.Future[Data] | None = None
+        self._queued = 0  # memory of the messages in self._messages
+        self._recv_waiter: asyncio.Future[Data | None] | None = None  # None: closed
         self._closed: asyncio.Future[None] | None = None
-        self._closed_exc: ConnectionClosed | None = None
+        # How the connection ended; never raised itself (see _closed_error).
+        self._ended: ConnectionClosed | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._paused_writing = False
-        self._paused_reading = False
+        self._paused_reading = 0  # why: _QUEUE | _WRITE | _BUDGET
+        self._account: Account | None = None
         self._flush_scheduled = False
         self._flush_queue = _flush_queue(self._loop)
         self._listener: Listener | None = None
         self._fragmenting: asyncio.Future[None] | None = None
-        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] | None = None
+        # Each ping's waiter (its result is the round-trip time, None if closed) and send time.
+        self._pings: dict[bytes, tuple[asyncio.Future[float | None], float]] | None = None
         self._keepalive: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self.max_queue = max_queue
@@ -206,18 +236,18 @@ class Connection(asyncio.Protocol):
 
     @property
     def closed(self) -> bool:
-        return self._closed_exc is not None
+        return self._ended is not None
 
     @property
     def close_code(self) -> int | None:
         """The code of the Close frame received, 1006 if none, None while open."""
-        exc = self._closed_exc
-        return None if exc is None else exc.code
+        ended = self._ended
+        return None if ended is None else ended.code
 
     @property
     def close_reason(self) -> str | None:
-        exc = self._closed_exc
-        return None if exc is None else exc.reason
+        ended = self._ended
+        return None if ended is None else ended.reason
 
     @property
     def path(self) -> str:
@@ -242,8 +272,9 @@ class Connection(asyncio.Protocol):
         messages = self._messages
         if messages:
             message = messages.popleft()
-            if self._paused_reading and len(messages) <= self.max_queue >> 2:
-                self._resume_reading()
+            self._queued -= _sizeof(message)
+            if self._paused_reading:
+                self._consumed()
             return message
         return await self._wait_message()
 
@@ -254,31 +285,44 @@ class Connection(asyncio.Protocol):
         messages = self._messages
         if messages:
             message = messages.popleft()
-            if self._paused_reading and len(messages) <= self.max_queue >> 2:
-                self._resume_reading()
+            self._queued -= _sizeof(message)
+            if self._paused_reading:
+                self._consumed()
             return message
         try:
             return await self._wait_message()
         except ConnectionClosedOK:
             raise StopAsyncIteration from None
 
+    def _consumed(self) -> None:
+        """A queued message was taken while reading is paused: maybe resume."""
+        if len(self._messages) <= self.max_queue >> 2:
+            self._resume(_QUEUE)
+        self._report()
+
     async def _wait_message(self) -> Data:
         if self._listener is not None:
             raise ConcurrencyError("this connection delivers its messages to a Listener")
-        if self._closed_exc is not None:
-            raise self._closed_exc
+        if self._ended is not None:
+            raise self._closed_error()
         if self._recv_waiter is not None:
             raise ConcurrencyError("recv() is already being awaited by another coroutine")
-        if self._proto is not None and self._proto.out_bytes:
+        proto = self._proto
+        if proto is not None and proto.out_bytes:
             self._flush()  # about to wait: write everything produced since the last read
-        if self._paused_reading:
-            self._resume_reading()
-        waiter: asyncio.Future[Data] = self._loop.create_future()
+        elif self._account is not None and self._account.held:
+            self._report()  # the queue is empty now
+        if self._paused_reading & _QUEUE:
+            self._resume(_QUEUE)
+        waiter: asyncio.Future[Data | None] = self._loop.create_future()
         self._recv_waiter = waiter
         try:
-            return await waiter
+            message = await waiter
         finally:
             self._recv_waiter = None
+        if message is None:
+            raise self._closed_error()
+        return message
 
     # asyncio.Protocol callbacks ---------------------------------------------------------
 
@@ -287,33 +331,46 @@ class Connection(asyncio.Protocol):
         if proto is None:
             self._handshake_data(data)
             return
-        proto.receive_data(data)
-        events = proto._events
-        if events:
-            proto._events = []
-            if self._listener is not None:
-                self._dispatch(self._listener, events)
-                return
-            waiter = self._recv_waiter
-            messages = self._messages
-            for event in events:
-                kind = type(event)
-                if kind is str or kind is bytes:
-                    if waiter is not None:
-                        if not waiter.done():
-                            waiter.set_result(event)  # type: ignore[arg-type]
-                            waiter = None
-                            continue
-                        waiter = None
-                    messages.append(event)  # type: ignore[arg-type]
+        while True:
+            proto.receive_data(data)
+            events = proto._events
+            if events:
+                proto._events = []
+                if self._listener is not None:
+                    self._dispatch(self._listener, events)
                 else:
-                    self._control_event(event)
-            if len(messages) >= self.max_queue and not self._paused_reading:
-                self._pause_reading()
+                    self._deliver(events)
+            # Input held back after much inflation: go on unless reading is paused meanwhile
+            # (then _resume() picks it up).
+            if not proto.input_held_back or self._paused_reading:
+                break
+            data = b""
         if proto.out_bytes:
             self._schedule_flush()
+        if self._account is not None:
+            self._report()
         if proto.close_transport:
             self._close_transport()
+
+    def _deliver(self, events: Sequence[object]) -> None:
+        """Coroutine mode: hand messages to a waiting recv(), or queue them."""
+        waiter = self._recv_waiter
+        messages = self._messages
+        for event in events:
+            kind = type(event)
+            if kind is str or kind is bytes:
+                if waiter is not None:
+                    if not waiter.done():
+                        waiter.set_result(event)  # type: ignore[arg-type]
+                        waiter = None
+                        continue
+                    waiter = None
+                messages.append(event)  # type: ignore[arg-type]
+                self._queued += _sizeof(event)
+            else:
+                self._control_event(event)
+        if len(messages) >= self.max_queue and not self._paused_reading & _QUEUE:
+            self._pause(_QUEUE)
 
     def _dispatch(self, listener: Listener, events: Sequence[object]) -> None:
         """Callback mode: hand each message to the listener, then write all replies at once."""
@@ -360,30 +417,36 @@ class Connection(asyncio.Protocol):
         proto = self._proto
         if proto is not None:
             proto.receive_eof()
-            closed = connection_closed(
+            self._ended = connection_closed(
                 proto.close_rcvd, proto.close_sent, proto.close_rcvd_then_sent
             )
         else:
-            closed = connection_closed(None, None, None)
-        self._closed_exc = closed
+            self._ended = connection_closed(None, None, None)
         for handle in (self._keepalive, self._close_timer):
             if handle is not None:
                 handle.cancel()
         self._keepalive = self._close_timer = None
+        # Waiters get a result meaning "closed", and whoever awaits raises a fresh
+        # ConnectionClosed: an exception stored in a future would keep, through its
+        # traceback, the awaiting frame and this connection alive (a cycle).
         waiter = self._recv_waiter
         if waiter is not None and not waiter.done():
-            waiter.set_exception(closed)
+            waiter.set_result(None)
         drain = self._drain_waiter
         if drain is not None and not drain.done():
-            drain.set_exception(closed)
+            drain.set_result(None)
         if self._pings:
             for fut, _ in self._pings.values():
                 if not fut.done():
-                    fut.set_exception(closed)
+                    fut.set_result(None)
             self._pings = None
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
         self._transport = None
+        account = self._account
+        if account is not None:
+            self._account = None
+            account.close()
         listener = self._listener
         if listener is not None:
             try:
@@ -530,11 +593,14 @@ class Connection(asyncio.Protocol):
                 data = os.urandom(4)
         elif data in pings:
             raise ConcurrencyError("a ping with the same payload is already waiting for its pong")
-        waiter: asyncio.Future[float] = self._loop.create_future()
+        waiter: asyncio.Future[float | None] = self._loop.create_future()
         pings[data] = (waiter, time.monotonic())
         proto.send_ping(data)
         self._flush()
-        return await waiter
+        rtt = await waiter
+        if rtt is None:
+            raise self._closed_error()
+        return rtt
 
     async def pong(self, data: bytes | str = b"") -> None:
         """Send an unsolicited Pong (a one-way heartbeat)."""
@@ -599,6 +665,8 @@ class Connection(asyncio.Protocol):
             else:
                 transport.write(b"".join(data))
             proto.output_written()
+        if self._account is not None:
+            self._report()
         if proto.close_transport:
             self._close_transport()
 
@@ -628,13 +696,16 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._paused_writing = True
-        if self._listener is not None and not self._paused_reading:
-            self._pause_reading()  # callback mode: stop taking requests until replies drain
+        if self._pause_while_writing:
+            # Stop taking input until the output drains: whatever the peer sends that makes
+            # us write (requests, pings) waits in TCP buffers, not in ours.
+            self._pause(_WRITE)
 
     def resume_writing(self) -> None:
         self._paused_writing = False
-        if self._listener is not None and self._paused_reading:
-            self._resume_reading()
+        self._resume(_WRITE)
+        if self._account is not None:
+            self._report()
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -647,22 +718,77 @@ class Connection(asyncio.Protocol):
         if waiter is None or waiter.done():
             waiter = self._drain_waiter = self._loop.create_future()
         await asyncio.shield(waiter)
+        if self._transport is None:
+            raise self._closed_error()
 
-    def _pause_reading(self) -> None:
-        transport = self._transport
-        if transport is not None and not transport.is_closing():
-            transport.pause_reading()
-            self._paused_reading = True
+    def _pause(self, reason: int) -> None:
+        """Stop reading from the socket for ``reason`` (reading resumes once no reason holds)."""
+        paused = self._paused_reading
+        self._paused_reading = paused | reason
+        if not paused:
+            transport = self._transport
+            if transport is not None and not transport.is_closing():
+                transport.pause_reading()
 
-    def _resume_reading(self) -> None:
-        self._paused_reading = False
+    def _resume(self, reason: int) -> None:
+        paused = self._paused_reading
+        if not paused & reason:
+            return
+        self._paused_reading = paused = paused & ~reason
+        if paused:
+            return  # another reason still holds
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.resume_reading()
+        proto = self._proto
+        if proto is not None and proto.input_held_back:
+            # Parsed input is waiting in the core; not from here (maybe another
+            # connection's report, or recv()), but from the loop.
+            self._loop.call_soon(self._parse_held_back)
+
+    def _parse_held_back(self) -> None:
+        proto = self._proto
+        if proto is not None and proto.input_held_back and not self._paused_reading:
+            self.data_received(b"")
+
+    def _budget_pause(self) -> None:
+        self._pause(_BUDGET)
+
+    def _budget_resume(self) -> None:
+        self._resume(_BUDGET)
+
+    def _report(self) -> None:
+        """Tell the memory account what this connection holds now: input not yet parsed or
+        assembled, messages not yet read, and output not yet written."""
+        account = self._account
+        proto = self._proto
+        if account is None or proto is None:
+            return
+        held = self._queued + proto.out_bytes + proto.buffered_in
+        transport = self._transport
+        if transport is not None:
+            held += transport.get_write_buffer_size()
+        if held != account.held and not account.hold(held):
+            self._over_budget()
+
+    def _over_budget(self) -> None:
+        """Past a hard limit (its own or its address's): fail with 1013 (once)."""
+        proto = self._proto
+        if proto is None or proto.state is State.CLOSED:
+            return  # closing already; the close timer bounds how long that takes
+        logger.info(
+            "connection over its memory budget; closing it",
+            extra={"remote": self.remote_address},
+        )
+        proto.fail(CloseCode.TRY_AGAIN_LATER, "over its memory budget")
+        self._close_transport()
 
     def _closed_error(self) -> ConnectionClosed:
-        if self._closed_exc is not None:
-            return self._closed_exc
+        """A new exception for each raise: one stored and raised again would collect the
+        frames it passes through, and with them this connection."""
+        ended = self._ended
+        if ended is not None:
+            return connection_closed(ended.rcvd, ended.sent, ended.rcvd_then_sent)
         proto = self._proto
         if proto is None:
             return connection_closed(None, None, None)
@@ -672,8 +798,15 @@ class Connection(asyncio.Protocol):
 
     def _opened(self, proto: CoreConnection, trailing: bytes) -> None:
         """Switch from the handshake to WebSocket frames."""
+        if proto.max_inflated_per_read is None:
+            # data_received handles held-back input: bound what one read inflates into, even
+            # when it brings many small bombs, each under max_size.
+            proto.max_inflated_per_read = max(proto.max_message_size or 0, INFLATED_PER_READ)
         self._proto = proto
         self._closed = self._loop.create_future()
+        transport = self._transport
+        if transport is not None:
+            transport.set_write_buffer_limits(high=self.write_limit)
         if self.ping_interval:
             self._keepalive = self._loop.call_later(self.ping_interval, self._send_keepalive)
         listener = self._listener
@@ -697,8 +830,7 @@ class Connection(asyncio.Protocol):
         pings = self._pings
         if pings is None:
             pings = self._pings = {}
-        waiter: asyncio.Future[float] = self._loop.create_future()
-        waiter.add_done_callback(_consume_exception)
+        waiter: asyncio.Future[float | None] = self._loop.create_future()
         pings[data] = (waiter, time.monotonic())
         proto.send_ping(data)
         self._flush()
@@ -709,7 +841,7 @@ class Connection(asyncio.Protocol):
         elif self.ping_interval:
             self._keepalive = self._loop.call_later(self.ping_interval, self._send_keepalive)
 
-    def _check_keepalive(self, waiter: asyncio.Future[float]) -> None:
+    def _check_keepalive(self, waiter: asyncio.Future[float | None]) -> None:
         self._keepalive = None
         proto = self._proto
         if proto is None or proto.state is State.CLOSED:
@@ -721,11 +853,6 @@ class Connection(asyncio.Protocol):
             return
         delay = max(0.0, (self.ping_interval or 0.0) - (self.ping_timeout or 0.0))
         self._keepalive = self._loop.call_later(delay or 0.0, self._send_keepalive)
-
-
-def _consume_exception(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
 
 
 async def _aiter_sync(items: Iterable[Data]) -> AsyncIterator[Data]:

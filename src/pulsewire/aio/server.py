@@ -4,6 +4,12 @@ Each accepted TCP connection is a :class:`ServerConnection` that parses the open
 (with a time limit), routes it by path, answers 101 or a refusal, and then runs the handler
 coroutine with the open connection. Closing the server stops listening, sends 1001 (going away)
 to every client, and waits for them to leave.
+
+Every connection charges what it makes the server hold to a memory account of
+:attr:`Server.budgets`, under the peer's IP address, from ``connection_made`` to
+``connection_lost`` (see :mod:`.budget`): over a high-water mark it stops reading, over a hard
+limit it is failed with 1013. The default limits follow ``max_size``
+(:meth:`BudgetLimits.for_message_size`), so that any legal message fits.
 """
 
 from __future__ import annotations
@@ -21,10 +27,10 @@ from ..protocol.connection import Side
 from ..protocol.deflate import DeflateOptions, deflate_options
 from ..protocol.errors import ConnectionClosed, Refused
 from ..protocol.handshake import OriginPolicy, Request, ServerHandshake, http_response
-from .budget import Budgets
+from .budget import BudgetLimits, Budgets
 from .connection import Connection, Listener
 
-__all__ = ["HTTPResponse", "Handler", "Server", "ServerConnection", "serve"]
+__all__ = ["HTTPResponse", "Handler", "Server", "ServerConnection", "peer_address", "serve"]
 
 logger = logging.getLogger("pulsewire.server")
 
@@ -39,6 +45,8 @@ Compression = str | DeflateOptions | None
 
 class ServerConnection(Connection):
     """A connection accepted by a :class:`Server`; handlers receive one of these."""
+
+    _pause_while_writing = True
 
     __slots__ = ("_handshake", "_handshake_timer", "_on_closed", "_server")
 
@@ -58,8 +66,11 @@ class ServerConnection(Connection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = tcp = cast(asyncio.Transport, transport)
-        self.remote_address = transport.get_extra_info("peername")
+        self.remote_address = peer = transport.get_extra_info("peername")
         server = self._server
+        self._account = server.budgets.open(
+            peer_address(peer), self._budget_pause, self._budget_resume
+        )
         server._connections.add(self)
         if server._closing:
             tcp.abort()
@@ -74,6 +85,14 @@ class ServerConnection(Connection):
         self._handshake_timer = self._loop.call_later(
             server.options["open_timeout"], self._handshake_timed_out
         )
+
+    def reserve_output(self, nbytes: int) -> None:
+        """This connection's handler lets up to ``nbytes`` of output queue for the peer and
+        bounds that itself (e.g. closing a slow consumer): raise the connection's hard memory
+        limit by as much, so that the handler's own policy decides first. Its address's
+        limits are unchanged."""
+        if self._account is not None:
+            self._account.reserve(nbytes)
 
     def _handshake_timed_out(self) -> None:
         self._handshake_timer = None
@@ -249,6 +268,10 @@ class Server:
         backlog: int = 1024,
         budgets: Budgets | None = None,
     ) -> None:
+        if budgets is None:
+            budgets = Budgets(BudgetLimits.for_message_size(max_size))
+        else:
+            budgets.limits.check_message_size(max_size)
         if callable(handler) or isinstance(handler, Listener):
             self._routes: Mapping[str, Endpoint] | None = None
             self._default: Endpoint | None = handler
@@ -280,9 +303,13 @@ class Server:
             "close_timeout": close_timeout,
             "extra_headers": list(extra_headers),
         }
-        self.budgets = budgets if budgets is not None else Budgets()
+        self.budgets = budgets
         """What each peer address may make this server hold (shared with the HTTP front door
-        of a hub, so that one address's WebSocket, SSE and long-poll sessions count together)."""
+        of a hub, so that one address's WebSocket, SSE and long-poll sessions count together).
+        Its counters are this server's (and the front door's) memory metrics:
+        ``budgets.exceeded`` (connections closed over a hard limit, by scope: "connection" or
+        "address"), ``budgets.pauses`` (times a peer was told to stop reading),
+        ``budgets.total`` and ``budgets.held(address)`` (bytes held now)."""
         self._connections: set[ServerConnection] = set()
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -432,6 +459,13 @@ class Server:
 
     def _count_refusal(self, exc: Refused) -> None:
         self.refusals[exc.status] = self.refusals.get(exc.status, 0) + 1
+
+
+def peer_address(peer: Any) -> str:
+    """The budget key of a peer: its IP address ("local" for a Unix socket)."""
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return "local"
 
 
 def serve(
