@@ -30,7 +30,7 @@ SLOW_CONSUMER = CloseCode.TRY_AGAIN_LATER
 
 class WebSocketTransport:
     kind = "websocket"
-    __slots__ = ("binary", "max_buffered", "session", "ws")
+    __slots__ = ("__weakref__", "binary", "max_buffered", "session", "ws")
 
     def __init__(self, ws: ServerConnection, binary: bool, max_buffered: int) -> None:
         self.ws = ws
@@ -77,6 +77,9 @@ async def serve_hub_session(hub: Hub, ws: ServerConnection, *, max_buffered: int
     """The WebSocket handler of the hub endpoint: runs one client session to its end."""
     codec = codec_for(ws.subprotocol)
     transport = WebSocketTransport(ws, codec.binary, max_buffered)
+    # The session's queue is bounded by max_buffered and the channel's slow-consumer policy
+    # (drop or 1013): the connection's memory budget leaves room for it.
+    ws.reserve_output(max_buffered)
     request = ws.request
     remote = ws.remote_address
     connect_request = ConnectRequest(
@@ -104,3 +107,6 @@ async def serve_hub_session(hub: Hub, ws: ServerConnection, *, max_buffered: int
             session.transport_closed(
                 ws.close_code or CloseCode.ABNORMAL_CLOSURE, ws.close_reason or ""
             )
+        # Session and transport point at each other: break that, so that both are freed by
+        # reference counting as soon as the hub lets go of the session.
+        transport.session = None
