@@ -26,7 +26,6 @@ import asyncio
 import collections
 import logging
 import os
-import sys
 import time
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
@@ -51,7 +50,15 @@ _QUEUE = 1  # max_queue messages wait unread
 _WRITE = 2  # the transport's write buffer is above its high-water mark
 _BUDGET = 4  # the memory account is over its (or its address's) high-water mark
 
-_sizeof = sys.getsizeof
+_OBJECT = 48
+"""Bytes a str or bytes object costs besides its characters (CPython: 33 to 80)."""
+
+
+def _queue_size(messages: collections.deque[Data]) -> int:
+    """What unread messages hold: their lengths (characters for text: wide characters cost
+    more, by at most 4x) and an object each. len() rather than sys.getsizeof(), which costs
+    five times as much, for every message of every read."""
+    return sum(map(len, messages)) + _OBJECT * len(messages)
 
 
 class ConcurrencyError(RuntimeError):
@@ -186,7 +193,10 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._proto: CoreConnection | None = None
         self._messages: collections.deque[Data] = collections.deque()
-        self._queued = 0  # memory of the messages in self._messages
+        # Memory of the unread messages as last counted (when messages arrive, when the queue
+        # empties, and when it is read while over budget): in between it may be more than
+        # what remains, the safe side, and counting on every read would cost the hot path.
+        self._queued = 0
         self._recv_waiter: asyncio.Future[Data | None] | None = None  # None: closed
         self._closed: asyncio.Future[None] | None = None
         # How the connection ended; never raised itself (see _closed_error).
@@ -272,8 +282,8 @@ class Connection(asyncio.Protocol):
         messages = self._messages
         if messages:
             message = messages.popleft()
-            self._queued -= _sizeof(message)
-            if self._paused_reading:
+            paused = self._paused_reading
+            if paused and (paused & _BUDGET or len(messages) <= self.max_queue >> 2):
                 self._consumed()
             return message
         return await self._wait_message()
@@ -285,8 +295,8 @@ class Connection(asyncio.Protocol):
         messages = self._messages
         if messages:
             message = messages.popleft()
-            self._queued -= _sizeof(message)
-            if self._paused_reading:
+            paused = self._paused_reading
+            if paused and (paused & _BUDGET or len(messages) <= self.max_queue >> 2):
                 self._consumed()
             return message
         try:
@@ -296,9 +306,12 @@ class Connection(asyncio.Protocol):
 
     def _consumed(self) -> None:
         """A queued message was taken while reading is paused: maybe resume."""
-        if len(self._messages) <= self.max_queue >> 2:
+        paused = self._paused_reading
+        if paused & _QUEUE and len(self._messages) <= self.max_queue >> 2:
             self._resume(_QUEUE)
-        self._report()
+        if paused & _BUDGET:
+            self._queued = _queue_size(self._messages)
+            self._report()
 
     async def _wait_message(self) -> Data:
         if self._listener is not None:
@@ -307,11 +320,12 @@ class Connection(asyncio.Protocol):
             raise self._closed_error()
         if self._recv_waiter is not None:
             raise ConcurrencyError("recv() is already being awaited by another coroutine")
+        self._queued = 0  # the queue is empty now
         proto = self._proto
         if proto is not None and proto.out_bytes:
             self._flush()  # about to wait: write everything produced since the last read
         elif self._account is not None and self._account.held:
-            self._report()  # the queue is empty now
+            self._report()
         if self._paused_reading & _QUEUE:
             self._resume(_QUEUE)
         waiter: asyncio.Future[Data | None] = self._loop.create_future()
@@ -348,6 +362,8 @@ class Connection(asyncio.Protocol):
         if proto.out_bytes:
             self._schedule_flush()
         if self._account is not None:
+            messages = self._messages
+            self._queued = _queue_size(messages) if messages else 0
             self._report()
         if proto.close_transport:
             self._close_transport()
@@ -366,7 +382,6 @@ class Connection(asyncio.Protocol):
                         continue
                     waiter = None
                 messages.append(event)  # type: ignore[arg-type]
-                self._queued += _sizeof(event)
             else:
                 self._control_event(event)
         if len(messages) >= self.max_queue and not self._paused_reading & _QUEUE:
@@ -665,8 +680,11 @@ class Connection(asyncio.Protocol):
             else:
                 transport.write(b"".join(data))
             proto.output_written()
-        if self._account is not None:
-            self._report()
+        account = self._account
+        if account is not None:  # _report(), inline: once per write
+            held = self._queued + proto.buffered_in + transport.get_write_buffer_size()
+            if held != account.held and not account.hold(held):
+                self._over_budget()
         if proto.close_transport:
             self._close_transport()
 

@@ -104,6 +104,7 @@ class Connection:
         "failure",
         "out_bytes",
         "close_transport",
+        "buffered_in",
         "input_held_back",
         "_client",
         "_mask_key",
@@ -155,6 +156,10 @@ class Connection:
         """Bytes queued in :meth:`data_to_send` and not yet taken (for write backpressure)."""
         self.failure: ProtocolError | None = None
         self.close_transport = False
+        self.buffered_in = 0
+        """Bytes the input side holds after the last :meth:`receive_data`: unparsed input plus
+        the message being assembled (complete messages waiting in :meth:`events_received` are
+        not counted)."""
         self.input_held_back = False
         """:meth:`receive_data` stopped before the end of its input (``max_inflated_per_read``):
         take the events, then call ``receive_data(b"")`` to go on."""
@@ -200,6 +205,7 @@ class Connection:
             return
         if pos < len(data) and not self._discard_input:
             self._pending = data[pos:]
+        self.buffered_in = len(self._pending) + self._msg_held
 
     def receive_eof(self) -> None:
         """The peer closed the TCP connection (or it broke)."""
@@ -208,16 +214,11 @@ class Connection:
             self.state = State.CLOSED
         self.close_transport = True
 
-    @property
-    def buffered_in(self) -> int:
-        """Bytes the input side holds: unparsed input plus the message being assembled
-        (complete messages waiting in :meth:`events_received` are not counted)."""
-        return len(self._pending) + self._msg_held
-
     def _drop_input(self) -> None:
         """Nothing more will be parsed: let go of unparsed input and of a partial message."""
         self._discard_input = True
         self.input_held_back = False
+        self.buffered_in = 0
         self._pending = b""
         self._frame_left = 0
         self._msg_type = _NO_MESSAGE

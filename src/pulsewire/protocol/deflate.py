@@ -20,7 +20,7 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from .close import CloseCode
@@ -309,8 +309,12 @@ class PerMessageDeflate:
             # A larger window than negotiated always inflates correctly; zlib needs >= 9.
             dec = self._decompressor = zlib.decompressobj(-max(9, self.remote_max_window_bits))
         left = budget
+        if len(data) <= INFLATE_STEP:  # the common case, without a second generator
+            sources: Iterable[bytes | memoryview] = (data, _TAIL) if fin else (data,)
+        else:
+            sources = _slices(data, fin)
         try:
-            for source in _slices(data, fin):
+            for source in sources:
                 while True:
                     step = INFLATE_STEP if left is None or left >= INFLATE_STEP else left + 1
                     piece = dec.decompress(source, step)
@@ -352,12 +356,9 @@ class PerMessageDeflate:
 
 def _slices(data: bytes, fin: bool) -> Iterator[bytes | memoryview]:
     """A frame's compressed payload in pieces of at most INFLATE_STEP, then the RFC 7692 tail."""
-    if len(data) <= INFLATE_STEP:
-        yield data
-    else:
-        view = memoryview(data)
-        for start in range(0, len(data), INFLATE_STEP):
-            yield view[start : start + INFLATE_STEP]
+    view = memoryview(data)
+    for start in range(0, len(data), INFLATE_STEP):
+        yield view[start : start + INFLATE_STEP]
     if fin:
         yield _TAIL
 
