@@ -52,8 +52,9 @@ def _build_parser() -> argparse.ArgumentParser:
     echo.add_argument(
         "--max-size",
         type=_size,
-        default=64 * 1024**2,
-        help="largest message accepted, e.g. 1MiB or none (default 64MiB)",
+        default=1024**2,
+        help="largest message accepted after inflation, e.g. 16MiB or none (default 1MiB, as "
+        "pulsewire.serve); the memory budget of each connection and address follows it",
     )
 
     cli = sub.add_parser("connect", help="interactive client: lines you type are sent as text")

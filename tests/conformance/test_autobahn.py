@@ -107,7 +107,8 @@ def server_command(port: int) -> list[str]:
     script = Path(sys.executable).parent / "pulsewire"
     if not script.exists():
         pytest.fail(f"{script} not found: install pulsewire in this environment (pip install -e .)")
-    return [str(script), "echo", "--host", "127.0.0.1", "--port", str(port)]
+    # Category 9 sends messages of up to 16 MiB (the default limit is 1 MiB).
+    return [str(script), "echo", "--host", "127.0.0.1", "--port", str(port), "--max-size", "16MiB"]
 
 
 #: What the conformance conftest prints at the end of the run, passed or not.
