@@ -750,6 +750,34 @@ async def test_oversized_frame_is_1009_before_its_payload(
     assert await raw.at_eof()
 
 
+async def test_a_peer_still_sending_gets_the_close_code_not_a_reset(
+    start_server: Any, raw_client: Any
+) -> None:
+    """Failed while the peer keeps sending: closing the socket with unread input would make
+    the kernel answer with a reset, and the peer lose the Close frame. The server shuts its
+    side after the Close and drops what still comes until the peer closes."""
+    handlers: list[Any] = []
+
+    async def handler(ws: Any) -> None:
+        handlers.append(ws)
+        async for _ in ws:
+            pass
+
+    server, _ = await start_server(handler, max_size=1000, close_timeout=5)
+    raw = await raw_client(server.port)
+    # A 10 MB frame: 1009 at its header, while its payload keeps coming.
+    await raw.send_raw(bytes([0x82, 0xFF]) + (10 * 2**20).to_bytes(8, "big") + b"mask")
+    sending = asyncio.ensure_future(raw.send_raw(bytes(4 * 2**20)))
+    frames = await raw.recv_until_close()
+    assert [(f.opcode, f.close_code) for f in frames] == [(0x8, 1009)]
+    assert await raw.at_eof()  # our side was shut after the Close
+    await asyncio.wait_for(sending, TIMEOUT)  # and what the peer sent was taken meanwhile
+    (ws,) = handlers
+    assert ws.closed and ws.close_code == 1006  # over for the handler at once
+    raw.writer.close()
+    await asyncio.wait_for(ws.wait_closed(), TIMEOUT)  # TCP goes when the peer closes
+
+
 async def test_reserved_opcode_is_1002(start_server: Any, raw_client: Any) -> None:
     server, _ = await start_server(close_timeout=1)
     raw = await raw_client(server.port)

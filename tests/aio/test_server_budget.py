@@ -124,6 +124,7 @@ class FakeTransport(asyncio.Transport):
         self.buffered = 0
         self.written: list[bytes] = []
         self.closing = False
+        self.eof = False
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.peer if name == "peername" else default
@@ -154,6 +155,12 @@ class FakeTransport(asyncio.Transport):
 
     def is_closing(self) -> bool:
         return self.closing
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
 
     def close(self) -> None:
         self.closing = True
@@ -233,12 +240,18 @@ async def test_over_the_hard_limit_a_connection_is_failed_with_1013_once() -> No
     hard = server.budgets.limits.connection_hard
     transport.buffered = hard + 1
     conn.resume_writing()  # a report: over the hard limit
-    assert transport.closing
-    assert b"\x88" in transport.written[-1][:1]  # a Close frame
+    assert transport.written[-1][:1] == b"\x88"  # a Close frame
     assert transport.written[-1][2:4] == (1013).to_bytes(2, "big")
     assert transport.written[-1][4:] == b"over its memory budget"
+    # Our side is shut after the Close, and what the peer still sends is read and dropped
+    # until it closes: closing with unread input would reset the connection, and the peer
+    # could lose the Close frame with its code.
+    assert transport.eof and transport.reading and not transport.closing
+    assert conn.close_code == 1006 and conn.closed  # over for the handler already
+    conn.data_received(message(b"late"))  # dropped
     conn.resume_writing()  # reported again: counted once
     assert server.budgets.exceeded == {"connection": 1, "address": 0}
+    conn.eof_received()
     conn.connection_lost(None)
     assert server.budgets.addresses == 0
 

@@ -156,6 +156,7 @@ class Connection(asyncio.Protocol):
         "_flush_scheduled",
         "_fragmenting",
         "_keepalive",
+        "_lingering",
         "_listener",
         "_loop",
         "_messages",
@@ -204,6 +205,7 @@ class Connection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._paused_writing = False
         self._paused_reading = 0  # why: _QUEUE | _WRITE | _BUDGET
+        self._lingering = False  # failed: our side is shut, reading until the peer's EOF
         self._account: Account | None = None
         self._flush_scheduled = False
         self._flush_queue = _flush_queue(self._loop)
@@ -432,29 +434,11 @@ class Connection(asyncio.Protocol):
         proto = self._proto
         if proto is not None:
             proto.receive_eof()
-            self._ended = connection_closed(
-                proto.close_rcvd, proto.close_sent, proto.close_rcvd_then_sent
-            )
-        else:
-            self._ended = connection_closed(None, None, None)
+        self._ended_now()
         for handle in (self._keepalive, self._close_timer):
             if handle is not None:
                 handle.cancel()
         self._keepalive = self._close_timer = None
-        # Waiters get a result meaning "closed", and whoever awaits raises a fresh
-        # ConnectionClosed: an exception stored in a future would keep, through its
-        # traceback, the awaiting frame and this connection alive (a cycle).
-        waiter = self._recv_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        drain = self._drain_waiter
-        if drain is not None and not drain.done():
-            drain.set_result(None)
-        if self._pings:
-            for fut, _ in self._pings.values():
-                if not fut.done():
-                    fut.set_result(None)
-            self._pings = None
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
         self._transport = None
@@ -469,6 +453,31 @@ class Connection(asyncio.Protocol):
             except Exception:
                 logger.exception("on_close failed")
         self.connection_closed()
+
+    def _ended_now(self) -> None:
+        """No more messages will come or go (TCP may still linger): the close code is final
+        and every waiter is woken."""
+        proto = self._proto
+        if proto is not None:
+            self._ended = connection_closed(
+                proto.close_rcvd, proto.close_sent, proto.close_rcvd_then_sent
+            )
+        else:
+            self._ended = connection_closed(None, None, None)
+        # Waiters get a result meaning "closed", and whoever awaits raises a fresh
+        # ConnectionClosed: an exception stored in a future would keep, through its
+        # traceback, the awaiting frame and this connection alive (a cycle).
+        waiter = self._recv_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        drain = self._drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+        if self._pings:
+            for fut, _ in self._pings.values():
+                if not fut.done():
+                    fut.set_result(None)
+            self._pings = None
 
     def connection_closed(self) -> None:
         """Hook: TCP is gone; :attr:`close_code` is final (subclasses clean up here)."""
@@ -690,15 +699,27 @@ class Connection(asyncio.Protocol):
 
     def _close_transport(self) -> None:
         transport = self._transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._lingering:
             return
         proto = self._proto
         if proto is not None:
             data = proto.data_to_send()
             if data:
                 transport.write(b"".join(data))
-        transport.close()  # flushes the write buffer first
-        self._start_close_timer()  # abort if the buffer cannot drain
+        if proto is not None and proto.failure is not None and transport.can_write_eof():
+            # We failed the connection (1002, 1007, 1009, 1013...) and the peer may still be
+            # sending: closing with unread input would make the kernel answer with a reset,
+            # and the peer could lose our Close frame (and its code) with it. Shut our side
+            # after the Close instead, and read (the core drops it) until the peer's EOF.
+            self._lingering = True
+            transport.write_eof()
+            if self._paused_reading:
+                self._paused_reading = 0
+                transport.resume_reading()
+            self._ended_now()  # for the handler, the connection is over now
+        else:
+            transport.close()  # flushes the write buffer first
+        self._start_close_timer()  # abort if the buffer cannot drain or the peer never closes
 
     def _start_close_timer(self) -> None:
         if self._close_timer is None and self._transport is not None:
@@ -741,6 +762,8 @@ class Connection(asyncio.Protocol):
 
     def _pause(self, reason: int) -> None:
         """Stop reading from the socket for ``reason`` (reading resumes once no reason holds)."""
+        if self._lingering:
+            return  # draining what the peer still sends until it closes
         paused = self._paused_reading
         self._paused_reading = paused | reason
         if not paused:
