@@ -350,10 +350,12 @@ class Connection(asyncio.Protocol):
         while True:
             proto.receive_data(data)
             events = proto._events
+            dispatched = False
             if events:
                 proto._events = []
                 if self._listener is not None:
-                    self._dispatch(self._listener, events)
+                    self._dispatch(self._listener, events)  # writes, and reports, at its end
+                    dispatched = True
                 else:
                     self._deliver(events)
             # Input held back after much inflation: go on unless reading is paused meanwhile
@@ -363,10 +365,16 @@ class Connection(asyncio.Protocol):
             data = b""
         if proto.out_bytes:
             self._schedule_flush()
-        if self._account is not None:
+        account = self._account
+        if account is not None and not dispatched:  # _report(), inline: once per read
             messages = self._messages
-            self._queued = _queue_size(messages) if messages else 0
-            self._report()
+            self._queued = queued = _queue_size(messages) if messages else 0
+            held = queued + proto.out_bytes + proto.buffered_in
+            transport = self._transport
+            if transport is not None:
+                held += transport.get_write_buffer_size()
+            if held != account.held and not account.hold(held):
+                self._over_budget()
         if proto.close_transport:
             self._close_transport()
 
