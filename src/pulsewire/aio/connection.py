@@ -72,7 +72,7 @@ class Listener:
     (shared by every connection). ``on_message`` runs inside the read callback, so it must not
     block: reply with :meth:`Connection.send_nowait` (everything sent while handling one read
     goes out in one write) and close with :meth:`Connection.close_nowait`. Reading pauses
-    while the connection's write buffer is above its high-water mark (as for every
+    while the connection's write buffer is above its high-water mark (as for every server
     connection), so a client that does not read its replies cannot grow the server's memory.
     An exception in a callback is logged and closes the connection with 1011.
     """
