@@ -65,11 +65,19 @@ def test_the_defaults_at_one_mib() -> None:
     assert (limits.address_high, limits.address_hard) == (16 * MiB, 32 * MiB)
 
 
-def test_a_budget_too_small_for_max_size_is_refused() -> None:
-    with pytest.raises(ValueError, match="too small for max_size"):
+def test_a_budget_that_cannot_hold_max_size_is_refused_one_too_tight_is_warned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with pytest.raises(ValueError, match="no message of max_size could ever be held"):
         Server(noop, max_size=16 * MiB, budgets=Budgets())
+    with caplog.at_level("WARNING", logger="pulsewire.server"):
+        Server(noop, max_size=MiB, budgets=Budgets())  # fits 1 MiB, but without room
+    assert "leave no room for messages of max_size=1048576" in caplog.text
+    caplog.clear()
     shared = Budgets()
-    assert Server(noop, max_size=64 * KiB, budgets=shared).budgets is shared
+    with caplog.at_level("WARNING", logger="pulsewire.server"):
+        assert Server(noop, max_size=64 * KiB, budgets=shared).budgets is shared
+    assert not caplog.text
 
 
 # ================================================================================ accounts

@@ -81,21 +81,24 @@ class BudgetLimits:
         address_high = max(16 * MiB, 4 * high)
         return cls(high, max(4 * MiB, 2 * high), address_high, 2 * address_high)
 
-    def check_message_size(self, max_size: int | None) -> None:
-        """Raise ValueError if a legal message of ``max_size`` bytes could be paused for good
-        or refused (see :meth:`for_message_size`). With ``max_size=None`` every budget is
-        accepted: it is then the only bound, and a message it cannot hold is refused."""
+    def fits(self, max_size: int | None) -> str | None:
+        """Why a legal message of ``max_size`` bytes may not fit these limits (None if it
+        does): it could be paused in assembly for good (resuming needs it under half the
+        high-water mark) or refused by the hard limit after one read (see
+        :meth:`for_message_size`). With ``max_size=None`` the budget is the only bound."""
         if max_size is None:
-            return
+            return None
         high = 2 * max_size + READ_SIZE
         hard = self.connection_high + READ_SIZE + max(max_size, INFLATED_PER_READ) + max_size
-        if self.connection_high < high or self.connection_hard < hard:
-            raise ValueError(
-                f"a budget of connection_high={self.connection_high}, connection_hard="
-                f"{self.connection_hard} is too small for max_size={max_size}: a legal message "
-                f"needs connection_high >= {high} and connection_hard >= {hard} "
-                "(BudgetLimits.for_message_size gives limits that fit)"
-            )
+        if self.connection_high >= high and self.connection_hard >= hard:
+            return None
+        return (
+            f"connection_high={self.connection_high}, connection_hard={self.connection_hard} "
+            f"leave no room for messages of max_size={max_size}: one that big needs "
+            f"connection_high >= {high} and connection_hard >= {hard}, or it may stay paused "
+            "until the keepalive fails, or be closed with 1013 "
+            "(BudgetLimits.for_message_size gives limits that fit)"
+        )
 
 
 class _Address:

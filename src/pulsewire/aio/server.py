@@ -270,8 +270,16 @@ class Server:
     ) -> None:
         if budgets is None:
             budgets = Budgets(BudgetLimits.for_message_size(max_size))
+        elif max_size is not None and budgets.limits.connection_hard < max_size:
+            raise ValueError(
+                f"connection_hard={budgets.limits.connection_hard} is below max_size={max_size}:"
+                " no message of max_size could ever be held"
+            )
         else:
-            budgets.limits.check_message_size(max_size)
+            # Tighter than the defaults on purpose, maybe (small messages): say what it costs.
+            misfit = budgets.limits.fits(max_size)
+            if misfit is not None:
+                logger.warning("memory budget: %s", misfit)
         if callable(handler) or isinstance(handler, Listener):
             self._routes: Mapping[str, Endpoint] | None = None
             self._default: Endpoint | None = handler
