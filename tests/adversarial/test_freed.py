@@ -209,9 +209,14 @@ async def slow_consumer(node: Node, source: str) -> None:
     client.writer.transport.resume_reading()  # type: ignore[attr-defined]
     # Up to ~1 MiB of publications first: skipped, not decoded (dozens of clients read here).
     deadline = time.monotonic() + 60
+    frames = 0
     while True:
-        frame = await client.recv_frame(max(0.01, deadline - time.monotonic()))
-        assert frame is not None, "closed without a Close frame"
+        try:
+            frame = await client.recv_frame(max(0.01, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise AssertionError(f"no Close and no EOF after {frames} frames") from None
+        assert frame is not None, f"closed without a Close frame after {frames} frames"
+        frames += 1
         if frame.opcode == 0x8:
             break
     assert frame.close_code == 1013, (frame.close_code, frame.close_reason)
