@@ -65,6 +65,21 @@ def test_the_defaults(tmp_path: Path) -> None:
     assert (server.longpoll.poll_timeout, server.longpoll.idle_timeout) == (25.0, 60.0)
 
 
+def test_budgets_not_set_follow_the_message_limit(tmp_path: Path) -> None:
+    """Raising max_message_size alone must not make legal messages stall or be refused."""
+    settings = settings_from(tmp_path, "[server]\nmax_message_size = 8388608\n")
+    assert settings.budget_limits == BudgetLimits.for_message_size(8 * MiB)
+    assert settings.budget_limits.fits(8 * MiB) is None
+    assert server_from_settings(settings).budgets.limits == settings.budget_limits
+    # A key that is set wins; the others still follow the message limit.
+    settings = settings_from(
+        tmp_path, "[server]\nmax_message_size = 8388608\nmax_bytes_per_ip = 1073741824\n"
+    )
+    derived = BudgetLimits.for_message_size(8 * MiB)
+    assert settings.budget_limits.address_hard == 1 << 30
+    assert settings.budget_limits.connection_hard == derived.connection_hard
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [

@@ -109,7 +109,8 @@ class HubServer:
 
     ``limits``: connection admission (caps and rate per address, counting long-poll
     sessions too); ``budget_limits``: the memory each connection and each address may make
-    the node hold; ``http_limits``: the front door's sizes and deadlines.
+    the node hold (default: :meth:`BudgetLimits.for_message_size` of ``max_message_size``);
+    ``http_limits``: the front door's sizes and deadlines.
     """
 
     def __init__(
@@ -149,6 +150,8 @@ class HubServer:
             if check_origin
             else OriginPolicy(None)
         )
+        if budget_limits is None:  # room for any legal message (see for_message_size)
+            budget_limits = BudgetLimits.for_message_size(max_message_size)
         self.budgets = Budgets(budget_limits)
         """The memory accounts of every connection and session, by peer address."""
         self.websocket = WebSocketServer(

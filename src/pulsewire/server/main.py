@@ -200,7 +200,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
         config=config,
         admin_password=admin_password,
         limits=limits,
-        budget_limits=_budget_limits(table),
+        budget_limits=_budget_limits(table, max_message_size),
         max_message_size=max_message_size,
         body_min_rate=body_min_rate,
         **timeouts,
@@ -216,9 +216,17 @@ def load_settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def _budget_limits(table: dict[str, Any]) -> BudgetLimits:
-    """The memory budget settings of ``[server]`` (ValueError, with their names, if bad)."""
-    values = {field: int(table[key]) for key, field in BUDGET_KEYS.items() if key in table}
+def _budget_limits(table: dict[str, Any], max_message_size: int) -> BudgetLimits:
+    """The memory budget settings of ``[server]`` (ValueError, with their names, if bad).
+
+    Those not set follow ``max_message_size`` (:meth:`BudgetLimits.for_message_size`: 1 MiB,
+    4 MiB, 16 MiB, 32 MiB up to 384 KiB messages), so that raising the message limit alone
+    never makes legal messages stall or be refused."""
+    derived = BudgetLimits.for_message_size(max_message_size)
+    values = {
+        field: int(table[key]) if key in table else getattr(derived, field)
+        for key, field in BUDGET_KEYS.items()
+    }
     try:
         return BudgetLimits(**values)
     except ValueError:
