@@ -545,14 +545,7 @@ class HttpProtocol(asyncio.Protocol):
         """Forget the unparsed input and the request being received."""
         self._buf = b""
         self._pos = 0
-        self.url = bytearray()
-        self.headers = []
-        self.body = bytearray()
-        self._in_message = False
-        self._head_done = False
-        self._head_bytes = 0
-        self._head_tail = b""
-        self._body_left = None
+        self._drop_message()
 
     # -- httptools callbacks -------------------------------------------------------------------
 
@@ -624,6 +617,7 @@ class HttpProtocol(asyncio.Protocol):
         self._enqueue(request, size)
 
     def _drop_message(self) -> None:
+        """Forget the request being received (its bytes are no longer held)."""
         self.url = bytearray()
         self.headers = []
         self.body = bytearray()
