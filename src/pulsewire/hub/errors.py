@@ -1,16 +1,43 @@
 """Hub errors: a :class:`HubError` answers one command; a :class:`Disconnect` ends a session.
 
-Both carry a numeric code documented in docs/protocol.md. Disconnect codes travel as
-WebSocket close codes (and as ``disconnect`` pushes on SSE/long-polling): 4000-4499 mean
-"reconnect", 4500-4999 mean "do not reconnect".
+Both carry a numeric code documented in docs/protocol.md. The codes are :class:`enum.IntEnum`
+members, so they compare, hash, format and encode (JSON, MessagePack) as the plain integers
+that travel on the wire. Disconnect codes travel as WebSocket close codes (and as
+``disconnect`` pushes on SSE/long-polling): 4000-4499 mean "reconnect", 4500-4999 mean "do
+not reconnect" (:func:`reconnects`, the one place that rule is written in Python;
+``web/pulsewire.js`` is checked against it by a test).
 """
 
 from __future__ import annotations
 
-__all__ = ["Disconnect", "DisconnectCode", "ErrorCode", "HubError"]
+import enum
+
+__all__ = [
+    "DISCONNECT_CODES",
+    "NO_RECONNECT_CODES",
+    "Disconnect",
+    "DisconnectCode",
+    "ErrorCode",
+    "HubError",
+    "UnsubscribeCode",
+    "reconnects",
+]
 
 
-class ErrorCode:
+class _Code(enum.IntEnum):
+    """An integer code: ``str()`` and ``format()`` give the number on every Python version
+    (3.10's IntEnum would give ``"ErrorCode.INTERNAL"``), as metric labels and logs expect."""
+
+    def __str__(self) -> str:
+        return int.__repr__(self)
+
+    def __format__(self, spec: str) -> str:
+        return int.__format__(self, spec)
+
+
+class ErrorCode(_Code):
+    """The ``code`` of an error reply (and of an HTTP API error answer)."""
+
     INTERNAL = 100
     UNAUTHORIZED = 101
     UNKNOWN_CHANNEL = 102
@@ -28,7 +55,9 @@ class ErrorCode:
     Retry with the same idempotency key (safe within the window); 108 means not published."""
 
 
-class DisconnectCode:
+class DisconnectCode(_Code):
+    """Why a session ended: 4000-4499 reconnect, 4500-4999 do not (see :func:`reconnects`)."""
+
     # Reconnect: the client should connect again (with backoff).
     SHUTDOWN = 4000
     TOKEN_EXPIRED = 4002
@@ -45,6 +74,29 @@ class DisconnectCode:
     UNSUPPORTED_PROTOCOL = 4505
 
 
+class UnsubscribeCode(_Code):
+    """The ``code`` of an ``unsubscribe`` push."""
+
+    SERVER = 2000
+    """Unsubscribed by the server (the HTTP API, ``Hub.unsubscribe_user``)."""
+    INSUFFICIENT_STATE = 2500
+    """The node could not keep the channel's stream whole: resubscribe with recovery."""
+
+
+DISCONNECT_CODES = range(4000, 5000)
+"""The hub's own disconnect codes (the WebSocket private-use range); below them are
+WebSocket close codes."""
+
+NO_RECONNECT_CODES = range(4500, 5000)
+"""Disconnect codes after which a client must not reconnect by itself."""
+
+
+def reconnects(code: int) -> bool:
+    """Whether a client should reconnect after a session ended with ``code``: yes, except
+    after 4500-4999 (WebSocket codes below 4000 and 4000-4499 mean reconnect)."""
+    return code not in NO_RECONNECT_CODES
+
+
 class HubError(Exception):
     """A command failed; the reply carries ``code`` and ``message``."""
 
@@ -54,6 +106,7 @@ class HubError(Exception):
         self.message = message
 
     def to_dict(self) -> dict[str, object]:
+        """The ``error`` object of a reply: ``{"code", "message"}``."""
         return {"code": self.code, "message": self.message}
 
 
@@ -67,4 +120,5 @@ class Disconnect(Exception):
 
     @property
     def reconnect(self) -> bool:
-        return not 4500 <= self.code <= 4999
+        """Whether the client should reconnect (see :func:`reconnects`)."""
+        return reconnects(self.code)
