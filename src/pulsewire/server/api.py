@@ -16,11 +16,32 @@ from typing import Any
 from ..hub.auth import secret_matches
 from ..hub.errors import ErrorCode, HubError
 from ..hub.hub import Hub
+from ..hub.messages import (
+    Message,
+    api_error,
+    api_result,
+    broadcast_result,
+    channels_result,
+    history_result,
+    info_result,
+    presence_result,
+    presence_stats_result,
+    publish_result,
+)
+from ..hub.requests import (
+    ApiBroadcastParams,
+    ApiChannelParams,
+    ApiDisconnectParams,
+    ApiHistoryParams,
+    ApiPublishParams,
+    ApiSendParams,
+    ApiUnsubscribeParams,
+)
 from .http import HttpRequest, HttpResponse, json_response
 
 __all__ = ["ApiHandler"]
 
-_STATUS = {
+_STATUS: dict[int, int] = {
     ErrorCode.BAD_REQUEST: 400,
     ErrorCode.UNKNOWN_CHANNEL: 404,
     ErrorCode.METHOD_NOT_FOUND: 404,
@@ -38,16 +59,7 @@ _STATUS = {
 def _error(
     code: int, message: str, status: int | None = None, headers: list[tuple[str, str]] | None = None
 ) -> HttpResponse:
-    return json_response(
-        {"error": {"code": code, "message": message}}, status or _STATUS.get(code, 500), headers
-    )
-
-
-def _str(params: dict[str, Any], key: str) -> str:
-    value = params.get(key)
-    if not isinstance(value, str) or not value:
-        raise HubError(ErrorCode.BAD_REQUEST, f"{key} must be a non-empty string")
-    return value
+    return json_response(api_error(code, message), status or _STATUS.get(code, 500), headers)
 
 
 class ApiHandler:
@@ -56,7 +68,7 @@ class ApiHandler:
     def __init__(self, hub: Hub, api_key: str | None) -> None:
         self.hub = hub
         self.api_key = api_key
-        self.methods: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+        self.methods: dict[str, Callable[[dict[str, Any]], Awaitable[Message]]] = {
             "publish": self.publish,
             "broadcast": self.broadcast,
             "presence": self.presence,
@@ -109,82 +121,58 @@ class ApiHandler:
             return _error(exc.code, exc.message)
         except ValueError as exc:
             return _error(ErrorCode.BAD_REQUEST, str(exc))
-        return json_response({"result": result if result is not None else {}})
+        return json_response(api_result(result))
 
-    async def publish(self, params: dict[str, Any]) -> Any:
-        if "data" not in params:
-            raise HubError(ErrorCode.BAD_REQUEST, "publish needs data")
-        tags = params.get("tags")
-        if tags is not None and not (
-            isinstance(tags, dict) and all(isinstance(v, str) for v in tags.values())
-        ):
-            raise HubError(ErrorCode.BAD_REQUEST, "tags must map strings to strings")
+    async def publish(self, params: dict[str, Any]) -> Message:
+        request = ApiPublishParams.parse(params)
         position = await self.hub.publish(
-            _str(params, "channel"),
-            params["data"],
-            tags=tags,
-            idempotency_key=params.get("idempotency_key"),
+            request.channel,
+            request.data,
+            tags=request.tags,
+            idempotency_key=request.idempotency_key,
         )
-        return {} if position is None else {"offset": position.offset, "epoch": position.epoch}
+        return publish_result(position)
 
-    async def broadcast(self, params: dict[str, Any]) -> Any:
-        channels = params.get("channels")
-        if (
-            not isinstance(channels, list)
-            or not all(isinstance(c, str) for c in channels)
-            or not channels
-        ):
-            raise HubError(ErrorCode.BAD_REQUEST, "channels must be a non-empty list of strings")
-        if "data" not in params:
-            raise HubError(ErrorCode.BAD_REQUEST, "broadcast needs data")
-        responses = []
+    async def broadcast(self, params: dict[str, Any]) -> Message:
+        request = ApiBroadcastParams.parse(params)
         outcomes = await self.hub.broadcast(
-            channels, params["data"], idempotency_key=params.get("idempotency_key")
+            request.channels, request.data, idempotency_key=request.idempotency_key
         )
-        for outcome in outcomes:
-            if isinstance(outcome, HubError):
-                responses.append({"error": outcome.to_dict()})
-            elif outcome is None:
-                responses.append({"result": {}})
-            else:
-                responses.append({"result": {"offset": outcome.offset, "epoch": outcome.epoch}})
-        return {"responses": responses}
+        return broadcast_result(outcomes)
 
-    async def presence(self, params: dict[str, Any]) -> Any:
-        clients = await self.hub.presence(_str(params, "channel"))
-        return {"clients": {cid: info.to_dict() for cid, info in clients.items()}}
+    async def presence(self, params: dict[str, Any]) -> Message:
+        clients = await self.hub.presence(ApiChannelParams.parse(params).channel)
+        return presence_result(clients)
 
-    async def presence_stats(self, params: dict[str, Any]) -> Any:
-        clients, users = await self.hub.presence_stats(_str(params, "channel"))
-        return {"num_clients": clients, "num_users": users}
+    async def presence_stats(self, params: dict[str, Any]) -> Message:
+        clients, users = await self.hub.presence_stats(ApiChannelParams.parse(params).channel)
+        return presence_stats_result(clients, users)
 
-    async def history(self, params: dict[str, Any]) -> Any:
-        return await self.hub._history_reply(_str(params, "channel"), params)
-
-    async def disconnect(self, params: dict[str, Any]) -> Any:
-        code = params.get("code", 4502)
-        if not isinstance(code, int) or not 4000 <= code <= 4999:
-            raise HubError(ErrorCode.BAD_REQUEST, "code must be an integer in 4000-4999")
-        await self.hub.disconnect_user(
-            _str(params, "user"), code, str(params.get("reason", "disconnected by the server"))
+    async def history(self, params: dict[str, Any]) -> Message:
+        request = ApiHistoryParams.parse(params)
+        query = request.query
+        result = await self.hub.history(
+            request.channel, limit=query.limit, since=query.since, reverse=query.reverse
         )
+        return history_result(result)
+
+    async def disconnect(self, params: dict[str, Any]) -> Message:
+        request = ApiDisconnectParams.parse(params)
+        await self.hub.disconnect_user(request.user, request.code, request.reason)
         return {}
 
-    async def unsubscribe(self, params: dict[str, Any]) -> Any:
-        await self.hub.unsubscribe_user(_str(params, "user"), _str(params, "channel"))
+    async def unsubscribe(self, params: dict[str, Any]) -> Message:
+        request = ApiUnsubscribeParams.parse(params)
+        await self.hub.unsubscribe_user(request.user, request.channel)
         return {}
 
-    async def send(self, params: dict[str, Any]) -> Any:
-        if "data" not in params:
-            raise HubError(ErrorCode.BAD_REQUEST, "send needs data")
-        user, client = params.get("user"), params.get("client")
-        if (user is None) == (client is None):
-            raise HubError(ErrorCode.BAD_REQUEST, "give exactly one of user or client")
-        await self.hub.send(params["data"], user=user, client=client)
+    async def send(self, params: dict[str, Any]) -> Message:
+        request = ApiSendParams.parse(params)
+        await self.hub.send(request.data, user=request.user, client=request.client)
         return {}
 
-    async def channels(self, params: dict[str, Any]) -> Any:
-        return {"channels": self.hub.channels}
+    async def channels(self, params: dict[str, Any]) -> Message:
+        return channels_result(self.hub.channels)
 
-    async def info(self, params: dict[str, Any]) -> Any:
-        return {"node": self.hub.node_id, "nodes": self.hub.nodes}
+    async def info(self, params: dict[str, Any]) -> Message:
+        return info_result(self.hub.node_id, self.hub.nodes)

@@ -19,13 +19,13 @@ stops the latter). Allowed cross-origin pages get CORS headers, without credenti
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 from collections import deque
 from collections.abc import Callable
 
 from ..aio.budget import Account, Budgets
 from ..hub.hub import Hub
+from ..hub.messages import disconnect_push
 from ..hub.session import ConnectRequest, Session
 from ..hub.types import Publication
 from ..hub.wire import JSON
@@ -72,12 +72,7 @@ def _ignore() -> None:
 
 def disconnect_message(code: int, reason: str) -> str:
     """The ``disconnect`` push that ends an HTTP transport session."""
-    reconnect = not 4500 <= code <= 4999
-    return json.dumps(
-        {"push": "disconnect", "code": code, "reason": reason, "reconnect": reconnect},
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    return JSON.encode(disconnect_push(code, reason))
 
 
 class HttpTransport:
