@@ -1,0 +1,146 @@
+"""The application's hooks into the hub: what each one is given and returns, and one way to
+call them.
+
+An embedding application passes plain functions or coroutine functions to :class:`Hub`
+(``authenticate=``, ``on_connect=``, ...). Each is described here by a
+:class:`typing.Protocol`: the arguments it is called with (positionally, so any parameter
+names will do) and what it may return, itself or through an awaitable. The hub calls every
+hook through :func:`call_hook`, which calls it at once and gives an awaitable of its outcome
+whether the hook was plain or async.
+
+A hook refuses by raising: :class:`~pulsewire.hub.errors.HubError` answers the command with
+its code, :class:`~pulsewire.hub.errors.Disconnect` ends the session.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Generator
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar, overload
+
+from .auth import Credentials
+from .errors import Disconnect, DisconnectCode
+
+if TYPE_CHECKING:
+    from .session import ConnectRequest, Session
+
+__all__ = [
+    "Authenticate",
+    "MaybeAwaitable",
+    "OnConnect",
+    "OnDisconnect",
+    "OnPublish",
+    "OnRpc",
+    "OnSubscribe",
+    "call_hook",
+    "credentials_from",
+]
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+MaybeAwaitable: TypeAlias = T | Awaitable[T]
+"""What a hook returns: its outcome, or an awaitable of it (an ``async def`` hook)."""
+
+
+class Authenticate(Protocol):
+    """``authenticate(request)``: who a connecting client is, decided by the application.
+
+    Returns :class:`~pulsewire.hub.auth.Credentials`, a user id (``str``, or ``int``
+    taken as its decimal string; ``""`` for an anonymous connection), or ``None`` to fall
+    back to the connection token (see :func:`credentials_from`). Raise
+    :class:`~pulsewire.hub.errors.Disconnect` to refuse the connection.
+    """
+
+    def __call__(
+        self, request: ConnectRequest, /
+    ) -> MaybeAwaitable[Credentials | str | int | None]: ...
+
+
+class OnConnect(Protocol):
+    """``on_connect(session)``: the session is authenticated and about to be connected."""
+
+    def __call__(self, session: Session, /) -> MaybeAwaitable[None]: ...
+
+
+class OnSubscribe(Protocol):
+    """``on_subscribe(session, channel, params)``: a client subscribes, after the hub's own
+    checks passed; ``params`` are the subscribe command's, as sent. Returns the channel info
+    others see for this subscriber (``chan_info``), or ``None`` to keep the token's."""
+
+    def __call__(
+        self, session: Session, channel: str, params: dict[str, Any], /
+    ) -> MaybeAwaitable[Any]: ...
+
+
+class OnPublish(Protocol):
+    """``on_publish(session, channel, data)``: a client publishes. Returns the data to
+    publish instead, or ``None`` to publish ``data`` as it is."""
+
+    def __call__(self, session: Session, channel: str, data: Any, /) -> MaybeAwaitable[Any]: ...
+
+
+class OnRpc(Protocol):
+    """``on_rpc(session, method, data)``: a client's ``rpc`` command; returns the result's
+    ``data`` (anything the session's codec can encode)."""
+
+    def __call__(self, session: Session, method: str, data: Any, /) -> MaybeAwaitable[Any]: ...
+
+
+class OnDisconnect(Protocol):
+    """``on_disconnect(session, code, reason)``: a connected session ended. Its outcome is
+    not waited for by the session; an exception in it is logged."""
+
+    def __call__(self, session: Session, code: int, reason: str, /) -> MaybeAwaitable[None]: ...
+
+
+class _Ready(Generic[T_co]):
+    """An awaitable that is done already: the outcome of a plain (non-async) hook."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: T_co) -> None:
+        self._value = value
+
+    def __await__(self) -> Generator[Any, None, T_co]:
+        yield from ()
+        return self._value
+
+
+@overload
+def call_hook(hook: Callable[..., Awaitable[T]], /, *args: Any) -> Awaitable[T]: ...
+
+
+@overload
+def call_hook(hook: Callable[..., MaybeAwaitable[T]], /, *args: Any) -> Awaitable[T]: ...
+
+
+def call_hook(hook: Callable[..., MaybeAwaitable[T]], /, *args: Any) -> Awaitable[T]:
+    """Call ``hook(*args)`` now and return an awaitable of its outcome.
+
+    A plain function runs (and raises) during this call and its result is ready at once;
+    an ``async def`` hook (or any that returns an awaitable) runs when awaited. Both are
+    written ``outcome = await call_hook(hook, ...)``; a caller that must not wait may hand
+    the awaitable to a task.
+    """
+    outcome = hook(*args)
+    if inspect.isawaitable(outcome):
+        return outcome
+    return _Ready(outcome)
+
+
+def credentials_from(outcome: object, *, allow_anonymous: bool) -> Credentials | None:
+    """What an :class:`Authenticate` hook's outcome means: Credentials, or None to fall back
+    to the connection token. An empty user id is refused (Disconnect 4503) unless anonymous
+    connections are allowed; any other type is the application's bug (TypeError)."""
+    if isinstance(outcome, int) and not isinstance(outcome, bool):
+        outcome = str(outcome)  # numeric user ids are common
+    if isinstance(outcome, str):
+        if not outcome and not allow_anonymous:
+            raise Disconnect(DisconnectCode.UNAUTHORIZED, "anonymous connections are off")
+        return Credentials(user=outcome)
+    if isinstance(outcome, Credentials):
+        return outcome
+    if outcome is not None:
+        raise TypeError("authenticate must return Credentials, a user id or None")
+    return None
