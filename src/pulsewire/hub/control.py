@@ -1,0 +1,228 @@
+"""Control messages: what nodes tell each other through the engine's control channel.
+
+Each kind is a frozen dataclass; :meth:`to_dict` gives the dict the engine carries (keyed by
+``"op"``, the same dicts as before these classes, so nodes of an older version understand
+them) and :func:`parse_control` reads one back, as leniently as the hub always has (missing
+fields take defaults, values are coerced). ``sender`` is the sending node's name (``"from"``).
+
+* commands for sessions, run by every node on its own sessions of ``user`` (or, without a
+  user, on the session ``client``): :class:`DisconnectControl`,
+  :class:`UnsubscribeControl`, :class:`MessageControl`;
+* node liveness (:mod:`pulsewire.hub.nodes`): :class:`NodeAnnounce` every few seconds,
+  :class:`NodeDead` when a node is declared dead, :class:`NodeGone` when one stops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .errors import DisconnectCode
+
+__all__ = [
+    "NODE_OPS",
+    "Control",
+    "DisconnectControl",
+    "MessageControl",
+    "NodeAnnounce",
+    "NodeDead",
+    "NodeGone",
+    "UnsubscribeControl",
+    "parse_control",
+]
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _sender(message: dict[str, Any]) -> str:
+    return str(message.get("from") or "")
+
+
+def _instance(message: dict[str, Any]) -> str:
+    instance = message.get("instance")
+    return instance if isinstance(instance, str) else ""
+
+
+def _with_sender(out: dict[str, Any], sender: str) -> dict[str, Any]:
+    if sender:
+        out["from"] = sender
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class DisconnectControl:
+    """End the sessions of ``user`` (or the session ``client``) on every node."""
+
+    op: ClassVar[str] = "disconnect"
+    user: str | None
+    client: str | None = None
+    code: int = DisconnectCode.FORCE_NO_RECONNECT
+    reason: str = ""
+    sender: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"op": self.op, "user": self.user}
+        if self.client is not None:
+            out["client"] = self.client
+        out["code"] = self.code
+        out["reason"] = self.reason
+        return _with_sender(out, self.sender)
+
+    @classmethod
+    def from_dict(cls, message: dict[str, Any]) -> DisconnectControl:
+        """Raises ValueError for a code that is not an integer."""
+        try:
+            code = int(message.get("code", DisconnectCode.FORCE_NO_RECONNECT))
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"bad disconnect code {message.get('code')!r}") from None
+        return cls(
+            _optional_str(message.get("user")),
+            _optional_str(message.get("client")),
+            code,
+            str(message.get("reason", "")),
+            _sender(message),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeControl:
+    """Unsubscribe the sessions of ``user`` (or the session ``client``) from ``channel``."""
+
+    op: ClassVar[str] = "unsubscribe"
+    user: str | None
+    channel: str
+    client: str | None = None
+    sender: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"op": self.op, "user": self.user}
+        if self.client is not None:
+            out["client"] = self.client
+        out["channel"] = self.channel
+        return _with_sender(out, self.sender)
+
+    @classmethod
+    def from_dict(cls, message: dict[str, Any]) -> UnsubscribeControl:
+        return cls(
+            _optional_str(message.get("user")),
+            str(message.get("channel")),
+            _optional_str(message.get("client")),
+            _sender(message),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MessageControl:
+    """Push ``data`` as a ``message`` to the sessions of ``user`` or to the session
+    ``client`` (exactly one is given)."""
+
+    op: ClassVar[str] = "message"
+    user: str | None
+    client: str | None
+    data: Any
+    sender: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"op": self.op, "user": self.user, "client": self.client, "data": self.data}
+        return _with_sender(out, self.sender)
+
+    @classmethod
+    def from_dict(cls, message: dict[str, Any]) -> MessageControl:
+        return cls(
+            _optional_str(message.get("user")),
+            _optional_str(message.get("client")),
+            message.get("data"),
+            _sender(message),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAnnounce:
+    """A node is alive: its ``instance`` id (empty from versions without one: listed, not
+    watched) and its stats (``info``: name, sessions, users, channels, engine)."""
+
+    op: ClassVar[str] = "node"
+    sender: str
+    instance: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "from": self.sender, "instance": self.instance, "info": self.info}
+
+    @classmethod
+    def from_dict(cls, message: dict[str, Any]) -> NodeAnnounce:
+        info = message.get("info")
+        return cls(
+            _sender(message), _instance(message), dict(info) if isinstance(info, dict) else {}
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDead:
+    """``sender`` declared the node ``node`` (instance ``instance``) dead."""
+
+    op: ClassVar[str] = "node_dead"
+    instance: str
+    node: str
+    sender: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"op": self.op, "instance": self.instance, "node": self.node}
+        return _with_sender(out, self.sender)
+
+    @classmethod
+    def from_dict(cls, message: dict[str, Any]) -> NodeDead:
+        return cls(_instance(message), str(message.get("node") or ""), _sender(message))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeGone:
+    """The node ``sender`` (instance ``instance``) is stopping; ``clean`` when its own
+    presence removals all went through (else the others remove what is left)."""
+
+    op: ClassVar[str] = "node_gone"
+    instance: str
+    clean: bool
+    sender: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"op": self.op, "instance": self.instance, "clean": self.clean}
+        return _with_sender(out, self.sender)
+
+    @classmethod
+    def from_dict(cls, message: dict[str, Any]) -> NodeGone:
+        return cls(_instance(message), bool(message.get("clean")), _sender(message))
+
+
+Control = (
+    DisconnectControl | UnsubscribeControl | MessageControl | NodeAnnounce | NodeDead | NodeGone
+)
+"""Any control message."""
+
+_KINDS: dict[str, Any] = {
+    cls.op: cls
+    for cls in (
+        DisconnectControl,
+        UnsubscribeControl,
+        MessageControl,
+        NodeAnnounce,
+        NodeDead,
+        NodeGone,
+    )
+}
+
+NODE_OPS = frozenset({NodeAnnounce.op, NodeDead.op, NodeGone.op})
+"""The ops about nodes (the others are commands for sessions)."""
+
+
+def parse_control(message: dict[str, Any]) -> Control | None:
+    """The control message in ``message``, or None for an op this version does not know
+    (a newer node's: ignored). Raises ValueError for a malformed one."""
+    op = message.get("op")
+    kind = _KINDS.get(op) if isinstance(op, str) else None
+    if kind is None:
+        return None
+    parsed: Control = kind.from_dict(message)
+    return parsed
