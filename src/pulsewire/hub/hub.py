@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import functools
 import inspect
 import json
@@ -364,12 +365,10 @@ class Hub:
                 return await self.engine.publish(channel, publication, options)
             except EngineUnavailable as exc:
                 raise self._publish_failed(exc) from None
-        if self.engine.local_fanout:
-            self.on_publication(channel, publication)
         try:
             await self.engine.publish(channel, publication, options)
         except EngineUnavailable:
-            # Delivered locally; other nodes miss it (at most once for channels without history).
+            # The engine delivered it locally; other nodes miss it (at most once without history).
             self.metrics.engine_errors.inc()
         return None
 
@@ -568,7 +567,8 @@ class Hub:
                 ):
                     continue
                 last = publication.offset
-                publication.epoch = publication.epoch or since.epoch
+                if not publication.epoch:
+                    publication = dataclasses.replace(publication, epoch=since.epoch)
                 self._positions[channel] = StreamPosition(last, since.epoch)
                 if subs:
                     self._deliver(channel, subs, publication)

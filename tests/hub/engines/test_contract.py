@@ -46,20 +46,42 @@ async def test_publish_without_history_reaches_subscribed_nodes(
     nodes = await cluster.up_to(3)
     for node in nodes[:2]:
         await node.subscribe("chat")
-    position = await engine.publish("chat", pub({"n": 1}, origin=engine.node_id), NO_HISTORY)
+    sent = pub({"n": 1}, origin=engine.node_id)
+    position = await engine.publish("chat", sent, NO_HISTORY)
     assert position is None
+    # this node's subscribers have it when publish returns, whatever the service does
+    assert [p.data for p in recorder(engine).pubs("chat")] == [{"n": 1}]
     await cluster.settle()
-    own = recorder(engine).pubs("chat")
-    if engine.local_fanout:
-        assert own == [], "the hub delivers local copies itself: the echo must be skipped"
-        (received,) = recorder(nodes[1]).pubs("chat")
+    assert [p.data for p in recorder(engine).pubs("chat")] == [{"n": 1}], "echo skipped"
+    for node in nodes[1:2]:
+        (received,) = recorder(node).pubs("chat")
         assert received.data == {"n": 1}
         assert received.offset == 0
         assert received.origin == engine.node_id
-        if len(nodes) > 2:
-            assert recorder(nodes[2]).pubs("chat") == [], "not subscribed"
-    else:
-        assert [p.data for p in own] == [{"n": 1}]
+    for node in nodes[2:]:
+        assert recorder(node).pubs("chat") == [], "not subscribed"
+
+
+async def test_publish_does_not_change_the_publication(cluster: Cluster, engine: Engine) -> None:
+    """Engines return the position and deliver a copy that carries it: the caller's
+    publication is the same after publish and publish_once."""
+    await engine.subscribe("h")
+    sent = pub("x", origin=engine.node_id)
+    before = (sent.offset, sent.prev, sent.epoch, sent.data, sent.origin)
+    position = await engine.publish("h", sent, HISTORY)
+    keyed = pub("y", origin=engine.node_id)
+    outcome = await engine.publish_once("h", keyed, HISTORY, "k", WINDOW)
+    assert (sent.offset, sent.prev, sent.epoch, sent.data, sent.origin) == before
+    assert (keyed.offset, keyed.prev, keyed.epoch) == (0, None, "")
+    rec = recorder(engine)
+    await rec.wait_for(lambda: len(rec.pubs("h")) == 2)
+    got = rec.pubs("h")
+    assert position is not None and outcome.position is not None
+    assert [(p.offset, p.prev, p.epoch) for p in got] == [
+        (1, 0, position.epoch),
+        (2, 1, outcome.position.epoch),
+    ]
+    assert all(p is not sent and p is not keyed for p in got)
 
 
 async def test_unsubscribe_stops_delivery(cluster: Cluster, engine: Engine) -> None:

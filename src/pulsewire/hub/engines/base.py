@@ -110,13 +110,6 @@ class Engine(abc.ABC):
     """Base class of the hub's engines. All methods run on the hub's event loop."""
 
     name = "engine"
-    #: True for engines that connect nodes (Redis, NATS): for channels without history the
-    #: hub delivers publications without an idempotency key to its own subscribers itself (so
-    #: local delivery goes on while the service is down), and the engine carries the
-    #: publication to the other nodes only, skipping the echo whose ``origin`` is this node.
-    #: Publications of history channels always come back through the engine, to every node,
-    #: so that all nodes see them in offset order.
-    local_fanout = False
 
     def __init__(self) -> None:
         self.handler: EngineHandler | None = None

@@ -6,7 +6,7 @@ import collections
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..types import ClientInfo, HistoryResult, Publication, PublishOptions, StreamPosition
@@ -88,10 +88,9 @@ class MemoryEngine(Engine):
         if options.history:
             stream = self._stream(channel, options, create=True)
             assert stream is not None
-            publication.prev = stream.offset
+            prev = stream.offset
             stream.offset += 1
-            publication.offset = stream.offset
-            publication.epoch = stream.epoch
+            publication = replace(publication, offset=stream.offset, prev=prev, epoch=stream.epoch)
             stream.items.append(publication)
             while len(stream.items) > options.history_size:
                 stream.items.popleft()

@@ -60,7 +60,7 @@ import urllib.parse
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import nats.errors
@@ -160,7 +160,7 @@ def _pub_dict(pub: Publication) -> dict[str, Any]:
 def _pub_from(d: dict[str, Any]) -> Publication:
     pub = Publication.from_dict(d)
     if d.get("b64"):
-        pub.data = base64.b64decode(pub.data)
+        pub = replace(pub, data=base64.b64decode(pub.data))
     return pub
 
 
@@ -204,9 +204,6 @@ class NatsEngine(Engine):
     """
 
     name = "nats"
-    #: Publications of channels without history come back through NATS: the hub delivers
-    #: them locally itself and the engine skips its own echo.
-    local_fanout = True
 
     def __init__(
         self,
@@ -234,6 +231,7 @@ class NatsEngine(Engine):
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._subs: dict[str, Subscription] = {}
+        self._wanted: set[str] = set()  # subscribed, or being subscribed, on this node
         self._streams: dict[tuple[int, int], _Stream] = {}
         self._tips: OrderedDict[str, _Tip] = OrderedDict()  # by channel: hints for appends
         self._contended: dict[str, float] = {}  # channel -> time.monotonic() of a lost race
@@ -289,6 +287,7 @@ class NatsEngine(Engine):
         self._closing = True
         nc, self._nc, self._js = self._nc, None, None
         self._subs.clear()
+        self._wanted.clear()
         if nc is None:
             return
         try:
@@ -350,12 +349,19 @@ class NatsEngine(Engine):
         nc, _ = self._conn()
         if channel in self._subs:
             return
-        with self._errors():
-            sub = await nc.subscribe(self._fan_subject(channel), cb=self._on_channel_msg)
-            self._subs[channel] = sub
-            await nc.flush(timeout=max(1, math.ceil(self._timeout)))  # SUB active on return
+        self._wanted.add(channel)
+        try:
+            with self._errors():
+                sub = await nc.subscribe(self._fan_subject(channel), cb=self._on_channel_msg)
+                self._subs[channel] = sub
+                await nc.flush(timeout=max(1, math.ceil(self._timeout)))  # SUB active on return
+        except BaseException:
+            if channel not in self._subs:
+                self._wanted.discard(channel)
+            raise
 
     async def unsubscribe(self, channel: str) -> None:
+        self._wanted.discard(channel)
         sub = self._subs.pop(channel, None)
         if sub is not None:
             with contextlib.suppress(nats.errors.Error, OSError):
@@ -374,7 +380,7 @@ class NatsEngine(Engine):
                 self._set_tip(channel, _tip(headers["Nats-Subject"], seq, time.time(), env))
             if kind == "p":
                 if env.get("n") == self.node_id and not env.get("echo"):
-                    return  # no history: the hub delivered it locally already
+                    return  # no history: publish() delivered it locally already
                 self.handler.on_publication(channel, _pub_from(env["d"]))
             elif kind == "j":
                 node = env.get("o")
@@ -398,6 +404,10 @@ class NatsEngine(Engine):
     ) -> StreamPosition | None:
         if not options.history:
             env = {"t": "p", "n": self.node_id, "d": _pub_dict(publication)}
+            # This node's subscribers get it at once, whatever NATS does (its echo is
+            # skipped); the other nodes at most once.
+            if self.handler is not None and channel in self._wanted:
+                self.handler.on_publication(channel, publication)
             await self._send(self._fan_subject(channel), env)
             return None
 
@@ -1034,12 +1044,12 @@ def _stream_name(tip: _Tip) -> str:
 
 def _record(publication: Publication) -> Callable[[_Tip | None], dict[str, Any]]:
     """The builder of ``publication``'s history record: it follows ``tip`` (or starts a new
-    epoch), and the publication gets the offset, prev and epoch of the record."""
+    epoch) with the next offset (``publication`` itself is not changed)."""
 
     def build(tip: _Tip | None) -> dict[str, Any]:
         base, epoch = (tip.offset, tip.epoch) if tip else (0, secrets.token_hex(6))
-        publication.offset, publication.prev, publication.epoch = base + 1, base, epoch
-        return {"t": "p", "d": _pub_dict(publication)}
+        stored = replace(publication, offset=base + 1, prev=base, epoch=epoch)
+        return {"t": "p", "d": _pub_dict(stored)}
 
     return build
 

@@ -16,7 +16,9 @@
 * Idempotent publish: the key ``{prefix}:{<channel>}:idem:<key>`` (the channel's hash slot)
   is checked and set by the same script that writes, so a retry never writes twice; it holds
   the first ``offset,epoch`` for ``window`` ms. Keyed publications of channels without
-  history are delivered to this node through Redis too (their echo is not skipped).
+  history are delivered to this node through Redis too (their echo is not skipped); unkeyed
+  ones are delivered to this node by ``publish()`` itself, before the PUBLISH, and their
+  echo is skipped.
 * Faults: commands fail fast with :class:`EngineUnavailable` (socket timeouts, no retries);
   a publish that was sent and got no answer raises :class:`EngineOutcomeUnknown` instead.
   The pub/sub reader pings an idle connection, reconnects with exponential backoff and
@@ -132,9 +134,6 @@ class RedisEngine(Engine):
     """
 
     name = "redis"
-    #: Publications of channels without history come back through Redis: the hub delivers
-    #: them locally itself and the engine skips its own echo (``origin == node_id``).
-    local_fanout = True
 
     def __init__(
         self,
@@ -367,6 +366,12 @@ class RedisEngine(Engine):
             except Exception:
                 logger.exception("redis engine: on_engine_state handler failed")
 
+    def _deliver_local(self, channel: str, publication: Publication) -> None:
+        """Hand an unkeyed publication without history to this node's handler (if the
+        channel is subscribed here), before it is sent to the others."""
+        if self.handler is not None and channel in self._wanted:
+            self.handler.on_publication(channel, publication)
+
     def _dispatch(self, name: bytes, data: bytes) -> None:
         handler = self.handler
         if handler is None:
@@ -388,7 +393,7 @@ class RedisEngine(Engine):
                 echo = envelope.pop("echo", False)
                 publication = Publication.from_dict(envelope)
                 if publication.offset == 0 and publication.origin == self.node_id and not echo:
-                    return  # our own echo: the hub has delivered it locally already
+                    return  # our own echo: publish() delivered it locally already
                 handler.on_publication(channel, publication)
             elif kind == "j":
                 node = envelope.get("o")
@@ -510,15 +515,17 @@ class RedisEngine(Engine):
     ) -> StreamPosition | None:
         body = self._encode(publication)
         if not options.history:
+            # This node's subscribers get it at once, whatever Redis does (its echo is
+            # skipped); the other nodes at most once.
+            self._deliver_local(channel, publication)
             await self._send_once("PUBLISH", self._pubsub_name(channel), '{"t":"p",' + body[1:])
             return None
-        position, _ = await self._publish_history(channel, publication, options, body)
+        position, _ = await self._publish_history(channel, options, body)
         return position
 
     async def _publish_history(
         self,
         channel: str,
-        publication: Publication,
         options: PublishOptions,
         body: str,
         key: str | None = None,
@@ -537,12 +544,7 @@ class RedisEngine(Engine):
             keys.append(self._key(channel, f"idem:{key}"))
             args.append(_ms(window))
         offset, epoch, seen = await self._eval_once("publish", keys, args)
-        position = StreamPosition(int(offset), epoch.decode())
-        if not seen:
-            publication.offset = position.offset
-            publication.prev = position.offset - 1
-            publication.epoch = position.epoch
-        return position, bool(seen)
+        return StreamPosition(int(offset), epoch.decode()), bool(seen)
 
     async def publish_once(
         self,
@@ -554,9 +556,7 @@ class RedisEngine(Engine):
     ) -> PublishOnce:
         body = self._encode(publication)
         if options.history:
-            position, seen = await self._publish_history(
-                channel, publication, options, body, key, window
-            )
+            position, seen = await self._publish_history(channel, options, body, key, window)
             return PublishOnce(position, seen)
         if not self._available:
             # Delivered here only through our pub/sub connection: while it is down, local
