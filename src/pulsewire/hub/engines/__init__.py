@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 from .base import (
+    Broker,
     Engine,
     EngineHandler,
     EngineOutcomeUnknown,
     EngineUnavailable,
     IdempotencyKeysFull,
+    PresenceManager,
     PublishOnce,
 )
 from .memory import MemoryEngine
 
 __all__ = [
+    "Broker",
     "Engine",
     "EngineHandler",
     "EngineOutcomeUnknown",
     "EngineUnavailable",
     "IdempotencyKeysFull",
     "MemoryEngine",
+    "PresenceManager",
     "PublishOnce",
     "create_engine",
 ]

@@ -372,6 +372,8 @@ class NatsEngine(Engine):
             return
         try:
             channel = decode_token(msg.subject.split(".", 2)[2])
+            if channel not in self._wanted:
+                return  # unsubscribed: nothing more for it, even if already received
             env = json.loads(msg.data)
             kind = env["t"]
             headers = msg.headers or {}
