@@ -7,6 +7,10 @@
   for single-process engines (memory) a second node skips the test. Teardown closes the
   nodes and deletes the prefix's keys.
 * ``engine``: the cluster's first node, started, its ``handler`` a :class:`Recorder`.
+* ``await cluster.advance(seconds)``: let time pass for expiry (history, presence,
+  tombstones, node index, idempotency keys): a fake clock shared by the cluster's nodes
+  where the engine takes one (memory), a sleep where time is the service's (Redis's clock,
+  NATS's message timestamps).
 
 A new engine kind is one more :class:`EngineKind` entry: how to build an engine from the value
 of its service fixture (e.g. a ``nats_url`` fixture) and a prefix, and how to clean up.
@@ -130,19 +134,39 @@ def recorder(engine: Engine) -> Recorder:
     return engine.handler
 
 
+# ------------------------------------------------------------------------------ clocks
+
+
+class FakeClock:
+    """A clock that moves only when told: ``advance(seconds)``."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 # ------------------------------------------------------------------------------ clusters
 
 
 @dataclass(frozen=True)
 class EngineKind:
-    #: (service fixture value, key prefix) -> an engine, not started.
-    make: Callable[[Any, str], Engine]
+    #: (service fixture value, key prefix, the cluster's clock or None) -> an engine, not
+    #: started.
+    make: Callable[[Any, str, FakeClock | None], Engine]
     #: Name of the fixture giving the service address (skips when the service is missing).
     service_fixture: str | None = None
     #: Whether several engine instances share state (act as one hub).
     multi_node: bool = True
     #: (service fixture value, key prefix) -> delete what the test left behind.
     cleanup: Callable[[Any, str], Awaitable[None]] | None = None
+    #: Whether the engine takes a clock (``make`` then gets the cluster's fake clock):
+    #: False when time is the service's, and tests sleep.
+    fake_clock: bool = False
 
 
 NATS_HOST, NATS_PORT = "127.0.0.1", 4222
@@ -177,20 +201,24 @@ async def delete_nats_streams(url: str, prefix: str) -> None:
         await nc.close()
 
 
-def _make_nats(url: str, prefix: str) -> Engine:
+def _make_memory(_service: None, _prefix: str, clock: FakeClock | None) -> Engine:
+    return MemoryEngine() if clock is None else MemoryEngine(clock)
+
+
+def _make_nats(url: str, prefix: str, _clock: FakeClock | None) -> Engine:
     from pulsewire.hub.engines.nats import NatsEngine
 
     return NatsEngine(url, prefix)
 
 
-def _make_redis(url: str, prefix: str) -> Engine:
+def _make_redis(url: str, prefix: str, _clock: FakeClock | None) -> Engine:
     from pulsewire.hub.engines.redis import RedisEngine
 
     return RedisEngine(url, prefix, ping_interval=0.5)
 
 
 ENGINE_KINDS: dict[str, EngineKind] = {
-    "memory": EngineKind(lambda _service, _prefix: MemoryEngine(), multi_node=False),
+    "memory": EngineKind(_make_memory, multi_node=False, fake_clock=True),
     "redis": EngineKind(_make_redis, "redis_url", cleanup=delete_redis_keys),
     "nats": EngineKind(_make_nats, "nats_service", cleanup=delete_nats_streams),
 }
@@ -205,6 +233,19 @@ class Cluster:
     service: Any
     prefix: str
     engines: list[Engine] = field(default_factory=list)
+    clock: FakeClock | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind.fake_clock:
+            self.clock = FakeClock()
+
+    async def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass for expiry: on the nodes' fake clock if they have one, else
+        really (the service's time)."""
+        if self.clock is None:
+            await asyncio.sleep(seconds)
+        else:
+            self.clock.advance(seconds)
 
     @property
     def multi_node(self) -> bool:
@@ -214,7 +255,7 @@ class Cluster:
         if self.engines and not self.kind.multi_node:
             pytest.skip(f"the {self.kind_name} engine runs in one process only")
         name = name or "abcdefgh"[len(self.engines)]
-        engine = self.kind.make(self.service, self.prefix)
+        engine = self.kind.make(self.service, self.prefix, self.clock)
         engine.bind(Recorder(name), f"{self.prefix}-{name}")
         await engine.start()
         self.engines.append(engine)

@@ -179,11 +179,13 @@ async def test_history_is_trimmed_to_size(engine: Engine) -> None:
     assert result.position.offset == 5
 
 
-async def test_history_expires_after_ttl_but_keeps_position(engine: Engine) -> None:
+async def test_history_expires_after_ttl_but_keeps_position(
+    cluster: Cluster, engine: Engine
+) -> None:
     options = PublishOptions(history_size=10, history_ttl=0.5)
     positions = await publish_many(engine, "h", 3, options)
     assert len((await engine.history("h", options=options)).publications) == 3
-    await asyncio.sleep(0.8)
+    await cluster.advance(0.8)
     result = await engine.history("h", options=options)
     assert result.publications == []
     assert result.position == positions[-1]
@@ -237,11 +239,11 @@ async def test_history_read_creates_the_epoch(engine: Engine) -> None:
     assert await engine.publish("h", pub(1), HISTORY) == StreamPosition(1, first.position.epoch)
 
 
-async def test_epoch_changes_once_the_stream_meta_is_gone(engine: Engine) -> None:
+async def test_epoch_changes_once_the_stream_meta_is_gone(cluster: Cluster, engine: Engine) -> None:
     options = PublishOptions(history_size=10, history_ttl=0.3, history_meta_ttl=0.5)
     first = await publish_many(engine, "h", 2, options)
     assert first[0].epoch == first[1].epoch
-    await asyncio.sleep(0.8)
+    await cluster.advance(0.8)
     after = await engine.publish("h", pub("new"), options)
     assert after is not None and after.offset == 1 and after.epoch != first[0].epoch
     result = await engine.history("h", options=options)
@@ -382,7 +384,7 @@ async def test_a_key_is_free_again_after_the_window(cluster: Cluster, engine: En
         assert not first.duplicate
         started = time.monotonic()
         assert (await nodes[-1].publish_once(channel, pub(2), options, "k", window)).duplicate
-        await asyncio.sleep(window)
+        await cluster.advance(window)
         deadline = started + window + 5.0  # the service expires keys on its own clock
         while (later := await engine.publish_once(channel, pub(3), options, "k", window)).duplicate:
             assert time.monotonic() < deadline, f"{channel}: key still remembered"
@@ -419,17 +421,17 @@ async def test_presence_add_refresh_remove_and_stats(cluster: Cluster, engine: E
     assert await engine.presence("elsewhere") == {}
 
 
-async def test_presence_expiry(engine: Engine) -> None:
+async def test_presence_expiry(cluster: Cluster, engine: Engine) -> None:
     short, long_lived, kept = ClientInfo("c1", "u1"), ClientInfo("c2", "u2"), ClientInfo("c3", "u3")
     await engine.add_presence("room", short, 0.4)
     await engine.add_presence("room", long_lived, 30.0)
     await engine.add_presence("room", kept, 0.6)
-    await asyncio.sleep(0.3)
+    await cluster.advance(0.3)
     await engine.add_presence("room", kept, 0.6)  # refreshed before it expires
-    await asyncio.sleep(0.3)
+    await cluster.advance(0.3)
     assert await engine.presence("room") == {"c2": long_lived, "c3": kept}
     assert await engine.presence_stats("room") == (2, 2)
-    await asyncio.sleep(0.5)
+    await cluster.advance(0.5)
     assert await engine.presence("room") == {"c2": long_lived}
     assert await engine.presence_stats("room") == (1, 1)
 
@@ -528,7 +530,7 @@ async def test_a_tombstone_lasts_its_ttl(cluster: Cluster, engine: Engine) -> No
     survivor = (await cluster.up_to(2))[-1]
     await engine.add_presence("room", ClientInfo("c1", "u1"), 30.0, "X")
     assert len(await survivor.remove_node_presence("room", "X", 0.3, leave=False)) == 1
-    await asyncio.sleep(0.5)
+    await cluster.advance(0.5)
     outcome = await engine.add_presence("room", ClientInfo("c1", "u1"), 30.0, "X2")
     assert outcome is PresenceAdd.CREATED  # no longer known: no join owed
 
@@ -564,11 +566,11 @@ async def test_the_owner_removing_while_a_survivor_cleans_up_pushes_one_leave(
     print(f"the owner's removal won {sum(outcomes)} of {len(outcomes)}")
 
 
-async def test_the_node_index_expires(engine: Engine) -> None:
+async def test_the_node_index_expires(cluster: Cluster, engine: Engine) -> None:
     await engine.add_presence("short", ClientInfo("c1", "u1"), 0.2, "X")
     await engine.add_presence("long", ClientInfo("c2", "u2"), 30.0, "X")
     assert sorted(await engine.node_presence_channels("X")) == ["long", "short"]
-    await asyncio.sleep(0.2 * IndexedChannels.INDEX_TTL_FACTOR + 0.3)
+    await cluster.advance(0.2 * IndexedChannels.INDEX_TTL_FACTOR + 0.3)
     assert await engine.node_presence_channels("X") == ["long"]
 
 
