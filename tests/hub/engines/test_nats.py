@@ -546,11 +546,12 @@ async def test_presence_owner_tombstone_and_node_index_records(
     finally:
         await nc.close()
     # The index is best effort: a failed write does not fail the add, and is retried.
-    index_subject = a.engine._index_subject
-    monkeypatch.setattr(a.engine, "_index_subject", lambda node, channel=None: "nowhere.x")
+    presence_part = a.engine._presence_part
+    index_subject = presence_part.index_subject
+    monkeypatch.setattr(presence_part, "index_subject", lambda node, channel=None: "nowhere.x")
     assert await a.engine.add_presence("chat.2", info, 30.0, "inst-1") is PresenceAdd.CREATED
     assert await b.engine.node_presence_channels("inst-1") == ["chat.1"]
-    monkeypatch.setattr(a.engine, "_index_subject", index_subject)
+    monkeypatch.setattr(presence_part, "index_subject", index_subject)
     assert await a.engine.add_presence("chat.2", info, 30.0, "inst-1") is PresenceAdd.REFRESHED
     assert sorted(await b.engine.node_presence_channels("inst-1")) == ["chat.1", "chat.2"]
 
