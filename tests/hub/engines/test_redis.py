@@ -165,7 +165,7 @@ async def test_subscribes_in_one_tick_go_out_as_one_batch(
     cluster: Cluster, engine: Engine, admin: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert isinstance(engine, RedisEngine)
-    session = engine._session
+    session = engine._pubsub._session
     assert session is not None
     sends: list[Any] = []
     original = session.conn.send_packed_command
@@ -475,12 +475,13 @@ async def test_a_keyed_live_publish_needs_the_pubsub_connection(
     is down, refuse (108) rather than publish to the other nodes alone."""
     assert isinstance(engine, RedisEngine)
     await engine.subscribe("live")
-    reopen = engine._open_session
+    pubsub = engine._pubsub
+    reopen = pubsub._open_session
 
     async def refused() -> Any:
         raise EngineUnavailable("test: no pub/sub connection for now")
 
-    monkeypatch.setattr(engine, "_open_session", refused)
+    monkeypatch.setattr(pubsub, "_open_session", refused)
     assert await kill(admin, engine, "pubsub") == 1
     rec = recorder(engine)
     await rec.wait_for(lambda: rec.states == [False], what="unavailable")
@@ -488,7 +489,7 @@ async def test_a_keyed_live_publish_needs_the_pubsub_connection(
         await engine.publish_once("live", Publication("x"), NO_HISTORY, "k", 10.0)
     assert not isinstance(info.value, EngineOutcomeUnknown)
     assert await admin.exists(f"{cluster.prefix}:{{live}}:idem:k") == 0
-    monkeypatch.setattr(engine, "_open_session", reopen)
+    monkeypatch.setattr(pubsub, "_open_session", reopen)
     await rec.wait_for(lambda: rec.states == [False, True], what="available again")
     assert not (
         await engine.publish_once("live", Publication("y"), NO_HISTORY, "k", 10.0)

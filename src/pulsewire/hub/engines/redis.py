@@ -1,9 +1,7 @@
 """The Redis engine: many hub processes on one Redis act as one hub.
 
 * Fan-out: Redis pub/sub on one dedicated connection per engine (``{prefix}.ch.<channel>``,
-  control messages on ``{prefix}.control``). SUBSCRIBE/UNSUBSCRIBE calls made in the same
-  loop tick go out as one batch, followed by a ``PING`` used as a barrier: replies come in
-  order, so its ``pong`` proves the batch was applied and ``subscribe()`` returns only then.
+  control messages on ``{prefix}.control``), see :mod:`.redis_pubsub`.
 * History: per channel a stream (``{prefix}:{<channel>}:stream``, entry id ``<offset>-0``) and
   a meta hash (``...:meta``: ``epoch``, ``offset``), written by one Lua script that also
   PUBLISHes the publication, so every node receives a channel's publications in offset order.
@@ -28,16 +26,13 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import inspect
 import json
 import logging
-import random
 import re
 import secrets
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -57,12 +52,11 @@ from .base import (
     PresenceAdd,
     PublishOnce,
 )
+from .redis_pubsub import REDIS_ERRORS, RedisPubSub, unavailable
 
 __all__ = ["RedisEngine"]
 
 logger = logging.getLogger(__name__)
-
-_ERRORS = (RedisError, OSError, asyncio.TimeoutError, EngineUnavailable)
 
 
 def _dumps(value: Any) -> str:
@@ -87,41 +81,6 @@ async def _get_connection(pool: aioredis.ConnectionPool) -> AbstractConnection:
             param is not None and param.default is inspect.Parameter.empty
         )
     return cast(AbstractConnection, await (get("_") if named else get()))
-
-
-@contextlib.contextmanager
-def _unavailable() -> Iterator[None]:
-    """Turn connection-level failures into EngineUnavailable."""
-    try:
-        yield
-    except EngineUnavailable:
-        raise
-    except (RedisError, OSError, asyncio.TimeoutError) as exc:
-        raise EngineUnavailable(f"redis: {exc}") from exc
-
-
-@dataclass(eq=False)
-class _Barrier:
-    """Futures resolved when the ``PING`` sent after a batch of commands is answered."""
-
-    waiters: list[asyncio.Future[None]]
-    sync: bool = False
-
-    def fail(self, reason: str) -> None:
-        for fut in self.waiters:
-            if not fut.done():
-                fut.set_exception(EngineUnavailable(reason))
-
-
-@dataclass(eq=False)
-class _Session:
-    """One pub/sub connection and what is in flight on it."""
-
-    conn: AbstractConnection
-    barriers: collections.deque[_Barrier] = field(default_factory=collections.deque)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    awaiting_reply: bool = True
-    synced: bool = False
 
 
 class RedisEngine(Engine):
@@ -153,9 +112,6 @@ class RedisEngine(Engine):
         self.prefix = prefix
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
-        self._ping_interval = ping_interval
-        self._backoff_min = backoff_min
-        self._backoff_max = backoff_max
         self._max_connections = max_connections
         self._client_name = client_name
         self._ch_prefix = f"{prefix}.ch."
@@ -164,15 +120,16 @@ class RedisEngine(Engine):
         self._control_b = self._control.encode()
         self._redis: aioredis.Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
-        self._session: _Session | None = None
-        self._available = False
-        self._reader: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        # Channels this node wants; channels whose subscription changed since the last flush.
-        self._wanted: set[str] = set()
-        self._dirty: set[str] = set()
-        self._sub_waiters: list[asyncio.Future[None]] = []
-        self._flush_scheduled = False
+        self._pubsub = RedisPubSub(
+            control=self._control,
+            ch_prefix=self._ch_prefix,
+            command_timeout=command_timeout,
+            ping_interval=ping_interval,
+            backoff_min=backoff_min,
+            backoff_max=backoff_max,
+            on_message=self._dispatch,
+            on_state=self._on_state,
+        )
         self._indexed = IndexedChannels()
 
     # -- keys ------------------------------------------------------------------------------
@@ -187,7 +144,7 @@ class RedisEngine(Engine):
 
     @property
     def available(self) -> bool:
-        return self._available
+        return self._pubsub.available
 
     async def start(self) -> None:
         """Connect both connections and subscribe; raises EngineUnavailable on failure."""
@@ -222,154 +179,29 @@ class RedisEngine(Engine):
             "node_channels": self._redis.register_script(redis_scripts.NODE_CHANNELS),
         }
         try:
-            with _unavailable():
+            with unavailable():
                 await self._redis.ping()
-                session = await self._open_session()
-                await asyncio.wait_for(
-                    self._serve(session, until_synced=True), self._command_timeout
-                )
+                await self._pubsub.start(pool, name)
         except BaseException:
             await self.close()
             raise
-        self._reader = asyncio.create_task(self._run(session), name=f"redis-engine-{name}")
 
     async def close(self) -> None:
         """Stop the reader, fail pending subscribes, close the connections."""
-        self._available = False
-        tasks = [t for t in (self._reader, *self._tasks) if t is not None]
-        self._reader = None
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._flush_scheduled = False
-        session, self._session = self._session, None
-        if session is not None:
-            await self._drop(session, "engine closed")
-        for fut in self._sub_waiters:
-            if not fut.done():
-                fut.set_exception(EngineUnavailable("engine closed"))
-        self._sub_waiters = []
+        await self._pubsub.close()
         client, self._redis = self._redis, None
         if client is not None:
-            with contextlib.suppress(*_ERRORS):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await client.aclose()
 
-    # -- pub/sub connection ----------------------------------------------------------------
-
-    async def _open_session(self) -> _Session:
-        """Connect the pub/sub connection and (re)subscribe to every wanted channel."""
-        assert self._redis is not None
-        pool = self._redis.connection_pool
-        # RESP2 whatever the URL says: pub/sub messages are then plain replies, not pushes.
-        conn: AbstractConnection = pool.connection_class(
-            **{**pool.connection_kwargs, "protocol": 2}
-        )
-        try:
-            await cast(Any, conn).connect()
-            session = _Session(conn)
-            names = [self._control, *(self._pubsub_name(c) for c in self._wanted)]
-            self._session = session
-            self._dirty.clear()
-            await self._send(session, [("SUBSCRIBE", *names)], _Barrier([], sync=True))
-        except BaseException:
-            if self._session is not None and self._session.conn is conn:
-                self._session = None
-            await conn.disconnect(nowait=True)
-            raise
-        return session
-
-    async def _drop(self, session: _Session, reason: str) -> None:
-        if self._session is session:
-            self._session = None
-        while session.barriers:
-            session.barriers.popleft().fail(reason)
-        with contextlib.suppress(*_ERRORS):
-            await session.conn.disconnect(nowait=True)
-
-    async def _send(
-        self, session: _Session, commands: list[tuple[str, ...]], barrier: _Barrier | None
-    ) -> None:
-        """Send commands on the pub/sub connection, optionally followed by a barrier PING."""
-        async with session.lock:
-            # Never let redis-py transparently reconnect a dropped pub/sub connection.
-            if self._session is not session or not session.conn.is_connected:
-                raise EngineUnavailable("redis pub/sub connection lost")
-            if barrier is not None:
-                commands = [*commands, ("PING", "b")]
-                session.barriers.append(barrier)
-            packed = session.conn.pack_commands(commands)
-            await session.conn.send_packed_command(packed, check_health=False)
-
-    async def _run(self, session: _Session | None) -> None:
-        """The reader task: serve the session, reconnect with backoff when it fails."""
-        backoff = self._backoff_min
-        while True:
-            try:
-                if session is None:
-                    session = await self._open_session()
-                await self._serve(session, until_synced=False)
-            except asyncio.CancelledError:
-                raise
-            except _ERRORS as exc:
-                if self._available:
-                    logger.warning("redis engine: pub/sub connection lost: %s", exc)
-                else:
-                    logger.debug("redis engine: cannot reconnect yet: %s", exc)
-            except Exception:
-                logger.exception("redis engine: pub/sub reader failed")
-            if session is not None:
-                if session.synced:
-                    backoff = self._backoff_min
-                await self._drop(session, "redis pub/sub connection lost")
-                session = None
-            self._set_available(False)
-            await asyncio.sleep(random.uniform(backoff / 2, backoff))
-            backoff = min(backoff * 2, self._backoff_max)
-
-    async def _serve(self, session: _Session, *, until_synced: bool) -> None:
-        """Read and dispatch messages; raises when the connection fails or stays silent."""
-        conn = session.conn
-        while not (until_synced and session.synced):
-            response = await conn.read_response(timeout=self._ping_interval)
-            if response is None:
-                if session.awaiting_reply:
-                    raise EngineUnavailable("redis pub/sub connection silent")
-                session.awaiting_reply = True
-                await self._send(session, [("PING", "h")], None)
-                continue
-            session.awaiting_reply = False
-            if isinstance(response, list) and len(response) >= 2:
-                kind = response[0]
-                if kind == b"message" and len(response) == 3:
-                    self._dispatch(response[1], response[2])
-                elif kind == b"pong" and response[1] == b"b" and session.barriers:
-                    self._complete(session, session.barriers.popleft())
-
-    def _complete(self, session: _Session, barrier: _Barrier) -> None:
-        for fut in barrier.waiters:
-            if not fut.done():
-                fut.set_result(None)
-        if barrier.sync:
-            session.synced = True
-            self._set_available(True)
-
-    def _set_available(self, available: bool) -> None:
-        if available == self._available:
-            return
-        self._available = available
-        if self._reader is None:
-            return  # start() or close(): the hub is not told about these
-        logger.info("redis engine %s", "available" if available else "unavailable")
+    def _on_state(self, available: bool) -> None:
         if self.handler is not None:
-            try:
-                self.handler.on_engine_state(available)
-            except Exception:
-                logger.exception("redis engine: on_engine_state handler failed")
+            self.handler.on_engine_state(available)
 
     def _deliver_local(self, channel: str, publication: Publication) -> None:
         """Hand an unkeyed publication without history to this node's handler (if the
         channel is subscribed here), before it is sent to the others."""
-        if self.handler is not None and channel in self._wanted:
+        if self.handler is not None and channel in self._pubsub.wanted:
             self.handler.on_publication(channel, publication)
 
     def _dispatch(self, name: bytes, data: bytes) -> None:
@@ -385,7 +217,7 @@ class RedisEngine(Engine):
             if not name.startswith(self._ch_prefix_b):
                 return
             channel = name[len(self._ch_prefix_b) :].decode()
-            if channel not in self._wanted:
+            if channel not in self._pubsub.wanted:
                 return
             envelope = json.loads(data)
             kind = envelope.pop("t", None)
@@ -406,54 +238,14 @@ class RedisEngine(Engine):
 
     # -- fan-out ---------------------------------------------------------------------------
 
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            task = asyncio.create_task(self._flush())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _flush(self) -> None:
-        """Send the (un)subscriptions requested since the last flush, as one batch."""
-        self._flush_scheduled = False
-        dirty, self._dirty = self._dirty, set()
-        barrier = _Barrier(self._sub_waiters)
-        self._sub_waiters = []
-        commands: list[tuple[str, ...]] = []
-        subs = [self._pubsub_name(c) for c in dirty if c in self._wanted]
-        unsubs = [self._pubsub_name(c) for c in dirty if c not in self._wanted]
-        if subs:
-            commands.append(("SUBSCRIBE", *subs))
-        if unsubs:
-            commands.append(("UNSUBSCRIBE", *unsubs))
-        session = self._session
-        if session is None:
-            barrier.fail("redis pub/sub connection lost")
-            return
-        try:
-            await self._send(session, commands, barrier)
-        except _ERRORS as exc:
-            barrier.fail(f"redis: {exc}")
-
     async def subscribe(self, channel: str) -> None:
         """Subscribe; returns once Redis applied it. On failure (EngineUnavailable) the
         channel stays wanted and is subscribed on reconnection: unsubscribe to drop it."""
-        self._wanted.add(channel)
-        self._dirty.add(channel)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._sub_waiters.append(fut)
-        self._schedule_flush()
-        try:
-            await asyncio.wait_for(fut, self._command_timeout)
-        except asyncio.TimeoutError:
-            raise EngineUnavailable("redis: SUBSCRIBE not confirmed in time") from None
+        await self._pubsub.subscribe(channel)
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop delivering ``channel`` at once; the UNSUBSCRIBE goes out with the next batch."""
-        if channel in self._wanted:
-            self._wanted.discard(channel)
-            self._dirty.add(channel)
-            self._schedule_flush()
+        await self._pubsub.unsubscribe(channel)
 
     def _client(self) -> aioredis.Redis:
         if self._redis is None:
@@ -462,7 +254,7 @@ class RedisEngine(Engine):
 
     async def _script(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         self._client()
-        with _unavailable():
+        with unavailable():
             return await self._scripts[script](keys=list(keys), args=list(args))
 
     def _encode(self, publication: Publication) -> str:
@@ -558,7 +350,7 @@ class RedisEngine(Engine):
         if options.history:
             position, seen = await self._publish_history(channel, options, body, key, window)
             return PublishOnce(position, seen)
-        if not self._available:
+        if not self._pubsub.available:
             # Delivered here only through our pub/sub connection: while it is down, local
             # subscribers would miss a publication the other nodes get.
             raise EngineUnavailable("redis pub/sub connection down: not published")
@@ -577,7 +369,7 @@ class RedisEngine(Engine):
         if node:
             envelope["o"] = node
         client = self._client()
-        with _unavailable():
+        with unavailable():
             await client.publish(self._pubsub_name(channel), _dumps(envelope))
 
     async def publish_join(self, channel: str, info: ClientInfo, node: str = "") -> None:
@@ -588,7 +380,7 @@ class RedisEngine(Engine):
 
     async def publish_control(self, message: dict[str, Any]) -> None:
         client = self._client()
-        with _unavailable():
+        with unavailable():
             await client.publish(self._control, _dumps(message))
 
     # -- history ---------------------------------------------------------------------------
@@ -620,7 +412,7 @@ class RedisEngine(Engine):
     async def remove_history(self, channel: str) -> None:
         """Drop the kept publications; the stream's offset and epoch stay."""
         client = self._client()
-        with _unavailable():
+        with unavailable():
             await client.delete(self._key(channel, "stream"))
 
     # -- presence --------------------------------------------------------------------------
