@@ -41,6 +41,10 @@ Subjects (``T`` is the channel name escaped into one token, see :func:`encode_to
   orders the writes) and publishes the leave; the owner's own refresh or removal then fails
   its compare-and-set too and finds the tombstone. ``{prefix}.p.!n.N.T`` (five tokens, so no
   channel's ``{prefix}.p.T.*`` matches it) records that instance ``N`` has presence in ``T``.
+
+The code: :mod:`.nats_link` (the connection, tokens, records, stores, consumers),
+:mod:`.nats_history` (history and keyed appends), :mod:`.nats_presence` (presence), and this
+module (life cycle, fan-out, publishing).
 """
 
 from __future__ import annotations
