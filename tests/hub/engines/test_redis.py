@@ -502,20 +502,25 @@ async def test_publish_to_a_redis_that_is_gone_is_not_published(
 ) -> None:
     """Connection refused: the command never left this process."""
     engine = RedisEngine(private_redis.url, "pwtest", ping_interval=0.2, backoff_max=0.5)
-    engine.bind(recorder_class("a"), "gone")
+    rec = recorder_class("a")
+    engine.bind(rec, "gone")
     await engine.start()
     try:
+        await engine.subscribe("h")
+        await engine.subscribe("p")
         await private_redis.stop()
         calls = [
             lambda: engine.publish("h", Publication(1), HISTORY),
-            lambda: engine.publish("p", Publication(1), NO_HISTORY),
-            lambda: engine.publish_once("h", Publication(1), HISTORY, "k", 10.0),
-            lambda: engine.publish_once("p", Publication(1), NO_HISTORY, "k", 10.0),
+            lambda: engine.publish("p", Publication(2), NO_HISTORY),
+            lambda: engine.publish_once("h", Publication(3), HISTORY, "k", 10.0),
+            lambda: engine.publish_once("p", Publication(4), NO_HISTORY, "k", 10.0),
         ]
         for call in calls:
             with pytest.raises(EngineUnavailable) as info:
                 await call()
             assert not isinstance(info.value, EngineOutcomeUnknown), info.value
+        # only the unkeyed one without history reached this node: before it was sent
+        assert [(c, p.data) for c, p in rec.publications] == [("p", 2)]
     finally:
         await engine.close()
 
