@@ -46,7 +46,7 @@ class StreamPosition:
 @dataclass(frozen=True, slots=True)
 class Publication:
     """One message published to a channel (immutable: engines give the positions they assign
-    to a new copy, see :meth:`~pulsewire.hub.engines.base.Engine.publish`).
+    to a new copy, see :meth:`~pulsewire.hub.engines.base.Broker.publish`).
 
     ``offset`` is 0 for channels without history. ``prev`` is the offset of the publication
     before it in the same stream (``offset - 1`` for engines with contiguous offsets): the hub
