@@ -15,7 +15,14 @@ $(BIN)/.installed: pyproject.toml setup.py
 
 install: $(BIN)/.installed
 
-run: install
+# `make run` needs only the runtime extras of the demos: pycrdt (notes) and uvloop.
+$(BIN)/.installed-run: pyproject.toml setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[demo,speed]'
+	touch $@
+
+run: $(BIN)/.installed-run
 	$(BIN)/pulsewire serve --demo --host $(HOST) --port $(PORT)
 
 # The whole suite with the C accelerator, then the protocol-level suites and Autobahn

@@ -29,8 +29,8 @@ LAUNCHER = """
 import sys
 from pulsewire.aio.loop import run
 from pulsewire.cli import _build_parser
-from pulsewire.server.demo_notes import NotesService
-from pulsewire.server.demo_producers import start_demo_producers
+from pulsewire.demos.notes import NotesService
+from pulsewire.demos.producers import start_demo_producers
 from pulsewire.server.main import run_node
 
 def ready(server, settings):

@@ -23,16 +23,16 @@ from typing import Any
 import pytest
 from pycrdt import Doc, Text
 
-from pulsewire.hub.config import HubConfig
-from pulsewire.hub.errors import ErrorCode, HubError
-from pulsewire.hub.hub import Hub
-from pulsewire.server.demo import demo_config
-from pulsewire.server.demo_notes import NotesService
-from pulsewire.server.demo_producers import (
+from pulsewire.demos import demo_config
+from pulsewire.demos.notes import NotesService
+from pulsewire.demos.producers import (
     METRICS_CHANNEL,
     start_demo_producers,
     stop_demo_producers,
 )
+from pulsewire.hub.config import HubConfig
+from pulsewire.hub.errors import ErrorCode, HubError
+from pulsewire.hub.hub import Hub
 
 from . import demo_fixtures
 from .demo_fixtures import DOC_IMAGES, DemoHubProcess, DemoPage

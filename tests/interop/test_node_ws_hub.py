@@ -22,9 +22,9 @@ from typing import Any
 import jwt
 import pytest
 
+from pulsewire.demos import demo_config
 from pulsewire.hub import Hub, HubConfig
 from pulsewire.server.app import HubServer
-from pulsewire.server.demo import demo_config
 
 CLIENT_DIR = Path(__file__).parent / "node_hub_client"
 HOST = "127.0.0.1"

@@ -18,9 +18,9 @@ from typing import Any
 import jwt
 import pytest
 
+from pulsewire.demos import demo_config
 from pulsewire.hub import Hub, HubConfig
 from pulsewire.server.app import HubServer
-from pulsewire.server.demo import demo_config
 
 httpx = pytest.importorskip("httpx")
 

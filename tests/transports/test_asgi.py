@@ -24,11 +24,11 @@ import pytest
 
 import pulsewire
 from pulsewire.aio.budget import BudgetLimits
+from pulsewire.demos import demo_config
 from pulsewire.hub import ChannelOptions, Hub, HubConfig
 from pulsewire.hub.wire import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL
 from pulsewire.protocol.errors import ConnectionClosed, InvalidStatus
 from pulsewire.server.asgi import HubASGI
-from pulsewire.server.demo import demo_config
 
 from .conftest import API_KEY, SECRET, TEXT, command_lines, make_token, wait_until
 

@@ -25,11 +25,11 @@ from typing import Any
 
 from ..aio.budget import BudgetLimits
 from ..aio.loop import run
+from ..extras import MissingExtra, needs_extra
 from ..hub.config import HubConfig, load_config
 from ..hub.hub import Hub
 from ..protocol.close import CloseCode
 from .app import HubServer
-from .demo import DemoTokens, demo_config
 from .http import HttpLimits
 from .limits import ConnectionLimits
 from .logs import configure_logging
@@ -170,6 +170,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
             raise ValueError(
                 "--demo hands out tokens to anyone: on a non-loopback host set --api-key too"
             )
+        from ..demos import demo_config
+
         generated = config.token_hmac_secret is None
         config = demo_config(config)
         if not config.api_key:
@@ -260,7 +262,11 @@ def pin_generated_secret(args: argparse.Namespace, settings: Settings) -> argpar
 
 
 def server_from_settings(settings: Settings, *, reuse_port: bool = False) -> HubServer:
-    """A HubServer for ``settings``; raises ValueError or OSError (e.g. unreadable cert)."""
+    """A HubServer for ``settings``; raises ValueError or OSError (e.g. unreadable cert), or
+    :class:`~pulsewire.extras.MissingExtra` (e.g. a redis engine without the redis extra)."""
+    if settings.demo:
+        with needs_extra("demo", "--demo"):
+            from ..demos.notes import NotesService
     context = None
     if settings.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -295,11 +301,11 @@ def server_from_settings(settings: Settings, *, reuse_port: bool = False) -> Hub
     server.longpoll.poll_timeout = settings.longpoll_timeout
     server.longpoll.idle_timeout = settings.longpoll_idle_timeout
     if settings.demo:
+        from ..demos import DemoTokens
+
         assert config.token_hmac_secret is not None
         server.http.add("/demo/token", DemoTokens(config.token_hmac_secret))
         server.demo = True  # type: ignore[attr-defined]
-        from .demo_notes import NotesService
-
         NotesService(server.hub).install()  # the notes demo's CRDT documents (hub hooks)
     return server
 
@@ -398,7 +404,7 @@ async def run_node(
         settings = load_settings(args)
         args = pin_generated_secret(args, settings)
         server = server_from_settings(settings, reuse_port=reuse_port)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, MissingExtra) as exc:
         fail(2, str(exc))
         return 2
     try:
@@ -422,13 +428,13 @@ async def run_node(
     loop.add_signal_handler(signal.SIGHUP, hangup)
     producers: list[asyncio.Task[None]] = []
     if settings.demo:
-        from .demo_producers import start_demo_producers
+        from ..demos.producers import start_demo_producers
 
         producers = start_demo_producers(server.hub)  # the dashboard demo's live metrics
     ready(server, settings)
     await stop.wait()  # handlers stay installed: a repeated signal must not kill the drain
     if producers:
-        from .demo_producers import stop_demo_producers
+        from ..demos.producers import stop_demo_producers
 
         await stop_demo_producers(producers)
     started = time.monotonic()

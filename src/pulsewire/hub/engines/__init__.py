@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...extras import needs_extra
 from .base import (
     Broker,
     Engine,
@@ -33,11 +34,13 @@ def create_engine(spec: str, *, prefix: str = "pulsewire") -> Engine:
     if spec in ("", "memory"):
         return MemoryEngine()
     if spec.startswith(("redis://", "rediss://", "unix://")):
-        from .redis import RedisEngine
+        with needs_extra("redis", "the redis engine"):
+            from .redis import RedisEngine
 
         return RedisEngine(spec, prefix=prefix)
     if spec.startswith(("nats://", "tls://")):
-        from .nats import NatsEngine
+        with needs_extra("nats", "the nats engine"):
+            from .nats import NatsEngine
 
         return NatsEngine(spec, prefix=prefix)
     raise ValueError(

@@ -1,5 +1,5 @@
 /**
- * Live dashboard demo: the samples that the server-side producer (demo_producers.py)
+ * Live dashboard demo: the samples that the server-side producer (pulsewire/demos/producers.py)
  * publishes to `dashboard:metrics`, drawn as live SVG line charts.
  *
  * A sample: { t, load, sessions, publications_per_s, deliveries_per_s, sine, walk }.

@@ -1,6 +1,6 @@
 /**
  * Collaborative notes demo: one shared text, edited by several people at once, merged by a
- * CRDT (Yjs here, vendored in ./vendor/yjs.mjs; pycrdt on the server, demo_notes.py).
+ * CRDT (Yjs here, vendored in ./vendor/yjs.mjs; pycrdt on the server, pulsewire/demos/notes.py).
  *
  * - Local edits become Yjs updates, published (base64) to `notes:<doc>` as `{ update }`.
  * - Updates from the others arrive as publications and are applied; order and duplicates
