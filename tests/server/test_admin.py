@@ -53,3 +53,28 @@ async def test_admin_stats_follow_the_hub(front, http, token):
     stats = json.loads((await http(server, "GET", "/admin/stats", headers=basic("pw"))).body)
     assert stats["sessions"] == 0
     assert stats["refusals"].get("404", 0) >= 1
+
+
+async def test_admin_refusals_add_up_statuses_refused_in_both_places(front, http):
+    """A 429 at the front door and a 429 at the WebSocket handshake are two refusals (the
+    admin page once merged them as ``{**http, **ws}``, keeping one of the two counts)."""
+    server = await front(admin_password="pw")
+    server.http.refusals[429] = server.http.refusals.get(429, 0) + 2
+    server.websocket.refusals[429] = server.websocket.refusals.get(429, 0) + 3
+    server.websocket.refusals[403] = server.websocket.refusals.get(403, 0) + 1
+    expected = {
+        str(status): server.http.refusals.get(status, 0) + server.websocket.refusals.get(status, 0)
+        for status in {*server.http.refusals, *server.websocket.refusals}
+    }
+    stats = json.loads((await http(server, "GET", "/admin/stats", headers=basic("pw"))).body)
+    assert stats["refusals"]["429"] == 5 and stats["refusals"]["403"] == 1
+    assert stats["refusals"] == expected
+    # the same numbers as /metrics
+    metrics = (await http(server, "GET", "/metrics")).body.decode()
+    assert 'pulsewire_refusals_total{status="429"} 5.0' in metrics
+
+
+def test_sum_counts_keeps_every_count() -> None:
+    from pulsewire.server.stats import sum_counts
+
+    assert sum_counts({429: 2, 404: 1}, {429: 3, 403: 1}, {}) == {429: 5, 404: 1, 403: 1}

@@ -15,20 +15,23 @@ import base64
 import hashlib
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..hub.auth import secret_matches
+from ..hub.hub import Hub
 from .http import HttpRequest, HttpResponse, json_response
-
-if TYPE_CHECKING:
-    from .app import HubServer
+from .stats import StatsSource
 
 __all__ = ["SECURITY_HEADERS", "AdminPages"]
 
 
 class AdminPages:
-    def __init__(self, server: HubServer, password: str | None) -> None:
-        self.server = server
+    """The ``/admin`` and ``/admin/stats`` handlers: ``hub``'s numbers and those of ``stats``
+    (the front door's), behind ``password`` (None: both answer 404)."""
+
+    def __init__(self, hub: Hub, stats: StatsSource, password: str | None) -> None:
+        self.hub = hub
+        self.stats_source = stats
         self.password = password
 
     def _given(self, request: HttpRequest) -> str | None:
@@ -49,7 +52,7 @@ class AdminPages:
             return _secured(
                 HttpResponse(404, "the admin page is disabled: configure admin_password\n")
             )
-        guard = self.server.hub.auth_guard
+        guard = self.hub.auth_guard
         address = guard.client(request.remote_address, request.headers)
         wait = guard.check(address, "admin")
         if wait:  # before the password is looked at
@@ -84,8 +87,9 @@ class AdminPages:
         return _secured(json_response(self.snapshot()))
 
     def snapshot(self) -> dict[str, Any]:
-        server = self.server
-        hub = server.hub
+        """What ``/admin/stats`` answers (JSON)."""
+        source = self.stats_source
+        hub = self.hub
         traffic = {
             kind: dict(
                 zip(("messages_in", "bytes_in", "messages_out", "bytes_out"), counts, strict=True)
@@ -99,7 +103,7 @@ class AdminPages:
         return {
             "node": hub.node_id,
             "time": time.time(),
-            "uptime": round(time.time() - server.started_at, 1),
+            "uptime": round(time.time() - source.started_at, 1),
             "engine": {"name": hub.engine.name, "available": hub.engine.available},
             "nodes": hub.nodes,
             "sessions": len(hub.sessions),
@@ -110,10 +114,8 @@ class AdminPages:
                 "top": [{"name": n, "subscribers": c} for n, c in channels],
             },
             "traffic": traffic,
-            "handshakes": server.websocket.handshakes,
-            "refusals": {
-                str(k): v for k, v in {**server.http.refusals, **server.websocket.refusals}.items()
-            },
+            "handshakes": source.handshakes(),
+            "refusals": {str(k): v for k, v in sorted(source.refusals().items())},
         }
 
 

@@ -40,6 +40,7 @@ from .admin import AdminPages
 from .api import ApiHandler
 from .http import HttpLimits, HttpRequest, HttpResponse, HttpServer, json_response
 from .limits import ConnectionLimiter, ConnectionLimits
+from .stats import FrontDoorStats
 
 __all__ = ["WEB_ROOT", "HubServer"]
 
@@ -179,7 +180,9 @@ class HubServer:
             budgets=self.budgets,
             admit=self.limiter.admit_session,
         )
-        self.admin = AdminPages(self, admin_password)
+        self.stats = FrontDoorStats(self.http, self.websocket, self.started_at)
+        """The front door's counters (the admin page's and ``/metrics``' source)."""
+        self.admin = AdminPages(hub, self.stats, admin_password)
         self.http.add("/admin", self.admin.page)
         self.http.add("/admin/stats", self.admin.stats)
         hub.metrics.registry.register(_FrontDoorCollector(self))
@@ -278,17 +281,14 @@ class _FrontDoorCollector(Collector):
         handshakes = CounterMetricFamily(
             "pulsewire_handshakes", "Accepted opening handshakes", labels=["transport"]
         )
-        handshakes.add_metric(["websocket"], server.websocket.handshakes)
+        handshakes.add_metric(["websocket"], server.stats.handshakes())
         yield handshakes
         refusals = CounterMetricFamily(
             "pulsewire_refusals",
             "Connections, handshakes and requests refused, by HTTP status",
             labels=["status"],
         )
-        merged: dict[int, int] = dict(server.http.refusals)
-        for status, count in server.websocket.refusals.items():
-            merged[status] = merged.get(status, 0) + count
-        for status, count in sorted(merged.items()):
+        for status, count in sorted(server.stats.refusals().items()):
             refusals.add_metric([str(status)], count)
         yield refusals
         limiter = server.limiter
