@@ -9,6 +9,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .aio import connect, serve
@@ -16,7 +17,10 @@ from .aio.connection import Connection
 from .aio.loop import run
 from .protocol.errors import ConnectionClosed, InvalidHandshake
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from .server.settings import ServeOptions
+
+__all__ = ["main", "serve_options"]
 
 
 def _size(text: str) -> int | None:
@@ -142,8 +146,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         from .server.main import serve_main
 
-        return serve_main(args)
+        return serve_main(serve_options(args))
     raise AssertionError(args.command)
+
+
+def serve_options(args: argparse.Namespace) -> ServeOptions:
+    """The ``serve`` flags as the node runner's :class:`ServeOptions` (the only translation)."""
+    from .server.settings import ServeOptions
+
+    return ServeOptions(
+        config=args.config,
+        host=args.host,
+        port=args.port,
+        engine=args.engine,
+        node_name=args.node_name,
+        api_key=args.api_key,
+        token_secret=args.token_secret,
+        allow_anonymous=args.allow_anonymous,
+        allowed_origins=None if args.allowed_origin is None else tuple(args.allowed_origin),
+        demo=args.demo,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        log_format=args.log_format,
+        log_level=args.log_level,
+        workers=args.workers,
+        drain_timeout=args.drain_timeout,
+    )
 
 
 # ------------------------------------------------------------------------------------ echo

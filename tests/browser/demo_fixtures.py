@@ -28,10 +28,10 @@ DOC_IMAGES = ROOT / "docs" / "images"
 LAUNCHER = """
 import sys
 from pulsewire.aio.loop import run
-from pulsewire.cli import _build_parser
+from pulsewire.cli import _build_parser, serve_options
 from pulsewire.demos.notes import NotesService
 from pulsewire.demos.producers import start_demo_producers
-from pulsewire.server.main import run_node
+from pulsewire.server.node import run_node
 
 def ready(server, settings):
     hub = server.hub
@@ -41,7 +41,7 @@ def ready(server, settings):
     print(f"listening on {server.url}", flush=True)
 
 args = _build_parser().parse_args(["serve", *sys.argv[1:]])
-sys.exit(run(run_node(args, ready=ready)))
+sys.exit(run(run_node(serve_options(args), ready=ready)))
 """
 """``python -c LAUNCHER --demo ...``: ``pulsewire serve`` with the demo services running."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pulsewire.cli import _build_parser
+from pulsewire.cli import _build_parser, serve_options
 from pulsewire.server.main import load_settings
 from pulsewire.server.workers import STOP_GRACE
 
@@ -18,7 +18,7 @@ UNITS = [DEPLOY / "systemd" / "pulsewire.service", DEPLOY / "systemd" / "pulsewi
 
 
 def settings_of(*argv: str):
-    return load_settings(_build_parser().parse_args(["serve", *argv]))
+    return load_settings(serve_options(_build_parser().parse_args(["serve", *argv])))
 
 
 def directives(path: Path) -> dict[str, list[str]]:

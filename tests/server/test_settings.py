@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pulsewire.aio.budget import BudgetLimits
-from pulsewire.cli import _build_parser
+from pulsewire.cli import _build_parser, serve_options
 from pulsewire.server.http import HttpLimits
 from pulsewire.server.limits import ConnectionLimits
 from pulsewire.server.main import front_door_changes, load_settings, server_from_settings
@@ -37,7 +37,9 @@ longpoll_idle_timeout = 45.0
 def settings_from(tmp_path: Path, text: str, name: str = "pulsewire.toml"):
     path = tmp_path / name
     path.write_text(text)
-    return load_settings(_build_parser().parse_args(["serve", "--config", str(path)]))
+    return load_settings(
+        serve_options(_build_parser().parse_args(["serve", "--config", str(path)]))
+    )
 
 
 def test_the_front_door_settings_reach_the_server(tmp_path: Path) -> None:
@@ -128,3 +130,16 @@ def test_a_reload_keeps_the_running_limits_and_says_a_restart_is_needed(
     assert kept.budget_limits == current.budget_limits and kept.limits == current.limits
     assert kept.send_timeout == current.send_timeout
     assert server.http.limits == HttpLimits()
+
+
+def test_settings_load_from_a_plain_mapping(tmp_path: Path) -> None:
+    """The node runner takes a mapping (or ServeOptions), not the command line's Namespace."""
+    path = tmp_path / "pulsewire.toml"
+    path.write_text(TABLE)
+    settings = load_settings(
+        {"config": str(path), "port": 9001, "allowed_origins": ["https://a.example"]}
+    )
+    assert settings.port == 9001 and settings.allowed_origins == ("https://a.example",)
+    assert settings.budget_limits == BudgetLimits(256 * KiB, 512 * KiB, 2 * MiB, 8 * MiB)
+    with pytest.raises(ValueError, match="unknown serve option"):
+        load_settings({"prot": 9001})

@@ -151,6 +151,9 @@ class HubServer:
             if check_origin
             else OriginPolicy(None)
         )
+        self.origins = origins
+        """The Origin policy shared by the WebSocket, SSE and long-poll endpoints (a reload
+        updates it in place)."""
         if budget_limits is None:  # room for any legal message (see for_message_size)
             budget_limits = BudgetLimits.for_message_size(max_message_size)
         self.budgets = Budgets(budget_limits)

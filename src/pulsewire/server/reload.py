@@ -11,7 +11,6 @@ timeouts: the connections and sessions already open were set up with them).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 from typing import Any
@@ -21,7 +20,13 @@ from ..hub.config import HubConfig
 from ..protocol.handshake import OriginPolicy
 from .api import ApiHandler
 from .app import HubServer
-from .main import FRONT_DOOR_FIELDS, Settings, front_door_changes, load_settings
+from .settings import (
+    FRONT_DOOR_FIELDS,
+    ServeOptions,
+    Settings,
+    front_door_changes,
+    load_settings,
+)
 
 __all__ = ["apply_settings", "config_changes", "reload_settings"]
 
@@ -42,7 +47,7 @@ RESTART_HUB = (
 SECRETS = frozenset({"api_key", "token_hmac_secret", "token_rsa_public_key"})
 
 
-def reload_settings(server: HubServer, args: argparse.Namespace, current: Settings) -> Settings:
+def reload_settings(server: HubServer, args: ServeOptions, current: Settings) -> Settings:
     """Re-read the config file named by ``args``; on error log it and keep ``current``."""
     if not args.config:
         logger.warning("SIGHUP: nothing to reload (no --config file)")
@@ -97,7 +102,7 @@ def apply_settings(
 
 def _set_origins(server: HubServer, origins: tuple[str, ...]) -> None:
     """Swap the Origin policy in place: the WebSocket server, SSE and long-polling share it."""
-    shared = server.websocket._origins
+    shared = server.origins
     if shared.open:  # origin checks were switched off at start: leave them off
         return
     fresh = OriginPolicy(list(origins), same_host=shared.same_host, require=shared.require)

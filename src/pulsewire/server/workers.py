@@ -14,7 +14,7 @@ The parent binds (without listening) a ``SO_REUSEPORT`` socket to the address fi
 fixes the port (``--port 0`` too) and keeps it while a worker restarts. Each worker reports
 over a pipe when it listens (or why it cannot); the parent prints one ``listening on`` line
 once all are up. SIGTERM/SIGINT are forwarded as SIGTERM (workers drain: see
-:func:`pulsewire.server.main.drain`) and the parent waits for them; SIGHUP is forwarded
+:func:`pulsewire.server.node.drain`) and the parent waits for them; SIGHUP is forwarded
 (workers reload their config). A worker that dies is restarted after a backoff; if a worker
 fails while starting, at first start or ``RestartPolicy.max_failures`` times in a row later,
 the parent stops everything and exits non-zero.
@@ -22,7 +22,6 @@ the parent stops everything and exits non-zero.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import multiprocessing
@@ -40,7 +39,8 @@ from typing import Any
 
 from .app import HubServer
 from .logs import configure_logging
-from .main import Settings, load_settings, pin_generated_secret, replace_args, run_node
+from .node import run_node
+from .settings import ServeOptions, Settings, load_settings, pin_generated_secret
 
 __all__ = ["RestartPolicy", "Supervisor", "supervise"]
 
@@ -81,16 +81,12 @@ class _Worker:
     hangup_pending: bool = False
 
 
-def _worker_main(args: argparse.Namespace, channel: Connection) -> None:
+def _worker_main(args: ServeOptions, channel: Connection) -> None:
     """A worker process: one node on the shared port, reporting readiness over ``channel``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards Ctrl-C as SIGTERM
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the node handles it (reload)
-    configure_logging(
-        getattr(args, "log_format", None),
-        getattr(args, "log_level", None),
-        node=args.node_name or "",
-    )
-    multiprocessing.current_process().name = args.node_name
+    configure_logging(args.log_format, args.log_level, node=args.node_name or "")
+    multiprocessing.current_process().name = args.node_name or "worker"
 
     def ready(server: HubServer, settings: Settings) -> None:
         channel.send(("ready", server.url))
@@ -112,7 +108,7 @@ class Supervisor:
 
     def __init__(
         self,
-        args: argparse.Namespace,
+        args: ServeOptions,
         settings: Settings,
         count: int,
         *,
@@ -244,7 +240,7 @@ class Supervisor:
     def _start(self, worker: _Worker) -> None:
         receiver, sender = self.context.Pipe(duplex=False)
         worker.hangup_pending = False  # it reads the config file from now on
-        args = replace_args(self.args, node_name=worker.name, port=self.port, workers=None)
+        args = self.args.replace(node_name=worker.name, port=self.port, workers=None)
         process = self.context.Process(
             target=_worker_main, args=(args, sender), name=worker.name, daemon=False
         )
@@ -339,7 +335,7 @@ class Supervisor:
             signal.signal(sig, action)
 
 
-def supervise(args: argparse.Namespace, count: int) -> int:
+def supervise(args: ServeOptions, count: int) -> int:
     """Run ``count`` workers; refuses (status 2) several workers on the in-memory engine."""
     try:
         settings = load_settings(args)
