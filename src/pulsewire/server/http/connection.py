@@ -48,189 +48,45 @@ import logging
 import urllib.parse
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 import httptools
 
-from ..aio.budget import Account, Budgets
-from ..aio.server import Server as WebSocketServer
-from ..protocol.handshake import Headers, http_response, target_error
-from ..transports.http_types import (
-    Handler,
-    HttpRequest,
-    HttpResponse,
-    StreamResponse,
-    json_response,
-)
-from .limits import ConnectionLimiter
+from ...aio.budget import Account, Budgets
+from ...protocol.handshake import Headers, http_response, target_error
+from ...transports.http_types import HttpRequest, HttpResponse, StreamResponse
+from ..limits import ConnectionLimiter
+from .limits import CLOSE_DEADLINE, SLICE, HttpLimits
+from .routing import Route
 
-__all__ = [
-    "CLOSE_DEADLINE",
-    "SLICE",
-    "Handler",
-    "HttpLimits",
-    "HttpProtocol",
-    "HttpRequest",
-    "HttpResponse",
-    "HttpServer",
-    "Route",
-    "StreamResponse",
-    "json_response",
-]
+__all__ = ["FrontDoor", "HttpProtocol"]
 
 logger = logging.getLogger("pulsewire.server")
-
-CLOSE_DEADLINE = 5.0
-"""Seconds a closing connection may take to flush its buffer before it is aborted."""
-
-SLICE = 8192
-"""The most bytes fed to the parser at once: where a request ends inside a slice that is not
-cut at a head or ``Content-Length`` boundary (chunked bodies), the next request's first bytes
-are parsed with it, so per-request head counts are exact to within this many bytes."""
 
 _HEAD_END = b"\r\n\r\n"
 
 
-@dataclass
-class HttpLimits:
-    """Sizes and deadlines of the front door (mutable: tests and reloads adjust them)."""
+class FrontDoor(Protocol):
+    """What a connection needs of its server (:class:`~.server.HttpServer`)."""
 
-    max_target: int = 8192
-    """Longest request target (414)."""
-    max_headers: int = 100
-    """Most header fields (431)."""
-    max_head: int = 16384
-    """Largest request head, request line included (431)."""
-    max_body: int = 1 << 20
-    """Largest request body (413)."""
-    head_timeout: float = 10.0
-    """Seconds from a request's first byte (or the connection's start) to its complete head."""
-    body_timeout: float = 30.0
-    """Seconds from a complete head to the complete body (408)."""
-    body_min_rate: int = 1024
-    """Bytes per second a body must keep up over each window (408); 0: no minimum."""
-    body_rate_window: float = 5.0
-    """Seconds over which ``body_min_rate`` is measured."""
-    idle_timeout: float = 75.0
-    """Seconds a keep-alive connection may wait for its next request."""
-    send_timeout: float = 30.0
-    """Seconds the peer may leave a response or stream chunk untaken (the connection is
-    aborted)."""
-
-
-@dataclass
-class Route:
-    handler: Handler | None = None
-    websocket: WebSocketServer | None = None
-    methods: tuple[str, ...] = ("GET",)
-    prefix: bool = False
-
-
-class HttpServer:
-    """Routes by exact path or prefix; WebSocket routes hand the connection over.
-
-    ``budgets``: the memory accounts its connections charge (shared with the WebSocket
-    server and the HTTP transports of a hub); ``limiter``: connection admission.
-    """
-
-    def __init__(
-        self,
-        *,
-        max_body: int | None = None,
-        head_timeout: float | None = None,
-        idle_timeout: float | None = None,
-        limits: HttpLimits | None = None,
-        limiter: ConnectionLimiter | None = None,
-        budgets: Budgets | None = None,
-    ) -> None:
-        self.limiter = limiter
-        self.budgets = budgets
-        self.refusals: dict[int, int] = {}
-        """Requests and connections refused at the front door, by HTTP status."""
-        self.timeouts = {"head": 0, "body": 0, "send": 0, "idle": 0}
-        """Deadlines that ended a connection, by what was awaited (head and body ones are
-        also counted as 408 refusals)."""
-        self.routes: dict[str, Route] = {}
-        self.prefixes: list[tuple[str, Route]] = []
-        self.limits = limits if limits is not None else HttpLimits()
-        if max_body is not None:
-            self.limits.max_body = max_body
-        if head_timeout is not None:
-            self.limits.head_timeout = head_timeout
-        if idle_timeout is not None:
-            self.limits.idle_timeout = idle_timeout
-        self.connections: set[HttpProtocol] = set()
-        self.closing = False
-
-    def add(
-        self,
-        path: str,
-        handler: Handler,
-        methods: tuple[str, ...] = ("GET", "HEAD"),
-        *,
-        prefix: bool = False,
-    ) -> None:
-        route = Route(handler=handler, methods=methods, prefix=prefix)
-        if prefix:
-            self.prefixes.append((path, route))
-            self.prefixes.sort(key=lambda item: -len(item[0]))
-        else:
-            self.routes[path] = route
-
-    def add_websocket(self, path: str, server: WebSocketServer) -> None:
-        self.routes[path] = Route(websocket=server)
+    limits: HttpLimits
+    limiter: ConnectionLimiter | None
+    budgets: Budgets | None
+    connections: set[HttpProtocol]
+    closing: bool
+    timeouts: dict[str, int]
 
     def route(self, path: str) -> Route | None:
-        route = self.routes.get(path)
-        if route is not None:
-            return route
-        for prefix, candidate in self.prefixes:
-            if path.startswith(prefix):
-                return candidate
-        return None
+        """The route of ``path``, if any."""
+        ...
 
     async def dispatch(self, request: HttpRequest) -> HttpResponse | StreamResponse:
-        """Route ``request``: 404, 426 (WebSocket path), 405, or the handler (500 if it fails)."""
-        route = self.route(request.path)
-        response: HttpResponse | StreamResponse
-        try:
-            if route is None or route.handler is None:
-                if route is not None and route.websocket is not None:
-                    response = HttpResponse(
-                        426,
-                        "this is a WebSocket endpoint: Upgrade: websocket is required\n",
-                        [("Upgrade", "websocket")],
-                    )
-                else:
-                    response = HttpResponse(404, f"not found: {request.path}\n")
-            elif request.method not in route.methods:
-                # HEAD runs the GET handler and drops the body, so only routes that list it
-                # (plain pages) take it: on a stream or a long poll it would have effects.
-                allowed = ", ".join(route.methods)
-                response = HttpResponse(
-                    405,
-                    f"method {request.method} not allowed; use {allowed}\n",
-                    [("Allow", allowed)],
-                )
-            else:
-                response = await route.handler(request)
-        except Exception:
-            logger.exception("HTTP handler failed for %s %s", request.method, request.path)
-            response = HttpResponse(500, "internal server error\n")
-        if response.status >= 400:  # handlers refuse too (Origin 403, unknown session 404...)
-            self.count_refusal(response.status)
-        return response
+        """The answer to ``request``."""
+        ...
 
     def count_refusal(self, status: int) -> None:
-        self.refusals[status] = self.refusals.get(status, 0) + 1
-
-    def protocol_factory(self) -> HttpProtocol:
-        return HttpProtocol(self)
-
-    def close_idle(self) -> None:
-        """Stop keep-alive: close connections that are between requests."""
-        self.closing = True
-        for conn in list(self.connections):
-            conn.close_if_idle()
+        """Count a refused request or connection."""
+        ...
 
 
 @dataclass(slots=True)
@@ -322,7 +178,7 @@ class HttpProtocol(asyncio.Protocol):
         "worker",
     )
 
-    def __init__(self, server: HttpServer) -> None:
+    def __init__(self, server: FrontDoor) -> None:
         self.server = server
         self.limits = server.limits
         self.loop = asyncio.get_running_loop()

@@ -1,0 +1,36 @@
+"""A small HTTP/1.1 server on httptools: the front door of ``pulsewire serve``.
+
+:mod:`~.limits` (sizes and deadlines), :mod:`~.routing` (routes and the answers no handler
+gives), :mod:`~.connection` (one connection: parsing, bounds, responses, the WebSocket
+hand-over), :mod:`~.server` (routes, admission, accounts and the open connections). The
+request and response types are :mod:`pulsewire.transports.http_types`' (re-exported here).
+"""
+
+from __future__ import annotations
+
+from ...transports.http_types import (
+    Handler,
+    HttpRequest,
+    HttpResponse,
+    StreamResponse,
+    json_response,
+)
+from .connection import HttpProtocol
+from .limits import CLOSE_DEADLINE, SLICE, HttpLimits
+from .routing import Route, Router
+from .server import HttpServer
+
+__all__ = [
+    "CLOSE_DEADLINE",
+    "SLICE",
+    "Handler",
+    "HttpLimits",
+    "HttpProtocol",
+    "HttpRequest",
+    "HttpResponse",
+    "HttpServer",
+    "Route",
+    "Router",
+    "StreamResponse",
+    "json_response",
+]
