@@ -138,6 +138,10 @@ async def test_serve_runs_without_any_extra(tmp_path) -> None:
             "the nats engine needs the nats extra: pip install 'pulsewire[nats]'",
         ),
         (("--demo",), "--demo needs the demo extra: pip install 'pulsewire[demo]'"),
+        (  # said once by the supervisor, not once per worker
+            ("--workers", "2", "--engine", "redis://127.0.0.1:1/0"),
+            "the redis engine needs the redis extra: pip install 'pulsewire[redis]'",
+        ),
     ],
 )
 def test_a_missing_extra_is_one_line_naming_it(args: tuple[str, ...], message: str) -> None:

@@ -9,6 +9,7 @@ A node drains on SIGTERM/SIGINT (:func:`drain`: WebSocket clients get close code
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import signal
@@ -33,6 +34,7 @@ __all__ = [
     "Ready",
     "abort_connections",
     "build_server",
+    "check_extras",
     "drain",
     "fail_to_stderr",
     "print_ready",
@@ -45,9 +47,25 @@ logger = logging.getLogger("pulsewire.server")
 RESTART_REASON = "server restarting: reconnect"
 
 
+def check_extras(settings: Settings) -> None:
+    """Raise :class:`~pulsewire.extras.MissingExtra` if ``settings`` need an extra that is not
+    installed (the engine's, the demo's): before starting anything, workers included."""
+    engine = settings.config.engine
+    if engine.startswith(("redis://", "rediss://", "unix://")):
+        with needs_extra("redis", "the redis engine"):
+            importlib.import_module("redis")
+    elif engine.startswith(("nats://", "tls://")):
+        with needs_extra("nats", "the nats engine"):
+            importlib.import_module("nats")
+    if settings.demo:
+        with needs_extra("demo", "--demo"):
+            importlib.import_module("pycrdt")
+
+
 def server_from_settings(settings: Settings, *, reuse_port: bool = False) -> HubServer:
     """A HubServer for ``settings``; raises ValueError or OSError (e.g. unreadable cert), or
     :class:`~pulsewire.extras.MissingExtra` (e.g. a redis engine without the redis extra)."""
+    check_extras(settings)
     if settings.demo:
         with needs_extra("demo", "--demo"):
             from ..demos.notes import NotesService

@@ -37,9 +37,10 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
+from ..extras import MissingExtra
 from .app import HubServer
 from .logs import configure_logging
-from .node import run_node
+from .node import check_extras, run_node
 from .settings import ServeOptions, Settings, load_settings, pin_generated_secret
 
 __all__ = ["RestartPolicy", "Supervisor", "supervise"]
@@ -339,7 +340,8 @@ def supervise(args: ServeOptions, count: int) -> int:
     """Run ``count`` workers; refuses (status 2) several workers on the in-memory engine."""
     try:
         settings = load_settings(args)
-    except (ValueError, OSError) as exc:
+        check_extras(settings)
+    except (ValueError, OSError, MissingExtra) as exc:
         print(f"pulsewire serve: {exc}", file=sys.stderr, flush=True)
         return 2
     if count > 1 and settings.config.engine in ("", "memory"):
