@@ -1,4 +1,15 @@
-"""End-to-end fixtures for the hub: a real HubServer on a free loopback port, real clients.
+"""Fixtures for the hub tests, at two layers.
+
+One layer down (hub logic: no sockets, see ``fakes.py``):
+
+* ``local_hub(config=None, *, engine=None, hooks...)``: a started :class:`Hub` (closed at
+  teardown); ``engine`` e.g. ``MemoryEngine(FakeClock())`` for history expiry.
+* ``local_client(hub, user=..., token=..., connect=True, codec="json", params=...,
+  headers=..., remote_address=...)``: a :class:`FakeClient` on a fake transport, with the
+  methods of ``HubClient`` below.
+* ``loop_clock``: a :class:`LoopClock` that moves the event loop's clock forward (timers).
+
+End to end (transports, the HTTP API, clusters: a real HubServer on a free loopback port):
 
 * ``hub_config(**changes)``: a :class:`HubConfig` with an HMAC secret, an API key and the test
   namespaces below (``changes`` replace hub settings; ``namespaces=`` entries are merged).
@@ -32,6 +43,8 @@ import pulsewire
 from pulsewire.hub import ChannelOptions, Hub, HubConfig
 from pulsewire.protocol.errors import ConnectionClosed
 from pulsewire.server.app import HubServer
+
+from .fakes import FakeClient, LoopClock
 
 HOST = "127.0.0.1"
 SECRET = "hub-test-secret-0123456789abcdef"
@@ -362,6 +375,55 @@ async def hub_client(
 
     yield open_client
     await asyncio.gather(*(client.close() for client in clients))
+
+
+@pytest.fixture
+async def local_hub() -> AsyncIterator[Callable[..., Awaitable[Hub]]]:
+    hubs: list[Hub] = []
+
+    async def start(config: HubConfig | None = None, **options: Any) -> Hub:
+        hub = Hub(config or build_config(), **options)
+        await hub.start()
+        hubs.append(hub)
+        return hub
+
+    yield start
+    for hub in hubs:
+        await hub.close()
+
+
+@pytest.fixture
+async def local_client() -> AsyncIterator[Callable[..., Awaitable[FakeClient]]]:
+    clients: list[FakeClient] = []
+
+    async def open_client(
+        hub: Hub,
+        user: str | int | None = None,
+        *,
+        token: str | None = None,
+        connect: bool = True,
+        codec: str = "json",
+        params: dict[str, Any] | None = None,
+        **request: Any,
+    ) -> FakeClient:
+        client = FakeClient(hub, codec, **request)
+        clients.append(client)
+        if token is None and user is not None:
+            token = encode_token(user)
+        client.token = token
+        if connect:
+            await client.connect(token, **(params or {}))
+        return client
+
+    yield open_client
+    await asyncio.gather(*(client.close() for client in clients))
+
+
+@pytest.fixture
+async def loop_clock() -> AsyncIterator[LoopClock]:
+    clock = LoopClock(asyncio.get_running_loop())
+    yield clock
+    clock.restore()
 
 
 @pytest.fixture
