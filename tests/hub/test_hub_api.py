@@ -1,0 +1,103 @@
+"""End to end: the HTTP API (/api/*) against a hub with real WebSocket clients.
+
+The hub logic behind these calls is tested one layer down (test_hub_channels.py,
+test_hub_history.py...); these stay end to end because they test the API layer itself:
+request parsing (e.g. NaN, which Python's JSON parser accepts), status codes, result shapes
+and error mapping (102 -> 404, 108 -> 503...), and that what it publishes reaches clients.
+"""
+
+from __future__ import annotations
+
+
+async def test_publish_via_http_api(hub_server, hub_client, api, uniq):
+    server = await hub_server()
+    client = await hub_client(server, "gil")
+    plain, kept = uniq("ro"), uniq("hist")
+    await client.subscribe(plain)
+    sub = await client.subscribe(kept)
+    status, body = await api(server, "publish", {"channel": plain, "data": {"a": 1}})
+    assert (status, body) == (200, {"result": {}})
+    status, body = await api(
+        server, "publish", {"channel": kept, "data": "x", "tags": {"kind": "news"}}
+    )
+    assert (status, body) == (200, {"result": {"offset": 1, "epoch": sub["epoch"]}})
+    assert await client.wait_push(channel=plain) == {
+        "push": "publication",
+        "channel": plain,
+        "data": {"a": 1},
+    }
+    assert await client.wait_push(channel=kept) == {
+        "push": "publication",
+        "channel": kept,
+        "data": "x",
+        "offset": 1,
+        "tags": {"kind": "news"},
+    }
+    # channels nobody subscribed to may be published to (and keep history)
+    status, body = await api(server, "publish", {"channel": uniq("hist"), "data": 0})
+    assert status == 200 and body["result"]["offset"] == 1
+    status, body = await api(server, "publish", {"channel": "nope:x", "data": 0})
+    assert status == 404 and body["error"]["code"] == 102
+
+
+async def test_broadcast_via_http_api(hub_server, hub_client, api, uniq):
+    server = await hub_server()
+    first, second = await hub_client(server, "hal"), await hub_client(server, "ida")
+    one, two, three = uniq("ro"), uniq("hist"), uniq("pub")
+    await first.subscribe(one)
+    await first.subscribe(two)
+    sub = await second.subscribe(two)
+    await second.subscribe(three)
+    status, body = await api(
+        server, "broadcast", {"channels": [one, two, "nope:x", three], "data": {"b": 1}}
+    )
+    assert status == 200
+    responses = body["result"]["responses"]
+    assert responses[0] == {"result": {}}
+    assert responses[1] == {"result": {"offset": 1, "epoch": sub["epoch"]}}
+    assert responses[2]["error"]["code"] == 102
+    assert responses[3] == {"result": {}}
+    for client, channels in ((first, (one, two)), (second, (two, three))):
+        for channel in channels:
+            assert (await client.wait_push(channel=channel))["data"] == {"b": 1}
+    status, body = await api(server, "broadcast", {"channels": [], "data": 1})
+    assert status == 400
+    status, body = await api(server, "broadcast", {"channels": [one]})
+    assert status == 400
+
+
+async def test_api_publish_of_nan_does_not_poison_the_channel(hub_server, hub_client, api, uniq):
+    """Python's JSON parser accepts NaN; the hub's JSON encoder does not (allow_nan=False).
+
+    The API must refuse such data before it is stored and delivered, so that the channel's
+    subscribers and its history stay usable.
+    """
+    server = await hub_server()
+    channel = uniq("hist")
+    client = await hub_client(server, "nan-watcher")
+    await client.subscribe(channel)
+    body = b'{"channel": "' + channel.encode() + b'", "data": {"x": NaN}}'
+    status, answer = await api(server, "publish", body=body)
+    assert status == 400 and answer["error"]["code"] == 107
+    history = await client.ok("history", {"channel": channel})
+    assert history["publications"] == [] and history["offset"] == 0
+    status, answer = await api(server, "publish", {"channel": channel, "data": "ok"})
+    assert status == 200 and answer["result"]["offset"] == 1
+    assert (await client.wait_push(channel=channel))["data"] == "ok"
+
+
+async def test_presence_via_http_api(hub_server, hub_client, uniq, api):
+    server = await hub_server()
+    channel, locked, plain = uniq("chat"), uniq("locked"), uniq("ro")
+    client = await hub_client(server, "cy")
+    for name in (channel, locked, plain):
+        await client.subscribe(name)
+    status, body = await api(server, "presence_stats", {"channel": channel})
+    assert (status, body) == (200, {"result": {"num_clients": 1, "num_users": 1}})
+    status, body = await api(server, "presence", {"channel": channel})
+    assert status == 200 and list(body["result"]["clients"]) == [client.client_id]
+    # the server API may always look, even where clients may not
+    status, body = await api(server, "presence", {"channel": locked})
+    assert status == 200 and client.client_id in body["result"]["clients"]
+    status, body = await api(server, "presence", {"channel": plain})
+    assert status == 503 and body["error"]["code"] == 108
