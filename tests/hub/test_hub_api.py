@@ -101,3 +101,21 @@ async def test_presence_via_http_api(hub_server, hub_client, uniq, api):
     assert status == 200 and client.client_id in body["result"]["clients"]
     status, body = await api(server, "presence", {"channel": plain})
     assert status == 503 and body["error"]["code"] == 108
+
+
+async def test_history_via_http_api(hub_server, hub_client, uniq, api):
+    server = await hub_server()
+    client = await hub_client(server, "cy")
+    small, plain, locked = uniq("small"), uniq("ro"), uniq("locked")  # small: history_size 3
+    await client.subscribe(small)
+    for n in range(1, 6):
+        await server.hub.publish(small, n)
+    status, body = await api(server, "history", {"channel": small, "limit": 1, "reverse": True})
+    assert status == 200
+    assert body["result"]["publications"] == [{"data": 5, "offset": 5}]
+    status, body = await api(server, "history", {"channel": plain})
+    assert status == 503 and body["error"]["code"] == 108
+    status, body = await api(server, "history", {"channel": small, "limit": -1})
+    assert status == 400
+    status, body = await api(server, "history", {"channel": locked})
+    assert status == 200  # the server API may read any history

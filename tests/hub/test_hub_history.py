@@ -1,4 +1,6 @@
-"""End to end: history, offsets/epochs and recovery after a reconnect, over real WebSockets."""
+"""History, offsets/epochs and recovery after a reconnect, one layer down: a hub and sessions
+on fake transports (tests/hub/fakes.py), the memory engine on a fake clock for expiry. The
+HTTP API's history endpoint is tested in test_hub_api.py."""
 
 from __future__ import annotations
 
@@ -7,16 +9,15 @@ from typing import Any
 
 import pytest
 
+from pulsewire.hub import HubError
 from pulsewire.hub.engines.memory import MemoryEngine
 from pulsewire.hub.types import HistoryResult
 
+from .fakes import FakeClock, until
 
-async def wait_gone(server: Any, client_id: str) -> None:
-    for _ in range(200):
-        if client_id not in server.hub.sessions:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the server did not notice the disconnection")
+
+async def wait_gone(hub: Any, client_id: str) -> None:
+    await until(lambda: client_id not in hub.sessions, message="the hub kept the session")
 
 
 def offsets(publications: list[dict[str, Any]]) -> list[int]:
@@ -26,15 +27,15 @@ def offsets(publications: list[dict[str, Any]]) -> list[int]:
 # ------------------------------------------------------------------------------------ history
 
 
-async def test_history_limit_reverse_since(hub_server, hub_client, uniq):
-    server = await hub_server()
-    client = await hub_client(server, "ann")
+async def test_history_limit_reverse_since(local_hub, local_client, uniq):
+    hub = await local_hub()
+    client = await local_client(hub, "ann")
     channel = uniq("hist")
     sub = await client.subscribe(channel)
     epoch = sub["epoch"]
     assert sub == {"recoverable": True, "epoch": epoch, "offset": 0}
     for n in range(1, 6):
-        position = await server.hub.publish(channel, {"n": n})
+        position = await hub.publish(channel, {"n": n})
         assert (position.offset, position.epoch) == (n, epoch)
     await client.publications(channel, 5)
 
@@ -55,23 +56,22 @@ async def test_history_limit_reverse_since(hub_server, hub_client, uniq):
     assert only_position == {"publications": [], "offset": 5, "epoch": epoch}
 
 
-async def test_history_keeps_the_last_history_size(hub_server, hub_client, uniq, api):
-    server = await hub_server()
-    client = await hub_client(server, "ben")
+async def test_history_keeps_the_last_history_size(local_hub, local_client, uniq):
+    hub = await local_hub()
+    client = await local_client(hub, "ben")
     channel = uniq("small")  # history_size = 3
     await client.subscribe(channel)
     for n in range(1, 6):
-        await server.hub.publish(channel, n)
+        await hub.publish(channel, n)
     result = await client.ok("history", {"channel": channel})
     assert offsets(result["publications"]) == [3, 4, 5]
-    status, body = await api(server, "history", {"channel": channel, "limit": 1, "reverse": True})
-    assert status == 200
-    assert body["result"]["publications"] == [{"data": 5, "offset": 5}]
+    result = await client.ok("history", {"channel": channel, "limit": 1, "reverse": True})
+    assert result["publications"] == [{"data": 5, "offset": 5}]
 
 
-async def test_history_errors(hub_server, hub_client, uniq, api):
-    server = await hub_server()
-    client = await hub_client(server, "cy")
+async def test_history_errors(local_hub, local_client, uniq):
+    hub = await local_hub()
+    client = await local_client(hub, "cy")
     kept, plain, locked = uniq("hist"), uniq("ro"), uniq("locked")
     assert (await client.fail("history", {"channel": kept}))["code"] == 103  # not subscribed
     await client.subscribe(kept)
@@ -82,44 +82,38 @@ async def test_history_errors(hub_server, hub_client, uniq, api):
     for bad in ({"limit": -1}, {"limit": "2"}, {"since": 3}, {"since": {"epoch": "x"}}):
         error = await client.fail("history", {"channel": kept, **bad})
         assert error["code"] == 107, bad
-    status, body = await api(server, "history", {"channel": plain})
-    assert status == 503 and body["error"]["code"] == 108
-    status, body = await api(server, "history", {"channel": kept, "limit": -1})
-    assert status == 400
-    status, body = await api(server, "history", {"channel": locked})
-    assert status == 200  # the server API may read any history
+    with pytest.raises(HubError) as off:
+        await hub.history(plain)
+    assert off.value.code == 108
+    await hub.history(locked)  # the server side may read any history
 
 
 # ----------------------------------------------------------------------------------- recovery
 
 
-@pytest.mark.parametrize("how", ["abort", "api-disconnect"])
-async def test_recovery_after_a_forced_disconnect(hub_server, hub_client, api, uniq, how):
-    server = await hub_server()
+@pytest.mark.parametrize("how", ["abort", "server-disconnect"])
+async def test_recovery_after_a_forced_disconnect(local_hub, local_client, uniq, how):
+    hub = await local_hub()
     channel = uniq("hist")
-    first = await hub_client(server, "alice")
+    first = await local_client(hub, "alice")
     sub = await first.subscribe(channel)
     epoch = sub["epoch"]
     for n in range(1, 4):
-        await server.hub.publish(channel, f"m{n}")
+        await hub.publish(channel, f"m{n}")
     seen = await first.publications(channel, 3)
     assert offsets(seen) == [1, 2, 3]
     last = seen[-1]["offset"]
 
     if how == "abort":
-        first.ws.abort()
+        await first.close(1006)  # the connection broke
     else:
-        status, _ = await api(
-            server, "disconnect", {"user": "alice", "code": 4000, "reason": "maintenance"}
-        )
-        assert status == 200
+        await hub.disconnect_user("alice", 4000, "maintenance")
         assert (await first.wait_closed()) == (4000, "maintenance")
-    await wait_gone(server, first.client_id)
+    await wait_gone(hub, first.client_id)
     for n in range(4, 7):  # published while nobody listens
-        status, _ = await api(server, "publish", {"channel": channel, "data": f"m{n}"})
-        assert status == 200
+        await hub.publish(channel, f"m{n}")
 
-    second = await hub_client(server, "alice")
+    second = await local_client(hub, "alice")
     result = await second.subscribe(channel, recover=True, offset=last, epoch=epoch)
     assert result["recovered"] is True
     assert result["recoverable"] is True
@@ -130,19 +124,19 @@ async def test_recovery_after_a_forced_disconnect(hub_server, hub_client, api, u
         {"data": "m6", "offset": 6},
     ]
     for n in (7, 8):
-        await server.hub.publish(channel, f"m{n}")
+        await hub.publish(channel, f"m{n}")
     live = await second.publications(channel, 2)
     assert [(p["offset"], p["data"]) for p in live] == [(7, "m7"), (8, "m8")]
     await second.sync()
     assert second.take("publication") == []  # nothing twice
 
 
-async def test_recovery_when_nothing_was_missed(hub_server, hub_client, uniq):
-    server = await hub_server()
+async def test_recovery_when_nothing_was_missed(local_hub, local_client, uniq):
+    hub = await local_hub()
     channel = uniq("hist")
-    await server.hub.publish(channel, "a")
-    position = await server.hub.publish(channel, "b")
-    client = await hub_client(server, "dan")
+    await hub.publish(channel, "a")
+    position = await hub.publish(channel, "b")
+    client = await local_client(hub, "dan")
     result = await client.subscribe(
         channel, recover=True, offset=position.offset, epoch=position.epoch
     )
@@ -151,88 +145,88 @@ async def test_recovery_when_nothing_was_missed(hub_server, hub_client, uniq):
     assert result["offset"] == 2
 
 
-async def test_recovery_from_offset_zero_returns_everything_kept(hub_server, hub_client, uniq):
-    server = await hub_server()
+async def test_recovery_from_offset_zero_returns_everything_kept(local_hub, local_client, uniq):
+    hub = await local_hub()
     channel = uniq("hist")
-    watcher = await hub_client(server, "w")
+    watcher = await local_client(hub, "w")
     epoch = (await watcher.subscribe(channel))["epoch"]
     for n in range(3):
-        await server.hub.publish(channel, n)
-    client = await hub_client(server, "eve")
+        await hub.publish(channel, n)
+    client = await local_client(hub, "eve")
     result = await client.subscribe(channel, recover=True, offset=0, epoch=epoch)
     assert result["recovered"] is True
     assert offsets(result["publications"]) == [1, 2, 3]
 
 
-async def test_recovery_impossible_when_history_was_trimmed(hub_server, hub_client, uniq):
-    server = await hub_server()
+async def test_recovery_impossible_when_history_was_trimmed(local_hub, local_client, uniq):
+    hub = await local_hub()
     channel = uniq("small")  # history_size = 3
-    first = await hub_client(server, "fay")
+    first = await local_client(hub, "fay")
     epoch = (await first.subscribe(channel))["epoch"]
-    await server.hub.publish(channel, 1)
+    await hub.publish(channel, 1)
     last = (await first.wait_push(channel=channel))["offset"]
     await first.close()
-    await wait_gone(server, first.client_id)
+    await wait_gone(hub, first.client_id)
     for n in range(2, 7):  # 5 publications > history_size
-        await server.hub.publish(channel, n)
-    second = await hub_client(server, "fay")
+        await hub.publish(channel, n)
+    second = await local_client(hub, "fay")
     result = await second.subscribe(channel, recover=True, offset=last, epoch=epoch)
     assert result["recovered"] is False  # the client must reload its state
     assert result["publications"] == []
     assert (result["offset"], result["epoch"]) == (6, epoch)
-    await server.hub.publish(channel, 7)
+    await hub.publish(channel, 7)
     assert (await second.wait_push(channel=channel))["offset"] == 7
 
 
 async def test_recovery_impossible_with_unknown_epoch_or_future_offset(
-    hub_server, hub_client, uniq
+    local_hub, local_client, uniq
 ):
-    server = await hub_server()
+    hub = await local_hub()
     channel = uniq("hist")
     for n in range(3):
-        position = await server.hub.publish(channel, n)
-    client = await hub_client(server, "gus")
+        position = await hub.publish(channel, n)
+    client = await local_client(hub, "gus")
     result = await client.subscribe(channel, recover=True, offset=1, epoch="not-the-epoch")
     assert result["recovered"] is False
     assert result["publications"] == []
     assert (result["offset"], result["epoch"]) == (3, position.epoch)
     other = uniq("hist")
-    await server.hub.publish(other, "x")
+    await hub.publish(other, "x")
     result = await client.subscribe(other, recover=True, offset=10, epoch=position.epoch)
     assert result["recovered"] is False
 
 
-async def test_recover_needs_offset_and_epoch(hub_server, hub_client, uniq):
-    server = await hub_server()
-    client = await hub_client(server, "hal")
+async def test_recover_needs_offset_and_epoch(local_hub, local_client, uniq):
+    hub = await local_hub()
+    client = await local_client(hub, "hal")
     channel = uniq("hist")
     for params in ({"offset": 1}, {"epoch": "x"}, {"offset": -1, "epoch": "x"}, {}):
         error = await client.fail("subscribe", {"channel": channel, "recover": True, **params})
         assert error["code"] == 107, params
-    assert server.hub.channels == {}  # a failed subscribe leaves nothing behind
+    assert hub.channels == {}  # a failed subscribe leaves nothing behind
     await client.subscribe(channel)
 
 
-async def test_recover_is_ignored_without_history(hub_server, hub_client, uniq):
-    server = await hub_server()
-    client = await hub_client(server, "ida")
+async def test_recover_is_ignored_without_history(local_hub, local_client, uniq):
+    hub = await local_hub()
+    client = await local_client(hub, "ida")
     result = await client.subscribe(uniq("ro"), recover=True, offset=3, epoch="x")
     assert result == {}
 
 
-async def test_recovery_in_the_connect_command(hub_server, hub_client, uniq, make_token):
-    server = await hub_server()
+async def test_recovery_in_the_connect_command(local_hub, local_client, uniq, make_token):
+    hub = await local_hub()
     channel = uniq("hist")
     for n in range(1, 4):
-        position = await server.hub.publish(channel, n)
-    client = await hub_client(server, connect=False)
+        position = await hub.publish(channel, n)
+    client = await local_client(hub, connect=False)
     result = await client.connect(
         make_token("jo"), subs={channel: {"recover": True, "offset": 1, "epoch": position.epoch}}
     )
     sub = result["subs"][channel]
     assert sub["recovered"] is True
     assert offsets(sub["publications"]) == [2, 3]
-    await server.hub.publish(channel, 4)
+    await hub.publish(channel, 4)
     assert (await client.wait_push(channel=channel))["offset"] == 4
 
 
@@ -261,16 +255,16 @@ class GatedEngine(MemoryEngine):
 
 @pytest.mark.parametrize("read_before_waiting", [True, False])
 async def test_publications_during_recovery_are_delivered_once_in_order(
-    hub_server, hub_client, uniq, read_before_waiting
+    local_hub, local_client, uniq, read_before_waiting
 ):
     """Subscribe-before-read: what is published while history is read is not lost or doubled."""
     engine = GatedEngine()
     engine.read_before_waiting = read_before_waiting
-    server = await hub_server(engine=engine)
+    hub = await local_hub(engine=engine)
     channel = uniq("hist")
     for n in range(1, 4):
-        position = await server.hub.publish(channel, n)
-    client = await hub_client(server, "kai")
+        position = await hub.publish(channel, n)
+    client = await local_client(hub, "kai")
     gate = engine.gate = asyncio.Event()
     cid = await client.send(
         "subscribe",
@@ -278,12 +272,12 @@ async def test_publications_during_recovery_are_delivered_once_in_order(
     )
     await asyncio.wait_for(engine.entered.wait(), 5)
     for n in range(4, 6):  # published between subscribing and the end of the history read
-        await server.hub.publish(channel, n)
+        await hub.publish(channel, n)
     gate.set()
     reply = await client.reply(cid)
     result = reply["result"]
     assert result["recovered"] is True
-    await server.hub.publish(channel, 6)
+    await hub.publish(channel, 6)
     live = await client.wait_push(channel=channel)
     while live["offset"] != 6:
         live = await client.wait_push(channel=channel)
@@ -300,26 +294,18 @@ async def test_publications_during_recovery_are_delivered_once_in_order(
     assert all(m.get("push") != "publication" for m in client.log[:index])
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_epoch_change_asks_subscribers_to_resubscribe(
-    hub_server, hub_client, hub_config, uniq
+    local_hub, local_client, hub_config, uniq
 ):
-    clock = Clock()
-    server = await hub_server(hub_config(history_meta_ttl=600), engine=MemoryEngine(clock=clock))
+    clock = FakeClock()
+    hub = await local_hub(hub_config(history_meta_ttl=600), engine=MemoryEngine(clock=clock))
     channel = uniq("hist")  # history_ttl = 300
-    client = await hub_client(server, "lee")
+    client = await local_client(hub, "lee")
     old_epoch = (await client.subscribe(channel))["epoch"]
-    await server.hub.publish(channel, "old")
+    await hub.publish(channel, "old")
     last = (await client.wait_push(channel=channel))["offset"]
-    clock.now += 601  # the whole stream expires: the next publication starts a new epoch
-    await server.hub.publish(channel, "new")
+    clock.advance(601)  # the whole stream expires: the next publication starts a new epoch
+    await hub.publish(channel, "new")
     push = await client.wait_push("unsubscribe", channel)
     assert push == {
         "push": "unsubscribe",
@@ -328,26 +314,26 @@ async def test_epoch_change_asks_subscribers_to_resubscribe(
         "reason": "insufficient state",
         "resubscribe": True,
     }
-    assert server.hub.channels == {}
+    assert hub.channels == {}
     result = await client.subscribe(channel, recover=True, offset=last, epoch=old_epoch)
     assert result["recovered"] is False
     assert result["epoch"] != old_epoch
     assert result["offset"] == 1
-    await server.hub.publish(channel, "newer")
+    await hub.publish(channel, "newer")
     push = await client.wait_push(channel=channel)
     assert (push["offset"], push["data"]) == (2, "newer")
     await client.sync()
     assert client.take("publication") == []
 
 
-async def test_history_ttl_expiry_makes_recovery_impossible(hub_server, hub_client, uniq):
-    clock = Clock()
-    server = await hub_server(engine=MemoryEngine(clock=clock))
+async def test_history_ttl_expiry_makes_recovery_impossible(local_hub, local_client, uniq):
+    clock = FakeClock()
+    hub = await local_hub(engine=MemoryEngine(clock=clock))
     channel = uniq("hist")  # history_ttl = 300
     for n in range(3):
-        position = await server.hub.publish(channel, n)
-    clock.now += 301
-    client = await hub_client(server, "mo")
+        position = await hub.publish(channel, n)
+    clock.advance(301)
+    client = await local_client(hub, "mo")
     result = await client.subscribe(channel, recover=True, offset=1, epoch=position.epoch)
     assert result["recovered"] is False
     assert (result["offset"], result["epoch"]) == (3, position.epoch)
