@@ -1,7 +1,11 @@
 """Idempotent publish through the hub (in-process ``Hub.publish``, the HTTP API, the client
 ``publish`` command) on the in-memory engine, and what each engine failure is answered with:
 108/503 "not published", 114/504 "unknown outcome: retry with the same key", 106/429 "too
-many keys". Engines that fail on demand stand in for a broken Redis or NATS."""
+many keys". Engines that fail on demand stand in for a broken Redis or NATS.
+
+The client command and ``Hub.publish`` are tested one layer down (a hub, fake transports);
+the tests through the HTTP API stay end to end (a HubServer on a socket): what they check
+is the API's answer (status code, result shape, error mapping 503/504/429/400)."""
 
 from __future__ import annotations
 
@@ -84,10 +88,10 @@ async def test_broadcast_applies_the_key_per_channel(hub_server, api, uniq):
     assert (await api(server, "broadcast", params))[1] == first
 
 
-async def test_client_publish_retry_with_the_key(hub_server, hub_client, uniq):
-    server = await hub_server()
+async def test_client_publish_retry_with_the_key(local_hub, local_client, uniq):
+    hub = await local_hub()
     channel = uniq("chat")
-    writer, reader = await hub_client(server, "wes"), await hub_client(server, "rae")
+    writer, reader = await local_client(hub, "wes"), await local_client(hub, "rae")
     for client in (writer, reader):
         await client.subscribe(channel)
     params = {"channel": channel, "data": "hello", "idempotency_key": "msg-1"}
@@ -95,7 +99,7 @@ async def test_client_publish_retry_with_the_key(hub_server, hub_client, uniq):
     assert first["offset"] == 1
     # the client reconnects (a new session) and retries the publish it got no answer for
     await writer.close()
-    again = await hub_client(server, "wes")
+    again = await local_client(hub, "wes")
     await again.subscribe(channel)
     assert await again.ok("publish", params) == first
     await again.ok("publish", {"channel": channel, "data": "end"})
@@ -135,9 +139,8 @@ async def test_the_longest_key_and_null(hub_server, api, uniq):
     assert (await server.hub.history(channel)).position.offset == 3
 
 
-async def test_in_process_publish_and_the_window(hub_server, uniq):
-    server = await hub_server()
-    hub = server.hub
+async def test_in_process_publish_and_the_window(local_hub, uniq):
+    hub = await local_hub()
     channel = uniq("hist")
     first = await hub.publish(channel, "a", idempotency_key="k")
     assert await hub.publish(channel, "b", idempotency_key="k") == first
@@ -162,7 +165,7 @@ def test_window_setting() -> None:
             HubConfig(idempotency_window=bad)
 
 
-async def test_the_window_comes_from_the_config(hub_server, hub_config, uniq):
+async def test_the_window_comes_from_the_config(local_hub, hub_config, uniq):
     seen: list[float] = []
 
     class Spy(MemoryEngine):
@@ -170,9 +173,9 @@ async def test_the_window_comes_from_the_config(hub_server, hub_config, uniq):
             seen.append(args[-1])
             return await super().publish_once(*args)
 
-    server = await hub_server(hub_config(idempotency_window=12.5), engine=Spy())
-    await server.hub.publish(uniq("pub"), 1, idempotency_key="k")
-    await server.hub.broadcast([uniq("hist")], 1, idempotency_key="k")
+    hub = await local_hub(hub_config(idempotency_window=12.5), engine=Spy())
+    await hub.publish(uniq("pub"), 1, idempotency_key="k")
+    await hub.broadcast([uniq("hist")], 1, idempotency_key="k")
     assert seen == [12.5, 12.5]
 
 
