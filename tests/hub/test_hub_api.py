@@ -119,3 +119,88 @@ async def test_history_via_http_api(hub_server, hub_client, uniq, api):
     assert status == 400
     status, body = await api(server, "history", {"channel": locked})
     assert status == 200  # the server API may read any history
+
+
+async def test_disconnect_via_http_api(hub_server, hub_client, api):
+    server = await hub_server()
+    bob = await hub_client(server, "bob")
+    status, body = await api(server, "disconnect", {"user": "bob", "code": 4001, "reason": "go"})
+    assert (status, body) == (200, {"result": {}})
+    assert (await bob.wait_closed()) == (4001, "go")
+    assert server.hub.users == {}
+
+
+async def test_disconnect_api_validation(hub_server, api):
+    server = await hub_server()
+    for params in ({"user": "x", "code": 1000}, {"user": "x", "code": "4000"}, {"code": 4000}):
+        status, body = await api(server, "disconnect", params)
+        assert status == 400 and body["error"]["code"] == 107, params
+    status, _ = await api(server, "disconnect", {"user": "nobody-here"})
+    assert status == 200
+
+
+async def test_disconnect_with_a_long_non_ascii_reason(hub_server, hub_client, api):
+    """Close reasons are cut to fit a Close frame (123 bytes of UTF-8), not refused."""
+    server = await hub_server()
+    client = await hub_client(server, "zoe")
+    reason = "é" * 100  # 100 characters, 200 bytes
+    status, body = await api(server, "disconnect", {"user": "zoe", "code": 4000, "reason": reason})
+    assert (status, body) == (200, {"result": {}})
+    code, got = await client.wait_closed()
+    assert code == 4000
+    assert got and reason.startswith(got) and len(got.encode()) <= 123
+
+
+async def test_unsubscribe_via_http_api(hub_server, hub_client, api, uniq):
+    server = await hub_server()
+    channel = uniq("chat")
+    bob = await hub_client(server, "bob")
+    await bob.subscribe(channel)
+    status, body = await api(server, "unsubscribe", {"user": "bob", "channel": channel})
+    assert (status, body) == (200, {"result": {}})
+    assert (await bob.wait_push("unsubscribe", channel))["code"] == 2000
+    status, _ = await api(server, "unsubscribe", {"user": "bob"})
+    assert status == 400
+
+
+async def test_send_via_http_api(hub_server, hub_client, api):
+    server = await hub_server()
+    a1 = await hub_client(server, "alice")
+    bob = await hub_client(server, "bob")
+    status, body = await api(server, "send", {"user": "bob", "data": [1, 2]})
+    assert (status, body) == (200, {"result": {}})
+    assert (await bob.wait_push("message"))["data"] == [1, 2]
+    status, _ = await api(server, "send", {"client": a1.client_id, "data": None})
+    assert status == 200
+    assert (await a1.wait_push("message"))["data"] is None
+    for client in (a1, bob):
+        await client.sync()
+    assert a1.take("message") == [] and bob.take("message") == []
+    for params in ({"data": 1}, {"user": "bob", "client": "x", "data": 1}, {"user": "bob"}):
+        status, body = await api(server, "send", params)
+        assert status == 400, params
+
+
+async def test_send_refuses_data_json_cannot_carry(hub_server, hub_client, api):
+    """Like publications, ``send`` data must be JSON-representable: refused before delivery."""
+    server = await hub_server()
+    client = await hub_client(server, "mp", codec="msgpack")  # could carry NaN itself
+    status, body = await api(server, "send", body=b'{"user": "mp", "data": {"x": NaN}}')
+    assert status == 400 and body["error"]["code"] == 107
+    await client.sync()
+    assert client.take("message") == []
+
+
+async def test_api_channels_and_info(hub_server, hub_client, api, uniq):
+    server = await hub_server()
+    one, two = uniq("ro"), uniq("chat")
+    alice, bob = await hub_client(server, "alice"), await hub_client(server, "bob")
+    await alice.subscribe(one)
+    await alice.subscribe(two)
+    await bob.subscribe(two)
+    status, body = await api(server, "channels")
+    assert (status, body) == (200, {"result": {"channels": {one: 1, two: 2}}})
+    status, body = await api(server, "info")
+    assert status == 200
+    assert body["result"]["node"] == server.hub.node_id
+    assert server.hub.node_id in body["result"]["nodes"]  # the node announces itself

@@ -1,5 +1,12 @@
-"""End to end: what the server side does to clients (disconnect, unsubscribe, send), and
-slow consumers."""
+"""What the server side does to clients (disconnect, unsubscribe, send, close) and slow
+consumers, one layer down: a hub and sessions on fake transports (tests/hub/fakes.py), a
+slow reader played by the fake transport's ``buffered()``.
+
+One slow-consumer test stays end to end (a real socket that stops reading): it shows what
+only the WebSocket transport can, that its ``buffered()`` follows the socket's backlog and
+that the 1013 Close frame reaches the client after what was queued before it. The HTTP
+API's side (/api/disconnect, /api/unsubscribe, /api/send...) is in test_hub_api.py.
+"""
 
 from __future__ import annotations
 
@@ -8,44 +15,34 @@ import json
 import socket
 from typing import Any
 
-from pulsewire.hub.hub import Hub
+from pulsewire.hub import Hub
 from pulsewire.server.app import HubServer
 
 
-async def test_disconnect_user(hub_server, hub_client, api):
-    server = await hub_server()
-    a1, a2 = await hub_client(server, "alice"), await hub_client(server, "alice")
-    bob = await hub_client(server, "bob")
-    await server.hub.disconnect_user("alice")
+async def test_disconnect_user(local_hub, local_client):
+    hub = await local_hub()
+    a1, a2 = await local_client(hub, "alice"), await local_client(hub, "alice")
+    bob = await local_client(hub, "bob")
+    await hub.disconnect_user("alice")
     for client in (a1, a2):
         code, reason = await client.wait_closed()
         assert code == 4502  # default: do not reconnect
         assert reason == "disconnected by the server"
     await bob.sync()
     assert not bob.closed
-    status, body = await api(server, "disconnect", {"user": "bob", "code": 4001, "reason": "go"})
-    assert (status, body) == (200, {"result": {}})
+    await hub.disconnect_user("bob", 4001, "go")
     assert (await bob.wait_closed()) == (4001, "go")
-    assert server.hub.users == {}
+    assert hub.users == {}
 
 
-async def test_disconnect_api_validation(hub_server, api):
-    server = await hub_server()
-    for params in ({"user": "x", "code": 1000}, {"user": "x", "code": "4000"}, {"code": 4000}):
-        status, body = await api(server, "disconnect", params)
-        assert status == 400 and body["error"]["code"] == 107, params
-    status, _ = await api(server, "disconnect", {"user": "nobody-here"})
-    assert status == 200
-
-
-async def test_unsubscribe_user(hub_server, hub_client, api, uniq):
-    server = await hub_server()
+async def test_unsubscribe_user(local_hub, local_client, uniq):
+    hub = await local_hub()
     channel, kept = uniq("chat"), uniq("ro")
-    alice, bob = await hub_client(server, "alice"), await hub_client(server, "bob")
+    alice, bob = await local_client(hub, "alice"), await local_client(hub, "bob")
     for client in (alice, bob):
         await client.subscribe(channel)
     await alice.subscribe(kept)
-    await server.hub.unsubscribe_user("alice", channel)
+    await hub.unsubscribe_user("alice", channel)
     push = await alice.wait_push("unsubscribe", channel)
     assert push == {
         "push": "unsubscribe",
@@ -55,61 +52,111 @@ async def test_unsubscribe_user(hub_server, hub_client, api, uniq):
         "resubscribe": False,
     }
     assert (await bob.wait_push("leave", channel))["info"]["user"] == "alice"
-    await server.hub.publish(channel, "after")
-    await server.hub.publish(kept, "still")
+    await hub.publish(channel, "after")
+    await hub.publish(kept, "still")
     assert (await bob.wait_push(channel=channel))["data"] == "after"
     assert (await alice.wait_push(channel=kept))["data"] == "still"
     await alice.sync()
     assert alice.take("publication", channel) == []
     assert (await alice.fail("presence", {"channel": channel}))["code"] == 103
     await alice.subscribe(channel)  # may subscribe again
-    status, body = await api(server, "unsubscribe", {"user": "bob", "channel": channel})
-    assert (status, body) == (200, {"result": {}})
-    assert (await bob.wait_push("unsubscribe", channel))["code"] == 2000
-    status, _ = await api(server, "unsubscribe", {"user": "bob"})
-    assert status == 400
 
 
-async def test_send_to_a_user_or_a_client(hub_server, hub_client, api):
-    server = await hub_server()
-    a1, a2 = await hub_client(server, "alice"), await hub_client(server, "alice")
-    bob = await hub_client(server, "bob")
-    await server.hub.send({"hello": "alice"}, user="alice")
+async def test_send_to_a_user_or_a_client(local_hub, local_client):
+    hub = await local_hub()
+    a1, a2 = await local_client(hub, "alice"), await local_client(hub, "alice")
+    bob = await local_client(hub, "bob")
+    await hub.send({"hello": "alice"}, user="alice")
     for client in (a1, a2):
         assert await client.wait_push("message") == {"push": "message", "data": {"hello": "alice"}}
-    await server.hub.send("just you", client=a2.client_id)
+    await hub.send("just you", client=a2.client_id)
     assert await a2.wait_push("message") == {"push": "message", "data": "just you"}
-    status, body = await api(server, "send", {"user": "bob", "data": [1, 2]})
-    assert (status, body) == (200, {"result": {}})
-    assert (await bob.wait_push("message"))["data"] == [1, 2]
-    status, _ = await api(server, "send", {"client": a1.client_id, "data": None})
-    assert status == 200
+    await hub.send(None, client=a1.client_id)
     assert (await a1.wait_push("message"))["data"] is None
-    for client in (a1, bob):
+    for client in (a1, a2, bob):
         await client.sync()
-    assert a1.take("message") == [] and bob.take("message") == []
-    for params in ({"data": 1}, {"user": "bob", "client": "x", "data": 1}, {"user": "bob"}):
-        status, body = await api(server, "send", params)
-        assert status == 400, params
+    assert a1.take("message") == [] and a2.take("message") == [] and bob.take("message") == []
 
 
-async def test_api_channels_and_info(hub_server, hub_client, api, uniq):
-    server = await hub_server()
+async def test_channels_lists_local_subscribers(local_hub, local_client, uniq):
+    hub = await local_hub()
     one, two = uniq("ro"), uniq("chat")
-    alice, bob = await hub_client(server, "alice"), await hub_client(server, "bob")
+    alice, bob = await local_client(hub, "alice"), await local_client(hub, "bob")
     await alice.subscribe(one)
     await alice.subscribe(two)
     await bob.subscribe(two)
-    status, body = await api(server, "channels")
-    assert (status, body) == (200, {"result": {"channels": {one: 1, two: 2}}})
-    status, body = await api(server, "info")
-    assert status == 200
-    assert body["result"]["node"] == server.hub.node_id
-    assert server.hub.node_id in body["result"]["nodes"]  # the node announces itself
+    assert hub.channels == {one: 1, two: 2}
+    await alice.close()
+    assert hub.channels == {two: 1}
+
+
+async def test_hub_close_disconnects_clients_with_4000(hub_config, local_hub, local_client):
+    """Closing the hub tells clients to reconnect (elsewhere)."""
+    hub = await local_hub(hub_config())
+    client = await local_client(hub, "ned")
+    await hub.close()
+    code, _ = await client.wait_closed()
+    assert code == 4000
+    assert hub.sessions == {}
+
+
+# ------------------------------------------------------------------------------ slow consumer
+
+
+async def test_slow_consumer_is_disconnected_with_1013(local_hub, local_client, hub_config, uniq):
+    closed: list[tuple[str, int]] = []
+
+    def on_disconnect(session: Any, code: int, reason: str) -> None:
+        closed.append((session.user, code))
+
+    hub = await local_hub(hub_config(client_queue_max_bytes=1000), on_disconnect=on_disconnect)
+    channel = uniq("hist")
+    fast, slow = await local_client(hub, "fast"), await local_client(hub, "slow")
+    for client in (fast, slow):
+        await client.subscribe(channel)
+    await hub.publish(channel, 1)
+    slow.transport.pending = 1000  # at the limit: still delivered
+    await hub.publish(channel, 2)
+    assert [p["data"] for p in slow.take("publication")] == [1, 2]
+    slow.transport.pending = 1001  # over it
+    await hub.publish(channel, 3)
+    assert slow.transport.closed is not None
+    assert slow.transport.closed[0] == 1013 and "slow consumer" in slow.transport.closed[1]
+    assert slow.take("publication") == []
+    assert closed == [("slow", 1013)]
+    assert hub.metrics.registry.get_sample_value("pulsewire_slow_consumer_disconnects_total") == 1
+    assert [s.user for s in hub.sessions.values()] == ["fast"]
+    await hub.publish(channel, 4)
+    assert [p["data"] for p in await fast.publications(channel, 4)] == [1, 2, 3, 4]
+
+
+async def test_slow_consumer_in_a_drop_channel_loses_publications_not_its_session(
+    local_hub, local_client, hub_config, uniq
+):
+    hub = await local_hub(hub_config(client_queue_max_bytes=1000))
+    channel = uniq("lossy")  # slow_consumer = "drop"
+    fast, slow = await local_client(hub, "fast"), await local_client(hub, "slow")
+    for client in (fast, slow):
+        await client.subscribe(channel)
+    for n in range(1, 4):
+        await hub.publish(channel, n)
+    slow.transport.pending = 5000  # stops reading
+    for n in range(4, 7):
+        await hub.publish(channel, n)
+    slow.transport.pending = 0  # reads again
+    await hub.publish(channel, 7)
+    assert slow.transport.closed is None and len(hub.sessions) == 2
+    assert [p["offset"] for p in slow.take("publication")] == [1, 2, 3, 7]  # the gap shows
+    assert [p["offset"] for p in await fast.publications(channel, 7)] == list(range(1, 8))
+    assert hub.metrics.registry.get_sample_value("pulsewire_queue_drops_total") == 3
+
+
+# End to end: the WebSocket transport's buffered() and the 1013 Close frame on a real socket;
+# a HubServer closing its hub.
 
 
 async def test_server_close_disconnects_clients_with_4000(hub_config, hub_client):
-    """Closing the hub tells clients to reconnect (elsewhere)."""
+    """Closing the server closes the hub, which tells clients to reconnect (elsewhere)."""
     hub = Hub(hub_config())
     server = HubServer(hub, "127.0.0.1", 0)
     await server.start()
@@ -121,9 +168,6 @@ async def test_server_close_disconnects_clients_with_4000(hub_config, hub_client
     finally:
         if not hub.closing:
             await server.close()
-
-
-# ------------------------------------------------------------------------------ slow consumer
 
 
 def small_send_buffer_listener() -> socket.socket:
@@ -177,7 +221,8 @@ async def test_slow_consumer_is_disconnected_others_keep_receiving(
         assert (await fast.wait_push(channel=channel))["data"]["n"] == sent
     assert closed == [("slow", 1013)]
     assert sent < 200
-    assert server.hub.metrics.slow_consumers._value.get() == 1
+    slow_consumers = "pulsewire_slow_consumer_disconnects_total"
+    assert server.hub.metrics.registry.get_sample_value(slow_consumers) == 1
     assert [s.user for s in server.hub.sessions.values()] == ["fast"]
     await server.hub.publish(channel, {"n": "after"})
     assert (await fast.wait_push(channel=channel))["data"]["n"] == "after"
@@ -191,73 +236,3 @@ async def test_slow_consumer_is_disconnected_others_keep_receiving(
     data = [json.loads(f.payload) for f in frames[:-1]]
     assert [d["data"]["n"] for d in data] == list(range(1, len(data) + 1))
     await slow.close()
-
-
-async def test_slow_consumer_in_a_drop_channel_loses_publications_not_its_session(
-    hub_server, hub_client, hub_config, make_token, raw_client, uniq
-):
-    server = await hub_server(
-        hub_config(client_queue_max_bytes=64 * 1024), sock=small_send_buffer_listener()
-    )
-    channel = uniq("lossy")  # slow_consumer = "drop"
-    fast = await hub_client(server, "fast", compression=None)
-    await fast.subscribe(channel)
-    slow = await stalled_subscriber(server, raw_client, make_token("slow"), channel)
-    metrics = server.hub.metrics
-
-    payload = "x" * 16384
-    sent = 0
-    while metrics.queue_drops._value.get() < 3 and sent < 200:
-        sent += 1
-        await server.hub.publish(channel, {"n": sent, "pad": payload})
-        assert (await fast.wait_push(channel=channel))["data"]["n"] == sent
-    assert sent < 200
-    assert len(server.hub.sessions) == 2  # still connected
-
-    # reading again, it gets what was queued, then new publications; the offsets show the gap
-    received: list[int] = []
-
-    async def read_until_last() -> None:
-        while True:
-            frame = await slow.recv_frame()
-            assert frame is not None and frame.opcode == 0x1
-            message = json.loads(frame.payload)
-            received.append(message["offset"])
-            if message["data"]["n"] == "last":
-                return
-
-    reader = asyncio.ensure_future(read_until_last())
-    session = next(s for s in server.hub.sessions.values() if s.user == "slow")
-    for _ in range(500):  # the queue drains as the client reads
-        if session.transport.buffered() == 0:
-            break
-        await asyncio.sleep(0.01)
-    await server.hub.publish(channel, {"n": "last"})
-    await asyncio.wait_for(reader, 5)
-    assert received == sorted(received) and len(set(received)) == len(received)
-    assert received[-1] == sent + 1
-    assert len(received) < sent + 1  # some were dropped for this client only
-    assert len(received) + metrics.queue_drops._value.get() == sent + 1
-    await slow.close()
-
-
-async def test_disconnect_with_a_long_non_ascii_reason(hub_server, hub_client, api):
-    """Close reasons are cut to fit a Close frame (123 bytes of UTF-8), not refused."""
-    server = await hub_server()
-    client = await hub_client(server, "zoe")
-    reason = "é" * 100  # 100 characters, 200 bytes
-    status, body = await api(server, "disconnect", {"user": "zoe", "code": 4000, "reason": reason})
-    assert (status, body) == (200, {"result": {}})
-    code, got = await client.wait_closed()
-    assert code == 4000
-    assert got and reason.startswith(got) and len(got.encode()) <= 123
-
-
-async def test_send_refuses_data_json_cannot_carry(hub_server, hub_client, api):
-    """Like publications, ``send`` data must be JSON-representable: refused before delivery."""
-    server = await hub_server()
-    client = await hub_client(server, "mp", codec="msgpack")  # could carry NaN itself
-    status, body = await api(server, "send", body=b'{"user": "mp", "data": {"x": NaN}}')
-    assert status == 400 and body["error"]["code"] == 107
-    await client.sync()
-    assert client.take("message") == []
