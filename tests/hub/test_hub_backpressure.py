@@ -3,6 +3,10 @@
 A server connection stops reading while its output is backed up: a client receiving a heavy
 fan-out while it sends commands has its commands wait in TCP buffers until it has read its
 pushes, then they are answered. Nothing deadlocks, and nothing is lost.
+
+End to end on purpose: what is tested is the WebSocket connection's flow control (TCP
+windows, pause_writing, the memory budget) under a hub fan-out, which only real sockets have.
+The session-level slow-consumer policy is tested one layer down in test_hub_server_side.py.
 """
 
 from __future__ import annotations

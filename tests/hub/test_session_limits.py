@@ -20,28 +20,10 @@ from pulsewire.hub.config import config_from_dict
 from pulsewire.hub.session import Session
 from pulsewire.hub.wire import JSON
 
+from .fakes import FakeTransport
+
 SECRET = "session-limits-secret-0123456789abcdef"
 SLOW = 0.001
-
-
-class FakeTransport:
-    kind = "websocket"
-
-    def __init__(self) -> None:
-        self.sent: list[dict[str, Any]] = []
-        self.closed: tuple[int, str] | None = None
-
-    def send(self, message: str | bytes, publication: Any = None) -> None:
-        self.sent.append(json.loads(message))
-
-    def buffered(self) -> int:
-        return 0
-
-    def close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
-
-    def replies(self) -> dict[int, dict[str, Any]]:
-        return {m["id"]: m for m in self.sent if "id" in m}
 
 
 def token(user: str = "ann", **claims: Any) -> str:
@@ -82,7 +64,7 @@ async def make_hub() -> AsyncIterator[Any]:
 
 
 def open_session(hub: Hub, address: str = "127.0.0.1") -> tuple[Session, FakeTransport]:
-    transport = FakeTransport()
+    transport = FakeTransport(JSON)
     request = ConnectRequest("websocket", "/connection/websocket", [], address)
     return hub.open_session(transport, JSON, request), transport
 
