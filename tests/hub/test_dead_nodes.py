@@ -1,8 +1,10 @@
 """A dead node is seen (hub.py, node and presence parts), one layer down: one hub on the
-in-memory engine, real WebSocket clients, and a *fake peer*: its announcements, presence
-entries and joins are written into the hub's engine by the test, as the peer's own engine
-would. Silence does the rest. A short announce interval (0.05 s) keeps it quick; no test
-asserts a duration, they wait for the outcome.
+in-memory engine, clients on fake transports (tests/hub/fakes.py), and a *fake peer*: its
+announcements, presence entries and joins are written into the hub's engine by the test, as
+the peer's own engine would. Silence does the rest. A short announce interval (0.05 s) keeps
+it quick; no test asserts a duration, they wait for the outcome. (The hub's node watch reads
+``time.monotonic`` and takes no clock, so the few "nothing happens for a while" checks still
+wait a few intervals of real time.)
 
 The process-level version (``pulsewire serve`` nodes on Redis and NATS, one killed with
 SIGKILL, frozen with SIGSTOP, or stopped) is ``test_cluster_dead_node.py``.
@@ -64,14 +66,12 @@ class FakePeer:
 
 @pytest.fixture
 def start_hub(
-    hub_server: Any, hub_config: Callable[..., HubConfig]
+    local_hub: Any, hub_config: Callable[..., HubConfig]
 ) -> Callable[..., Awaitable[Hub]]:
     async def start(**changes: Any) -> Hub:
         changes.setdefault("node_announce_interval", INTERVAL)
         changes.setdefault("namespaces", NAMESPACES)
-        server = await hub_server(hub_config(**changes))
-        hub: Hub = server.hub
-        hub.test_server = server  # type: ignore[attr-defined]
+        hub: Hub = await local_hub(hub_config(**changes))
         return hub
 
     return start
@@ -94,13 +94,12 @@ def dead_log(caplog: pytest.LogCaptureFixture, name: str) -> list[str]:
 
 
 async def test_a_silent_peer_is_declared_dead_and_its_clients_leave(
-    start_hub: Any, hub_client: Any, uniq: Any, caplog: pytest.LogCaptureFixture
+    start_hub: Any, local_client: Any, uniq: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "pulsewire.hub")
     hub = await start_hub()
-    server = hub.test_server  # type: ignore[attr-defined]
     chat, jl, pres, elsewhere = uniq("chat"), uniq("jl"), uniq("pres"), uniq("chat")
-    watcher = await hub_client(server, "watcher")
+    watcher = await local_client(hub, "watcher")
     for channel in (chat, jl, pres):
         await watcher.subscribe(channel)
     peer = FakePeer(hub)
@@ -136,12 +135,12 @@ async def test_a_silent_peer_is_declared_dead_and_its_clients_leave(
 
 
 async def test_a_peer_that_keeps_announcing_is_not_declared_dead(
-    start_hub: Any, hub_client: Any, uniq: Any, caplog: pytest.LogCaptureFixture
+    start_hub: Any, local_client: Any, uniq: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "pulsewire.hub")
     hub = await start_hub()
     channel = uniq("chat")
-    watcher = await hub_client(hub.test_server, "watcher")  # type: ignore[attr-defined]
+    watcher = await local_client(hub, "watcher")
     await watcher.subscribe(channel)
     peer = FakePeer(hub)
     await peer.subscribe(channel, "p1", presence=True, join=True)
@@ -156,7 +155,7 @@ async def test_a_peer_that_keeps_announcing_is_not_declared_dead(
 
 
 async def test_a_deaf_node_judges_nobody(
-    start_hub: Any, hub_client: Any, uniq: Any, caplog: pytest.LogCaptureFixture
+    start_hub: Any, local_client: Any, uniq: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """While this node's engine is down it hears nobody: no peer is declared dead then, and
     once it is back every peer gets a full timeout again."""
@@ -191,12 +190,12 @@ async def test_a_stalled_node_judges_nobody_on_waking(
 
 
 async def test_a_dead_instance_stays_dead_and_is_told_so(
-    start_hub: Any, hub_client: Any, uniq: Any, caplog: pytest.LogCaptureFixture
+    start_hub: Any, local_client: Any, uniq: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "pulsewire.hub")
     hub = await start_hub()
     channel = uniq("jl")
-    watcher = await hub_client(hub.test_server, "watcher")  # type: ignore[attr-defined]
+    watcher = await local_client(hub, "watcher")
     await watcher.subscribe(channel)
     sent: list[dict[str, Any]] = []
     publish_control = hub.engine.publish_control
@@ -237,16 +236,15 @@ async def test_a_dead_instance_stays_dead_and_is_told_so(
 
 
 async def test_a_node_declared_dead_by_mistake_rejoins(
-    start_hub: Any, hub_client: Any, uniq: Any, caplog: pytest.LogCaptureFixture
+    start_hub: Any, local_client: Any, uniq: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """What the others did (remove this node's presence, push leaves) is undone: a new
     instance id, presence back, join pushed once for each client whose leave was pushed."""
     caplog.set_level(logging.INFO, "pulsewire.hub")
     hub = await start_hub()
-    server = hub.test_server  # type: ignore[attr-defined]
     chat, jl = uniq("chat"), uniq("jl")
-    alice = await hub_client(server, "alice")
-    bob = await hub_client(server, "bob")
+    alice = await local_client(hub, "alice")
+    bob = await local_client(hub, "bob")
     for client in (alice, bob):
         await client.subscribe(chat)
         await client.subscribe(jl)
@@ -285,14 +283,14 @@ async def test_a_node_declared_dead_by_mistake_rejoins(
 
 
 async def test_a_rejoin_cut_short_by_the_next_leaves_no_join_owed(
-    start_hub: Any, hub_client: Any, uniq: Any
+    start_hub: Any, local_client: Any, uniq: Any
 ) -> None:
     """Declared dead again while rejoining: the second rejoin pushes the joins the first
     one had not pushed yet, though it finds the entries in place."""
     hub = await start_hub()
     chat = uniq("chat")
-    alice = await hub_client(hub.test_server, "alice")  # type: ignore[attr-defined]
-    bob = await hub_client(hub.test_server, "bob")  # type: ignore[attr-defined]
+    alice = await local_client(hub, "alice")
+    bob = await local_client(hub, "bob")
     for client in (alice, bob):
         await client.subscribe(chat)
     first = hub.instance
@@ -322,14 +320,14 @@ async def test_a_rejoin_cut_short_by_the_next_leaves_no_join_owed(
 
 
 async def test_a_refresh_that_finds_its_entry_removed_rejoins(
-    start_hub: Any, hub_client: Any, uniq: Any
+    start_hub: Any, local_client: Any, uniq: Any
 ) -> None:
     """Declared dead while cut off, the node never heard it: its next presence refresh finds
     the tombstone, and the node rejoins under a new id; the join is pushed once, under that
     id (other nodes take joins of a dead id as news of a node they have not told yet)."""
     hub = await start_hub(presence_update_interval=0.05)
     chat = uniq("chat")
-    alice = await hub_client(hub.test_server, "alice")  # type: ignore[attr-defined]
+    alice = await local_client(hub, "alice")
     await alice.subscribe(chat)
     first = hub.instance
     published: list[str] = []
@@ -354,12 +352,12 @@ async def test_a_refresh_that_finds_its_entry_removed_rejoins(
 
 
 async def test_a_client_leaving_after_a_cleanup_pushed_its_leave_gets_no_second_one(
-    start_hub: Any, hub_client: Any, uniq: Any
+    start_hub: Any, local_client: Any, uniq: Any
 ) -> None:
     hub = await start_hub()
     chat = uniq("chat")
-    alice = await hub_client(hub.test_server, "alice")  # type: ignore[attr-defined]
-    bob = await hub_client(hub.test_server, "bob")  # type: ignore[attr-defined]
+    alice = await local_client(hub, "alice")
+    bob = await local_client(hub, "bob")
     for client in (alice, bob):
         await client.subscribe(chat)
     # declared dead elsewhere; before this node hears of it, bob leaves
@@ -372,11 +370,11 @@ async def test_a_client_leaving_after_a_cleanup_pushed_its_leave_gets_no_second_
 
 
 async def test_a_refresh_racing_an_unsubscribe_does_not_bring_the_client_back(
-    start_hub: Any, hub_client: Any, uniq: Any
+    start_hub: Any, local_client: Any, uniq: Any
 ) -> None:
     hub = await start_hub(presence_update_interval=0.05)
     chat = uniq("chat")
-    alice = await hub_client(hub.test_server, "alice")  # type: ignore[attr-defined]
+    alice = await local_client(hub, "alice")
     await alice.subscribe(chat)
     add = hub.engine.add_presence
     in_refresh, release = asyncio.Event(), asyncio.Event()
@@ -401,12 +399,12 @@ async def test_a_refresh_racing_an_unsubscribe_does_not_bring_the_client_back(
 
 
 async def test_a_departing_peer_is_not_counted_dead(
-    start_hub: Any, hub_client: Any, uniq: Any, caplog: pytest.LogCaptureFixture
+    start_hub: Any, local_client: Any, uniq: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "pulsewire.hub")
     hub = await start_hub()
     chat, jl = uniq("chat"), uniq("jl")
-    watcher = await hub_client(hub.test_server, "watcher")  # type: ignore[attr-defined]
+    watcher = await local_client(hub, "watcher")
     await watcher.subscribe(chat)
     await watcher.subscribe(jl)
     clean, messy = FakePeer(hub, "clean", "i-clean"), FakePeer(hub, "messy", "i-messy")
@@ -433,10 +431,10 @@ async def test_a_departing_peer_is_not_counted_dead(
     assert {"clean", "messy"}.isdisjoint(hub.nodes)
 
 
-async def test_closing_tells_the_others(start_hub: Any, hub_client: Any, uniq: Any) -> None:
+async def test_closing_tells_the_others(start_hub: Any, local_client: Any, uniq: Any) -> None:
     hub = await start_hub()
     chat = uniq("chat")
-    alice = await hub_client(hub.test_server, "alice")  # type: ignore[attr-defined]
+    alice = await local_client(hub, "alice")
     await alice.subscribe(chat)
     sent: list[dict[str, Any]] = []
     publish_control = hub.engine.publish_control
@@ -454,10 +452,10 @@ async def test_closing_tells_the_others(start_hub: Any, hub_client: Any, uniq: A
 
 
 async def test_closing_with_presence_left_behind_asks_the_others_to_clean_up(
-    start_hub: Any, hub_client: Any, uniq: Any
+    start_hub: Any, local_client: Any, uniq: Any
 ) -> None:
     hub = await start_hub()
-    alice = await hub_client(hub.test_server, "alice")  # type: ignore[attr-defined]
+    alice = await local_client(hub, "alice")
     await alice.subscribe(uniq("chat"))
     sent: list[dict[str, Any]] = []
     publish_control = hub.engine.publish_control
@@ -477,7 +475,7 @@ async def test_closing_with_presence_left_behind_asks_the_others_to_clean_up(
 
 
 async def test_remote_members_tracked_per_channel_are_bounded(
-    start_hub: Any, hub_client: Any, uniq: Any, caplog: pytest.LogCaptureFixture,
+    start_hub: Any, local_client: Any, uniq: Any, caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """In a channel without presence, a node remembers at most MEMBERS_TRACKED_PER_CHANNEL
@@ -486,7 +484,7 @@ async def test_remote_members_tracked_per_channel_are_bounded(
     monkeypatch.setattr(hub_module, "MEMBERS_TRACKED_PER_CHANNEL", 3)
     hub = await start_hub()
     jl = uniq("jl")
-    watcher = await hub_client(hub.test_server, "watcher")  # type: ignore[attr-defined]
+    watcher = await local_client(hub, "watcher")
     await watcher.subscribe(jl)
     peer = FakePeer(hub)
     await peer.announce()
