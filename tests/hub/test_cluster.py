@@ -16,7 +16,8 @@ engine's cases skip, and fail when ``CI=true``. The NATS cases also skip, with t
 while ``pulsewire.hub.engines.nats`` cannot be imported.
 
 Two more tests (in-process nodes on the real engines, a publication or a subscription held
-back to make a race deterministic) show bugs of the hub: see their docstrings.
+back to make a race deterministic) show bugs of the hub: see their docstrings. They drive the
+hub one layer down (clients on fake transports, tests/hub/fakes.py): only the engine is real.
 
 The process helpers (:func:`spawn_nodes`, :func:`stop_nodes`, :func:`http_json`...) are
 reused by ``test_engine_faults.py``.
@@ -655,7 +656,7 @@ def engine_spec(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
 
 
 async def test_a_new_subscriber_does_not_make_the_node_skip_publications_in_flight(
-    engine_spec: tuple[str, str], hub_server: Any, hub_client: Any, hub_config: Any, uniq: Any
+    engine_spec: tuple[str, str], local_hub: Any, local_client: Any, hub_config: Any, uniq: Any
 ) -> None:
     """BUG (hub.py, ``Hub._recover``): a second subscriber's history read moves the node's
     position past publications still on their way from the engine; when they arrive,
@@ -664,13 +665,12 @@ async def test_a_new_subscriber_does_not_make_the_node_skip_publications_in_flig
     from pulsewire.hub.engines import create_engine
 
     url, prefix = engine_spec
-    server = await hub_server(
+    hub = await local_hub(
         hub_config(engine=url, engine_prefix=prefix),
         engine=create_engine(url, prefix=prefix),
     )
-    hub = server.hub
     channel = uniq("chat")
-    first = await hub_client(server, "first")
+    first = await local_client(hub, "first")
     assert (await first.subscribe(channel))["offset"] == 0
     await hub.publish(channel, "one")
     assert (await first.wait_push("publication", channel))["offset"] == 1
@@ -681,7 +681,7 @@ async def test_a_new_subscriber_does_not_make_the_node_skip_publications_in_flig
     await hub.publish(channel, "two")
     await hub.publish(channel, "three")
     await eventually(lambda: len(held) == 2, "the engine to hand over two publications")
-    second = await hub_client(server, "second")
+    second = await local_client(hub, "second")
     assert (await second.subscribe(channel))["offset"] == 3
     hub.on_publication = deliver  # type: ignore[method-assign]
     for name, pub in held:  # the publications in flight reach the hub now
@@ -698,7 +698,7 @@ async def test_a_new_subscriber_does_not_make_the_node_skip_publications_in_flig
 
 
 async def test_a_concurrent_subscriber_is_answered_only_once_the_node_receives_the_channel(
-    engine_spec: tuple[str, str], hub_server: Any, hub_client: Any, hub_config: Any, uniq: Any
+    engine_spec: tuple[str, str], local_hub: Any, local_client: Any, hub_config: Any, uniq: Any
 ) -> None:
     """BUG (hub.py, ``Hub._add_subscriber``): while the first subscriber of a node waits for
     ``engine.subscribe``, a second one does not wait: it reads history and is answered before
@@ -707,22 +707,22 @@ async def test_a_concurrent_subscriber_is_answered_only_once_the_node_receives_t
 
     url, prefix = engine_spec
     engine = create_engine(url, prefix=prefix)
-    server = await hub_server(hub_config(engine=url, engine_prefix=prefix), engine=engine)
-    hub = server.hub
+    hub = await local_hub(hub_config(engine=url, engine_prefix=prefix), engine=engine)
     channel = uniq("chat")
-    gate = asyncio.Event()
+    gate, waiting = asyncio.Event(), asyncio.Event()
     subscribe = engine.subscribe
 
     async def slow_subscribe(name: str) -> None:  # a slow engine (or a busy Redis)
+        waiting.set()
         await gate.wait()
         await subscribe(name)
 
     engine.subscribe = slow_subscribe  # type: ignore[method-assign]
-    first, second = await hub_client(server, "first"), await hub_client(server, "second")
+    first, second = await local_client(hub, "first"), await local_client(hub, "second")
     first_id = await first.send("subscribe", {"channel": channel})
-    await asyncio.sleep(0.1)  # the first one now waits in engine.subscribe
+    await asyncio.wait_for(waiting.wait(), 5)  # the first one now waits in engine.subscribe
     second_id = await second.send("subscribe", {"channel": channel})
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # time for the second to go as far as it goes (a history read)
     await hub.publish(channel, "meanwhile")
     gate.set()
     replies = [await first.reply(first_id), await second.reply(second_id)]
