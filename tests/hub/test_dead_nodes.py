@@ -337,11 +337,21 @@ async def test_a_refresh_that_finds_its_entry_removed_rejoins(
         published.append(node)
         await publish_join(channel, info, node)
 
+    refreshes: list[PresenceAdd] = []
+    add_presence = hub.engine.add_presence
+
+    async def counting(channel: str, info: ClientInfo, ttl: float, node: str = "") -> Any:
+        outcome = await add_presence(channel, info, ttl, node)
+        refreshes.append(outcome)
+        return outcome
+
     hub.engine.publish_join = recording  # type: ignore[method-assign]
+    hub.engine.add_presence = counting  # type: ignore[method-assign]
     await hub.engine.remove_node_presence(chat, first, 60.0, leave=True)
     await eventually(lambda: len(joins(alice, chat)) == 2, "the join pushed again")
     assert set(await hub.presence(chat)) == {alice.client_id}
-    await asyncio.sleep(0.3)  # several refreshes more
+    seen = len(refreshes)
+    await eventually(lambda: len(refreshes) >= seen + 3, "three refreshes more")
     await alice.sync()
     assert joins(alice, chat) == [alice.client_id] * 2
     assert leaves(alice, chat) == [alice.client_id]
@@ -377,22 +387,24 @@ async def test_a_refresh_racing_an_unsubscribe_does_not_bring_the_client_back(
     alice = await local_client(hub, "alice")
     await alice.subscribe(chat)
     add = hub.engine.add_presence
-    in_refresh, release = asyncio.Event(), asyncio.Event()
+    in_refresh, release, landed = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def slow_add(channel: str, info: ClientInfo, ttl: float, node: str = "") -> Any:
         in_refresh.set()
         await release.wait()  # the refresh's write lands after the client left
-        return await add(channel, info, ttl, node)
+        outcome = await add(channel, info, ttl, node)
+        landed.set()
+        return outcome
 
     hub.engine.add_presence = slow_add  # type: ignore[method-assign]
     await in_refresh.wait()
     await alice.ok("unsubscribe", {"channel": chat})
     assert await hub.presence(chat) == {}
     release.set()
+    await asyncio.wait_for(landed.wait(), 5)  # the stray write is in
     hub.engine.add_presence = add  # type: ignore[method-assign]
 
     async def gone() -> bool:
-        await asyncio.sleep(0.1)
         return await hub.presence(chat) == {}
 
     await eventually(gone, "the stray entry to be removed again")
