@@ -296,7 +296,8 @@ async def test_a_frozen_node_declared_dead_rejoins_when_it_thaws(
 
 # ------------------------------------------------------ a survivor stopping halfway through
 #
-# In-process hubs on the real engines, and the dead node as a bare engine of its own (its
+# In-process hubs on the real engines (clients on fake transports, tests/hub/fakes.py: only
+# the engine is real), and the dead node as a bare engine of its own (its
 # announcement, presence entries and joins, then silence), to hold one survivor's cleanup
 # halfway deterministically.
 
@@ -317,8 +318,8 @@ class _Quiet:
 
 async def test_a_survivor_stopping_halfway_leaves_the_rest_to_the_others(
     engine: tuple[str, str],
-    hub_server: Any,
-    hub_client: Any,
+    local_hub: Any,
+    local_client: Any,
     hub_config: Any,
     uniq: Any,
     caplog: pytest.LogCaptureFixture,
@@ -328,13 +329,13 @@ async def test_a_survivor_stopping_halfway_leaves_the_rest_to_the_others(
 
     caplog.set_level(logging.INFO, "pulsewire.hub")
     url, prefix = engine
-    servers = []
+    hubs = []
     for name in ("s1", "s2"):
         config = hub_config(
             engine=url, engine_prefix=prefix, node_name=name, node_announce_interval=0.3
         )
-        servers.append(await hub_server(config, engine=create_engine(url, prefix=prefix)))
-    s1, s2 = (server.hub for server in servers)
+        hubs.append(await local_hub(config, engine=create_engine(url, prefix=prefix)))
+    s1, s2 = hubs
     stuck = asyncio.Event()
     remove = s1.engine.remove_node_presence
     calls = 0
@@ -349,7 +350,7 @@ async def test_a_survivor_stopping_halfway_leaves_the_rest_to_the_others(
 
     s1.engine.remove_node_presence = stops_after_one  # type: ignore[method-assign]
     channels = sorted(uniq("chat") for _ in range(3))
-    watchers = [await hub_client(server, user("watch")) for server in servers]
+    watchers = [await local_client(hub, user("watch")) for hub in hubs]
     for watcher in watchers:
         for channel in channels:
             await watcher.subscribe(channel)
