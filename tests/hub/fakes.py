@@ -30,7 +30,6 @@ from typing import Any
 import msgpack
 
 from pulsewire.hub import ConnectRequest, Hub, Session
-from pulsewire.hub.types import Publication
 from pulsewire.hub.wire import JSON, Codec, MsgpackCodec
 
 __all__ = ["FakeClient", "FakeClock", "FakeTransport", "LoopClock", "codec_named", "until"]
@@ -110,8 +109,9 @@ class FakeTransport:
         """Every message the session sent, decoded, in order."""
         self.raw: list[str | bytes] = []
         """The same, as encoded by the session."""
-        self.publications: list[Publication | None] = []
-        """The ``publication`` argument given with each message."""
+        self.prepared: list[object | None] = []
+        """The second argument given with each message (what the session shares between
+        the subscribers of a publication push; None for replies and other pushes)."""
         self.closed: tuple[int, str] | None = None
         """(code, reason) once the session closed the transport."""
         self.late: list[str | bytes] = []
@@ -128,14 +128,14 @@ class FakeTransport:
         assert isinstance(message, str), f"a text codec sends str, got {message!r}"
         return json.loads(message)  # type: ignore[no-any-return]
 
-    def send(self, message: str | bytes, publication: Publication | None = None) -> None:
+    def send(self, message: str | bytes, prepared: object | None = None) -> None:
         if self.closed is not None:
             self.late.append(message)
             return
         decoded = self.decode(message)
         self.raw.append(message)
         self.sent.append(decoded)
-        self.publications.append(publication)
+        self.prepared.append(prepared)
         for listener in self.listeners:
             listener(decoded)
 
