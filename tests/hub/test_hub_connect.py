@@ -378,7 +378,6 @@ async def test_several_commands_in_one_json_message(local_hub, local_client, mak
     ]
     for cid in (1, 2, 3):
         client.expect(cid)
-    client._ids = iter(range(4, 100))  # type: ignore[assignment]
     await client.send_raw("\n".join(json.dumps(line) for line in lines) + "\n")
     replies = [await client.reply(cid) for cid in (1, 2, 3)]
     assert [r["id"] for r in client.log] == [1, 2, 3]
