@@ -378,7 +378,13 @@ async def test_a_survivor_stopping_halfway_leaves_the_rest_to_the_others(
     for watcher in watchers:
         await eventually(lambda w=watcher: left(w) == expected, "every leave", timeout=20)
     assert stuck.is_set()
-    lines = [r.getMessage() for r in caplog.records if "node x (instance x-1)" in r.getMessage()]
+
+    def dead_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "node x (instance x-1)" in r.getMessage()]
+
+    # logged once the cleanup is over, which may be after the leaves reached the watchers
+    await eventually(lambda: dead_lines() != [], "s2's cleanup to be logged")
+    lines = dead_lines()
     assert len(lines) == 1 and "is dead" in lines[0]  # s2's; s1 never finished
     markers = [f"marker-{hub.node_id}" for hub in (s1, s2)]
     for hub, marker in zip((s1, s2), markers, strict=True):
