@@ -19,7 +19,6 @@ The asyncio API at a glance::
 
 from .aio import (
     ClientConnection,
-    ConcurrencyError,
     Connection,
     Listener,
     Server,
@@ -33,6 +32,7 @@ from .aio.browser import CloseEvent, MessageEvent, WebSocket
 from .protocol import (
     Close,
     CloseCode,
+    ConcurrencyError,
     ConnectionClosed,
     ConnectionClosedError,
     ConnectionClosedOK,

@@ -12,8 +12,9 @@ from pulsewire.protocol import (
     ProtocolError,
     is_valid_close_code,
 )
-from pulsewire.protocol.close import parse_close, serialize_close
+from pulsewire.protocol.close import serialize_close
 from pulsewire.protocol.errors import connection_closed
+from pulsewire.protocol.frames import parse_close
 
 from .helpers import close_payload
 

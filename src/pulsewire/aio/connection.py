@@ -34,7 +34,12 @@ from typing import Any
 from ..protocol.close import Close, CloseCode
 from ..protocol.connection import Connection as CoreConnection
 from ..protocol.connection import State
-from ..protocol.errors import ConnectionClosed, ConnectionClosedOK, connection_closed
+from ..protocol.errors import (
+    ConcurrencyError,
+    ConnectionClosed,
+    ConnectionClosedOK,
+    connection_closed,
+)
 from ..protocol.events import CloseReceived, Ping, Pong
 from ..protocol.handshake import Headers, Request
 from .budget import INFLATED_PER_READ, Account
@@ -59,10 +64,6 @@ def _queue_size(messages: collections.deque[Data]) -> int:
     more, by at most 4x) and an object each. len() rather than sys.getsizeof(), which costs
     five times as much, for every message of every read."""
     return sum(map(len, messages)) + _OBJECT * len(messages)
-
-
-class ConcurrencyError(RuntimeError):
-    """Two coroutines called recv() at the same time (or similar misuse)."""
 
 
 class Listener:

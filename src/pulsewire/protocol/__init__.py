@@ -8,6 +8,7 @@ from .close import Close, CloseCode, is_valid_close_code
 from .connection import Connection, InvalidState, Side, State
 from .deflate import DeflateOptions, PerMessageDeflate
 from .errors import (
+    ConcurrencyError,
     ConnectionClosed,
     ConnectionClosedError,
     ConnectionClosedOK,
@@ -26,6 +27,7 @@ __all__ = [
     "Close",
     "CloseCode",
     "CloseReceived",
+    "ConcurrencyError",
     "Connection",
     "ConnectionClosed",
     "ConnectionClosedError",

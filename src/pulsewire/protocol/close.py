@@ -10,7 +10,6 @@ __all__ = [
     "Close",
     "CloseCode",
     "is_valid_close_code",
-    "parse_close",
     "serialize_close",
     "truncate_reason",
 ]
@@ -61,24 +60,6 @@ class Close(NamedTuple):
         except ValueError:
             name = "private use" if 4000 <= self.code <= 4999 else "registered"
         return f"{self.code} ({name})" + (f" {self.reason}" if self.reason else "")
-
-
-def parse_close(payload: bytes) -> Close:
-    """Decode a Close frame payload; raises ProtocolError (1002/1007) when it is invalid."""
-    from .errors import ProtocolError
-
-    if not payload:
-        return Close(CloseCode.NO_STATUS_RCVD, "")
-    if len(payload) == 1:
-        raise ProtocolError("close frame with a 1-byte payload")
-    (code,) = struct.unpack_from("!H", payload)
-    if not is_valid_close_code(code):
-        raise ProtocolError(f"invalid close code {code}")
-    try:
-        reason = payload[2:].decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolError("close reason is not valid UTF-8", CloseCode.INVALID_DATA) from None
-    return Close(code, reason)
 
 
 def truncate_reason(reason: str) -> str:

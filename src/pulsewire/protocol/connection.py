@@ -44,14 +44,13 @@ from .close import (
     Close,
     CloseCode,
     is_valid_close_code,
-    parse_close,
     serialize_close,
     truncate_reason,
 )
 from .deflate import PerMessageDeflate
 from .errors import PayloadTooBig, ProtocolError
 from .events import CloseReceived, Event, Ping, Pong
-from .frames import MAX_CONTROL_PAYLOAD, apply_mask, build_frame, scan_messages
+from .frames import MAX_CONTROL_PAYLOAD, apply_mask, build_frame, parse_close, scan_messages
 from .utf8 import Utf8Decoder, decode_text
 
 __all__ = ["Connection", "InvalidState", "Side", "State"]

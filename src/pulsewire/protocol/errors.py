@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from .close import Close, CloseCode
 
 __all__ = [
+    "ConcurrencyError",
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
@@ -74,6 +75,12 @@ class Refused(PulsewireError):
         self.status = status
         self.reason = reason
         self.headers = list(headers)
+
+
+class ConcurrencyError(PulsewireError, RuntimeError):
+    """Two callers used a connection in a way that cannot overlap (e.g. two concurrent
+    ``recv()`` calls, or two pings with the same payload). Shared by the asyncio and threaded
+    bindings."""
 
 
 class ConnectionClosed(PulsewireError):

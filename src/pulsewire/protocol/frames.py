@@ -14,6 +14,9 @@ import os
 import struct
 from dataclasses import dataclass
 
+from .close import Close, CloseCode, is_valid_close_code
+from .errors import ProtocolError
+
 __all__ = [
     "MAX_CONTROL_PAYLOAD",
     "SPEEDUPS",
@@ -21,6 +24,7 @@ __all__ = [
     "Opcode",
     "apply_mask",
     "build_frame",
+    "parse_close",
     "serialize_frame",
 ]
 
@@ -114,3 +118,19 @@ def serialize_frame(frame: Frame, mask: bytes | None = None) -> bytes:
         | frame.opcode
     )
     return build_frame(first, frame.payload, mask)
+
+
+def parse_close(payload: bytes) -> Close:
+    """Decode a Close frame payload; raises ProtocolError (1002/1007) when it is invalid."""
+    if not payload:
+        return Close(CloseCode.NO_STATUS_RCVD, "")
+    if len(payload) == 1:
+        raise ProtocolError("close frame with a 1-byte payload")
+    (code,) = struct.unpack_from("!H", payload)
+    if not is_valid_close_code(code):
+        raise ProtocolError(f"invalid close code {code}")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("close reason is not valid UTF-8", CloseCode.INVALID_DATA) from None
+    return Close(code, reason)

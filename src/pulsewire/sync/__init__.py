@@ -7,6 +7,7 @@ with connect("ws://127.0.0.1:8765/") as ws:
     print(ws.recv(timeout=5))
 """
 
+from ..protocol.errors import ConcurrencyError
 from .client import ClientConnection, connect
 
-__all__ = ["ClientConnection", "connect"]
+__all__ = ["ClientConnection", "ConcurrencyError", "connect"]

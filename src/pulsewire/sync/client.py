@@ -31,12 +31,16 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 
-from ..aio.connection import ConcurrencyError
 from ..protocol.close import CloseCode
 from ..protocol.connection import Connection as CoreConnection
 from ..protocol.connection import Side, State
 from ..protocol.deflate import DeflateOptions, deflate_options
-from ..protocol.errors import ConnectionClosed, ConnectionClosedOK, connection_closed
+from ..protocol.errors import (
+    ConcurrencyError,
+    ConnectionClosed,
+    ConnectionClosedOK,
+    connection_closed,
+)
 from ..protocol.events import CloseReceived, Pong
 from ..protocol.handshake import USER_AGENT, ClientHandshake, Headers, Response, parse_uri
 
