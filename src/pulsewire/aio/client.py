@@ -11,7 +11,7 @@ from ..protocol.connection import Connection as CoreConnection
 from ..protocol.connection import Side
 from ..protocol.deflate import deflate_options
 from ..protocol.errors import InvalidHandshake
-from ..protocol.handshake import ClientHandshake, Headers, Request, WsURI, parse_uri
+from ..protocol.handshake import ClientHandshake, WsURI, parse_uri
 from .connection import Connection
 from .server import Compression
 
@@ -35,9 +35,8 @@ class ClientConnection(Connection):
         self._transport = tcp = cast(asyncio.Transport, transport)
         self.remote_address = transport.get_extra_info("peername")
         assert self._handshake is not None
-        request = self._handshake.request_bytes()
-        self.request = _sent_request(self._handshake)
-        tcp.write(request)
+        self.request = self._handshake.request
+        tcp.write(self._handshake.request_bytes())
 
     def _handshake_data(self, data: bytes) -> None:
         handshake = self._handshake
@@ -84,12 +83,6 @@ class ClientConnection(Connection):
                 else exc
             )
         super().connection_lost(exc)
-
-
-def _sent_request(handshake: ClientHandshake) -> Request:
-    raw = handshake.request_bytes().decode("latin-1").split("\r\n")
-    headers = [tuple(line.split(": ", 1)) for line in raw[1:] if ": " in line]
-    return Request("GET", handshake.uri.resource, "1.1", Headers(headers))  # type: ignore[arg-type]
 
 
 class Connect:

@@ -26,7 +26,14 @@ from ..protocol.connection import Connection as CoreConnection
 from ..protocol.connection import Side
 from ..protocol.deflate import DeflateOptions, deflate_options
 from ..protocol.errors import ConnectionClosed, Refused
-from ..protocol.handshake import OriginPolicy, Request, ServerHandshake, http_response
+from ..protocol.handshake import (
+    HeadLimits,
+    OriginPolicy,
+    Request,
+    ServerHandshake,
+    http_response,
+    resolve_head_limits,
+)
 from .budget import BudgetLimits, Budgets
 from .connection import Connection, Listener
 
@@ -109,6 +116,10 @@ class ServerConnection(Connection):
             return
         if request is None or self.request is not None:
             return
+        self._request_received(request)
+
+    def _request_received(self, request: Request) -> None:
+        """The request head is complete: run the hook, then answer it."""
         self.request = request
         hook = self._server.process_request
         if hook is not None:
@@ -125,6 +136,18 @@ class ServerConnection(Connection):
                 self._answer(answer)
                 return
         self._accept(request)
+
+    def _take_request(self, request: Request, trailing: bytes) -> None:
+        """A request parsed elsewhere (see :meth:`Server.attach`): check it and go on."""
+        handshake = self._handshake
+        if handshake is None:
+            return  # refused already (the server is closing)
+        try:
+            handshake.receive_request(request, trailing)
+        except Refused as exc:
+            self._refuse(exc)
+            return
+        self._request_received(request)
 
     async def _await_process_request(
         self, request: Request, answer: Awaitable[HTTPResponse | None]
@@ -261,9 +284,10 @@ class Server:
         ping_timeout: float | None = 20.0,
         open_timeout: float = 10.0,
         close_timeout: float = 10.0,
-        max_request_line: int = 8192,
-        max_headers: int = 100,
-        max_header_bytes: int = 16384,
+        head_limits: HeadLimits | None = None,
+        max_request_line: int | None = None,
+        max_headers: int | None = None,
+        max_header_bytes: int | None = None,
         reuse_port: bool | None = None,
         backlog: int = 1024,
         budgets: Budgets | None = None,
@@ -298,7 +322,11 @@ class Server:
         self._subprotocols = list(subprotocols)
         self._select_subprotocol = select_subprotocol
         self._require_subprotocol = require_subprotocol
-        self._limits = (max_request_line, max_headers, max_header_bytes)
+        self.head_limits = resolve_head_limits(
+            head_limits, max_request_line, max_headers, max_header_bytes
+        )
+        """Limits on the request head of the opening handshake (``max_request_line``,
+        ``max_headers`` and ``max_header_bytes`` override its fields when given)."""
         self.options: dict[str, Any] = {
             "max_size": max_size,
             "max_frame_size": max_frame_size,
@@ -358,10 +386,14 @@ class Server:
         transport: asyncio.BaseTransport,
         data: bytes = b"",
         on_closed: Callable[[], None] | None = None,
+        *,
+        request: Request | None = None,
     ) -> ServerConnection:
         """Take over a connection accepted elsewhere (e.g. an HTTP server that saw an
-        Upgrade request); ``data`` is what was read from it so far, request head included.
-        ``on_closed`` runs once when the connection is gone (e.g. to release a limit slot)."""
+        Upgrade request). With ``request``, the head that server parsed (within its own
+        limits), ``data`` is what was read after it; without, ``data`` is everything read
+        so far, request head included, and is parsed here. ``on_closed`` runs once when the
+        connection is gone (e.g. to release a limit slot)."""
         if self._idle is None:
             self._closed_event = asyncio.Event()
             self._idle = asyncio.Event()
@@ -369,7 +401,9 @@ class Server:
         conn._on_closed = on_closed
         transport.set_protocol(conn)
         conn.connection_made(transport)
-        if data:
+        if request is not None:
+            conn._take_request(request, data)
+        elif data:
             conn.data_received(data)
         return conn
 
@@ -448,16 +482,13 @@ class Server:
     # -- per-connection helpers ------------------------------------------------------------
 
     def _new_handshake(self) -> ServerHandshake:
-        line, count, size = self._limits
         return ServerHandshake(
             origins=self._origins,
             subprotocols=self._subprotocols,
             select_subprotocol=self._select_subprotocol,
             require_subprotocol=self._require_subprotocol,
             deflate=self._deflate,
-            max_request_line=line,
-            max_headers=count,
-            max_header_bytes=size,
+            limits=self.head_limits,
         )
 
     def _route(self, path: str) -> Endpoint | None:

@@ -17,7 +17,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 
 import httptools
@@ -28,6 +28,7 @@ from .headers import parse_extension_list, parse_token_list, parse_upgrade_list
 
 __all__ = [
     "ClientHandshake",
+    "HeadLimits",
     "OriginPolicy",
     "Request",
     "Response",
@@ -37,12 +38,29 @@ __all__ = [
     "http_response",
     "parse_uri",
     "request_scheme",
+    "resolve_head_limits",
     "target_error",
 ]
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 USER_AGENT = "pulsewire/0.1"
 _HEADER_VALUE_RE = re.compile(r"[^\r\n\x00]*")
+
+
+@dataclass(frozen=True)
+class HeadLimits:
+    """Limits on an HTTP request head, enforced as its bytes arrive.
+
+    One definition for every parser of request heads: the WebSocket handshake
+    (:class:`ServerHandshake`, :class:`~pulsewire.Server`) and the hub's HTTP front door.
+    """
+
+    max_target: int = 8192
+    """Longest request target (414)."""
+    max_headers: int = 100
+    """Most header fields (431)."""
+    max_head: int = 16384
+    """Largest request head, request line included (431)."""
 
 
 def accept_key(key: str) -> str:
@@ -143,6 +161,26 @@ def http_response(
     if close and "connection" not in names:
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def resolve_head_limits(
+    limits: HeadLimits | None,
+    max_target: int | None = None,
+    max_headers: int | None = None,
+    max_head: int | None = None,
+) -> HeadLimits:
+    """``limits`` (default: :class:`HeadLimits`'s) with the fields given here replaced."""
+    limits = limits if limits is not None else HeadLimits()
+    changes = {
+        name: value
+        for name, value in (
+            ("max_target", max_target),
+            ("max_headers", max_headers),
+            ("max_head", max_head),
+        )
+        if value is not None
+    }
+    return replace(limits, **changes) if changes else limits
 
 
 def _check_header(name: str, value: str) -> None:
@@ -283,10 +321,9 @@ def target_error(method: str, target: str) -> str | None:
 class _Parser:
     """Collects what httptools reports, enforcing size limits as bytes arrive."""
 
-    def __init__(self, max_target: int, max_headers: int, max_header_bytes: int) -> None:
-        self.max_target = max_target
-        self.max_headers = max_headers
-        self.max_header_bytes = max_header_bytes
+    def __init__(self, limits: HeadLimits) -> None:
+        self.max_target = limits.max_target
+        self.max_headers = limits.max_headers
         self.target = bytearray()
         self.headers: list[tuple[str, str]] = []
         self.status = b""
@@ -321,6 +358,10 @@ class ServerHandshake:
 
     ``subprotocols`` lists what the server speaks in order of preference (or pass
     ``select_subprotocol(offered) -> str | None``); ``deflate`` enables permessage-deflate.
+    ``limits`` bounds the request head (``max_request_line``, ``max_headers`` and
+    ``max_header_bytes``, when given, override its fields). A request already parsed
+    elsewhere (an HTTP server that saw the Upgrade) is handed over with
+    :meth:`receive_request` instead of :meth:`receive_data`.
     """
 
     def __init__(
@@ -331,9 +372,10 @@ class ServerHandshake:
         select_subprotocol: Callable[[list[str]], str | None] | None = None,
         require_subprotocol: bool = False,
         deflate: DeflateOptions | None = None,
-        max_request_line: int = 8192,
-        max_headers: int = 100,
-        max_header_bytes: int = 16384,
+        limits: HeadLimits | None = None,
+        max_request_line: int | None = None,
+        max_headers: int | None = None,
+        max_header_bytes: int | None = None,
         secure: bool = False,
         remote_address: str = "",
     ) -> None:
@@ -346,8 +388,10 @@ class ServerHandshake:
         self.select_subprotocol = select_subprotocol
         self.require_subprotocol = require_subprotocol
         self.deflate = deflate
-        self.max_header_bytes = max_header_bytes
-        self._p = _Parser(max_request_line, max_headers, max_header_bytes)
+        limits = resolve_head_limits(limits, max_request_line, max_headers, max_header_bytes)
+        self.limits = limits
+        self.max_header_bytes = limits.max_head
+        self._p = _Parser(limits)
         self._parser = httptools.HttpRequestParser(self._p)
         self._received = 0
         self.request: Request | None = None
@@ -385,20 +429,25 @@ class ServerHandshake:
         version = self._parser.get_http_version()
         method = self._parser.get_method().decode("ascii", "replace")
         target = p.target.decode("latin-1")
+        return self.receive_request(
+            Request(method=method, target=target, version=version, headers=Headers(p.headers))
+        )
+
+    def receive_request(self, request: Request, trailing: bytes = b"") -> Request:
+        """Take a request head parsed elsewhere (within its own limits), and ``trailing``, the
+        bytes that followed it; returns it with :attr:`remote_address` and :attr:`secure`
+        filled in, or raises Refused. The request is not parsed again."""
         # Before routing or any hook sees it: "GET *" used to reach a single-handler server
         # as the path "*" and be upgraded.
-        problem = target_error(method, target)
+        problem = target_error(request.method, request.target)
         if problem is not None:
             raise Refused(400, problem)
-        self.request = Request(
-            method=method,
-            target=target,
-            version=version,
-            headers=Headers(p.headers),
-            remote_address=self.remote_address,
-            secure=self.secure,
-        )
-        return self.request
+        request.remote_address = self.remote_address
+        request.secure = self.secure
+        self.request = request
+        if trailing:
+            self.trailing += trailing
+        return request
 
     def accept(
         self, request: Request, *, extra_headers: Sequence[tuple[str, str]] = ()
@@ -551,34 +600,49 @@ class ClientHandshake:
     trailing: bytes = b""
 
     def __post_init__(self) -> None:
-        self._p = _Parser(1 << 20, 1000, self.max_header_bytes)
+        self._p = _Parser(HeadLimits(1 << 20, 1000, self.max_header_bytes))
         self._parser = httptools.HttpResponseParser(self._p)
         self._received = 0
+        self._request: Request | None = None
 
-    def request_bytes(self) -> bytes:
-        lines = [
-            f"GET {self.uri.resource} HTTP/1.1",
-            f"Host: {self.uri.host_header}",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            f"Sec-WebSocket-Key: {self.key}",
-            "Sec-WebSocket-Version: 13",
+    @property
+    def request(self) -> Request:
+        """The upgrade request this handshake sends (built once)."""
+        request = self._request
+        if request is None:
+            request = self._request = self._build_request()
+        return request
+
+    def _build_request(self) -> Request:
+        headers = [
+            ("Host", self.uri.host_header),
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", self.key),
+            ("Sec-WebSocket-Version", "13"),
         ]
         if self.origin is not None:
-            lines.append(f"Origin: {self.origin}")
+            headers.append(("Origin", self.origin))
         if self.subprotocols:
-            lines.append(f"Sec-WebSocket-Protocol: {', '.join(self.subprotocols)}")
+            headers.append(("Sec-WebSocket-Protocol", ", ".join(self.subprotocols)))
         if self.deflate is not None:
-            lines.append(f"Sec-WebSocket-Extensions: {self.deflate.client_offer()}")
+            headers.append(("Sec-WebSocket-Extensions", self.deflate.client_offer()))
         if self.uri.user_info is not None:
             token = base64.b64encode(":".join(self.uri.user_info).encode()).decode()
-            lines.append(f"Authorization: Basic {token}")
+            headers.append(("Authorization", f"Basic {token}"))
         names = {k.lower() for k, _ in self.extra_headers}
         if self.user_agent and "user-agent" not in names:
-            lines.append(f"User-Agent: {self.user_agent}")
+            headers.append(("User-Agent", self.user_agent))
         for name, value in self.extra_headers:
             _check_header(name, value)
-            lines.append(f"{name}: {value}")
+            headers.append((name, value))
+        return Request("GET", self.uri.resource, "1.1", Headers(headers), secure=self.uri.secure)
+
+    def request_bytes(self) -> bytes:
+        """The upgrade request, serialised."""
+        request = self.request
+        lines = [f"{request.method} {request.target} HTTP/{request.version}"]
+        lines += [f"{name}: {value}" for name, value in request.headers]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     def receive_data(self, data: bytes) -> Response | None:

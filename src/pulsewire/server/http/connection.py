@@ -53,7 +53,7 @@ from typing import Protocol
 import httptools
 
 from ...aio.budget import Account, Budgets
-from ...protocol.handshake import Headers, http_response, target_error
+from ...protocol.handshake import Headers, Request, http_response, target_error
 from ...transports.http_types import HttpRequest, HttpResponse, StreamResponse
 from ..limits import ConnectionLimiter
 from .limits import CLOSE_DEADLINE, SLICE, HttpLimits
@@ -673,11 +673,9 @@ class HttpProtocol(asyncio.Protocol):
             self.server.count_refusal(404)
             self._answer(404, f"no WebSocket endpoint at {path}")
             return
-        # Replay the parsed head: the WebSocket server runs the full handshake checks on it.
-        lines = [f"{item.method} {item.target} HTTP/{item.version}"]
-        lines += [f"{name}: {value}" for name, value in item.headers]
-        raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + item.trailing
-        raw += self._buf[self._pos :]  # read after the upgrade request was taken
+        # Hand over the parsed head: the WebSocket server runs the handshake checks on it.
+        request = Request(item.method, item.target, item.version, Headers(item.headers))
+        trailing = item.trailing + self._buf[self._pos :]  # read after the upgrade request
         # The WebSocket connection now owns the transport, with its own account and flow
         # control, and the admission slot (released through a callable that does not keep
         # this object alive).
@@ -690,7 +688,7 @@ class HttpProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits()
         if not self._reading:
             transport.resume_reading()
-        route.websocket.attach(transport, raw, on_closed=release)
+        route.websocket.attach(transport, trailing, on_closed=release, request=request)
 
     def _detach(self) -> None:
         """Let go of the transport without closing it (it was handed over)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...protocol.handshake import HeadLimits
+
 __all__ = ["CLOSE_DEADLINE", "SLICE", "HttpLimits"]
 
 CLOSE_DEADLINE = 5.0
@@ -19,11 +21,11 @@ are parsed with it, so per-request head counts are exact to within this many byt
 class HttpLimits:
     """Sizes and deadlines of the front door (mutable: tests and reloads adjust them)."""
 
-    max_target: int = 8192
+    max_target: int = HeadLimits().max_target
     """Longest request target (414)."""
-    max_headers: int = 100
+    max_headers: int = HeadLimits().max_headers
     """Most header fields (431)."""
-    max_head: int = 16384
+    max_head: int = HeadLimits().max_head
     """Largest request head, request line included (431)."""
     max_body: int = 1 << 20
     """Largest request body (413)."""
