@@ -3,6 +3,8 @@
 * ``Server.attach(..., request=...)``: a request head parsed elsewhere is handed over as it is
   (not re-serialised and parsed again), and the handshake checks still run on it.
 * one definition of the request head limits (:class:`HeadLimits`).
+* what ``broadcast()`` and the hub's WebSocket transport use: ``send_prepared`` (one frame
+  for many connections), ``flush``, ``writing_paused`` (the slow-reader check), ``failure``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import httptools
 import pytest
 
 import pulsewire
+from pulsewire.protocol.frames import PreparedFrame
 from pulsewire.protocol.handshake import Headers, HeadLimits, Request, ServerHandshake
 
 TIMEOUT = 5
@@ -177,3 +180,94 @@ async def test_the_client_keeps_the_request_it_sent(echo_server: str) -> None:
         assert request.target == "/?x=1"
         assert request.headers.get("Origin") == "http://o.example"
         assert request.headers.get("Sec-WebSocket-Version") == "13"
+
+
+# ------------------------------------------------------------ the connection's public API
+
+
+def holding() -> tuple[list[Any], Any]:
+    """A handler that keeps every server connection in a list until its client leaves."""
+    held: list[Any] = []
+
+    async def hold(ws: Any) -> None:
+        held.append(ws)
+        await ws.wait_closed()
+
+    return held, hold
+
+
+async def wait_for(predicate: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_a_prepared_frame_goes_to_several_connections(start_server: Any) -> None:
+    held, hold = holding()
+    _, url = await start_server(hold, compression="deflate")
+    clients = [await pulsewire.connect(url, compression=None) for _ in range(3)]
+    clients.append(await pulsewire.connect(url))  # this one compresses
+    try:
+        await wait_for(lambda: len(held) == 4)
+        text = "prepared " * 50
+        frame = PreparedFrame(text)
+        binary = PreparedFrame(b"\x00\x01")
+        for conn in held:
+            conn.send_prepared(frame)  # queued: written at the end of the loop iteration
+            conn.send_prepared(binary, now=True)  # written now, with what was queued
+            assert conn.buffered_amount == 0 or conn.writing_paused
+        for ws in clients:
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == text
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == b"\x00\x01"
+        assert [ws.extensions for ws in clients] == ["", "", "", "permessage-deflate"]
+        await clients[0].close()
+        await wait_for(lambda: not held[0].open)
+        with pytest.raises(pulsewire.ConnectionClosed):
+            held[0].send_prepared(frame)
+    finally:
+        for ws in clients:
+            await ws.close()
+
+
+async def test_a_slow_reader_is_seen_and_skipped(start_server: Any, raw_client: Any) -> None:
+    held, hold = holding()
+    server, _ = await start_server(hold, write_limit=4096)
+    slow = await raw_client(server.port, rcvbuf=4096)  # never reads
+    await wait_for(lambda: len(held) == 1)
+    slow_conn = held[0]
+    fast = await pulsewire.connect(f"ws://{HOST}:{server.port}/")
+    try:
+        await wait_for(lambda: len(held) == 2)
+        assert not slow_conn.writing_paused
+        chunk = PreparedFrame(b"x" * 65536)
+        for _ in range(200):
+            if slow_conn.writing_paused:
+                break
+            slow_conn.send_prepared(chunk, now=True)
+            await asyncio.sleep(0)
+        assert slow_conn.writing_paused
+        assert slow_conn.buffered_amount > 0
+        assert pulsewire.broadcast(held, "news") == 1  # the slow one is skipped
+        assert await asyncio.wait_for(fast.recv(), TIMEOUT) == "news"
+    finally:
+        await fast.close()
+        await slow.close()
+
+
+async def test_failure_says_why_this_side_failed(start_server: Any, raw_client: Any) -> None:
+    held, hold = holding()
+    server, url = await start_server(hold)
+    bad = await raw_client(server.port)
+    await wait_for(lambda: len(held) == 1)
+    assert held[0].failure is None
+    await bad.send_frame(0x3, b"")  # a reserved opcode: the server fails the connection
+    await wait_for(lambda: held[0].closed)
+    failure = held[0].failure
+    assert failure is not None and failure.code == 1002
+    # A normal close is no failure.
+    async with pulsewire.connect(url):
+        await wait_for(lambda: len(held) == 2)
+    await held[1].wait_closed()
+    assert held[1].failure is None and held[1].close_code == 1000

@@ -14,6 +14,7 @@ from pulsewire.protocol import (
     State,
 )
 from pulsewire.protocol.close import Close
+from pulsewire.protocol.frames import PreparedFrame
 
 from .helpers import (
     BINARY,
@@ -634,9 +635,9 @@ def _eof() -> object:
         lambda c: c.send_ping(),
         lambda c: c.send_pong(),
         lambda c: c.send_close(),
-        lambda c: c.send_frame_bytes(b"\x81\x00"),
+        lambda c: c.send_prepared(PreparedFrame("x")),
     ],
-    ids=["text", "binary", "ping", "pong", "close", "frame_bytes"],
+    ids=["text", "binary", "ping", "pong", "close", "prepared"],
 )
 def test_send_after_close_raises_invalid_state(make, call) -> None:  # type: ignore[no-untyped-def]
     conn = make()
@@ -661,15 +662,52 @@ def test_new_message_during_a_fragmented_one() -> None:
     with pytest.raises(InvalidState):
         conn.send_text("b")
     with pytest.raises(InvalidState):
-        conn.send_frame_bytes(b"\x81\x00")
+        conn.send_prepared(PreparedFrame("b"))
     conn.send_continuation(b"c", fin=True)
     conn.send_text("d")
     assert [f.payload for f in sent(conn)] == [b"a", b"c", b"d"]
 
 
-def test_client_cannot_send_prebuilt_frames() -> None:
-    with pytest.raises(InvalidState):
-        client().send_frame_bytes(b"\x81\x00")
+def test_a_prepared_frame_is_shared_by_servers() -> None:
+    frame = PreparedFrame("shared")
+    conns = [server(), server()]
+    for conn in conns:
+        conn.send_prepared(frame)
+        assert conn.out_bytes == len(frame.data)
+        (queued,) = conn.pending_output
+        assert queued is frame.data  # the same bytes object: built once
+        conn.output_written()
+    binary = PreparedFrame(b"\x00\x01")
+    conns[0].send_prepared(binary)
+    assert [(f.opcode, f.payload, f.fin) for f in sent(conns[0])] == [(BINARY, b"\x00\x01", True)]
+    conns[0].send_prepared(PreparedFrame("as bytes", binary=True))
+    conns[0].send_prepared(PreparedFrame(b"as text", binary=False))
+    assert [(f.opcode, f.payload) for f in sent(conns[0])] == [
+        (BINARY, b"as bytes"),
+        (TEXT, b"as text"),
+    ]
+
+
+def test_a_client_masks_a_prepared_frame_itself() -> None:
+    conn = client()
+    frame = PreparedFrame("masked")
+    conn.send_prepared(frame)
+    (queued,) = conn.pending_output
+    assert queued != frame.data
+    (wire,) = sent(conn)
+    assert (wire.opcode, wire.payload, wire.mask is not None) == (TEXT, b"masked", True)
+
+
+def test_a_prepared_frame_is_compressed_per_connection() -> None:
+    conn = server(deflate=PerMessageDeflate())
+    text = "compress me " * 100
+    frame = PreparedFrame(text)
+    conn.send_prepared(frame)
+    (wire,) = sent(conn)
+    assert wire.rsv1 and wire.opcode == TEXT and len(wire.payload) < len(frame.payload)
+    conn.send_prepared(frame, compress=False)  # this message only: the shared bytes
+    (queued,) = conn.pending_output
+    assert queued is frame.data
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..protocol.connection import InvalidState, Side, State, serialize_message
+from ..protocol.connection import InvalidState
+from ..protocol.frames import PreparedFrame
 from .connection import Connection, Data
 
 __all__ = ["broadcast"]
@@ -20,31 +21,15 @@ def broadcast(
     grows the server's memory. Without compression the frame is built once and shared.
     """
     sent = 0
-    frame: bytes | None = None
-    text = isinstance(message, str)
-    payload = message.encode("utf-8") if isinstance(message, str) else bytes(message)
+    frame = PreparedFrame(message if isinstance(message, str) else bytes(message))
     for conn in connections:
-        proto = conn._proto
-        if proto is None or proto.state is not State.OPEN or conn._paused_writing:
+        if not conn.open or conn.writing_paused:
             continue
         try:
-            deflate = proto.deflate
-            if proto.side is Side.CLIENT or (
-                deflate is not None and deflate.should_compress(len(payload), compress)
-            ):
-                # Masked or compressed frames differ per connection: build them one by one.
-                if text:
-                    proto.send_text(payload, compress=compress)
-                else:
-                    proto.send_binary(payload, compress=compress)
-            else:
-                if frame is None:
-                    frame = serialize_message(1 if text else 2, payload)
-                proto.send_frame_bytes(frame)
+            # Written now rather than at the end of the loop iteration: the first clients
+            # start receiving while the loop is still serving the others.
+            conn.send_prepared(frame, compress=compress, now=True)
         except InvalidState:
             continue  # a fragmented message is being sent on this connection
-        # Write now rather than at the end of the loop iteration: the first clients start
-        # receiving while the loop is still serving the others.
-        conn._flush()
         sent += 1
     return sent

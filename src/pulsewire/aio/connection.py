@@ -38,9 +38,11 @@ from ..protocol.errors import (
     ConcurrencyError,
     ConnectionClosed,
     ConnectionClosedOK,
+    ProtocolError,
     connection_closed,
 )
 from ..protocol.events import CloseReceived, Ping, Pong
+from ..protocol.frames import PreparedFrame
 from ..protocol.handshake import Headers, Request
 from .budget import INFLATED_PER_READ, Account
 
@@ -115,7 +117,7 @@ class _FlushQueue:
         for conn in pending:
             if conn._flush_scheduled:
                 try:
-                    conn._flush()
+                    conn.flush()
                 except Exception:
                     logger.exception("error while writing to a connection")
 
@@ -267,6 +269,20 @@ class Connection(asyncio.Protocol):
         return self.request.path if self.request is not None else "/"
 
     @property
+    def writing_paused(self) -> bool:
+        """The transport's write buffer is above its high-water mark (a slow reader): what
+        is sent now waits in memory; :func:`broadcast` skips such a connection."""
+        return self._paused_writing
+
+    @property
+    def failure(self) -> ProtocolError | None:
+        """Why this side failed the connection (1002, 1007, 1009, 1011, 1013...), with the
+        code and reason it sent; ``None`` if it did not (then :attr:`close_code` is the
+        peer's)."""
+        proto = self._proto
+        return None if proto is None else proto.failure
+
+    @property
     def buffered_amount(self) -> int:
         """Bytes handed to send() and not yet written to the socket."""
         queued = self._proto.out_bytes if self._proto is not None else 0
@@ -326,7 +342,7 @@ class Connection(asyncio.Protocol):
         self._queued = 0  # the queue is empty now
         proto = self._proto
         if proto is not None and proto.out_bytes:
-            self._flush()  # about to wait: write everything produced since the last read
+            self.flush()  # about to wait: write everything produced since the last read
         elif self._account is not None and self._account.held:
             self._report()
         if self._paused_reading & _QUEUE:
@@ -350,10 +366,9 @@ class Connection(asyncio.Protocol):
             return
         while True:
             proto.receive_data(data)
-            events = proto._events
+            events = proto.events_received()
             dispatched = False
             if events:
-                proto._events = []
                 if self._listener is not None:
                     self._dispatch(self._listener, events)  # writes, and reports, at its end
                     dispatched = True
@@ -415,7 +430,7 @@ class Connection(asyncio.Protocol):
             logger.exception("on_message failed")
             if proto.state is State.OPEN:
                 proto.fail(CloseCode.INTERNAL_ERROR, "internal server error")
-        self._flush()
+        self.flush()
 
     def _control_event(self, event: object) -> None:
         if type(event) is Pong:
@@ -526,7 +541,7 @@ class Connection(asyncio.Protocol):
         else:
             raise TypeError(f"cannot send {kind.__name__}: send str, bytes or an iterable of them")
         if proto.out_bytes > self.write_limit:
-            self._flush()
+            self.flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
             self._flush_queue.add(self)
@@ -555,12 +570,30 @@ class Connection(asyncio.Protocol):
             self._flush_scheduled = True
             self._flush_queue.add(self)
 
+    def send_prepared(
+        self, frame: PreparedFrame, *, compress: bool | None = None, now: bool = False
+    ) -> None:
+        """Queue a message prepared once for many connections (see
+        :class:`~pulsewire.protocol.PreparedFrame`), without waiting: like
+        :meth:`send_nowait`, written at the end of the loop iteration, or at once with
+        ``now=True``. Raises ConnectionClosed when the connection is not open, and
+        :class:`~pulsewire.protocol.InvalidState` while a fragmented message is being sent."""
+        proto = self._proto
+        if proto is None or proto.state is not State.OPEN:
+            raise self._closed_error()
+        proto.send_prepared(frame, compress=compress)
+        if now:
+            self.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._flush_queue.add(self)
+
     def close_nowait(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Start the closing handshake without waiting for it (see :meth:`close`)."""
         proto = self._proto
         if proto is not None and proto.state is State.OPEN:
             proto.send_close(code, reason)
-            self._flush()
+            self.flush()
             self._start_close_timer()
 
     async def _send_fragments_async(
@@ -590,7 +623,7 @@ class Connection(asyncio.Protocol):
                 current = None
             if current is not None and isinstance(current, str) != text:
                 proto.fail(CloseCode.INTERNAL_ERROR, "mixed text and binary fragments")
-                self._flush()
+                self.flush()
                 raise TypeError("all fragments of a message must be str, or all bytes")
             if proto.state is not State.OPEN:
                 raise self._closed_error()
@@ -603,7 +636,7 @@ class Connection(asyncio.Protocol):
                 first = False
             else:
                 proto.send_continuation(previous, fin=fin)
-            self._flush()
+            self.flush()
             if self._paused_writing:
                 await self._drain()
             if current is None:
@@ -629,7 +662,7 @@ class Connection(asyncio.Protocol):
         waiter: asyncio.Future[float | None] = self._loop.create_future()
         pings[data] = (waiter, time.monotonic())
         proto.send_ping(data)
-        self._flush()
+        self.flush()
         rtt = await waiter
         if rtt is None:
             raise self._closed_error()
@@ -641,7 +674,7 @@ class Connection(asyncio.Protocol):
         if proto is None or proto.state is not State.OPEN:
             raise self._closed_error()
         proto.send_pong(data.encode("utf-8") if isinstance(data, str) else data)
-        self._flush()
+        self.flush()
 
     def _pong_received(self, data: bytes) -> None:
         pings = self._pings
@@ -683,7 +716,10 @@ class Connection(asyncio.Protocol):
             self._flush_scheduled = True
             self._flush_queue.add(self)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write what is queued for this connection now, rather than at the end of the loop
+        iteration (e.g. in a fan-out, so that the first peers receive while the loop is still
+        serving the others)."""
         self._flush_scheduled = False
         proto = self._proto
         transport = self._transport
@@ -712,9 +748,10 @@ class Connection(asyncio.Protocol):
             return
         proto = self._proto
         if proto is not None:
-            data = proto.data_to_send()
+            data = proto.pending_output
             if data:
                 transport.write(b"".join(data))
+                proto.output_written()
         if proto is not None and proto.failure is not None and transport.can_write_eof():
             # We failed the connection (1002, 1007, 1009, 1013...) and the peer may still be
             # sending: closing with unread input would make the kernel answer with a reset,
@@ -867,7 +904,7 @@ class Connection(asyncio.Protocol):
             except Exception:
                 logger.exception("on_open failed")
                 proto.fail(CloseCode.INTERNAL_ERROR, "internal server error")
-            self._flush()
+            self.flush()
         if trailing:
             self.data_received(trailing)
 
@@ -883,7 +920,7 @@ class Connection(asyncio.Protocol):
         waiter: asyncio.Future[float | None] = self._loop.create_future()
         pings[data] = (waiter, time.monotonic())
         proto.send_ping(data)
-        self._flush()
+        self.flush()
         if self.ping_timeout:
             self._keepalive = self._loop.call_later(
                 self.ping_timeout, self._check_keepalive, waiter
@@ -899,7 +936,7 @@ class Connection(asyncio.Protocol):
         if not waiter.done():
             logger.info("keepalive ping timed out; closing the connection")
             proto.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-            self._flush()
+            self.flush()
             return
         delay = max(0.0, (self.ping_interval or 0.0) - (self.ping_timeout or 0.0))
         self._keepalive = self._loop.call_later(delay or 0.0, self._send_keepalive)

@@ -451,8 +451,7 @@ class Server:
         if self._server is not None:
             self._server.close()
         for conn in list(self._connections):
-            proto = conn._proto
-            if proto is None:
+            if conn._handshake is not None:  # still in the opening handshake
                 conn._refuse(Refused(503, "server shutting down"))
             else:
                 conn.close_nowait(code, reason)

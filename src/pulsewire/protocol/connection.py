@@ -50,7 +50,15 @@ from .close import (
 from .deflate import PerMessageDeflate
 from .errors import PayloadTooBig, ProtocolError
 from .events import CloseReceived, Event, Ping, Pong
-from .frames import MAX_CONTROL_PAYLOAD, apply_mask, build_frame, parse_close, scan_messages
+from .frames import (
+    MAX_CONTROL_PAYLOAD,
+    PreparedFrame,
+    apply_mask,
+    build_frame,
+    frame_header,
+    parse_close,
+    scan_messages,
+)
 from .utf8 import Utf8Decoder, decode_text
 
 __all__ = ["Connection", "InvalidState", "Side", "State"]
@@ -470,9 +478,15 @@ class Connection:
         self.close_transport = True
 
     # ----------------------------------------------------------------------------- output
+    #
+    # One output queue. Every send_*() call (and the core itself: pongs, the Close echo)
+    # appends buffers to it, in the order they must reach the network; the I/O layer takes
+    # them either without allocating (pending_output, then output_written()) or as a list it
+    # keeps (data_to_send()). out_bytes says how much it holds.
 
     def data_to_send(self) -> list[bytes]:
-        """Bytes to write to the network since the last call, as a list of buffers."""
+        """Take the queued buffers: :attr:`pending_output` and :meth:`output_written` in one
+        call, the list handed over (for an I/O layer that writes it later, elsewhere)."""
         out = self._out
         if out:
             self._out = []
@@ -481,10 +495,10 @@ class Connection:
 
     @property
     def pending_output(self) -> list[bytes]:
-        """The buffers queued for the network, without taking them: write them, then call
-        :meth:`output_written`. (Unlike :meth:`data_to_send`, which hands over its list and
-        starts a new one, this allocates nothing, which matters when one message fans out to
-        10,000 connections: a new list each would be 10,000 garbage-collected containers.)"""
+        """The queued buffers, without taking them: write them, then call
+        :meth:`output_written`. (Unlike :meth:`data_to_send`, this allocates nothing, which
+        matters when one message fans out to 10,000 connections: a new list each would be
+        10,000 garbage-collected containers.)"""
         return self._out
 
     def output_written(self) -> None:
@@ -540,15 +554,25 @@ class Connection:
         self._out_fragmenting = 0 if fin else (opcode or self._out_fragmenting)
         self._send_frame(first, payload)
 
-    def send_frame_bytes(self, frame: bytes) -> None:
-        """Queue an already serialised, unmasked data frame (server side; for fan-out, where
-        one frame is built once and shared by many connections)."""
-        if self._client:
-            raise InvalidState("a client must mask every frame")
-        if self.state is not State.OPEN or self._out_fragmenting:
-            raise InvalidState("cannot send a message now")
-        self._out.append(frame)
-        self.out_bytes += len(frame)
+    def send_prepared(self, frame: PreparedFrame, *, compress: bool | None = None) -> None:
+        """Send a message prepared once for many connections (see :class:`PreparedFrame`).
+
+        Its shared bytes are queued as they are when they fit this connection: server side
+        (a client masks every frame) and not compressed (``compress`` as for
+        :meth:`send_text`). Otherwise the message is framed for this connection alone."""
+        deflate = self.deflate
+        if self._client or (
+            deflate is not None and deflate.should_compress(len(frame.payload), compress)
+        ):
+            self._send_data(frame.opcode, frame.payload, True, compress)
+            return
+        if self.state is not State.OPEN:
+            raise InvalidState(f"cannot send data in state {self.state.name}")
+        if self._out_fragmenting:
+            raise InvalidState("a fragmented message is in progress; send its continuation")
+        data = frame.data
+        self._out.append(data)
+        self.out_bytes += len(data)
 
     def send_ping(self, data: bytes = b"") -> None:
         """Send a Ping (at most 125 bytes of payload)."""
@@ -584,26 +608,13 @@ class Connection:
         n = len(payload)
         self.out_bytes += n + 14
         if mask is None and n >= _LARGE_PAYLOAD:
-            self._out.append(_header(first, n))
+            self._out.append(frame_header(first, n))
             self._out.append(payload)
         else:
             self._out.append(build_frame(first, payload, mask))
-
-
-def serialize_message(opcode: int, payload: bytes) -> bytes:
-    """An unmasked, unfragmented, uncompressed frame, for :meth:`Connection.send_frame_bytes`."""
-    return _header(0x80 | opcode, len(payload)) + payload
 
 
 def _with_overhead(limit: int) -> int:
     """The largest deflate encoding of ``limit`` bytes, whatever the sender's zlib settings
     (zlib's conservative deflateBound: incompressible data grows by up to ~14% in tiny blocks)."""
     return limit + (limit >> 3) + (limit >> 6) + 64
-
-
-def _header(first: int, n: int) -> bytes:
-    if n < 126:
-        return bytes((first, n))
-    if n < 65536:
-        return bytes((first, 126)) + n.to_bytes(2, "big")
-    return bytes((first, 127)) + n.to_bytes(8, "big")

@@ -22,8 +22,10 @@ __all__ = [
     "SPEEDUPS",
     "Frame",
     "Opcode",
+    "PreparedFrame",
     "apply_mask",
     "build_frame",
+    "frame_header",
     "parse_close",
     "serialize_frame",
 ]
@@ -94,6 +96,46 @@ if not os.environ.get("PULSEWIRE_NO_EXTENSIONS"):
         build_frame = _speedups.build_frame
         scan_messages = _speedups.scan_messages
         SPEEDUPS = True
+
+
+def frame_header(first: int, n: int) -> bytes:
+    """The header of an unmasked frame: ``first`` holds FIN, RSV1-3 and the opcode; ``n`` is
+    the payload length."""
+    if n < 126:
+        return bytes((first, n))
+    if n < 65536:
+        return bytes((first, 126)) + n.to_bytes(2, "big")
+    return bytes((first, 127)) + n.to_bytes(8, "big")
+
+
+class PreparedFrame:
+    """A data message serialised once, to be sent to many connections (a broadcast, a hub
+    publication): :meth:`Connection.send_prepared` queues the shared :attr:`data` where it
+    fits the connection as it is (server side, message not compressed), and frames
+    :attr:`payload` for that connection alone otherwise (masked, or compressed).
+
+    ``str`` is sent as text and bytes as binary, unless ``binary`` says otherwise (bytes sent
+    as text must be UTF-8).
+    """
+
+    __slots__ = ("data", "opcode", "payload")
+
+    def __init__(self, message: str | bytes, *, binary: bool | None = None) -> None:
+        if isinstance(message, str):
+            payload = message.encode("utf-8")
+            text = not binary
+        else:
+            payload = message if type(message) is bytes else bytes(message)
+            text = binary is False
+        self.opcode = 1 if text else 2
+        """The message's opcode (text or binary)."""
+        self.payload = payload
+        """The message, as bytes."""
+        self.data = frame_header(FIN | self.opcode, len(payload)) + payload
+        """The whole frame: unmasked, uncompressed, not fragmented."""
+
+    def __repr__(self) -> str:
+        return f"PreparedFrame({Opcode(self.opcode).name}, {len(self.payload)} bytes)"
 
 
 @dataclass(frozen=True, slots=True)

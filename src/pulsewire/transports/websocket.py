@@ -18,8 +18,8 @@ from ..hub.session import ConnectRequest, Session
 from ..hub.types import Publication
 from ..hub.wire import SUBPROTOCOLS, codec_for
 from ..protocol.close import CloseCode, truncate_reason
-from ..protocol.connection import State, serialize_message
 from ..protocol.errors import ConnectionClosed
+from ..protocol.frames import PreparedFrame
 
 __all__ = ["SUBPROTOCOLS", "WebSocketTransport", "serve_hub_session"]
 
@@ -40,8 +40,7 @@ class WebSocketTransport:
 
     def send(self, message: str | bytes, publication: Publication | None = None) -> None:
         ws = self.ws
-        proto = ws._proto
-        if proto is None or proto.state is not State.OPEN:
+        if not ws.open:
             return
         if ws.buffered_amount > self.max_buffered:
             # Past the hard cap (replies, pushes, or a "drop" channel gone wild): memory stays
@@ -49,22 +48,17 @@ class WebSocketTransport:
             if self.session is not None:
                 self.session.disconnect(SLOW_CONSUMER, "slow consumer: too much data queued")
             return
-        deflate = proto.deflate
-        if publication is not None and (
-            deflate is None or not deflate.should_compress(len(message), None)
-        ):
+        if publication is not None:
+            # One frame per publication and codec, shared by every subscriber (the core frames
+            # it again only for a connection that compresses it).
             frame = publication.cache.get(message)
             if frame is None:
-                payload = message.encode("utf-8") if isinstance(message, str) else message
-                frame = publication.cache[message] = serialize_message(
-                    2 if self.binary else 1, payload
-                )
-            proto.send_frame_bytes(frame)
+                frame = publication.cache[message] = PreparedFrame(message, binary=self.binary)
+            ws.send_prepared(frame)
         elif self.binary:
-            proto.send_binary(message if isinstance(message, bytes) else message.encode("utf-8"))
+            ws.send_nowait(message if isinstance(message, bytes) else message.encode("utf-8"))
         else:
-            proto.send_text(message)
-        ws._schedule_flush()
+            ws.send_nowait(message if isinstance(message, str) else message.decode("utf-8"))
 
     def buffered(self) -> int:
         return self.ws.buffered_amount
@@ -100,7 +94,7 @@ async def serve_hub_session(hub: Hub, ws: ServerConnection, *, max_buffered: int
     except ConnectionClosed:
         pass
     finally:
-        failure = ws._proto.failure if ws._proto is not None else None
+        failure = ws.failure
         if failure is not None:  # we failed it (1002, 1007, 1008, 1009...): no Close came back
             session.transport_closed(failure.code, failure.reason)
         else:
