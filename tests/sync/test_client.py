@@ -516,3 +516,44 @@ def test_wss(certificate: tuple[Path, Path]) -> None:
         assert ws.close_code == 1000
         with pytest.raises(ssl.SSLCertVerificationError):
             connect(srv.url(scheme="wss"))  # the system's trust store does not know the cert
+
+
+# ------------------------------------------------------- the same options as asyncio
+
+
+def test_options_are_those_of_the_asyncio_client() -> None:
+    import dataclasses
+    import inspect
+
+    from pulsewire.protocol.options import SYNC_PING_INTERVAL, ClientOptions
+
+    fields = {f.name: f.default for f in dataclasses.fields(ClientOptions)}
+    for function in (connect, pulsewire.connect):
+        params = dict(inspect.signature(function).parameters)
+        assert next(iter(params)) == "uri"
+        del params["uri"]
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
+        defaults = {name: p.default for name, p in params.items()}
+        if function is connect:
+            assert defaults.pop("ping_interval") == SYNC_PING_INTERVAL is None
+            defaults["ping_interval"] = fields["ping_interval"]
+        assert defaults == fields, function
+
+
+def test_frame_and_fragment_limits(server: ServerThread) -> None:
+    with connect(server.url(), max_frame_size=100, compression=None) as ws:
+        ws.send("x" * 101)  # echoed in one frame over the limit: failed with 1009
+        with pytest.raises(pulsewire.ConnectionClosedError):
+            ws.recv(timeout=5)
+        assert ws.close_code == 1006  # we failed it: no Close came from the server
+    with connect(server.url(), max_fragments=2) as ws:
+        ws.send("fits")
+        assert ws.recv(timeout=5) == "fits"
+        assert ws.request is not None and ws.request.path == "/"
+
+
+def test_a_connected_socket(server: ServerThread) -> None:
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    with connect(server.url(), sock=sock, write_limit=1) as ws:
+        ws.send("over my own socket")
+        assert ws.recv(timeout=5) == "over my own socket"

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl as ssl_module
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any, cast
 
-from ..protocol.connection import Connection as CoreConnection
-from ..protocol.connection import Side
 from ..protocol.deflate import deflate_options
 from ..protocol.errors import InvalidHandshake
-from ..protocol.handshake import ClientHandshake, WsURI, parse_uri
+from ..protocol.handshake import USER_AGENT, ClientHandshake, WsURI, parse_uri
+from ..protocol.options import ClientOptions, Compression
 from .connection import Connection
-from .server import Compression
+from .signatures import forwards_to
 
 __all__ = ["ClientConnection", "Connect", "connect"]
 
@@ -21,15 +21,20 @@ __all__ = ["ClientConnection", "Connect", "connect"]
 class ClientConnection(Connection):
     """The client side of a connection, as returned by :func:`connect`."""
 
-    __slots__ = ("_core_options", "_handshake", "_opening")
+    __slots__ = ("_handshake", "_opening", "options")
 
-    def __init__(
-        self, handshake: ClientHandshake, core_options: dict[str, Any], **options: Any
-    ) -> None:
-        super().__init__(**options)
+    def __init__(self, handshake: ClientHandshake, options: ClientOptions) -> None:
+        super().__init__(
+            max_queue=options.max_queue,
+            ping_interval=options.ping_interval,
+            ping_timeout=options.ping_timeout,
+            close_timeout=options.close_timeout,
+            write_limit=options.write_limit,
+        )
         self._handshake: ClientHandshake | None = handshake
         self._opening: asyncio.Future[None] = self._loop.create_future()
-        self._core_options = core_options
+        self.options = options
+        """The options this connection was opened with."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = tcp = cast(asyncio.Transport, transport)
@@ -54,8 +59,7 @@ class ClientConnection(Connection):
         self.subprotocol = response.subprotocol
         if response.deflate is not None:
             self.extensions = "permessage-deflate"
-        core = CoreConnection(Side.CLIENT, deflate=response.deflate, **self._core_options)
-        self._opened(core, handshake.trailing)
+        self._opened(self.options.core(response.deflate), handshake.trailing)
         if not self._opening.done():
             self._opening.set_result(None)
 
@@ -94,12 +98,12 @@ class Connect:
         *,
         origin: str | None = None,
         subprotocols: Sequence[str] = (),
-        additional_headers: Sequence[tuple[str, str]] | dict[str, str] = (),
-        user_agent: str | None = "pulsewire/0.1",
+        additional_headers: Sequence[tuple[str, str]] | Mapping[str, str] = (),
+        user_agent: str | None = USER_AGENT,
         compression: Compression = "deflate",
         ssl: ssl_module.SSLContext | bool | None = None,
         server_hostname: str | None = None,
-        sock: Any = None,
+        sock: socket.socket | None = None,
         open_timeout: float | None = 10.0,
         max_size: int | None = 2**20,
         max_frame_size: int | None = None,
@@ -111,52 +115,44 @@ class Connect:
         close_timeout: float = 10.0,
     ) -> None:
         self.uri: WsURI = parse_uri(uri)
-        if isinstance(additional_headers, dict):
-            additional_headers = list(additional_headers.items())
-        self._handshake_args = dict(
+        self.options = ClientOptions(
             origin=origin,
-            subprotocols=list(subprotocols),
-            deflate=deflate_options(compression),
-            extra_headers=list(additional_headers),
+            subprotocols=subprotocols,
+            additional_headers=additional_headers,
             user_agent=user_agent,
+            compression=compression,
+            ssl=ssl,
+            server_hostname=server_hostname,
+            sock=sock,
+            open_timeout=open_timeout,
+            max_size=max_size,
+            max_frame_size=max_frame_size,
+            max_fragments=max_fragments,
+            max_queue=max_queue,
+            write_limit=write_limit,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            close_timeout=close_timeout,
         )
-        if self.uri.secure and ssl is None:
-            ssl = True
-        if ssl is True:
-            ssl = ssl_module.create_default_context()
-        if ssl and not self.uri.secure:
-            raise ValueError("ssl= is only for wss:// URIs")
-        self._ssl = ssl or None
-        self._server_hostname = server_hostname
-        self._sock = sock
-        self._open_timeout = open_timeout
-        self._core_options = {
-            "max_message_size": max_size,
-            "max_frame_size": max_frame_size,
-            "max_fragments": max_fragments,
-        }
-        self._options = {
-            "max_queue": max_queue,
-            "write_limit": write_limit,
-            "ping_interval": ping_interval,
-            "ping_timeout": ping_timeout,
-            "close_timeout": close_timeout,
-        }
+        """The options, as :class:`~pulsewire.protocol.options.ClientOptions`."""
+        deflate_options(compression)  # a bad setting fails here, not once connected
+        self._ssl = self.options.ssl_context(self.uri)
         self.connection: ClientConnection | None = None
 
     async def _connect(self) -> ClientConnection:
         loop = asyncio.get_running_loop()
-        handshake = ClientHandshake(self.uri, **self._handshake_args)  # type: ignore[arg-type]
+        options = self.options
+        handshake = options.handshake(self.uri)
 
         def factory() -> ClientConnection:
-            return ClientConnection(handshake, self._core_options, **self._options)
+            return ClientConnection(handshake, options)
 
         async def open_connection() -> ClientConnection:
             kwargs: dict[str, Any] = {"ssl": self._ssl}
             if self._ssl is not None:
-                kwargs["server_hostname"] = self._server_hostname or self.uri.host
-            if self._sock is not None:
-                _, conn = await loop.create_connection(factory, sock=self._sock, **kwargs)
+                kwargs["server_hostname"] = options.server_hostname or self.uri.host
+            if options.sock is not None:
+                _, conn = await loop.create_connection(factory, sock=options.sock, **kwargs)
             else:
                 _, conn = await loop.create_connection(
                     factory, self.uri.host, self.uri.port, **kwargs
@@ -168,7 +164,7 @@ class Connect:
                 raise
             return conn
 
-        conn = await asyncio.wait_for(open_connection(), self._open_timeout)
+        conn = await asyncio.wait_for(open_connection(), options.open_timeout)
         self.connection = conn
         return conn
 
@@ -183,12 +179,16 @@ class Connect:
             await self.connection.close()
 
 
-def connect(uri: str, **options: Any) -> Connect:
+@forwards_to(Connect)
+def connect(*args: Any, **options: Any) -> Connect:
     """Open a WebSocket connection to ``uri`` (ws:// or wss://).
 
-    ``conn = await connect(uri)`` or ``async with connect(uri) as conn:``. Options: origin,
-    subprotocols, additional_headers, compression ("deflate" by default, or None, or
-    DeflateOptions), ssl (an SSLContext; wss:// uses the system's trust store by default),
-    open_timeout, max_size, ping_interval/ping_timeout, close_timeout.
+    ``conn = await connect(uri)`` or ``async with connect(uri) as conn:``. The options are
+    :class:`~pulsewire.protocol.options.ClientOptions`' fields (the threaded client's
+    :func:`pulsewire.sync.connect` takes the same): origin, subprotocols,
+    additional_headers, compression ("deflate" by default, or None, or DeflateOptions), ssl
+    (an SSLContext; wss:// uses the system's trust store by default), open_timeout, limits
+    (max_size, max_frame_size, max_fragments, max_queue, write_limit), keepalive
+    (ping_interval, ping_timeout) and close_timeout.
     """
-    return Connect(uri, **options)
+    return Connect(*args, **options)

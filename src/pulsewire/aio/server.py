@@ -24,7 +24,7 @@ from typing import Any, cast
 from ..protocol.close import CloseCode
 from ..protocol.connection import Connection as CoreConnection
 from ..protocol.connection import Side
-from ..protocol.deflate import DeflateOptions, deflate_options
+from ..protocol.deflate import deflate_options
 from ..protocol.errors import ConnectionClosed, Refused
 from ..protocol.handshake import (
     HeadLimits,
@@ -34,8 +34,10 @@ from ..protocol.handshake import (
     http_response,
     resolve_head_limits,
 )
+from ..protocol.options import Compression
 from .budget import BudgetLimits, Budgets
 from .connection import Connection, Listener
+from .signatures import forwards_to
 
 __all__ = ["HTTPResponse", "Handler", "Server", "ServerConnection", "peer_address", "serve"]
 
@@ -47,7 +49,6 @@ Endpoint = Handler | type[Listener] | Listener
 HTTPResponse = tuple[int, Sequence[tuple[str, str]], str | bytes]
 """(status, headers, body): what ``process_request`` returns to answer without upgrading."""
 ProcessRequest = Callable[[Request], Awaitable[HTTPResponse | None] | HTTPResponse | None]
-Compression = str | DeflateOptions | None
 
 
 class ServerConnection(Connection):
@@ -506,12 +507,8 @@ def peer_address(peer: Any) -> str:
     return "local"
 
 
-def serve(
-    handler: Endpoint | Mapping[str, Endpoint],
-    host: str | Sequence[str] | None = "127.0.0.1",
-    port: int | None = 8765,
-    **options: Any,
-) -> Server:
+@forwards_to(Server)
+def serve(*args: Any, **options: Any) -> Server:
     """Create a WebSocket server running ``handler(connection)`` for each client.
 
     ``handler`` is a coroutine function, a :class:`Listener` subclass or instance (callbacks,
@@ -520,4 +517,4 @@ def serve(
     See :class:`Server` for the options (origins, subprotocols, compression, limits,
     timeouts, TLS through ``ssl=``).
     """
-    return Server(handler, host, port, **options)
+    return Server(*args, **options)

@@ -33,8 +33,7 @@ from types import TracebackType
 
 from ..protocol.close import CloseCode
 from ..protocol.connection import Connection as CoreConnection
-from ..protocol.connection import Side, State
-from ..protocol.deflate import DeflateOptions, deflate_options
+from ..protocol.connection import State
 from ..protocol.errors import (
     ConcurrencyError,
     ConnectionClosed,
@@ -42,14 +41,21 @@ from ..protocol.errors import (
     connection_closed,
 )
 from ..protocol.events import CloseReceived, Pong
-from ..protocol.handshake import USER_AGENT, ClientHandshake, Headers, Response, parse_uri
+from ..protocol.handshake import (
+    USER_AGENT,
+    ClientHandshake,
+    Headers,
+    Request,
+    Response,
+    parse_uri,
+)
+from ..protocol.options import SYNC_PING_INTERVAL, ClientOptions, Compression
 
 __all__ = ["ClientConnection", "connect"]
 
 logger = logging.getLogger("pulsewire.sync")
 
 Data = str | bytes
-Compression = str | DeflateOptions | None
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 _READ_SIZE = 65536
 _END = object()  # end of a fragment iterator
@@ -65,42 +71,61 @@ def connect(
     compression: Compression = "deflate",
     ssl: ssl_module.SSLContext | bool | None = None,
     server_hostname: str | None = None,
+    sock: socket.socket | None = None,
     open_timeout: float | None = 10.0,
     max_size: int | None = 2**20,
+    max_frame_size: int | None = None,
+    max_fragments: int | None = 4096,
     max_queue: int = 16,
-    close_timeout: float = 10.0,
-    ping_interval: float | None = None,
+    write_limit: int = 65536,
+    ping_interval: float | None = SYNC_PING_INTERVAL,
     ping_timeout: float | None = 20.0,
+    close_timeout: float = 10.0,
 ) -> ClientConnection:
     """Open a WebSocket connection to ``uri`` (ws:// or wss://) and return it once open.
 
-    Use it as ``with connect(uri) as ws:`` to close it on exit. The options mean what they
-    mean for :func:`pulsewire.connect`; ``ping_interval`` (off by default) sends keepalive
-    pings from the reader thread and fails the connection with 1011 when no pong comes within
-    ``ping_timeout``. Raises :class:`~pulsewire.InvalidHandshake` (:class:`~pulsewire.InvalidStatus`
-    for a refusal), ``OSError`` for network errors and ``TimeoutError`` after ``open_timeout``.
+    Use it as ``with connect(uri) as ws:`` to close it on exit. The options are those of
+    :func:`pulsewire.connect` (:class:`~pulsewire.protocol.options.ClientOptions`), with one
+    default changed: ``ping_interval`` is off, and when set, the reader thread sends keepalive
+    pings and fails the connection with 1011 when no pong comes within ``ping_timeout``.
+    ``sock`` is an already connected socket. ``write_limit`` has no effect here: sends block
+    until written, nothing queues. Raises :class:`~pulsewire.InvalidHandshake`
+    (:class:`~pulsewire.InvalidStatus` for a refusal), ``OSError`` for network errors and
+    ``TimeoutError`` after ``open_timeout``.
     """
     if max_queue < 1:
         raise ValueError("max_queue must be at least 1")
-    wsuri = parse_uri(uri)
-    if isinstance(additional_headers, Mapping):
-        additional_headers = list(additional_headers.items())
-    handshake = ClientHandshake(
-        wsuri,
+    options = ClientOptions(
         origin=origin,
-        subprotocols=list(subprotocols),
-        deflate=deflate_options(compression),
-        extra_headers=list(additional_headers),
+        subprotocols=subprotocols,
+        additional_headers=additional_headers,
         user_agent=user_agent,
+        compression=compression,
+        ssl=ssl,
+        server_hostname=server_hostname,
+        sock=sock,
+        open_timeout=open_timeout,
+        max_size=max_size,
+        max_frame_size=max_frame_size,
+        max_fragments=max_fragments,
+        max_queue=max_queue,
+        write_limit=write_limit,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        close_timeout=close_timeout,
     )
-    context = _ssl_context(ssl, wsuri.secure)
+    wsuri = parse_uri(uri)
+    handshake = options.handshake(wsuri)
+    context = options.ssl_context(wsuri)
     deadline = None if open_timeout is None else time.monotonic() + open_timeout
+    if sock is None:
+        try:
+            sock = socket.create_connection((wsuri.host, wsuri.port), timeout=open_timeout)
+        except TimeoutError:
+            raise TimeoutError(f"timed out connecting to {wsuri.host}:{wsuri.port}") from None
     try:
-        sock = socket.create_connection((wsuri.host, wsuri.port), timeout=open_timeout)
-    except TimeoutError:
-        raise TimeoutError(f"timed out connecting to {wsuri.host}:{wsuri.port}") from None
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if context is not None:
             sock.settimeout(_remaining(deadline))
             sock = context.wrap_socket(sock, server_hostname=server_hostname or wsuri.host)
@@ -111,27 +136,17 @@ def connect(
         if isinstance(exc, TimeoutError):
             raise TimeoutError("timed out during the opening handshake") from None
         raise
-    core = CoreConnection(Side.CLIENT, max_message_size=max_size, deflate=response.deflate)
     return ClientConnection(
         sock,
-        core,
+        options.core(response.deflate),
         response,
         handshake.trailing,
         max_queue=max_queue,
         close_timeout=close_timeout,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
+        request=handshake.request,
     )
-
-
-def _ssl_context(
-    ssl: ssl_module.SSLContext | bool | None, secure: bool
-) -> ssl_module.SSLContext | None:
-    if ssl and not secure:
-        raise ValueError("ssl= is only for wss:// URIs")
-    if ssl is True or (secure and ssl is None):
-        return ssl_module.create_default_context()
-    return ssl or None
 
 
 def _remaining(deadline: float | None) -> float | None:
@@ -177,6 +192,7 @@ class ClientConnection:
         close_timeout: float = 10.0,
         ping_interval: float | None = None,
         ping_timeout: float | None = 20.0,
+        request: Request | None = None,
     ) -> None:
         self._sock = sock
         self._proto = core
@@ -201,6 +217,8 @@ class ClientConnection:
         self.ping_timeout = ping_timeout
         self.latency = 0.0
         """Round-trip time of the last pong received, in seconds."""
+        self.request = request
+        """The opening request this client sent (path, headers), as with asyncio."""
         self.response_headers: Headers = response.headers
         self.subprotocol: str | None = response.subprotocol
         self.extensions = "permessage-deflate" if response.deflate is not None else ""
