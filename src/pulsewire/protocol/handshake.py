@@ -6,6 +6,9 @@ returns the 101 response, or raises :class:`Refused` whose status and plain-text
 :func:`http_response` turns into the answer. Client side: :class:`ClientHandshake` builds the
 request and checks the response: status 101, the Accept key, and that the server chose only
 what was offered. Time limits belong to the I/O layer.
+
+The HTTP pieces (:class:`HeadLimits`, :class:`Headers`, :class:`Request`, :func:`http_response`)
+live in :mod:`.http` and the Origin check in :mod:`.origins`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -14,21 +17,31 @@ import base64
 import binascii
 import hashlib
 import os
-import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from http import HTTPStatus
+from dataclasses import dataclass, field
 
 import httptools
 
 from .deflate import EXTENSION_NAME, DeflateOptions, PerMessageDeflate
 from .errors import InvalidHandshake, InvalidStatus, NegotiationError, Refused
 from .headers import parse_extension_list, parse_token_list, parse_upgrade_list
+from .http import (
+    Headers,
+    HeadLimits,
+    HeadParser,
+    Request,
+    check_header,
+    http_response,
+    resolve_head_limits,
+    target_error,
+)
+from .origins import OriginPolicy, request_scheme
 
 __all__ = [
     "ClientHandshake",
     "HeadLimits",
+    "Headers",
     "OriginPolicy",
     "Request",
     "Response",
@@ -44,84 +57,11 @@ __all__ = [
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 USER_AGENT = "pulsewire/0.1"
-_HEADER_VALUE_RE = re.compile(r"[^\r\n\x00]*")
-
-
-@dataclass(frozen=True)
-class HeadLimits:
-    """Limits on an HTTP request head, enforced as its bytes arrive.
-
-    One definition for every parser of request heads: the WebSocket handshake
-    (:class:`ServerHandshake`, :class:`~pulsewire.Server`) and the hub's HTTP front door.
-    """
-
-    max_target: int = 8192
-    """Longest request target (414)."""
-    max_headers: int = 100
-    """Most header fields (431)."""
-    max_head: int = 16384
-    """Largest request head, request line included (431)."""
 
 
 def accept_key(key: str) -> str:
     """The Sec-WebSocket-Accept value for a Sec-WebSocket-Key."""
     return base64.b64encode(hashlib.sha1((key + GUID).encode("ascii")).digest()).decode("ascii")
-
-
-class Headers:
-    """An ordered, case-insensitive multi-map of header fields."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items = list(items)
-
-    def get(self, name: str, default: str | None = None) -> str | None:
-        """The field's value; repeated fields are joined with ", " as RFC 7230 allows."""
-        values = self.get_all(name)
-        return ", ".join(values) if values else default
-
-    def get_all(self, name: str) -> list[str]:
-        name = name.lower()
-        return [v for k, v in self._items if k.lower() == name]
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and bool(self.get_all(name))
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def items(self) -> list[tuple[str, str]]:
-        return list(self._items)
-
-    def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
-
-
-@dataclass
-class Request:
-    """An HTTP request as parsed by :class:`ServerHandshake`."""
-
-    method: str
-    target: str
-    version: str
-    headers: Headers
-    remote_address: str = ""
-    """The peer's address, as the I/O binding gave it to the handshake."""
-    secure: bool = False
-    """Whether the request arrived over TLS."""
-
-    @property
-    def path(self) -> str:
-        """The path part of the target, without the query string."""
-        return urllib.parse.urlsplit(self.target).path or "/"
-
-    @property
-    def query(self) -> dict[str, list[str]]:
-        return urllib.parse.parse_qs(urllib.parse.urlsplit(self.target).query)
 
 
 @dataclass
@@ -133,224 +73,6 @@ class Response:
     subprotocol: str | None = None
     extensions: str | None = None
     deflate: PerMessageDeflate | None = None
-
-
-def http_response(
-    status: int,
-    body: str | bytes = b"",
-    headers: Sequence[tuple[str, str]] = (),
-    *,
-    close: bool = True,
-) -> bytes:
-    """Serialise a plain HTTP/1.1 response (text bodies are sent as UTF-8 text/plain)."""
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Unknown"
-    if isinstance(body, str):
-        body = body.encode("utf-8")
-    names = {k.lower() for k, _ in headers}
-    lines = [f"HTTP/1.1 {status} {phrase}"]
-    for name, value in headers:
-        _check_header(name, value)
-        lines.append(f"{name}: {value}")
-    if "content-type" not in names and body:
-        lines.append("Content-Type: text/plain; charset=utf-8")
-    if "content-length" not in names and status >= 200 and status not in (204, 304):
-        lines.append(f"Content-Length: {len(body)}")
-    if close and "connection" not in names:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def resolve_head_limits(
-    limits: HeadLimits | None,
-    max_target: int | None = None,
-    max_headers: int | None = None,
-    max_head: int | None = None,
-) -> HeadLimits:
-    """``limits`` (default: :class:`HeadLimits`'s) with the fields given here replaced."""
-    limits = limits if limits is not None else HeadLimits()
-    changes = {
-        name: value
-        for name, value in (
-            ("max_target", max_target),
-            ("max_headers", max_headers),
-            ("max_head", max_head),
-        )
-        if value is not None
-    }
-    return replace(limits, **changes) if changes else limits
-
-
-def _check_header(name: str, value: str) -> None:
-    if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name) or not _HEADER_VALUE_RE.fullmatch(
-        value
-    ):
-        raise ValueError(f"invalid header field {name!r}: {value!r}")
-
-
-def request_scheme(secure: bool, headers: Headers) -> str:
-    """The scheme (``http``/``https``) of the page a same-host browser request comes from.
-
-    ``https`` on a TLS listener; on a plain one, what a TLS-terminating proxy says in
-    ``X-Forwarded-Proto`` (the shipped nginx configuration sends it), else ``http``.
-
-    Trusting that header cannot let a foreign page in: a browser page cannot set it on a
-    WebSocket handshake (the WebSocket API takes no headers) or on an EventSource, and on a
-    fetch it is a non-simple header, so a cross-origin page's request is preceded by a CORS
-    preflight that carries no such header and is judged (and refused) as it is. A page of
-    our own origin setting it only gets itself refused. Clients that are not browsers can
-    send anything, Origin included: the Origin check never concerned them.
-    """
-    if secure:
-        return "https"
-    value = headers.get("X-Forwarded-Proto")
-    if value:
-        proto = value.split(",", 1)[0].strip().lower()
-        if proto in ("http", "https"):
-            return proto
-    return "http"
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def _origin_tuple(origin: str) -> tuple[str, str, int] | None:
-    """(scheme, host, port) of a serialized http(s) origin, ports made explicit; None if it
-    is anything else (another scheme, ``null``, a path, user info, a bad port)."""
-    try:
-        parts = urllib.parse.urlsplit(origin)
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme
-    if scheme not in _DEFAULT_PORTS or not parts.hostname:
-        return None
-    if parts.path or parts.query or parts.fragment or "@" in parts.netloc:
-        return None
-    return scheme, parts.hostname, port if port is not None else _DEFAULT_PORTS[scheme]
-
-
-def _host_tuple(host: str, scheme: str) -> tuple[str, int] | None:
-    """(host, port) of a Host header for a request made with ``scheme``."""
-    try:
-        parts = urllib.parse.urlsplit("//" + host.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    if not parts.hostname or parts.path or "@" in parts.netloc:
-        return None
-    return parts.hostname, port if port is not None else _DEFAULT_PORTS[scheme]
-
-
-class OriginPolicy:
-    """Which Origin headers a server accepts (defence against Cross-Site WebSocket Hijacking).
-
-    ``allowed`` holds exact origins (``https://example.com``) or patterns where ``*`` matches
-    one or more DNS labels or a port (``https://*.example.com``, ``http://localhost:*``).
-    With ``same_host=True`` the server's own origin is accepted too: scheme, host and port
-    equal to the request's (the scheme from :func:`request_scheme`, the host and port from
-    the ``Host`` header; default ports made explicit, so ``http://h`` is ``http://h:80``).
-    Any other scheme on the same host:port (``ws://``, ``file://``, ``chrome-extension://``,
-    ``null``...) is refused. ``allowed=None`` with ``same_host=False`` accepts every origin.
-    A request without an Origin header comes from a non-browser client (browsers always send
-    it) and is accepted unless ``require=True``.
-    """
-
-    def __init__(
-        self,
-        allowed: Iterable[str] | None = None,
-        *,
-        same_host: bool = False,
-        require: bool = False,
-    ) -> None:
-        self.allowed = None if allowed is None else list(allowed)
-        self.same_host = same_host
-        self.require = require
-        self._exact: set[str] = set()
-        self._patterns: list[re.Pattern[str]] = []
-        for origin in self.allowed or ():
-            if "*" in origin:
-                parts = [re.escape(p) for p in origin.lower().split("*")]
-                self._patterns.append(re.compile(r"[a-z0-9\-.]+".join(parts)))
-            else:
-                self._exact.add(origin.lower().rstrip("/"))
-
-    @property
-    def open(self) -> bool:
-        return self.allowed is None and not self.same_host
-
-    def allows(self, origin: str | None, host: str | None = None, *, scheme: str = "http") -> bool:
-        """Whether a request with this Origin and Host, made over ``scheme``, is accepted."""
-        if origin is None:
-            return not self.require
-        if self.open:
-            return True
-        origin = origin.lower()
-        if origin in self._exact or any(p.fullmatch(origin) for p in self._patterns):
-            return True
-        if self.same_host and host and scheme in _DEFAULT_PORTS:
-            page = _origin_tuple(origin)
-            ours = _host_tuple(host.lower(), scheme)
-            return page is not None and ours is not None and page == (scheme, *ours)
-        return False
-
-
-def target_error(method: str, target: str) -> str | None:
-    """Why a request target is not acceptable (None if it is).
-
-    Accepted: origin-form (``/path?query``) and absolute-form with an http(s) or ws(s)
-    scheme and a host (RFC 7230 5.3; RFC 6455 4.1 names the resource in origin-form, and
-    proxies may use absolute-form); asterisk-form ``*`` only for ``OPTIONS``. Anything else
-    (``*`` on GET, authority-form, a bare path) has no resource to route and is refused.
-    """
-    if target.startswith("/"):
-        return None
-    if target == "*":
-        return None if method == "OPTIONS" else "request target * is only valid for OPTIONS"
-    try:
-        parts = urllib.parse.urlsplit(target)
-    except ValueError:
-        parts = None
-    if parts is not None and parts.scheme in ("http", "https", "ws", "wss") and parts.netloc:
-        return None
-    return "request target must be a path (/...) or an absolute http(s)/ws(s) URL"
-
-
-class _Parser:
-    """Collects what httptools reports, enforcing size limits as bytes arrive."""
-
-    def __init__(self, limits: HeadLimits) -> None:
-        self.max_target = limits.max_target
-        self.max_headers = limits.max_headers
-        self.target = bytearray()
-        self.headers: list[tuple[str, str]] = []
-        self.status = b""
-        self.body = bytearray()
-        self.headers_complete = False
-        self.message_complete = False
-
-    # httptools callbacks
-    def on_url(self, url: bytes) -> None:
-        self.target += url
-        if len(self.target) > self.max_target:
-            raise Refused(414, f"request target longer than {self.max_target} bytes")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
-        if len(self.headers) > self.max_headers:
-            raise Refused(431, f"more than {self.max_headers} header fields")
-
-    def on_headers_complete(self) -> None:
-        self.headers_complete = True
-
-    def on_body(self, body: bytes) -> None:
-        if len(self.body) + len(body) <= 65536:
-            self.body += body
-
-    def on_message_complete(self) -> None:
-        self.message_complete = True
 
 
 class ServerHandshake:
@@ -391,7 +113,7 @@ class ServerHandshake:
         limits = resolve_head_limits(limits, max_request_line, max_headers, max_header_bytes)
         self.limits = limits
         self.max_header_bytes = limits.max_head
-        self._p = _Parser(limits)
+        self._p = HeadParser(limits)
         self._parser = httptools.HttpRequestParser(self._p)
         self._received = 0
         self.request: Request | None = None
@@ -600,7 +322,7 @@ class ClientHandshake:
     trailing: bytes = b""
 
     def __post_init__(self) -> None:
-        self._p = _Parser(HeadLimits(1 << 20, 1000, self.max_header_bytes))
+        self._p = HeadParser(HeadLimits(1 << 20, 1000, self.max_header_bytes))
         self._parser = httptools.HttpResponseParser(self._p)
         self._received = 0
         self._request: Request | None = None
@@ -634,7 +356,7 @@ class ClientHandshake:
         if self.user_agent and "user-agent" not in names:
             headers.append(("User-Agent", self.user_agent))
         for name, value in self.extra_headers:
-            _check_header(name, value)
+            check_header(name, value)
             headers.append((name, value))
         return Request("GET", self.uri.resource, "1.1", Headers(headers), secure=self.uri.secure)
 
