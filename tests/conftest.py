@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import pulsewire
-from pulsewire.protocol import connection, frames
+from pulsewire.protocol import connection, frames, writing
 from pulsewire.protocol.frames import build_frame
 from pulsewire.protocol.handshake import accept_key
 
@@ -91,9 +91,13 @@ def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
         if not frames.SPEEDUPS:
             pytest.skip(frames.SPEEDUPS_ABSENT)
     else:
-        for module in (connection, frames):
-            monkeypatch.setattr(module, "apply_mask", frames._py_apply_mask)
-            monkeypatch.setattr(module, "build_frame", frames._py_build_frame)
+        for module in (connection, writing, frames):
+            for name, function in (
+                ("apply_mask", frames._py_apply_mask),
+                ("build_frame", frames._py_build_frame),
+            ):
+                if hasattr(module, name):  # wherever the core took it from frames
+                    monkeypatch.setattr(module, name, function)
         monkeypatch.setattr(connection, "scan_messages", None, raising=False)
     yield request.param
 

@@ -36,14 +36,11 @@ it continues with ``receive_data(b"")``.
 
 from __future__ import annotations
 
-import enum
-import os
 from collections.abc import Callable
 
 from .close import (
     Close,
     CloseCode,
-    is_valid_close_code,
     serialize_close,
     truncate_reason,
 )
@@ -52,31 +49,15 @@ from .errors import PayloadTooBig, ProtocolError
 from .events import CloseReceived, Event, Ping, Pong
 from .frames import (
     MAX_CONTROL_PAYLOAD,
-    PreparedFrame,
     apply_mask,
-    build_frame,
-    frame_header,
     parse_close,
     scan_messages,
 )
+from .state import InvalidState, Side, State
 from .utf8 import Utf8Decoder, decode_text
+from .writing import Writer
 
 __all__ = ["Connection", "InvalidState", "Side", "State"]
-
-
-class Side(enum.Enum):
-    SERVER = "server"
-    CLIENT = "client"
-
-
-class State(enum.IntEnum):
-    OPEN = 1
-    CLOSING = 2
-    CLOSED = 3
-
-
-class InvalidState(RuntimeError):
-    """A send call was made in a state that does not allow it (e.g. data after our Close)."""
 
 
 _NO_MESSAGE = 0
@@ -86,7 +67,7 @@ _LARGE_PAYLOAD = 16384  # from this size, header and payload are queued separate
 _WHOLE_FRAME = 65536  # binary frames up to this size are buffered whole, not streamed
 
 
-class Connection:
+class Connection(Writer):
     """One WebSocket connection after the opening handshake.
 
     ``max_message_size`` bounds a whole message after inflation (``None``: no limit, for tools
@@ -98,25 +79,17 @@ class Connection:
 
     __slots__ = (
         "__weakref__",
-        "side",
-        "state",
         "max_message_size",
         "max_frame_size",
         "max_fragments",
         "max_inflated_per_read",
-        "deflate",
-        "close_sent",
         "close_rcvd",
         "close_rcvd_then_sent",
         "failure",
-        "out_bytes",
         "close_transport",
         "buffered_in",
         "input_held_back",
-        "_client",
-        "_mask_key",
         "_events",
-        "_out",
         "_pending",
         "_discard_input",
         # current incoming frame, while its payload is streaming in
@@ -133,9 +106,6 @@ class Connection:
         "_msg_parts",
         "_read_inflated",
         "_utf8",
-        # current outgoing fragmented message
-        "_out_fragmenting",
-        "_out_compressed",
     )
 
     def __init__(
@@ -149,18 +119,13 @@ class Connection:
         deflate: PerMessageDeflate | None = None,
         mask_key: Callable[[], bytes] | None = None,
     ) -> None:
-        self.side = side
-        self.state = State.OPEN
+        super().__init__(side, deflate=deflate, mask_key=mask_key)
         self.max_message_size = max_message_size
         self.max_frame_size = max_frame_size if max_frame_size is not None else max_message_size
         self.max_fragments = max_fragments
         self.max_inflated_per_read = max_inflated_per_read
-        self.deflate = deflate
-        self.close_sent: Close | None = None
         self.close_rcvd: Close | None = None
         self.close_rcvd_then_sent: bool | None = None
-        self.out_bytes = 0
-        """Bytes queued in :meth:`data_to_send` and not yet taken (for write backpressure)."""
         self.failure: ProtocolError | None = None
         self.close_transport = False
         self.buffered_in = 0
@@ -170,10 +135,7 @@ class Connection:
         self.input_held_back = False
         """:meth:`receive_data` stopped before the end of its input (``max_inflated_per_read``):
         take the events, then call ``receive_data(b"")`` to go on."""
-        self._client = side is Side.CLIENT
-        self._mask_key: Callable[[], bytes] = mask_key or (lambda: os.urandom(4))
         self._events: list[Event] = []
-        self._out: list[bytes] = []
         self._pending = b""
         self._discard_input = False
         self._frame_left = 0
@@ -188,8 +150,6 @@ class Connection:
         self._msg_parts: list[bytes] = []
         self._read_inflated = 0
         self._utf8: Utf8Decoder | None = None
-        self._out_fragmenting = 0
-        self._out_compressed = False
 
     # ------------------------------------------------------------------------------ input
 
@@ -248,7 +208,7 @@ class Connection:
         pos = 0
         end = len(data)
         events = self._events
-        client = self._client
+        client = self.is_client
         scan = scan_messages
         if scan is not None:
             frame_limit, message_limit = self.max_frame_size, self.max_message_size
@@ -443,7 +403,7 @@ class Connection:
             # A Ping is answered "unless [we] already received a Close frame" (RFC 6455 5.5.2);
             # having sent one ourselves (CLOSING) only forbids data frames.
             if self.state is not State.CLOSED:
-                self._send_frame(0x8A, payload)
+                self.send_frame(0x8A, payload)
         elif opcode == 10:
             self._events.append(Pong(payload))
         else:
@@ -453,10 +413,10 @@ class Connection:
             if self.state is State.OPEN:
                 # Echo the code (RFC 6455 5.5.1); an empty Close is answered with an empty one.
                 self.close_sent = Close(close.code, "")
-                self._send_frame(0x88, serialize_close(close.code))
+                self.send_frame(0x88, serialize_close(close.code))
             self.state = State.CLOSED
             self._drop_input()
-            if not self._client:
+            if not self.is_client:
                 self.close_transport = True
             self._events.append(CloseReceived(close))
 
@@ -472,146 +432,10 @@ class Connection:
         if self.state is State.OPEN:
             reason = truncate_reason(reason)
             self.close_sent = Close(code, reason)
-            self._send_frame(0x88, serialize_close(code, reason))
+            self.send_frame(0x88, serialize_close(code, reason))
         self.state = State.CLOSED
         self._drop_input()  # a failed message's pieces go at once
         self.close_transport = True
-
-    # ----------------------------------------------------------------------------- output
-    #
-    # One output queue. Every send_*() call (and the core itself: pongs, the Close echo)
-    # appends buffers to it, in the order they must reach the network; the I/O layer takes
-    # them either without allocating (pending_output, then output_written()) or as a list it
-    # keeps (data_to_send()). out_bytes says how much it holds.
-
-    def data_to_send(self) -> list[bytes]:
-        """Take the queued buffers: :attr:`pending_output` and :meth:`output_written` in one
-        call, the list handed over (for an I/O layer that writes it later, elsewhere)."""
-        out = self._out
-        if out:
-            self._out = []
-            self.out_bytes = 0
-        return out
-
-    @property
-    def pending_output(self) -> list[bytes]:
-        """The queued buffers, without taking them: write them, then call
-        :meth:`output_written`. (Unlike :meth:`data_to_send`, this allocates nothing, which
-        matters when one message fans out to 10,000 connections: a new list each would be
-        10,000 garbage-collected containers.)"""
-        return self._out
-
-    def output_written(self) -> None:
-        """The buffers from :attr:`pending_output` were written: forget them."""
-        self._out.clear()
-        self.out_bytes = 0
-
-    def send_text(
-        self, data: str | bytes, *, fin: bool = True, compress: bool | None = None
-    ) -> None:
-        """Send a text message (``bytes`` must already be UTF-8; ``fin=False`` starts fragments)."""
-        payload = data.encode("utf-8") if isinstance(data, str) else data
-        self._send_data(_TEXT, payload, fin, compress)
-
-    def send_binary(self, data: bytes, *, fin: bool = True, compress: bool | None = None) -> None:
-        """Send a binary message (``fin=False`` starts a fragmented one)."""
-        self._send_data(
-            _BINARY, bytes(data) if not isinstance(data, bytes) else data, fin, compress
-        )
-
-    def send_continuation(self, data: str | bytes, *, fin: bool) -> None:
-        """Send the next fragment of the message started with ``fin=False``."""
-        if not self._out_fragmenting:
-            raise InvalidState("no fragmented message in progress")
-        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-        self._send_data(0, payload, fin, None)
-
-    def _send_data(self, opcode: int, payload: bytes, fin: bool, compress: bool | None) -> None:
-        if self.state is not State.OPEN:
-            raise InvalidState(f"cannot send data in state {self.state.name}")
-        if opcode:
-            if self._out_fragmenting:
-                raise InvalidState("a fragmented message is in progress; send its continuation")
-            deflate = self.deflate
-            compressed = deflate is not None and deflate.should_compress(len(payload), compress)
-            self._out_compressed = compressed
-        else:
-            compressed = self._out_compressed
-        first = opcode | (0x80 if fin else 0)
-        if compressed:
-            assert self.deflate is not None
-            packed = self.deflate.compress(payload, fin)
-            if (
-                opcode
-                and fin
-                and len(packed) >= len(payload)
-                and self.deflate.can_skip_after_compressing
-            ):
-                packed = payload  # incompressible: the history was reset, so send it raw
-            else:
-                first |= 0x40 if opcode else 0
-            payload = packed
-        self._out_fragmenting = 0 if fin else (opcode or self._out_fragmenting)
-        self._send_frame(first, payload)
-
-    def send_prepared(self, frame: PreparedFrame, *, compress: bool | None = None) -> None:
-        """Send a message prepared once for many connections (see :class:`PreparedFrame`).
-
-        Its shared bytes are queued as they are when they fit this connection: server side
-        (a client masks every frame) and not compressed (``compress`` as for
-        :meth:`send_text`). Otherwise the message is framed for this connection alone."""
-        deflate = self.deflate
-        if self._client or (
-            deflate is not None and deflate.should_compress(len(frame.payload), compress)
-        ):
-            self._send_data(frame.opcode, frame.payload, True, compress)
-            return
-        if self.state is not State.OPEN:
-            raise InvalidState(f"cannot send data in state {self.state.name}")
-        if self._out_fragmenting:
-            raise InvalidState("a fragmented message is in progress; send its continuation")
-        data = frame.data
-        self._out.append(data)
-        self.out_bytes += len(data)
-
-    def send_ping(self, data: bytes = b"") -> None:
-        """Send a Ping (at most 125 bytes of payload)."""
-        if len(data) > MAX_CONTROL_PAYLOAD:
-            raise ValueError("ping payload longer than 125 bytes")
-        if self.state is not State.OPEN:
-            raise InvalidState(f"cannot send a ping in state {self.state.name}")
-        self._send_frame(0x89, bytes(data))
-
-    def send_pong(self, data: bytes = b"") -> None:
-        """Send an unsolicited Pong (a heartbeat that needs no answer)."""
-        if len(data) > MAX_CONTROL_PAYLOAD:
-            raise ValueError("pong payload longer than 125 bytes")
-        if self.state is not State.OPEN:
-            raise InvalidState(f"cannot send a pong in state {self.state.name}")
-        self._send_frame(0x8A, bytes(data))
-
-    def send_close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
-        """Start the closing handshake (code 1005 sends a Close without a status code)."""
-        if code != CloseCode.NO_STATUS_RCVD and not is_valid_close_code(code):
-            raise ValueError(f"invalid close code {code}")
-        if code == CloseCode.NO_STATUS_RCVD and reason:
-            raise ValueError("a reason needs a close code")
-        if self.state is not State.OPEN:
-            raise InvalidState(f"cannot send a close in state {self.state.name}")
-        payload = serialize_close(code, reason)  # validates the reason's length
-        self.close_sent = Close(code, reason)
-        self.state = State.CLOSING
-        self._send_frame(0x88, payload)
-
-    def _send_frame(self, first: int, payload: bytes) -> None:
-        mask = self._mask_key() if self._client else None
-        n = len(payload)
-        self.out_bytes += n + 14
-        if mask is None and n >= _LARGE_PAYLOAD:
-            self._out.append(frame_header(first, n))
-            self._out.append(payload)
-        else:
-            self._out.append(build_frame(first, payload, mask))
 
 
 def _with_overhead(limit: int) -> int:
