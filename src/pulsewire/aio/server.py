@@ -430,6 +430,12 @@ class Server:
         return int(self.sockets[0].getsockname()[1])
 
     @property
+    def origins(self) -> OriginPolicy:
+        """The Origin policy of the opening handshakes (shared: a reload may update it in
+        place, and the hub's SSE and long-polling endpoints may use the same object)."""
+        return self._origins
+
+    @property
     def connections(self) -> set[ServerConnection]:
         """Open connections (including ones still in the opening handshake)."""
         return set(self._connections)
