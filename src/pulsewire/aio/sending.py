@@ -57,12 +57,14 @@ class FlushQueue:
         self.pending: list[Sender] = []  # not empty: run() is scheduled
 
     def add(self, conn: Sender) -> None:
+        """Write ``conn`` out at the end of this loop iteration."""
         pending = self.pending
         pending.append(conn)
         if len(pending) == 1:
             self.loop.call_soon(self.run)
 
     def run(self) -> None:
+        """The loop callback: write out every connection still waiting for it."""
         pending = self.pending
         self.pending = []
         for conn in pending:
@@ -79,6 +81,7 @@ _flush_queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FlushQueue] 
 
 
 def flush_queue(loop: asyncio.AbstractEventLoop) -> FlushQueue:
+    """The flush queue of ``loop`` (one per event loop)."""
     queue = _flush_queues.get(loop)
     if queue is None:
         queue = _flush_queues[loop] = FlushQueue(loop)
