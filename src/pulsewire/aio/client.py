@@ -32,7 +32,7 @@ class ClientConnection(Connection):
             write_limit=options.write_limit,
         )
         self._handshake: ClientHandshake | None = handshake
-        self._opening: asyncio.Future[None] = self._loop.create_future()
+        self._opening: asyncio.Future[None] = self.loop.create_future()
         self.options = options
         """The options this connection was opened with."""
 

@@ -191,7 +191,7 @@ class Connection(Sender):
             self._report()
         if self._paused_reading & PAUSE_QUEUE:
             self._resume(PAUSE_QUEUE)
-        waiter: asyncio.Future[Data | None] = self._loop.create_future()
+        waiter: asyncio.Future[Data | None] = self.loop.create_future()
         self._recv_waiter = waiter
         try:
             message = await waiter
@@ -357,7 +357,7 @@ class Connection(Sender):
                 data = os.urandom(4)
         elif data in pings:
             raise ConcurrencyError("a ping with the same payload is already waiting for its pong")
-        waiter: asyncio.Future[float | None] = self._loop.create_future()
+        waiter: asyncio.Future[float | None] = self.loop.create_future()
         pings[data] = (waiter, time.monotonic())
         proto.send_ping(data)
         self.flush()
@@ -407,12 +407,12 @@ class Connection(Sender):
             # when it brings many small bombs, each under max_size.
             proto.max_inflated_per_read = max(proto.max_message_size or 0, INFLATED_PER_READ)
         self._proto = proto
-        self._closed = self._loop.create_future()
+        self._closed = self.loop.create_future()
         transport = self._transport
         if transport is not None:
             transport.set_write_buffer_limits(high=self.write_limit)
         if self.ping_interval:
-            self._keepalive = self._loop.call_later(self.ping_interval, self._send_keepalive)
+            self._keepalive = self.loop.call_later(self.ping_interval, self._send_keepalive)
         listener = self._listener
         if listener is not None:
             self._flush_scheduled = True
@@ -434,16 +434,14 @@ class Connection(Sender):
         pings = self._pings
         if pings is None:
             pings = self._pings = {}
-        waiter: asyncio.Future[float | None] = self._loop.create_future()
+        waiter: asyncio.Future[float | None] = self.loop.create_future()
         pings[data] = (waiter, time.monotonic())
         proto.send_ping(data)
         self.flush()
         if self.ping_timeout:
-            self._keepalive = self._loop.call_later(
-                self.ping_timeout, self._check_keepalive, waiter
-            )
+            self._keepalive = self.loop.call_later(self.ping_timeout, self._check_keepalive, waiter)
         elif self.ping_interval:
-            self._keepalive = self._loop.call_later(self.ping_interval, self._send_keepalive)
+            self._keepalive = self.loop.call_later(self.ping_interval, self._send_keepalive)
 
     def _check_keepalive(self, waiter: asyncio.Future[float | None]) -> None:
         self._keepalive = None
@@ -456,4 +454,4 @@ class Connection(Sender):
             self.flush()
             return
         delay = max(0.0, (self.ping_interval or 0.0) - (self.ping_timeout or 0.0))
-        self._keepalive = self._loop.call_later(delay or 0.0, self._send_keepalive)
+        self._keepalive = self.loop.call_later(delay or 0.0, self._send_keepalive)

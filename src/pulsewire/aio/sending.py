@@ -107,19 +107,20 @@ class Sender(asyncio.Protocol):
         "_flush_scheduled",
         "_fragmenting",
         "_lingering",
-        "_loop",
         "_paused_reading",
         "_paused_writing",
         "_proto",
         "_queued",
         "_transport",
         "close_timeout",
+        "loop",
         "remote_address",
         "write_limit",
     )
 
     def __init__(self, *, close_timeout: float = 10.0, write_limit: int = 65536) -> None:
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
+        """The event loop this connection runs on."""
         self._transport: asyncio.Transport | None = None
         self._proto: CoreConnection | None = None
         # Memory of the unread messages as last counted (when messages arrive, when the queue
@@ -135,7 +136,7 @@ class Sender(asyncio.Protocol):
         self._lingering = False  # failed: our side is shut, reading until the peer's EOF
         self._account: Account | None = None
         self._flush_scheduled = False
-        self._flush_queue = flush_queue(self._loop)
+        self._flush_queue = flush_queue(self.loop)
         self._fragmenting: asyncio.Future[None] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self.close_timeout = close_timeout
@@ -283,7 +284,7 @@ class Sender(asyncio.Protocol):
     async def _send_fragments_async(
         self, fragments: AsyncIterable[Data], compress: bool | None
     ) -> None:
-        done = self._fragmenting = self._loop.create_future()
+        done = self._fragmenting = self.loop.create_future()
         try:
             await self._send_fragments(fragments, compress)
         finally:
@@ -396,7 +397,7 @@ class Sender(asyncio.Protocol):
 
     def _start_close_timer(self) -> None:
         if self._close_timer is None and self._transport is not None:
-            self._close_timer = self._loop.call_later(
+            self._close_timer = self.loop.call_later(
                 self.close_timeout, self._close_timeout_expired
             )
 
@@ -428,7 +429,7 @@ class Sender(asyncio.Protocol):
             raise self._closed_error()
         waiter = self._drain_waiter
         if waiter is None or waiter.done():
-            waiter = self._drain_waiter = self._loop.create_future()
+            waiter = self._drain_waiter = self.loop.create_future()
         await asyncio.shield(waiter)
         if self._transport is None:
             raise self._closed_error()
@@ -458,7 +459,7 @@ class Sender(asyncio.Protocol):
         if proto is not None and proto.input_held_back:
             # Parsed input is waiting in the core; not from here (maybe another
             # connection's report, or recv()), but from the loop.
-            self._loop.call_soon(self._parse_held_back)
+            self.loop.call_soon(self._parse_held_back)
 
     def _parse_held_back(self) -> None:
         proto = self._proto

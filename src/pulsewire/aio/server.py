@@ -90,7 +90,7 @@ class ServerConnection(Connection):
         handshake.secure = tcp.get_extra_info("ssl_object") is not None
         peer = self.remote_address
         handshake.remote_address = str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
-        self._handshake_timer = self._loop.call_later(
+        self._handshake_timer = self.loop.call_later(
             server.options["open_timeout"], self._handshake_timed_out
         )
 
@@ -131,7 +131,7 @@ class ServerConnection(Connection):
                 self._refuse(Refused(500, "internal server error during the opening handshake"))
                 return
             if inspect.isawaitable(answer):
-                self._loop.create_task(self._await_process_request(request, answer))
+                self.loop.create_task(self._await_process_request(request, answer))
                 return
             if answer is not None:
                 self._answer(answer)
@@ -212,7 +212,7 @@ class ServerConnection(Connection):
         if self._listener is not None:
             return
         handler = cast(Handler, handler)
-        task = self._loop.create_task(self._run_handler(handler))
+        task = self.loop.create_task(self._run_handler(handler))
         server._handler_tasks.add(task)
         task.add_done_callback(server._handler_tasks.discard)
 
