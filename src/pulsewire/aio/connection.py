@@ -336,6 +336,10 @@ class Connection(Sender):
                     fut.set_result(None)
             self._pings = None
 
+    def _handshake_data(self, data: bytes) -> None:
+        """Bytes of the opening handshake (the server and client subclasses parse them)."""
+        raise NotImplementedError
+
     def connection_closed(self) -> None:
         """Hook: TCP is gone; :attr:`close_code` is final (subclasses clean up here)."""
 

@@ -523,9 +523,6 @@ class Sender(asyncio.Protocol):
         if drain is not None and not drain.done():
             drain.set_result(None)
 
-    def _handshake_data(self, data: bytes) -> None:
-        raise NotImplementedError
-
 
 async def _aiter_sync(items: Iterable[Data]) -> AsyncIterator[Data]:
     for item in items:
