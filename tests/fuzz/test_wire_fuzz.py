@@ -185,7 +185,7 @@ async def scenario(hub: Hub, codec: Any, messages: list[str | bytes]) -> None:
         code = transport.closed[0]
         assert 4000 <= code <= 4999 or code in POLICY_CODES, transport.closed
     assert session.id not in hub.sessions
-    assert all(session not in subs for subs in hub._channels.values())
+    assert all(subscriber is not session for subscriber, _ in hub.fanout.all())
     assert all(session not in group for group in hub.users.values())
 
 

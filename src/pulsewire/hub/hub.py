@@ -1,12 +1,12 @@
 """The hub: sessions, channels, presence and history on top of an engine.
 
-One :class:`Hub` per process. Transports hand it sessions; the application (or the HTTP API)
-publishes through it; the engine connects it to the other nodes. Live publications of
-history channels are checked for order: a publication whose ``prev`` is past the last one
-delivered here means something was missed (e.g. while the engine was down), and the hub
-fills the gap from history before delivering further, so subscribers see every offset once
-and in order; when the gap cannot be filled (history trimmed, epoch changed) subscribers are
-told to resubscribe, and their recovery tells them to reload state.
+One :class:`Hub` per process (a node). Transports hand it sessions; the application (or the
+HTTP API) publishes through it; the engine connects it to the other nodes and hands it back
+each publication (:meth:`Hub.on_publication`), which goes one way down: to the node's
+:class:`~pulsewire.hub.fanout.Fanout` (the subscription index; order checked, gaps filled from
+history, encoded once per codec), to each session, to its transport. The node keeps publish,
+presence, history, administration and the engine callbacks; sessions reach it through the
+public :class:`~pulsewire.hub.session.SessionHost` interface.
 
 Nodes watch each other (see :mod:`pulsewire.hub.nodes`): each announces itself every
 ``node_announce_interval`` seconds; one silent for 3 intervals is declared dead, and the
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import functools
 import inspect
 import json
@@ -27,7 +26,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import msgpack
@@ -44,9 +43,10 @@ from .engines.base import (
     PresenceAdd,
 )
 from .errors import Disconnect, DisconnectCode, ErrorCode, HubError
+from .fanout import UNSUBSCRIBE_SERVER, Fanout, Subscription, first_follows, publication_body
 from .metrics import HubMetrics
 from .nodes import NodeTracker, Peer
-from .session import ConnectRequest, Session, Subscription, Transport
+from .session import ConnectRequest, Session, Transport
 from .types import ClientInfo, HistoryResult, Publication, PublishOptions, StreamPosition
 from .wire import Codec
 
@@ -56,8 +56,6 @@ logger = logging.getLogger("pulsewire.hub")
 
 Hook = Callable[..., Any]
 T = TypeVar("T")
-UNSUBSCRIBE_INSUFFICIENT_STATE = 2500
-UNSUBSCRIBE_SERVER = 2000
 #: Remote clients remembered per channel with join/leave but no presence (joins seen since the
 #: channel's first local subscriber), to push their leave if their node dies; oldest dropped.
 MEMBERS_TRACKED_PER_CHANNEL = 10_000
@@ -111,10 +109,15 @@ class Hub:
         self.on_disconnect = on_disconnect
         self.sessions: dict[str, Session] = {}
         self.users: dict[str, set[Session]] = {}
-        self._channels: dict[str, dict[Session, Subscription]] = {}
-        self._positions: dict[str, StreamPosition] = {}
-        self._syncing: dict[str, list[Publication]] = {}
-        self._subscribing: dict[str, asyncio.Future[None]] = {}
+        self.fanout = Fanout(
+            self.engine,
+            self.metrics,
+            spawn=self._spawn,
+            publish_options=lambda name: self._options(name)[1],
+            ended=lambda sub: self._spawn(self.forget_presence(sub)),
+            channel_closed=self._channel_closed,
+        )
+        """The subscription index and live delivery (see :mod:`pulsewire.hub.fanout`)."""
         self._nodes: dict[str, dict[str, Any]] = {}
         self._peers = NodeTracker(DEAD_AFTER_INTERVALS * self.config.node_announce_interval)
         # channel (with join/leave, without presence) -> client -> (instance, info)
@@ -162,6 +165,7 @@ class Hub:
         """Disconnect every local session (they may reconnect elsewhere), tell the other nodes
         this one is leaving, then stop the engine."""
         self.closing = True
+        self.fanout.close()
         for session in list(self.sessions.values()):
             session.disconnect(code, reason)
         for task in (self._presence_task, self._node_task, self._watch_task, self._rejoin_task):
@@ -200,7 +204,8 @@ class Hub:
         self.metrics.connection_gauge(transport.kind).inc()
         return session
 
-    async def _authenticate(self, request: ConnectRequest) -> Credentials:
+    async def credentials_for(self, request: ConnectRequest) -> Credentials:
+        """Authenticate a connecting client: the ``authenticate`` hook, else its token."""
         if self.authenticate is not None:
             outcome = self.authenticate(request)
             if inspect.isawaitable(outcome):
@@ -221,14 +226,14 @@ class Hub:
             return Credentials(user="")
         raise Disconnect(DisconnectCode.UNAUTHORIZED, "a connection token is required")
 
-    def _session_connected(self, session: Session) -> None:
+    def session_connected(self, session: Session) -> None:
+        """Called by a session once connected: it counts under its user."""
         logger.debug("session connected", extra=session.log_context())
         self.users.setdefault(session.user, set()).add(session)
         self.metrics.connects.labels(session.transport.kind).inc()
 
-    def _session_closed(
-        self, session: Session, was_connected: bool, code: int, reason: str
-    ) -> None:
+    def session_closed(self, session: Session, was_connected: bool, code: int, reason: str) -> None:
+        """Called by a session when it ends: its subscriptions end, the node forgets it."""
         self.sessions.pop(session.id, None)
         logger.debug(
             "session closed", extra={**session.log_context(), "code": code, "reason": reason}
@@ -240,10 +245,8 @@ class Hub:
             users.discard(session)
             if not users:
                 del self.users[session.user]
-        for name, sub in list(session.subscriptions.items()):
-            self._remove_subscriber(name, session)
-            self._spawn(self._forget_presence(sub))
-        session.subscriptions.clear()
+        for sub in self.fanout.remove_all(session):
+            self._spawn(self.forget_presence(sub))
         if was_connected and self.on_disconnect is not None:
             try:
                 outcome = self.on_disconnect(session, code, reason)
@@ -254,51 +257,13 @@ class Hub:
 
     # ----------------------------------------------------------------------- channels
 
-    async def _add_subscriber(self, name: str, session: Session) -> None:
-        """Register ``session`` for live publications of ``name``; returns once this node
-        receives the channel from the engine (so a history read after it misses nothing)."""
-        subs = self._channels.get(name)
-        if subs is not None:
-            subs[session] = session.subscriptions[name]
-            pending = self._subscribing.get(name)
-            if pending is not None:  # the node's first subscriber is still subscribing
-                await asyncio.shield(pending)
-            return
-        subs = self._channels[name] = {session: session.subscriptions[name]}
-        self.metrics.channels.set(len(self._channels))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._subscribing[name] = done
-        try:
-            await self.engine.subscribe(name)
-        except EngineUnavailable:
-            error = HubError(ErrorCode.NOT_AVAILABLE, "engine unavailable, try again")
-            done.set_exception(error)
-            done.exception()  # retrieved: nobody else may be waiting
-            raise error from None
-        else:
-            done.set_result(None)
-        finally:
-            self._subscribing.pop(name, None)
+    def _channel_closed(self, name: str) -> None:
+        """The fan-out's last local subscriber of ``name`` left."""
+        self._members.pop(name, None)
 
-    def _remove_subscriber(self, name: str, session: Session) -> None:
-        subs = self._channels.get(name)
-        if subs is None:
-            return
-        subs.pop(session, None)
-        if not subs:
-            del self._channels[name]
-            self._positions.pop(name, None)
-            self._members.pop(name, None)
-            self.metrics.channels.set(len(self._channels))
-            if not self.closing:
-                self._spawn(self._engine_unsubscribe(name))
-
-    async def _engine_unsubscribe(self, name: str) -> None:
-        if name not in self._channels:  # nobody came back meanwhile
-            await self.engine.unsubscribe(name)
-
-    def _options(self, name: str) -> tuple[ChannelName, PublishOptions]:
-        channel = parse_channel(name, self.config)
+    def _options(self, name: str | ChannelName) -> tuple[ChannelName, PublishOptions]:
+        """The channel, parsed (unless it is already), and its history options."""
+        channel = name if isinstance(name, ChannelName) else parse_channel(name, self.config)
         return channel, self._publish_options(channel.options)
 
     def _publish_options(self, options: ChannelOptions) -> PublishOptions:
@@ -310,7 +275,7 @@ class Hub:
 
     async def publish(
         self,
-        channel: str,
+        channel: str | ChannelName,
         data: Any,
         *,
         info: ClientInfo | None = None,
@@ -339,7 +304,8 @@ class Hub:
         not raised (it is counted in ``pulsewire_engine_errors_total``). With a key it reaches
         every node, this one included, through the engine, and engine failures are raised.
         """
-        _, options = self._options(channel)
+        chan, options = self._options(channel)
+        channel = chan.name
         _check_data(data)
         if idempotency_key is not None:
             _check_idempotency_key(idempotency_key)
@@ -402,34 +368,43 @@ class Hub:
                 results.append(exc)
         return results
 
-    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+    async def presence(self, channel: str | ChannelName) -> dict[str, ClientInfo]:
+        """Who is subscribed to ``channel`` on every node, by client id."""
         chan, _ = self._options(channel)
         if not chan.options.presence:
-            raise HubError(ErrorCode.NOT_AVAILABLE, f"presence is off in {channel}")
-        return await self._engine_call(self.engine.presence(channel))
+            raise HubError(ErrorCode.NOT_AVAILABLE, f"presence is off in {chan.name}")
+        return await self._engine_call(self.engine.presence(chan.name))
 
-    async def presence_stats(self, channel: str) -> tuple[int, int]:
+    async def presence_stats(self, channel: str | ChannelName) -> tuple[int, int]:
+        """How many clients and distinct users are subscribed to ``channel``."""
         chan, _ = self._options(channel)
         if not chan.options.presence:
-            raise HubError(ErrorCode.NOT_AVAILABLE, f"presence is off in {channel}")
-        return await self._engine_call(self.engine.presence_stats(channel))
+            raise HubError(ErrorCode.NOT_AVAILABLE, f"presence is off in {chan.name}")
+        return await self._engine_call(self.engine.presence_stats(chan.name))
 
     async def history(
         self,
-        channel: str,
+        channel: str | ChannelName,
         *,
         limit: int | None = None,
         since: StreamPosition | None = None,
         reverse: bool = False,
     ) -> HistoryResult:
-        _, options = self._options(channel)
+        """``channel``'s kept publications (after ``since``, at most ``limit``) and position."""
+        chan, options = self._options(channel)
         if not options.history:
-            raise HubError(ErrorCode.NOT_AVAILABLE, f"history is off in {channel}")
+            raise HubError(ErrorCode.NOT_AVAILABLE, f"history is off in {chan.name}")
         return await self._engine_call(
-            self.engine.history(channel, since=since, limit=limit, reverse=reverse, options=options)
+            self.engine.history(
+                chan.name, since=since, limit=limit, reverse=reverse, options=options
+            )
         )
 
-    async def _history_reply(self, channel: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def history_reply(
+        self, channel: str | ChannelName, params: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The reply to a history request (client command or HTTP API) from its params:
+        ``limit`` (a non-negative integer), ``since`` ({offset, epoch}), ``reverse``."""
         limit = params.get("limit")
         since = params.get("since")
         if limit is not None and (not isinstance(limit, int) or limit < 0):
@@ -443,7 +418,7 @@ class Hub:
             channel, limit=limit, since=position, reverse=bool(params.get("reverse"))
         )
         return {
-            "publications": [self._publication_dict(p) for p in result.publications],
+            "publications": [publication_body(p) for p in result.publications],
             "offset": result.position.offset,
             "epoch": result.position.epoch,
         }
@@ -482,7 +457,7 @@ class Hub:
     @property
     def channels(self) -> dict[str, int]:
         """Channels with subscribers on this node, and how many."""
-        return {name: len(subs) for name, subs in self._channels.items()}
+        return self.fanout.counts
 
     @property
     def nodes(self) -> dict[str, dict[str, Any]]:
@@ -496,106 +471,8 @@ class Hub:
     # ------------------------------------------------------------------ engine callbacks
 
     def on_publication(self, channel: str, publication: Publication) -> None:
-        subs = self._channels.get(channel)
-        if not subs:
-            return
-        if publication.offset:
-            syncing = self._syncing.get(channel)
-            if syncing is not None:
-                syncing.append(publication)
-                return
-            position = self._positions.get(channel)
-            if position is not None:
-                if publication.epoch and position.epoch and publication.epoch != position.epoch:
-                    self._insufficient_state(channel)
-                    if channel in self._channels:
-                        self._positions[channel] = StreamPosition(
-                            publication.offset, publication.epoch
-                        )
-                    return
-                if publication.offset <= position.offset:
-                    return
-                if publication.prev is not None and publication.prev > position.offset:
-                    self._syncing[channel] = [publication]
-                    self._spawn(self._fill_gap(channel, position))
-                    return
-            self._positions[channel] = StreamPosition(
-                publication.offset, publication.epoch or (position.epoch if position else "")
-            )
-        self._deliver(channel, subs, publication)
-
-    def _deliver(
-        self, channel: str, subs: dict[Session, Subscription], publication: Publication
-    ) -> None:
-        # A snapshot of the keys only (delivering may disconnect a slow consumer): with 10,000
-        # subscribers, list(subs.items()) would allocate 10,000 tuples per publication, enough
-        # short-lived survivors to trigger a full garbage collection every few publications.
-        for session in list(subs):
-            sub = subs.get(session)
-            if sub is not None:
-                session.deliver(channel, sub, publication)
-        self.metrics.deliveries.inc(len(subs))
-        if publication.published_at:
-            self.metrics.latency.observe(max(0.0, time.time() - publication.published_at))
-
-    async def _fill_gap(self, channel: str, since: StreamPosition) -> None:
-        """Deliver what was missed after ``since`` from history, then what arrived meanwhile."""
-        try:
-            try:
-                _, options = self._options(channel)
-                result = await self.engine.history(channel, since=since, options=options)
-            except (EngineUnavailable, HubError):
-                self._insufficient_state(channel)
-                return
-            publications = result.publications
-            complete = result.position.epoch == since.epoch and (
-                (not publications and result.position.offset == since.offset)
-                or (bool(publications) and _first_follows(publications[0], since.offset))
-            )
-            if not complete:
-                self._insufficient_state(channel)
-                if channel in self._channels:
-                    self._positions[channel] = result.position
-                return
-            self.metrics.gap_fills.inc()
-            buffered = self._syncing.get(channel, [])
-            last = since.offset
-            subs = self._channels.get(channel, {})
-            for publication in sorted([*publications, *buffered], key=lambda p: p.offset):
-                if publication.offset <= last or (
-                    publication.epoch and publication.epoch != since.epoch
-                ):
-                    continue
-                last = publication.offset
-                if not publication.epoch:
-                    publication = dataclasses.replace(publication, epoch=since.epoch)
-                self._positions[channel] = StreamPosition(last, since.epoch)
-                if subs:
-                    self._deliver(channel, subs, publication)
-        finally:
-            self._syncing.pop(channel, None)
-
-    def _insufficient_state(self, channel: str) -> None:
-        """Local subscribers can't be brought up to date: ask them to resubscribe (and recover)."""
-        subs = self._channels.get(channel)
-        if not subs:
-            return
-        for session in list(subs):
-            sub = session.subscriptions.get(channel)
-            if sub is None:
-                continue
-            session.push(
-                {
-                    "push": "unsubscribe",
-                    "channel": channel,
-                    "code": UNSUBSCRIBE_INSUFFICIENT_STATE,
-                    "reason": "insufficient state",
-                    "resubscribe": True,
-                }
-            )
-            session.subscriptions.pop(channel, None)
-            self._remove_subscriber(channel, session)
-            self._spawn(self._forget_presence(sub))
+        """The engine's callback for each publication: to the fan-out."""
+        self.fanout.on_publication(channel, publication)
 
     def on_join(self, channel: str, info: ClientInfo, node: str = "") -> None:
         # A join from an instance declared dead is still news: that node is alive after all
@@ -611,12 +488,10 @@ class Hub:
         self._push_event(channel, "leave", info)
 
     def _push_event(self, channel: str, kind: str, info: ClientInfo) -> None:
-        subs = self._channels.get(channel)
-        if not subs:
-            return
-        message = {"push": kind, "channel": channel, "info": info.to_dict()}
-        for session in list(subs):
-            session.push(message)
+        if self.fanout.has_subscribers(channel):
+            self.fanout.push_event(
+                channel, {"push": kind, "channel": channel, "info": info.to_dict()}
+            )
 
     def on_control(self, message: dict[str, Any]) -> None:
         op = message.get("op")
@@ -637,19 +512,9 @@ class Hub:
                 )
             elif op == "unsubscribe":
                 channel = str(message.get("channel"))
-                sub = session.subscriptions.pop(channel, None)
-                if sub is not None:
-                    self._remove_subscriber(channel, session)
-                    self._spawn(self._forget_presence(sub))
-                    session.push(
-                        {
-                            "push": "unsubscribe",
-                            "channel": channel,
-                            "code": UNSUBSCRIBE_SERVER,
-                            "reason": "unsubscribed by the server",
-                            "resubscribe": False,
-                        }
-                    )
+                self.fanout.unsubscribe(
+                    session, channel, UNSUBSCRIBE_SERVER, "unsubscribed by the server", False
+                )
             elif op == "message":
                 session.push({"push": "message", "data": message.get("data")})
 
@@ -657,36 +522,28 @@ class Hub:
         self.metrics.engine_up.set(1 if available else 0)
         if available:
             self._peers.grace()  # deaf until now: count everybody as just heard from
-            logger.info(
-                "engine %s is back: filling gaps in %d channels",
-                self.engine.name,
-                len(self._positions),
-            )
-            for channel, position in list(self._positions.items()):
-                if channel in self._channels and channel not in self._syncing:
-                    self._syncing[channel] = []
-                    self._spawn(self._fill_gap(channel, position))
+            count = self.fanout.resync()
+            logger.info("engine %s is back: filling gaps in %d channels", self.engine.name, count)
         else:
             self._peers.pause()  # hearing nobody says nothing about the others now
             logger.warning("engine %s is unavailable; serving local clients", self.engine.name)
 
     # ------------------------------------------------------------------ subscribe helpers
 
-    async def _recover(
-        self, channel: str, chan: ChannelName, since: StreamPosition | None
+    async def recover(
+        self, chan: ChannelName, since: StreamPosition | None
     ) -> tuple[list[Publication], StreamPosition, bool]:
         """Publications after ``since`` if all of them are still there, the position, and
-        whether recovery succeeded."""
+        whether recovery succeeded. The node's first subscriber sets where the fan-out's live
+        delivery stands."""
+        channel = chan.name
         options = self._publish_options(chan.options)
         limit = 0 if since is None else None
         result: HistoryResult = await self._engine_call(
             self.engine.history(channel, since=since, limit=limit, options=options)
         )
         position = result.position
-        # Only the node's first subscriber sets where live delivery stands: moving it later
-        # would make publications still on their way look like duplicates.
-        if channel not in self._positions and channel not in self._syncing:
-            self._positions[channel] = position
+        self.fanout.start_position(channel, position)
         if since is None:
             return [], position, False
         if position.epoch != since.epoch or since.offset > position.offset:
@@ -694,21 +551,25 @@ class Hub:
         publications = result.publications
         if not publications:
             return [], position, position.offset == since.offset
-        if not _first_follows(publications[0], since.offset):
+        if not first_follows(publications[0], since.offset):
             return [], position, False
         return publications, position, True
 
-    async def _add_presence(self, channel: str, info: ClientInfo) -> None:
+    async def add_presence(self, channel: str, info: ClientInfo) -> None:
+        """Write a subscriber's presence entry (owned by this instance); 108 on failure."""
         ttl = self.config.presence_ttl
         await self._engine_call(self.engine.add_presence(channel, info, ttl, self.instance))
 
-    async def _publish_join(self, channel: str, info: ClientInfo) -> None:
+    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+        """Push ``join`` for a subscriber on every node (engine failures only counted)."""
         try:
             await self.engine.publish_join(channel, info, self.instance)
         except EngineUnavailable:
             self.metrics.engine_errors.inc()
 
-    async def _forget_presence(self, sub: Subscription) -> None:
+    async def forget_presence(self, sub: Subscription) -> None:
+        """A subscription ended: remove its presence entry and push its leave, as configured
+        (engine failures only counted)."""
         options = sub.channel.options
         name = sub.channel.name
         self._forgetting += 1
@@ -729,32 +590,33 @@ class Hub:
         ttl = self.config.presence_ttl
         while True:
             await asyncio.sleep(self.config.presence_update_interval)
-            for name, subs in list(self._channels.items()):
-                for session, sub in list(subs.items()):
-                    if (
-                        not sub.channel.options.presence
-                        or session.subscriptions.get(name) is not sub
-                    ):
-                        continue
-                    instance = self.instance
-                    try:
-                        outcome = await self.engine.add_presence(name, sub.info, ttl, instance)
-                    except EngineUnavailable:
-                        self.metrics.engine_errors.inc()
-                        break
-                    if session.subscriptions.get(name) is not sub:
-                        # It left while we wrote: don't let the refresh bring it back.
-                        if name not in session.subscriptions:
-                            self._spawn(self._remove_stray_presence(name, sub.info.client))
-                    elif outcome is PresenceAdd.RESTORED:
-                        # A cleanup removed it and pushed its leave: this node was declared
-                        # dead (unless it is rejoining already: a tombstone of its old id).
-                        # Rejoin first, so that this join (the refresh took the tombstone, so
-                        # it is this one's to push) carries the new id.
-                        if self._rejoin_task is None or self._rejoin_task.done():
-                            self._start_rejoin("a dead-node cleanup (found on refresh)")
-                        if sub.channel.options.join_leave:
-                            await self._publish_join(name, sub.info)
+            failed = None  # a channel whose write failed: skip the rest of it this round
+            for session, sub in self.fanout.all():
+                name = sub.channel.name
+                if name == failed or not sub.channel.options.presence:
+                    continue
+                if not self.fanout.is_current(session, sub):
+                    continue
+                instance = self.instance
+                try:
+                    outcome = await self.engine.add_presence(name, sub.info, ttl, instance)
+                except EngineUnavailable:
+                    self.metrics.engine_errors.inc()
+                    failed = name
+                    continue
+                if not self.fanout.is_current(session, sub):
+                    # It left while we wrote: don't let the refresh bring it back.
+                    if self.fanout.subscription(session, name) is None:
+                        self._spawn(self._remove_stray_presence(name, sub.info.client))
+                elif outcome is PresenceAdd.RESTORED:
+                    # A cleanup removed it and pushed its leave: this node was declared
+                    # dead (unless it is rejoining already: a tombstone of its old id).
+                    # Rejoin first, so that this join (the refresh took the tombstone, so
+                    # it is this one's to push) carries the new id.
+                    if self._rejoin_task is None or self._rejoin_task.done():
+                        self._start_rejoin("a dead-node cleanup (found on refresh)")
+                    if sub.channel.options.join_leave:
+                        await self.publish_join(name, sub.info)
 
     async def _remove_stray_presence(self, channel: str, client: str) -> None:
         try:
@@ -769,7 +631,7 @@ class Hub:
             "name": self.node_id,
             "sessions": len(self.sessions),
             "users": len(self.users),
-            "channels": len(self._channels),
+            "channels": len(self.fanout),
             "engine": self.engine.name,
         }
         await self._try_control(
@@ -986,10 +848,10 @@ class Hub:
                 delay = min(2 * delay, self.config.node_announce_interval)
 
     def _track_member(self, channel: str, info: ClientInfo, node: str) -> None:
-        subs = self._channels.get(channel)
-        if not subs:
+        chan = self.fanout.channel_of(channel)
+        if chan is None:
             return
-        options = next(iter(subs.values())).channel.options
+        options = chan.options
         if options.presence or not options.join_leave:
             return  # with presence, the engine's entries say who is there
         members = self._members.setdefault(channel, {})
@@ -1020,16 +882,15 @@ class Hub:
         await self._announce()  # the others learn the new instance id at once
         ttl = self.config.presence_ttl
         todo = [
-            (name, session, sub)
-            for name, subs in self._channels.items()
-            for session, sub in subs.items()
+            (sub.channel.name, session, sub)
+            for session, sub in self.fanout.all()
             if sub.channel.options.presence or sub.channel.options.join_leave
         ]
         delay = 0.05
         join: bool | None = None  # for todo[0], once its presence is back
         while todo:
             name, session, sub = todo[0]
-            if session.subscriptions.get(name) is not sub:
+            if not self.fanout.is_current(session, sub):
                 todo.pop(0)
                 join = None
                 continue
@@ -1045,7 +906,7 @@ class Hub:
                         if outcome is not PresenceAdd.REFRESHED:
                             self._joins_owed.add(owed)
                         join = join and owed in self._joins_owed
-                if join and session.subscriptions.get(name) is sub:
+                if join and self.fanout.is_current(session, sub):
                     await self.engine.publish_join(name, sub.info, instance)
                 self._joins_owed.discard(owed)
             except EngineUnavailable:
@@ -1056,37 +917,6 @@ class Hub:
             todo.pop(0)
             join = None
         self._joins_owed.clear()  # the ones left belong to subscriptions that ended
-
-    # ------------------------------------------------------------------------- encoding
-
-    def _publication_dict(self, publication: Publication) -> dict[str, Any]:
-        out: dict[str, Any] = {"data": publication.data}
-        if publication.offset:
-            out["offset"] = publication.offset
-        if publication.info is not None:
-            out["info"] = publication.info.to_dict()
-        if publication.tags:
-            out["tags"] = publication.tags
-        return out
-
-    def _encode_publication(
-        self, codec: Codec, channel: str, publication: Publication
-    ) -> str | bytes:
-        key = (codec.name, channel)
-        encoded = publication.cache.get(key)
-        if encoded is None:
-            message = self._publication_dict(publication)
-            message["push"] = "publication"
-            message["channel"] = channel
-            encoded = publication.cache[key] = codec.encode(message)
-        return encoded
-
-
-def _first_follows(publication: Publication, offset: int) -> bool:
-    """True when ``publication`` comes right after ``offset`` in its stream."""
-    if publication.prev is not None:
-        return publication.prev == offset
-    return publication.offset == offset + 1
 
 
 #: Longest ``idempotency_key``, in characters.

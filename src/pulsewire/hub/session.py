@@ -6,9 +6,13 @@ and calls :meth:`Session.transport_closed` when the client is gone. The session 
 replies and pushes through the transport's non-blocking ``send``.
 
 Subscribing with recovery is where ordering matters: the session registers for live
-publications *before* it reads history, buffers what arrives meanwhile, and then delivers
-recovered publications, then the buffered ones newer than the last recovered, then live ones.
-Nothing is lost between history and live delivery, and nothing is delivered twice.
+publications *before* it reads history, the fan-out buffers what arrives meanwhile, and then
+delivers recovered publications, then the buffered ones newer than the last recovered, then
+live ones. Nothing is lost between history and live delivery, and nothing is delivered twice.
+
+A session knows its node only through :class:`SessionHost` (public methods, implemented by
+:class:`~pulsewire.hub.Hub`), and its subscriptions live in the node's
+:class:`~pulsewire.hub.fanout.Fanout`, which hands it each publication already encoded.
 """
 
 from __future__ import annotations
@@ -18,20 +22,21 @@ import inspect
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from .auth import Credentials, grant_allows
+from .auth import AuthGuard, Credentials, TokenVerifier, grant_allows
 from .channels import ChannelName, parse_channel
+from .config import HubConfig
 from .errors import Disconnect, DisconnectCode, ErrorCode, HubError
+from .fanout import Fanout, Subscription, publication_body
+from .metrics import HubMetrics
 from .ratelimit import TokenBucket
-from .types import ClientInfo, Publication, StreamPosition
+from .types import ClientInfo, PreparedMessage, Publication, StreamPosition
 from .wire import PROTOCOL_VERSION, Codec
 
-if TYPE_CHECKING:
-    from .hub import Hub
-
-__all__ = ["ConnectRequest", "Session", "Transport"]
+__all__ = ["ConnectRequest", "Session", "SessionHost", "Subscription", "Transport"]
 
 logger = logging.getLogger("pulsewire.hub")
 
@@ -42,11 +47,12 @@ class Transport(Protocol):
     kind: str
     """"websocket", "sse", "longpoll" (shown in metrics and the admin page)."""
 
-    def send(self, message: str | bytes, publication: Publication | None = None) -> None:
+    def send(self, message: str | bytes, prepared: PreparedMessage | None = None) -> None:
         """Queue one encoded message for the client without blocking.
 
-        ``publication`` is given for publication pushes so that a transport can share work
-        between subscribers (e.g. one WebSocket frame built once for all of them).
+        ``prepared`` (whose ``data`` is ``message``) is given for publication pushes, shared
+        by every subscriber with the same codec, so that a transport can share work between
+        them (e.g. one WebSocket frame built once for all of them).
         """
 
     def buffered(self) -> int:
@@ -68,14 +74,65 @@ class ConnectRequest:
     data: Any = None
 
 
-@dataclass(slots=True)
-class Subscription:
-    channel: ChannelName
-    info: ClientInfo
-    recovering: bool = False
-    buffer: list[Publication] = field(default_factory=list)
-    offset: int = 0
-    epoch: str = ""
+Hook = Callable[..., Any]
+
+
+class SessionHost(Protocol):
+    """What a session needs from its node (the :class:`~pulsewire.hub.Hub`): settings, the
+    fan-out that keeps its subscriptions, the application's hooks, and these calls."""
+
+    config: HubConfig
+    metrics: HubMetrics
+    node_id: str
+    tokens: TokenVerifier
+    auth_guard: AuthGuard
+    fanout: Fanout
+    authenticate: Hook | None
+    on_connect: Hook | None
+    on_subscribe: Hook | None
+    on_publish: Hook | None
+    on_rpc: Hook | None
+
+    async def credentials_for(self, request: ConnectRequest) -> Credentials:
+        """Authenticate a connecting client (hook, then token); raises Disconnect."""
+
+    def session_connected(self, session: Session) -> None:
+        """``session`` is connected (its user is known)."""
+
+    def session_closed(self, session: Session, was_connected: bool, code: int, reason: str) -> None:
+        """``session`` ended: its subscriptions end, the node forgets it."""
+
+    async def recover(
+        self, channel: ChannelName, since: StreamPosition | None
+    ) -> tuple[list[Publication], StreamPosition, bool]:
+        """Publications after ``since`` (if all are still kept), the position, and whether
+        recovery succeeded; sets where the fan-out's live delivery starts."""
+
+    async def add_presence(self, channel: str, info: ClientInfo) -> None: ...
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None: ...
+
+    async def forget_presence(self, sub: Subscription) -> None:
+        """Remove a subscription's presence entry and push its leave (as configured)."""
+
+    async def publish(
+        self,
+        channel: str | ChannelName,
+        data: Any,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> StreamPosition | None: ...
+
+    async def presence(self, channel: str | ChannelName) -> dict[str, ClientInfo]: ...
+
+    async def presence_stats(self, channel: str | ChannelName) -> tuple[int, int]: ...
+
+    async def history_reply(
+        self, channel: str | ChannelName, params: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """A history request's reply from its params (``limit``, ``since``, ``reverse``)."""
 
 
 _CONNECTING, _CONNECTED, _CLOSED = 0, 1, 2
@@ -87,7 +144,7 @@ class Session:
     """One client connection to the hub (see the module docstring)."""
 
     def __init__(
-        self, hub: Hub, transport: Transport, codec: Codec, request: ConnectRequest
+        self, hub: SessionHost, transport: Transport, codec: Codec, request: ConnectRequest
     ) -> None:
         self.hub = hub
         self.transport = transport
@@ -97,7 +154,6 @@ class Session:
         self.user = ""
         self.credentials: Credentials | None = None
         self.conn_info: Any = None
-        self.subscriptions: dict[str, Subscription] = {}
         self.state = _CONNECTING
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = self._loop.call_later(
@@ -107,12 +163,18 @@ class Session:
         self._command_rate = TokenBucket(*config.command_rate)
         self._byte_rate = TokenBucket(config.client_bytes_per_second, config.client_bytes_burst)
         self._traffic = hub.metrics.traffic_of(transport.kind)
+        self._queue_max = config.client_queue_max_bytes
 
     # ------------------------------------------------------------------------- plumbing
 
     @property
     def connected(self) -> bool:
         return self.state == _CONNECTED
+
+    @property
+    def subscriptions(self) -> Mapping[str, Subscription]:
+        """This session's subscriptions by channel (a read-only view of the fan-out's)."""
+        return self.hub.fanout.subscriptions(self)
 
     def log_context(self) -> dict[str, Any]:
         """Fields that identify this session in structured logs."""
@@ -166,7 +228,7 @@ class Session:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.hub._session_closed(self, was_connected, code, reason)
+        self.hub.session_closed(self, was_connected, code, reason)
 
     def _auth_address(self) -> str:
         """The key this session's authentication attempts count under (see AuthGuard)."""
@@ -273,9 +335,7 @@ class Session:
             logger.error("cannot encode the reply to %s: %s", method, exc)
             message = "the result cannot be encoded"
             self.send({"id": cid, "error": {"code": ErrorCode.INTERNAL, "message": message}})
-        for sub in list(self.subscriptions.values()):
-            if sub.recovering:
-                self._flush_recovery(sub)
+        self.hub.fanout.flush_recovery(self)
 
     # ------------------------------------------------------------------------- commands
 
@@ -304,7 +364,7 @@ class Session:
                 f"too many failed authentications from your address: retry in {wait} s",
             )
         try:
-            credentials = await self.hub._authenticate(self.request)
+            credentials = await self.hub.credentials_for(self.request)
         except Disconnect as exc:
             # A refused credential counts; "no token at all" (with no hook that could have
             # looked at cookies or headers) is a misconfigured client, not a guess.
@@ -342,7 +402,7 @@ class Session:
             self._timer = self._loop.call_later(ttl, self._token_expired)
             result["expires"] = True
             result["ttl"] = int(ttl)
-        self.hub._session_connected(self)
+        self.hub.session_connected(self)
         subs = params.get("subs")
         if isinstance(subs, dict) and subs:
             result["subs"] = {}
@@ -400,19 +460,19 @@ class Session:
             if outcome is not None:
                 chan_info = outcome
         sub = Subscription(channel, self.info(chan_info), recovering=options.history)
-        self.subscriptions[name] = sub
+        fanout = self.hub.fanout
         try:
-            await self.hub._add_subscriber(name, self)
+            await fanout.add(self, sub)
             result: dict[str, Any] = {}
             if options.history:
                 result = await self._position_subscription(sub, params)
             if options.presence:
-                await self.hub._add_presence(name, sub.info)
+                await self.hub.add_presence(name, sub.info)
             if options.join_leave:
-                await self.hub._publish_join(name, sub.info)
+                await self.hub.publish_join(name, sub.info)
         except BaseException:
-            self.subscriptions.pop(name, None)
-            self.hub._remove_subscriber(name, self)
+            if fanout.is_current(self, sub):
+                fanout.remove(self, name)
             raise
         return result
 
@@ -451,7 +511,6 @@ class Session:
     async def _position_subscription(
         self, sub: Subscription, params: dict[str, Any]
     ) -> dict[str, Any]:
-        name = sub.channel.name
         recover = bool(params.get("recover"))
         offset = params.get("offset")
         epoch = params.get("epoch")
@@ -462,7 +521,7 @@ class Session:
                     ErrorCode.BAD_REQUEST, "recover needs an integer offset and a string epoch"
                 )
             since = StreamPosition(offset, epoch)
-        publications, position, recovered = await self.hub._recover(name, sub.channel, since)
+        publications, position, recovered = await self.hub.recover(sub.channel, since)
         sub.epoch = position.epoch
         sub.offset = max(position.offset, publications[-1].offset if publications else 0)
         result: dict[str, Any] = {
@@ -472,56 +531,36 @@ class Session:
         }
         if recover:
             result["recovered"] = recovered
-            result["publications"] = [self.hub._publication_dict(p) for p in publications]
+            result["publications"] = [publication_body(p) for p in publications]
         return result
 
-    def _flush_recovery(self, sub: Subscription) -> None:
-        """After the subscribe reply: deliver what arrived live while history was read."""
-        sub.recovering = False
-        buffered, sub.buffer = sub.buffer, []
-        for publication in buffered:
-            self.deliver(sub.channel.name, sub, publication)
-
-    def deliver(self, name: str, sub: Subscription, publication: Publication) -> None:
-        """Send a publication push, in offset order, once."""
-        if sub.recovering:
-            sub.buffer.append(publication)
-            return
-        if publication.offset:
-            if publication.epoch and sub.epoch and publication.epoch != sub.epoch:
-                return  # the hub tells the client to resubscribe on epoch changes
-            if publication.offset <= sub.offset:
-                return  # delivered already (recovered, or a duplicate)
+    def send_publication(self, prepared: PreparedMessage, sub: Subscription) -> None:
+        """Send a publication push prepared by the fan-out (which keeps the order), unless
+        too much is queued for this client: then, by the channel's policy, drop it or
+        disconnect the session (slow consumer)."""
         transport = self.transport
-        if transport.buffered() > self.hub.config.client_queue_max_bytes:
+        if transport.buffered() > self._queue_max:
             if sub.channel.options.slow_consumer == "drop":
                 self.hub.metrics.queue_drops.inc()
                 return
             self.hub.metrics.slow_consumers.inc()
-            logger.info("slow consumer disconnected", extra={**self.log_context(), "channel": name})
+            context = {**self.log_context(), "channel": sub.channel.name}
+            logger.info("slow consumer disconnected", extra=context)
             self.disconnect(SLOW_CONSUMER, "slow consumer: too much data queued")
             return
-        if publication.offset:
-            sub.offset = publication.offset
-        encoded = self.hub._encode_publication(self.codec, name, publication)
+        encoded = prepared.data
         traffic = self._traffic
         traffic[2] += 1
         traffic[3] += _size(encoded)
-        transport.send(encoded, publication)
+        transport.send(encoded, prepared)
 
     async def _unsubscribe(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(params)
-        if channel.name not in self.subscriptions:
-            raise HubError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {channel.name}")
-        await self._leave(channel.name)
-        return {}
-
-    async def _leave(self, name: str) -> None:
-        sub = self.subscriptions.pop(name, None)
+        sub = self.hub.fanout.remove(self, channel.name)
         if sub is None:
-            return
-        self.hub._remove_subscriber(name, self)
-        await self.hub._forget_presence(sub)
+            raise HubError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {channel.name}")
+        await self.hub.forget_presence(sub)
+        return {}
 
     async def _publish(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(params)
@@ -531,7 +570,7 @@ class Session:
             raise HubError(
                 ErrorCode.PERMISSION_DENIED, f"clients may not publish to {channel.name}"
             )
-        sub = self.subscriptions.get(channel.name)
+        sub = self.hub.fanout.subscription(self, channel.name)
         if sub is None:
             raise HubError(
                 ErrorCode.PERMISSION_DENIED, f"subscribe to {channel.name} before publishing"
@@ -545,13 +584,13 @@ class Session:
             if outcome is not None:
                 data = outcome
         position = await self.hub.publish(
-            channel.name, data, info=sub.info, idempotency_key=params.get("idempotency_key")
+            channel, data, info=sub.info, idempotency_key=params.get("idempotency_key")
         )
         return {} if position is None else {"offset": position.offset, "epoch": position.epoch}
 
     def _subscribed_channel(self, params: dict[str, Any], flag: str) -> ChannelName:
         channel = self._channel(params)
-        if channel.name not in self.subscriptions:
+        if self.hub.fanout.subscription(self, channel.name) is None:
             raise HubError(ErrorCode.PERMISSION_DENIED, f"subscribe to {channel.name} first")
         if not getattr(channel.options, flag):
             raise HubError(
@@ -562,17 +601,17 @@ class Session:
 
     async def _presence(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._subscribed_channel(params, "allow_presence")
-        clients = await self.hub.presence(channel.name)
+        clients = await self.hub.presence(channel)
         return {"clients": {cid: info.to_dict() for cid, info in clients.items()}}
 
     async def _presence_stats(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._subscribed_channel(params, "allow_presence")
-        clients, users = await self.hub.presence_stats(channel.name)
+        clients, users = await self.hub.presence_stats(channel)
         return {"num_clients": clients, "num_users": users}
 
     async def _history(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._subscribed_channel(params, "allow_history")
-        return await self.hub._history_reply(channel.name, params)
+        return await self.hub.history_reply(channel, params)
 
     async def _ping(self, params: dict[str, Any]) -> dict[str, Any]:
         return {}

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ClientInfo", "HistoryResult", "Publication", "PublishOptions", "StreamPosition"]
+__all__ = [
+    "ClientInfo",
+    "HistoryResult",
+    "PreparedMessage",
+    "Publication",
+    "PublishOptions",
+    "StreamPosition",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +70,6 @@ class Publication:
     """The node that published it (engines use it to skip their own echo)."""
     published_at: float = 0.0
     """time.time() at publish, for the publish-to-deliver latency metric."""
-    cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
-    """Encoded forms, computed once per publication and shared by every subscriber."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"data": self.data}
@@ -116,3 +121,18 @@ class PublishOptions:
     @property
     def history(self) -> bool:
         return self.history_size > 0 and self.history_ttl > 0
+
+
+class PreparedMessage:
+    """A push encoded once for one codec, handed to every subscriber that uses the codec.
+
+    ``data`` is the encoded message. ``frame`` is where a transport memoises what it builds
+    from ``data`` for every connection (the WebSocket transport: its prepared frame), so that
+    a publication is framed once per codec, not once per subscriber.
+    """
+
+    __slots__ = ("data", "frame")
+
+    def __init__(self, data: str | bytes) -> None:
+        self.data = data
+        self.frame: Any = None

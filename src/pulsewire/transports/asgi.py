@@ -22,7 +22,7 @@ from ..aio.budget import Account, Budgets
 from ..hub.errors import Disconnect
 from ..hub.hub import Hub
 from ..hub.session import ConnectRequest, Session
-from ..hub.types import Publication
+from ..hub.types import PreparedMessage
 from ..hub.wire import SUBPROTOCOLS, codec_for
 from ..protocol.close import CloseCode
 from ..protocol.handshake import Headers, OriginPolicy, request_scheme
@@ -99,7 +99,7 @@ class AsgiWebSocketTransport:
 
     # -- the Transport protocol ------------------------------------------------------------
 
-    def send(self, message: str | bytes, publication: Publication | None = None) -> None:
+    def send(self, message: str | bytes, prepared: PreparedMessage | None = None) -> None:
         if self.close_code is not None or self._gone:
             return
         self._queue.append(message)

@@ -27,7 +27,7 @@ from ..aio.budget import Account, Budgets
 from ..hub.hub import Hub
 from ..hub.messages import disconnect_push
 from ..hub.session import ConnectRequest, Session
-from ..hub.types import Publication
+from ..hub.types import PreparedMessage
 from ..hub.wire import JSON
 from ..protocol.close import CloseCode
 from ..protocol.handshake import OriginPolicy, request_scheme
@@ -94,7 +94,7 @@ class HttpTransport:
 
     # -- the Transport protocol --------------------------------------------------------------
 
-    def send(self, message: str | bytes, publication: Publication | None = None) -> None:
+    def send(self, message: str | bytes, prepared: PreparedMessage | None = None) -> None:
         if self.closed:
             return
         data = message.encode("utf-8") if isinstance(message, str) else message

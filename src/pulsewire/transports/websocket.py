@@ -15,7 +15,7 @@ from ..aio.server import ServerConnection
 from ..hub.errors import Disconnect
 from ..hub.hub import Hub
 from ..hub.session import ConnectRequest, Session
-from ..hub.types import Publication
+from ..hub.types import PreparedMessage
 from ..hub.wire import SUBPROTOCOLS, codec_for
 from ..protocol.close import CloseCode, truncate_reason
 from ..protocol.errors import ConnectionClosed
@@ -38,7 +38,7 @@ class WebSocketTransport:
         self.max_buffered = max_buffered
         self.session: Session | None = None
 
-    def send(self, message: str | bytes, publication: Publication | None = None) -> None:
+    def send(self, message: str | bytes, prepared: PreparedMessage | None = None) -> None:
         ws = self.ws
         if not ws.open:
             return
@@ -48,12 +48,12 @@ class WebSocketTransport:
             if self.session is not None:
                 self.session.disconnect(SLOW_CONSUMER, "slow consumer: too much data queued")
             return
-        if publication is not None:
-            # One frame per publication and codec, shared by every subscriber (the core frames
-            # it again only for a connection that compresses it).
-            frame = publication.cache.get(message)
+        if prepared is not None:
+            # One frame per prepared message (one publication, one codec), shared by every
+            # subscriber (the core frames it again only for a connection that compresses it).
+            frame = prepared.frame
             if frame is None:
-                frame = publication.cache[message] = PreparedFrame(message, binary=self.binary)
+                frame = prepared.frame = PreparedFrame(message, binary=self.binary)
             ws.send_prepared(frame)
         elif self.binary:
             ws.send_nowait(message if isinstance(message, bytes) else message.encode("utf-8"))

@@ -1,0 +1,431 @@
+"""The fan-out: who is subscribed to what on this node, and delivery in stream order.
+
+One :class:`Fanout` per hub node owns the only subscription index (channel → subscriber →
+:class:`Subscription`, and the same records by subscriber) and each channel's stream state:
+the last position delivered here, the publications held while a gap is filled, the
+subscribe in progress with the engine. Every subscription is added by :meth:`Fanout.add`
+and removed by :meth:`Fanout.remove`, nowhere else.
+
+The way of one publication is one way down: the engine hands it to the node
+(``Hub.on_publication``), the node to :meth:`Fanout.on_publication`, which checks its order,
+encodes the push once per codec in use (a :class:`~pulsewire.hub.types.PreparedMessage`,
+created inside the delivery loop the first time a subscriber with that codec comes up) and
+hands the prepared message to each subscriber, which hands it to its transport.
+
+Ordering: live publications of history channels carry ``offset`` and ``prev``. One whose
+``prev`` is past the last one delivered here means something was missed (e.g. while the engine
+was down): the fan-out fills the gap from history before delivering further, so subscribers
+see every offset once and in order. When the gap cannot be filled (history trimmed, epoch
+changed) subscribers are told to resubscribe (push ``unsubscribe`` with code 2500 and
+``resubscribe: true``), and their recovery tells them to reload state. Per subscriber, a
+subscription being positioned (recovering) buffers what arrives, and publications at or
+before the subscription's own offset (or of another epoch) are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from .channels import ChannelName
+from .engines.base import Engine, EngineUnavailable
+from .errors import ErrorCode, HubError
+from .metrics import HubMetrics
+from .types import ClientInfo, PreparedMessage, Publication, PublishOptions, StreamPosition
+from .wire import Codec
+
+__all__ = [
+    "UNSUBSCRIBE_INSUFFICIENT_STATE",
+    "UNSUBSCRIBE_SERVER",
+    "Fanout",
+    "Subscriber",
+    "Subscription",
+    "first_follows",
+    "publication_body",
+]
+
+UNSUBSCRIBE_INSUFFICIENT_STATE = 2500
+UNSUBSCRIBE_SERVER = 2000
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(slots=True, eq=False)
+class Subscription:
+    """One subscriber's subscription to one channel, as the fan-out keeps it."""
+
+    channel: ChannelName
+    info: ClientInfo
+    recovering: bool = False
+    """Being positioned (history read): live publications are held in ``buffer``."""
+    buffer: list[Publication] = field(default_factory=list)
+    offset: int = 0
+    """The last offset this subscriber was given (or told about): older ones are skipped."""
+    epoch: str = ""
+
+
+class Subscriber(Protocol):
+    """What the fan-out needs from a subscriber (a hub session). Hashable by identity."""
+
+    @property
+    def codec(self) -> Codec:
+        """The wire encoding of this subscriber's pushes."""
+
+    def send_publication(self, prepared: PreparedMessage, sub: Subscription) -> None:
+        """Send one publication push, already encoded with this subscriber's codec."""
+
+    def push(self, message: dict[str, Any]) -> None:
+        """Encode and send one push (join, leave, unsubscribe...)."""
+
+
+def publication_body(publication: Publication) -> dict[str, Any]:
+    """A publication as clients see it (in pushes, history and recovery replies)."""
+    out: dict[str, Any] = {"data": publication.data}
+    if publication.offset:
+        out["offset"] = publication.offset
+    if publication.info is not None:
+        out["info"] = publication.info.to_dict()
+    if publication.tags:
+        out["tags"] = publication.tags
+    return out
+
+
+def first_follows(publication: Publication, offset: int) -> bool:
+    """True when ``publication`` comes right after ``offset`` in its stream."""
+    if publication.prev is not None:
+        return publication.prev == offset
+    return publication.offset == offset + 1
+
+
+class Fanout:
+    """The node's subscription index and per-channel stream state (see the module docstring).
+
+    ``spawn`` runs a background coroutine for the node; ``publish_options`` gives a channel's
+    history options (raising :class:`HubError` for an unknown namespace); ``ended`` is called
+    with each subscription the fan-out itself ends (the node forgets its presence);
+    ``channel_closed`` when a channel loses its last local subscriber.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: HubMetrics,
+        *,
+        spawn: Callable[[Awaitable[Any]], None],
+        publish_options: Callable[[str], PublishOptions],
+        ended: Callable[[Subscription], None],
+        channel_closed: Callable[[str], None],
+    ) -> None:
+        self._engine = engine
+        self._metrics = metrics
+        self._spawn = spawn
+        self._publish_options = publish_options
+        self._ended = ended
+        self._channel_closed = channel_closed
+        self._channels: dict[str, dict[Subscriber, Subscription]] = {}
+        self._by_subscriber: dict[Subscriber, dict[str, Subscription]] = {}
+        self._positions: dict[str, StreamPosition] = {}
+        self._syncing: dict[str, list[Publication]] = {}
+        self._subscribing: dict[str, asyncio.Future[None]] = {}
+        self._closing = False
+
+    def close(self) -> None:
+        """The node is closing: channels that empty are not unsubscribed from the engine."""
+        self._closing = True
+
+    # ---------------------------------------------------------------------------- index
+
+    def subscription(self, subscriber: Subscriber, channel: str) -> Subscription | None:
+        """``subscriber``'s subscription to ``channel``, if it has one."""
+        subs = self._by_subscriber.get(subscriber)
+        return None if subs is None else subs.get(channel)
+
+    def subscriptions(self, subscriber: Subscriber) -> Mapping[str, Subscription]:
+        """``subscriber``'s subscriptions by channel (a read-only view)."""
+        subs = self._by_subscriber.get(subscriber)
+        return _EMPTY if subs is None else MappingProxyType(subs)
+
+    def is_current(self, subscriber: Subscriber, sub: Subscription) -> bool:
+        """True while ``sub`` is still ``subscriber``'s subscription to its channel."""
+        return self.subscription(subscriber, sub.channel.name) is sub
+
+    def all(self) -> list[tuple[Subscriber, Subscription]]:
+        """Every local subscription (a snapshot), channel by channel."""
+        return [(s, sub) for subs in self._channels.values() for s, sub in subs.items()]
+
+    def channel_of(self, channel: str) -> ChannelName | None:
+        """The parsed channel of a channel with local subscribers, else None."""
+        subs = self._channels.get(channel)
+        return next(iter(subs.values())).channel if subs else None
+
+    def has_subscribers(self, channel: str) -> bool:
+        return channel in self._channels
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Channels with local subscribers, and how many."""
+        return {name: len(subs) for name, subs in self._channels.items()}
+
+    def __len__(self) -> int:
+        """Channels with local subscribers."""
+        return len(self._channels)
+
+    async def add(self, subscriber: Subscriber, sub: Subscription) -> None:
+        """Register ``sub`` for live publications; returns once this node receives the channel
+        from the engine (so a history read after it misses nothing). On failure (108 when the
+        engine is unavailable) the subscription is removed again."""
+        name = sub.channel.name
+        self._by_subscriber.setdefault(subscriber, {})[name] = sub
+        subs = self._channels.get(name)
+        if subs is not None:
+            subs[subscriber] = sub
+            pending = self._subscribing.get(name)
+            if pending is not None:  # the node's first subscriber is still subscribing
+                try:
+                    await asyncio.shield(pending)
+                except BaseException:
+                    self.remove(subscriber, name)
+                    raise
+            return
+        self._channels[name] = {subscriber: sub}
+        self._metrics.channels.set(len(self._channels))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._subscribing[name] = done
+        try:
+            await self._engine.subscribe(name)
+        except EngineUnavailable:
+            error = HubError(ErrorCode.NOT_AVAILABLE, "engine unavailable, try again")
+            done.set_exception(error)
+            done.exception()  # retrieved: nobody else may be waiting
+            self.remove(subscriber, name)
+            raise error from None
+        except BaseException:
+            self.remove(subscriber, name)
+            raise
+        else:
+            done.set_result(None)
+        finally:
+            self._subscribing.pop(name, None)
+
+    def remove(self, subscriber: Subscriber, channel: str) -> Subscription | None:
+        """The one way a subscription ends: from both indexes; the last subscriber of a
+        channel unsubscribes the node from the engine. Returns the subscription removed."""
+        mine = self._by_subscriber.get(subscriber)
+        sub = None if mine is None else mine.pop(channel, None)
+        if mine is not None and not mine:
+            del self._by_subscriber[subscriber]
+        subs = self._channels.get(channel)
+        if subs is None:
+            return sub
+        subs.pop(subscriber, None)
+        if not subs:
+            del self._channels[channel]
+            self._positions.pop(channel, None)
+            self._metrics.channels.set(len(self._channels))
+            self._channel_closed(channel)
+            if not self._closing:
+                self._spawn(self._engine_unsubscribe(channel))
+        return sub
+
+    def remove_all(self, subscriber: Subscriber) -> list[Subscription]:
+        """End every subscription of ``subscriber`` (it is gone); returns them."""
+        return [
+            sub
+            for name in list(self._by_subscriber.get(subscriber, ()))
+            if (sub := self.remove(subscriber, name)) is not None
+        ]
+
+    def unsubscribe(
+        self, subscriber: Subscriber, channel: str, code: int, reason: str, resubscribe: bool
+    ) -> bool:
+        """End a subscription from the server side: tell the subscriber (push
+        ``unsubscribe``), remove it, and let the node forget its presence."""
+        sub = self.remove(subscriber, channel)
+        if sub is None:
+            return False
+        subscriber.push(
+            {
+                "push": "unsubscribe",
+                "channel": channel,
+                "code": code,
+                "reason": reason,
+                "resubscribe": resubscribe,
+            }
+        )
+        self._ended(sub)
+        return True
+
+    async def _engine_unsubscribe(self, name: str) -> None:
+        if name not in self._channels:  # nobody came back meanwhile
+            await self._engine.unsubscribe(name)
+
+    # ---------------------------------------------------------------------- stream state
+
+    def start_position(self, channel: str, position: StreamPosition) -> None:
+        """Where live delivery stands, from a subscriber's history read: only the node's first
+        one sets it (moving it later would make publications on their way look like
+        duplicates)."""
+        if channel not in self._positions and channel not in self._syncing:
+            self._positions[channel] = position
+
+    def on_publication(self, channel: str, publication: Publication) -> None:
+        """Deliver a live publication to local subscribers, in stream order, once."""
+        subs = self._channels.get(channel)
+        if not subs:
+            return
+        if publication.offset:
+            syncing = self._syncing.get(channel)
+            if syncing is not None:
+                syncing.append(publication)
+                return
+            position = self._positions.get(channel)
+            if position is not None:
+                if publication.epoch and position.epoch and publication.epoch != position.epoch:
+                    self._insufficient_state(channel)
+                    if channel in self._channels:
+                        self._positions[channel] = StreamPosition(
+                            publication.offset, publication.epoch
+                        )
+                    return
+                if publication.offset <= position.offset:
+                    return
+                if publication.prev is not None and publication.prev > position.offset:
+                    self._syncing[channel] = [publication]
+                    self._spawn(self._fill_gap(channel, position))
+                    return
+            self._positions[channel] = StreamPosition(
+                publication.offset, publication.epoch or (position.epoch if position else "")
+            )
+        self._deliver(channel, subs, publication)
+
+    def resync(self) -> int:
+        """The engine is back: fill the gaps of every channel with a known position from
+        history (what was published meanwhile). Returns how many channels."""
+        count = 0
+        for channel, position in list(self._positions.items()):
+            if channel in self._channels and channel not in self._syncing:
+                self._syncing[channel] = []
+                self._spawn(self._fill_gap(channel, position))
+                count += 1
+        return count
+
+    def flush_recovery(self, subscriber: Subscriber) -> None:
+        """After a subscribe reply: deliver to ``subscriber`` what arrived live while its
+        history was read."""
+        subs = self._by_subscriber.get(subscriber)
+        if subs is None:
+            return
+        for sub in list(subs.values()):
+            if sub.recovering:
+                sub.recovering = False
+                buffered, sub.buffer = sub.buffer, []
+                name = sub.channel.name
+                for publication in buffered:
+                    if self.subscription(subscriber, name) is not sub:
+                        break
+                    self._deliver(name, {subscriber: sub}, publication, count=False)
+
+    def push_event(self, channel: str, message: dict[str, Any]) -> None:
+        """Push ``message`` (join, leave) to every local subscriber of ``channel``."""
+        subs = self._channels.get(channel)
+        if subs:
+            for subscriber in list(subs):
+                subscriber.push(message)
+
+    def _deliver(
+        self,
+        channel: str,
+        subs: dict[Subscriber, Subscription],
+        publication: Publication,
+        count: bool = True,
+    ) -> None:
+        # A snapshot of the keys only (delivering may disconnect a slow consumer): with 10,000
+        # subscribers, list(subs.items()) would allocate 10,000 tuples per publication, enough
+        # short-lived survivors to trigger a full garbage collection every few publications.
+        offset = publication.offset
+        epoch = publication.epoch
+        body: dict[str, Any] | None = None
+        prepared: dict[str, PreparedMessage] = {}  # by codec name: encoded once per codec
+        for subscriber in list(subs):
+            sub = subs.get(subscriber)
+            if sub is None:
+                continue
+            if sub.recovering:
+                sub.buffer.append(publication)
+                continue
+            if offset:
+                if epoch and sub.epoch and epoch != sub.epoch:
+                    continue  # the subscriber is told to resubscribe on epoch changes
+                if offset <= sub.offset:
+                    continue  # delivered already (recovered, or a duplicate)
+                sub.offset = offset
+            codec = subscriber.codec
+            message = prepared.get(codec.name)
+            if message is None:
+                if body is None:
+                    body = publication_body(publication)
+                    body["push"] = "publication"
+                    body["channel"] = channel
+                message = prepared[codec.name] = PreparedMessage(codec.encode(body))
+            subscriber.send_publication(message, sub)
+        if not count:  # held back during recovery: counted when it came
+            return
+        self._metrics.deliveries.inc(len(subs))
+        if publication.published_at:
+            self._metrics.latency.observe(max(0.0, time.time() - publication.published_at))
+
+    async def _fill_gap(self, channel: str, since: StreamPosition) -> None:
+        """Deliver what was missed after ``since`` from history, then what arrived meanwhile."""
+        try:
+            try:
+                options = self._publish_options(channel)
+                result = await self._engine.history(channel, since=since, options=options)
+            except (EngineUnavailable, HubError):
+                self._insufficient_state(channel)
+                return
+            publications = result.publications
+            complete = result.position.epoch == since.epoch and (
+                (not publications and result.position.offset == since.offset)
+                or (bool(publications) and first_follows(publications[0], since.offset))
+            )
+            if not complete:
+                self._insufficient_state(channel)
+                if channel in self._channels:
+                    self._positions[channel] = result.position
+                return
+            self._metrics.gap_fills.inc()
+            buffered = self._syncing.get(channel, [])
+            last = since.offset
+            subs = self._channels.get(channel, {})
+            for publication in sorted([*publications, *buffered], key=lambda p: p.offset):
+                if publication.offset <= last or (
+                    publication.epoch and publication.epoch != since.epoch
+                ):
+                    continue
+                last = publication.offset
+                if not publication.epoch:
+                    publication = dataclasses.replace(publication, epoch=since.epoch)
+                self._positions[channel] = StreamPosition(last, since.epoch)
+                if subs:
+                    self._deliver(channel, subs, publication)
+        finally:
+            self._syncing.pop(channel, None)
+
+    def _insufficient_state(self, channel: str) -> None:
+        """Local subscribers can't be brought up to date: ask them to resubscribe (and recover)."""
+        subs = self._channels.get(channel)
+        if not subs:
+            return
+        for subscriber in list(subs):
+            self.unsubscribe(
+                subscriber, channel, UNSUBSCRIBE_INSUFFICIENT_STATE, "insufficient state", True
+            )
+
+    def __iter__(self) -> Iterator[str]:
+        """Channels with local subscribers."""
+        return iter(self._channels)
