@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from pulsewire.hub import ChannelOptions, HubConfig, config
-from pulsewire.hub import hub as hub_module
+from pulsewire.hub import node_watch as node_watch_module
 from pulsewire.hub.engines.base import EngineUnavailable, PresenceAdd
 from pulsewire.hub.hub import Hub
 from pulsewire.hub.types import ClientInfo
@@ -493,7 +493,7 @@ async def test_remote_members_tracked_per_channel_are_bounded(
     """In a channel without presence, a node remembers at most MEMBERS_TRACKED_PER_CHANNEL
     remote joins (the oldest go): only those get a leave when their node dies."""
     caplog.set_level(logging.INFO, "pulsewire.hub")
-    monkeypatch.setattr(hub_module, "MEMBERS_TRACKED_PER_CHANNEL", 3)
+    monkeypatch.setattr(node_watch_module, "MEMBERS_TRACKED_PER_CHANNEL", 3)
     hub = await start_hub()
     jl = uniq("jl")
     watcher = await local_client(hub, "watcher")

@@ -8,22 +8,16 @@ history, encoded once per codec), to each session, to its transport. The node ke
 presence, history, administration and the engine callbacks; sessions reach it through the
 public :class:`~pulsewire.hub.session.SessionHost` interface.
 
-Nodes watch each other (see :mod:`pulsewire.hub.nodes`): each announces itself every
-``node_announce_interval`` seconds; one silent for 3 intervals is declared dead, and the
-others remove its presence entries and push ``leave`` for its clients, each exactly once
-(the engine's removal is atomic). A node that learns it was declared dead (it was frozen or
-cut off) comes back under a new instance id and pushes ``join`` again for what was left.
+Presence is written and refreshed by :mod:`pulsewire.hub.presence`; nodes watch each other
+through :mod:`pulsewire.hub.node_watch` (announcements, dead nodes, rejoining).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import functools
 import inspect
 import json
 import logging
-import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -40,12 +34,12 @@ from .engines.base import (
     EngineOutcomeUnknown,
     EngineUnavailable,
     IdempotencyKeysFull,
-    PresenceAdd,
 )
 from .errors import Disconnect, DisconnectCode, ErrorCode, HubError
 from .fanout import UNSUBSCRIBE_SERVER, Fanout, Subscription, first_follows, publication_body
 from .metrics import HubMetrics
-from .nodes import NodeTracker, Peer
+from .node_watch import NODE_OPS, NodeWatch
+from .presence import PresenceKeeper
 from .session import ConnectRequest, Session, Transport
 from .types import ClientInfo, HistoryResult, Publication, PublishOptions, StreamPosition
 from .wire import Codec
@@ -56,14 +50,6 @@ logger = logging.getLogger("pulsewire.hub")
 
 Hook = Callable[..., Any]
 T = TypeVar("T")
-#: Remote clients remembered per channel with join/leave but no presence (joins seen since the
-#: channel's first local subscriber), to push their leave if their node dies; oldest dropped.
-MEMBERS_TRACKED_PER_CHANNEL = 10_000
-#: Missed announcements (plus one interval) before a node counts as dead.
-DEAD_AFTER_INTERVALS = 3
-#: Channels whose presence a survivor cleans at once after a node died.
-CLEANUP_CONCURRENCY = 8
-_NODE_OPS = frozenset({"node", "node_dead", "node_gone"})
 
 
 class Hub:
@@ -90,10 +76,6 @@ class Hub:
     ) -> None:
         self.config = config or HubConfig()
         self.node_id = self.config.node_name or secrets.token_hex(4)
-        self.instance = secrets.token_hex(8)
-        """This process run's id among the nodes; presence entries are owned by it. Renewed
-        when the hub learns it was declared dead (it was frozen or cut off too long)."""
-        self._past_instances: set[str] = set()  # the ones before, bounded by rejoins
         self.engine = engine or create_engine(self.config.engine, prefix=self.config.engine_prefix)
         self.tokens = TokenVerifier(self.config)
         self.metrics = HubMetrics()
@@ -118,21 +100,25 @@ class Hub:
             channel_closed=self._channel_closed,
         )
         """The subscription index and live delivery (see :mod:`pulsewire.hub.fanout`)."""
-        self._nodes: dict[str, dict[str, Any]] = {}
-        self._peers = NodeTracker(DEAD_AFTER_INTERVALS * self.config.node_announce_interval)
-        # channel (with join/leave, without presence) -> client -> (instance, info)
-        self._members: dict[str, dict[str, tuple[str, ClientInfo]]] = {}
+        self.node_watch = NodeWatch(
+            self.config,
+            self.engine,
+            self.metrics,
+            self.fanout,
+            self.node_id,
+            spawn=self._spawn,
+            stats=self._stats,
+            clean=lambda: self.presence_keeper.clean,
+            push_event=self._push_event,
+            closing=lambda: self.closing,
+        )
+        """Announcements, the other nodes, dead-node cleanup, rejoining."""
+        self.presence_keeper = PresenceKeeper(
+            self.config, self.engine, self.metrics, self.fanout, self.node_watch, spawn=self._spawn
+        )
+        """Presence entries of this node's subscribers."""
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._cleanups: set[asyncio.Task[None]] = set()
         self._presence_task: asyncio.Task[None] | None = None
-        self._node_task: asyncio.Task[None] | None = None
-        self._watch_task: asyncio.Task[None] | None = None
-        self._rejoin_task: asyncio.Task[None] | None = None
-        # (channel, client) whose presence a rejoin restored but whose join is not out yet:
-        # a rejoin cancelled by the next one (declared dead again) leaves them to it.
-        self._joins_owed: set[tuple[str, str]] = set()
-        self._forgetting = 0  # presence removals of local clients in progress
-        self._forget_failed_at = -float("inf")  # time.monotonic() of the last failed one
         self._started = False
         self.closing = False
 
@@ -147,17 +133,22 @@ class Hub:
         self.engine.bind(self, self.node_id)
         await self.engine.start()
         self._started = True
-        self._presence_task = asyncio.create_task(self._refresh_presence_forever())
-        self._node_task = asyncio.create_task(self._announce_forever())
-        self._watch_task = asyncio.create_task(self._watch_nodes_forever())
-        if self._peers.timeout >= self.config.presence_ttl:
-            logger.warning(
-                "%d x node_announce_interval (%.1f s) is not under presence_ttl (%.1f s): a"
-                " dead node's presence may expire before it is detected, without leaves",
-                DEAD_AFTER_INTERVALS,
-                self._peers.timeout,
-                self.config.presence_ttl,
-            )
+        self._presence_task = asyncio.create_task(self.presence_keeper.refresh_forever())
+        self.node_watch.start()
+
+    @property
+    def instance(self) -> str:
+        """This process run's id among the nodes; presence entries are owned by it. Renewed
+        when the hub learns it was declared dead (it was frozen or cut off too long)."""
+        return self.node_watch.instance
+
+    def _stats(self) -> dict[str, int]:
+        """What this node announces to the others."""
+        return {
+            "sessions": len(self.sessions),
+            "users": len(self.users),
+            "channels": len(self.fanout),
+        }
 
     async def close(
         self, code: int = DisconnectCode.SHUTDOWN, reason: str = "server shutting down"
@@ -168,15 +159,13 @@ class Hub:
         self.fanout.close()
         for session in list(self.sessions.values()):
             session.disconnect(code, reason)
-        for task in (self._presence_task, self._node_task, self._watch_task, self._rejoin_task):
-            if task is not None:
-                task.cancel()
-        for task in self._cleanups:
-            task.cancel()
+        if self._presence_task is not None:
+            self._presence_task.cancel()
+        self.node_watch.stop()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2)
         if self._started:
-            await self._say_gone()
+            await self.node_watch.say_gone()
         await self.engine.close()
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
@@ -259,7 +248,7 @@ class Hub:
 
     def _channel_closed(self, name: str) -> None:
         """The fan-out's last local subscriber of ``name`` left."""
-        self._members.pop(name, None)
+        self.node_watch.channel_closed(name)
 
     def _options(self, name: str | ChannelName) -> tuple[ChannelName, PublishOptions]:
         """The channel, parsed (unless it is already), and its history options."""
@@ -464,9 +453,7 @@ class Hub:
         """Live nodes (this one included) by name: their last announced stats, ``instance``
         and ``expires`` (Unix time until which they count as alive without another
         announcement). Dead and departed nodes are dropped at once."""
-        now = time.time()
-        self._nodes = {k: v for k, v in self._nodes.items() if v.get("expires", 0) > now}
-        return dict(self._nodes)
+        return self.node_watch.nodes
 
     # ------------------------------------------------------------------ engine callbacks
 
@@ -477,14 +464,12 @@ class Hub:
     def on_join(self, channel: str, info: ClientInfo, node: str = "") -> None:
         # A join from an instance declared dead is still news: that node is alive after all
         # and has not heard yet; it rejoins (and joins again) under a new id once told.
-        if node and not self._is_own(node):
-            self._track_member(channel, info, node)
+        if node and not self.node_watch.is_own(node):
+            self.node_watch.track_member(channel, info, node)
         self._push_event(channel, "join", info)
 
     def on_leave(self, channel: str, info: ClientInfo) -> None:
-        members = self._members.get(channel)
-        if members is not None:
-            members.pop(info.client, None)
+        self.node_watch.member_left(channel, info.client)
         self._push_event(channel, "leave", info)
 
     def _push_event(self, channel: str, kind: str, info: ClientInfo) -> None:
@@ -495,8 +480,8 @@ class Hub:
 
     def on_control(self, message: dict[str, Any]) -> None:
         op = message.get("op")
-        if op in _NODE_OPS:
-            self._on_node_message(str(op), message)
+        if op in NODE_OPS:
+            self.node_watch.on_message(str(op), message)
             return
         targets: list[Session] = []
         if message.get("user") is not None:
@@ -521,11 +506,11 @@ class Hub:
     def on_engine_state(self, available: bool) -> None:
         self.metrics.engine_up.set(1 if available else 0)
         if available:
-            self._peers.grace()  # deaf until now: count everybody as just heard from
+            self.node_watch.engine_state(True)  # deaf until now: everybody just heard from
             count = self.fanout.resync()
             logger.info("engine %s is back: filling gaps in %d channels", self.engine.name, count)
         else:
-            self._peers.pause()  # hearing nobody says nothing about the others now
+            self.node_watch.engine_state(False)  # hearing nobody says nothing about them
             logger.warning("engine %s is unavailable; serving local clients", self.engine.name)
 
     # ------------------------------------------------------------------ subscribe helpers
@@ -557,366 +542,16 @@ class Hub:
 
     async def add_presence(self, channel: str, info: ClientInfo) -> None:
         """Write a subscriber's presence entry (owned by this instance); 108 on failure."""
-        ttl = self.config.presence_ttl
-        await self._engine_call(self.engine.add_presence(channel, info, ttl, self.instance))
+        await self.presence_keeper.add(channel, info)
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         """Push ``join`` for a subscriber on every node (engine failures only counted)."""
-        try:
-            await self.engine.publish_join(channel, info, self.instance)
-        except EngineUnavailable:
-            self.metrics.engine_errors.inc()
+        await self.presence_keeper.publish_join(channel, info)
 
     async def forget_presence(self, sub: Subscription) -> None:
         """A subscription ended: remove its presence entry and push its leave, as configured
         (engine failures only counted)."""
-        options = sub.channel.options
-        name = sub.channel.name
-        self._forgetting += 1
-        try:
-            left = True
-            if options.presence:
-                # False: a dead-node cleanup removed the entry and pushed the leave already.
-                left = await self.engine.remove_presence(name, sub.info.client)
-            if options.join_leave and left:
-                await self.engine.publish_leave(name, sub.info)
-        except EngineUnavailable:
-            self.metrics.engine_errors.inc()
-            self._forget_failed_at = time.monotonic()
-        finally:
-            self._forgetting -= 1
-
-    async def _refresh_presence_forever(self) -> None:
-        ttl = self.config.presence_ttl
-        while True:
-            await asyncio.sleep(self.config.presence_update_interval)
-            failed = None  # a channel whose write failed: skip the rest of it this round
-            for session, sub in self.fanout.all():
-                name = sub.channel.name
-                if name == failed or not sub.channel.options.presence:
-                    continue
-                if not self.fanout.is_current(session, sub):
-                    continue
-                instance = self.instance
-                try:
-                    outcome = await self.engine.add_presence(name, sub.info, ttl, instance)
-                except EngineUnavailable:
-                    self.metrics.engine_errors.inc()
-                    failed = name
-                    continue
-                if not self.fanout.is_current(session, sub):
-                    # It left while we wrote: don't let the refresh bring it back.
-                    if self.fanout.subscription(session, name) is None:
-                        self._spawn(self._remove_stray_presence(name, sub.info.client))
-                elif outcome is PresenceAdd.RESTORED:
-                    # A cleanup removed it and pushed its leave: this node was declared
-                    # dead (unless it is rejoining already: a tombstone of its old id).
-                    # Rejoin first, so that this join (the refresh took the tombstone, so
-                    # it is this one's to push) carries the new id.
-                    if self._rejoin_task is None or self._rejoin_task.done():
-                        self._start_rejoin("a dead-node cleanup (found on refresh)")
-                    if sub.channel.options.join_leave:
-                        await self.publish_join(name, sub.info)
-
-    async def _remove_stray_presence(self, channel: str, client: str) -> None:
-        try:
-            await self.engine.remove_presence(channel, client)
-        except EngineUnavailable:
-            self.metrics.engine_errors.inc()
-
-    # ------------------------------------------------------------------------ other nodes
-
-    async def _announce(self) -> None:
-        info = {
-            "name": self.node_id,
-            "sessions": len(self.sessions),
-            "users": len(self.users),
-            "channels": len(self.fanout),
-            "engine": self.engine.name,
-        }
-        await self._try_control(
-            {"op": "node", "from": self.node_id, "instance": self.instance, "info": info}
-        )
-
-    async def _announce_forever(self) -> None:
-        while True:
-            await self._announce()
-            await asyncio.sleep(self.config.node_announce_interval)
-
-    async def _try_control(self, message: dict[str, Any]) -> None:
-        message["from"] = self.node_id
-        try:
-            await self.engine.publish_control(message)
-        except EngineUnavailable:
-            self.metrics.engine_errors.inc()
-
-    async def _say_gone(self) -> None:
-        """Tell the others this instance is leaving; ``clean`` when its own leaves and
-        presence removals all went through (else they remove what is left)."""
-        clean = (
-            self._forgetting == 0
-            and time.monotonic() - self._forget_failed_at > self.config.presence_ttl
-        )
-        message = {"op": "node_gone", "instance": self.instance, "clean": clean}
-        try:
-            await asyncio.wait_for(self._try_control(message), 2)
-        except asyncio.TimeoutError:
-            pass
-
-    async def _watch_nodes_forever(self) -> None:
-        """Declare dead the peers silent for 3 intervals, at their deadline (not at a
-        periodic check): a peer that died right after announcing is seen dead 3 intervals
-        after that announcement reached this node."""
-        interval = self.config.node_announce_interval
-        while True:
-            now = time.monotonic()
-            deadline = self._peers.next_deadline()
-            wake = now + interval if deadline is None else min(deadline, now + interval)
-            await asyncio.sleep(max(0.0, wake - now))
-            late = time.monotonic() - wake
-            if late > interval:
-                # This loop did not run for that long, so announcements were not read either:
-                # judging peers now would declare them all dead.
-                logger.warning("event loop stalled %.1f s: node deadlines restarted", late)
-                self._peers.grace()
-                continue
-            for peer in self._peers.expire():
-                silent = time.monotonic() - peer.last_seen
-                self._dead(peer, f"no announcement for {silent:.1f} s", tell=True)
-
-    def _on_node_message(self, op: str, message: dict[str, Any]) -> None:
-        sender = str(message.get("from") or "")
-        instance = message.get("instance")
-        instance = instance if isinstance(instance, str) else ""
-        if op == "node":
-            info = message.get("info")
-            info = dict(info) if isinstance(info, dict) else {}
-            # Without an instance id (an older version) a node is listed but not watched.
-            watched = bool(instance) and not self._is_own(instance)
-            if watched and not self._peers.seen(sender, instance, info):
-                # Declared dead, yet speaking (it was frozen or cut off): tell it again, it
-                # comes back under a new instance id.
-                reply = {"op": "node_dead", "instance": instance, "node": sender}
-                self._spawn(self._try_control(reply))
-                return
-            if instance:
-                info["instance"] = instance
-            info["expires"] = time.time() + self._peers.timeout
-            self._nodes[sender] = info
-        elif op == "node_dead" and instance:
-            if instance == self.instance:
-                self._start_rejoin(sender or "another node")
-                return
-            if instance in self._past_instances:
-                return  # we know, and rejoined already
-            peer = self._peers.end(instance, str(message.get("node") or ""))
-            if peer is not None:
-                self._dead(peer, f"declared dead by {sender}", tell=False)
-        elif op == "node_gone" and instance and not self._is_own(instance):
-            peer = self._peers.end(instance, sender)
-            self._drop_node_info(sender, instance)
-            if peer is not None:
-                # Its own leaves went out as its sessions closed (or, not clean, partly).
-                self._start_cleanup(peer, "left", presence=not message.get("clean"), dead=False)
-
-    def _is_own(self, instance: str) -> bool:
-        return instance == self.instance or instance in self._past_instances
-
-    def _drop_node_info(self, name: str, instance: str) -> None:
-        info = self._nodes.get(name)
-        if info is not None and info.get("instance") == instance:
-            del self._nodes[name]
-
-    def _dead(self, peer: Peer, reason: str, *, tell: bool) -> None:
-        self.metrics.dead_nodes.inc()
-        self._drop_node_info(peer.name, peer.instance)
-        self._start_cleanup(peer, reason, presence=True, dead=True, tell=tell)
-
-    def _start_cleanup(
-        self, peer: Peer, reason: str, *, presence: bool, dead: bool, tell: bool = False
-    ) -> None:
-        if self.closing:
-            return
-        task = asyncio.ensure_future(self._clean_up_after(peer, reason, presence, dead, tell))
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanup_done)
-
-    def _cleanup_done(self, task: asyncio.Task[None]) -> None:
-        self._cleanups.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("dead-node cleanup failed", exc_info=task.exception())
-
-    async def _clean_up_after(
-        self, peer: Peer, reason: str, presence: bool, dead: bool, tell: bool
-    ) -> None:
-        """Push leave for a dead (or departed) instance's clients: from the engine's presence
-        (each entry removed, and its leave published, by exactly one node) and, in channels
-        without presence, for the joins this node saw. Idempotent: every survivor runs it,
-        so a survivor dying halfway leaves nothing undone."""
-        started = time.monotonic()
-        if tell:  # first: the others start at once, and a node wrongly declared dead learns it
-            await self._try_control(
-                {"op": "node_dead", "instance": peer.instance, "node": peer.name}
-            )
-        leaves = self._push_member_leaves(peer.instance)
-        removed = channels = 0
-        if presence:
-            removed, channels, published = await self._remove_node_presence(peer.instance)
-            leaves += published
-        name = peer.name or "?"
-        elapsed = time.monotonic() - started
-        if dead:
-            logger.warning(
-                "node %s (instance %s) is dead (%s): removed %d presence entries in %d"
-                " channels, pushed %d leaves, in %.3f s",
-                name, peer.instance, reason, removed, channels, leaves, elapsed,
-            )  # fmt: skip
-        elif removed or leaves:
-            logger.info(
-                "node %s (instance %s) left: removed %d presence entries it left behind in"
-                " %d channels, pushed %d leaves",
-                name, peer.instance, removed, channels, leaves,
-            )  # fmt: skip
-
-    def _push_member_leaves(self, instance: str) -> int:
-        """Leaves for ``instance``'s clients in channels without presence, to local
-        subscribers only (every node does it for its own)."""
-        pushed = 0
-        for channel, members in list(self._members.items()):
-            gone = [info for node, info in members.values() if node == instance]
-            for info in gone:
-                del members[info.client]
-                self._push_event(channel, "leave", info)
-            if not members:
-                del self._members[channel]
-            pushed += len(gone)
-        self.metrics.dead_node_leaves.inc(pushed)
-        return pushed
-
-    async def _remove_node_presence(self, instance: str) -> tuple[int, int, int]:
-        """Remove ``instance``'s presence entries in every channel it had some, a few channels
-        at a time, in an order of this node's own (survivors spread their first pass); retried
-        while the engine is down, until its entries would have expired anyway. Returns
-        (entries removed, channels, leaves published) by this node."""
-        ttl = self.config.presence_ttl
-        give_up = time.monotonic() + ttl
-        counts = [0, 0]  # removed, leaves
-        channels = await self._retrying(
-            lambda: self.engine.node_presence_channels(instance), give_up
-        )
-        if channels is None:
-            logger.warning("cannot read where instance %s had presence: engine down", instance)
-            return 0, 0, 0
-        random.shuffle(channels)
-        pending = collections.deque(channels)
-
-        async def worker() -> None:
-            while pending:
-                channel = pending.popleft()
-                try:
-                    leave = parse_channel(channel, self.config).options.join_leave
-                except HubError:  # a namespace this node does not know
-                    leave = False
-                remove = functools.partial(
-                    self.engine.remove_node_presence, channel, instance, ttl, leave=leave
-                )
-                infos = await self._retrying(remove, give_up)
-                if infos is None:
-                    logger.warning("gave up removing the presence of %s in %s", instance, channel)
-                    continue
-                counts[0] += len(infos)
-                self.metrics.dead_node_presence_removed.inc(len(infos))
-                if leave:
-                    counts[1] += len(infos)
-                    self.metrics.dead_node_leaves.inc(len(infos))
-
-        await asyncio.gather(*(worker() for _ in range(min(CLEANUP_CONCURRENCY, len(pending)))))
-        return counts[0], len(channels), counts[1]
-
-    async def _retrying(self, call: Callable[[], Awaitable[T]], give_up: float) -> T | None:
-        """``call()``, again with backoff while the engine is unavailable; None past
-        ``give_up`` (time.monotonic())."""
-        delay = 0.05
-        while True:
-            try:
-                return await call()
-            except EngineUnavailable:
-                self.metrics.engine_errors.inc()
-                if time.monotonic() + delay > give_up:
-                    return None
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, self.config.node_announce_interval)
-
-    def _track_member(self, channel: str, info: ClientInfo, node: str) -> None:
-        chan = self.fanout.channel_of(channel)
-        if chan is None:
-            return
-        options = chan.options
-        if options.presence or not options.join_leave:
-            return  # with presence, the engine's entries say who is there
-        members = self._members.setdefault(channel, {})
-        members.pop(info.client, None)
-        members[info.client] = (node, info)
-        if len(members) > MEMBERS_TRACKED_PER_CHANNEL:
-            del members[next(iter(members))]
-
-    def _start_rejoin(self, by: str) -> None:
-        """This instance was declared dead: take a new id, put presence back, push join."""
-        if self.closing:
-            return
-        old, self.instance = self.instance, secrets.token_hex(8)
-        if len(self._past_instances) < 4096:  # a node rejoining that often has other trouble
-            self._past_instances.add(old)
-        logger.warning(
-            "this node (instance %s) was declared dead by %s: rejoining as instance %s",
-            old,
-            by,
-            self.instance,
-        )
-        self.metrics.node_rejoins.inc()
-        if self._rejoin_task is not None:
-            self._rejoin_task.cancel()
-        self._rejoin_task = asyncio.create_task(self._rejoin(self.instance))
-
-    async def _rejoin(self, instance: str) -> None:
-        await self._announce()  # the others learn the new instance id at once
-        ttl = self.config.presence_ttl
-        todo = [
-            (sub.channel.name, session, sub)
-            for session, sub in self.fanout.all()
-            if sub.channel.options.presence or sub.channel.options.join_leave
-        ]
-        delay = 0.05
-        join: bool | None = None  # for todo[0], once its presence is back
-        while todo:
-            name, session, sub = todo[0]
-            if not self.fanout.is_current(session, sub):
-                todo.pop(0)
-                join = None
-                continue
-            options = sub.channel.options
-            owed = (name, sub.info.client)
-            try:
-                if join is None:
-                    join = options.join_leave
-                    if options.presence:
-                        outcome = await self.engine.add_presence(name, sub.info, ttl, instance)
-                        # REFRESHED: still there (now ours under the new id), no leave was
-                        # pushed for it. Otherwise a cleanup removed it (or it expired).
-                        if outcome is not PresenceAdd.REFRESHED:
-                            self._joins_owed.add(owed)
-                        join = join and owed in self._joins_owed
-                if join and self.fanout.is_current(session, sub):
-                    await self.engine.publish_join(name, sub.info, instance)
-                self._joins_owed.discard(owed)
-            except EngineUnavailable:
-                self.metrics.engine_errors.inc()
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, self.config.node_announce_interval)
-                continue
-            todo.pop(0)
-            join = None
-        self._joins_owed.clear()  # the ones left belong to subscriptions that ended
+        await self.presence_keeper.forget(sub)
 
 
 #: Longest ``idempotency_key``, in characters.
