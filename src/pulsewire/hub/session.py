@@ -10,8 +10,8 @@ publications *before* it reads history, the fan-out buffers what arrives meanwhi
 delivers recovered publications, then the buffered ones newer than the last recovered, then
 live ones. Nothing is lost between history and live delivery, and nothing is delivered twice.
 
-A session knows its node only through :class:`SessionHost` (public methods, implemented by
-:class:`~pulsewire.hub.Hub`), and its subscriptions live in the node's
+A session knows its node only through :class:`~pulsewire.hub.contracts.SessionHost` (public
+methods, implemented by :class:`~pulsewire.hub.Hub`), and its subscriptions live in the node's
 :class:`~pulsewire.hub.fanout.Fanout`, which hands it each publication already encoded.
 """
 
@@ -22,117 +22,21 @@ import inspect
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any
 
-from .auth import AuthGuard, Credentials, TokenVerifier, grant_allows
+from .auth import Credentials, grant_allows
 from .channels import ChannelName, parse_channel
-from .config import HubConfig
+from .contracts import ConnectRequest, SessionHost, Transport
 from .errors import Disconnect, DisconnectCode, ErrorCode, HubError
-from .fanout import Fanout, Subscription, publication_body
-from .metrics import HubMetrics
+from .fanout import Subscription, publication_body
 from .ratelimit import TokenBucket
-from .types import ClientInfo, PreparedMessage, Publication, StreamPosition
+from .types import ClientInfo, PreparedMessage, StreamPosition
 from .wire import PROTOCOL_VERSION, Codec
 
 __all__ = ["ConnectRequest", "Session", "SessionHost", "Subscription", "Transport"]
 
 logger = logging.getLogger("pulsewire.hub")
-
-
-class Transport(Protocol):
-    """What a session needs from the connection that carries it."""
-
-    kind: str
-    """"websocket", "sse", "longpoll" (shown in metrics and the admin page)."""
-
-    def send(self, message: str | bytes, prepared: PreparedMessage | None = None) -> None:
-        """Queue one encoded message for the client without blocking.
-
-        ``prepared`` (whose ``data`` is ``message``) is given for publication pushes, shared
-        by every subscriber with the same codec, so that a transport can share work between
-        them (e.g. one WebSocket frame built once for all of them).
-        """
-
-    def buffered(self) -> int:
-        """Bytes queued for the client and not yet written."""
-
-    def close(self, code: int, reason: str) -> None:
-        """End the connection with a disconnect code and reason."""
-
-
-@dataclass
-class ConnectRequest:
-    """What an ``authenticate`` hook sees of a connecting client."""
-
-    transport: str
-    path: str
-    headers: list[tuple[str, str]]
-    remote_address: str
-    token: str | None = None
-    data: Any = None
-
-
-Hook = Callable[..., Any]
-
-
-class SessionHost(Protocol):
-    """What a session needs from its node (the :class:`~pulsewire.hub.Hub`): settings, the
-    fan-out that keeps its subscriptions, the application's hooks, and these calls."""
-
-    config: HubConfig
-    metrics: HubMetrics
-    node_id: str
-    tokens: TokenVerifier
-    auth_guard: AuthGuard
-    fanout: Fanout
-    authenticate: Hook | None
-    on_connect: Hook | None
-    on_subscribe: Hook | None
-    on_publish: Hook | None
-    on_rpc: Hook | None
-
-    async def credentials_for(self, request: ConnectRequest) -> Credentials:
-        """Authenticate a connecting client (hook, then token); raises Disconnect."""
-
-    def session_connected(self, session: Session) -> None:
-        """``session`` is connected (its user is known)."""
-
-    def session_closed(self, session: Session, was_connected: bool, code: int, reason: str) -> None:
-        """``session`` ended: its subscriptions end, the node forgets it."""
-
-    async def recover(
-        self, channel: ChannelName, since: StreamPosition | None
-    ) -> tuple[list[Publication], StreamPosition, bool]:
-        """Publications after ``since`` (if all are still kept), the position, and whether
-        recovery succeeded; sets where the fan-out's live delivery starts."""
-
-    async def add_presence(self, channel: str, info: ClientInfo) -> None: ...
-
-    async def publish_join(self, channel: str, info: ClientInfo) -> None: ...
-
-    async def forget_presence(self, sub: Subscription) -> None:
-        """Remove a subscription's presence entry and push its leave (as configured)."""
-
-    async def publish(
-        self,
-        channel: str | ChannelName,
-        data: Any,
-        *,
-        info: ClientInfo | None = None,
-        tags: dict[str, str] | None = None,
-        idempotency_key: str | None = None,
-    ) -> StreamPosition | None: ...
-
-    async def presence(self, channel: str | ChannelName) -> dict[str, ClientInfo]: ...
-
-    async def presence_stats(self, channel: str | ChannelName) -> tuple[int, int]: ...
-
-    async def history_reply(
-        self, channel: str | ChannelName, params: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        """A history request's reply from its params (``limit``, ``since``, ``reverse``)."""
 
 
 _CONNECTING, _CONNECTED, _CLOSED = 0, 1, 2
@@ -144,7 +48,7 @@ class Session:
     """One client connection to the hub (see the module docstring)."""
 
     def __init__(
-        self, hub: SessionHost, transport: Transport, codec: Codec, request: ConnectRequest
+        self, hub: SessionHost[Session], transport: Transport, codec: Codec, request: ConnectRequest
     ) -> None:
         self.hub = hub
         self.transport = transport
