@@ -58,12 +58,16 @@ class FakeSubscriber:
         self.codec = codec
         self.prepared: list[PreparedMessage] = []
         self.pushes: list[dict[str, Any]] = []
+        self.events: list[PreparedMessage] = []
 
     def send_publication(self, prepared: PreparedMessage, sub: Subscription) -> None:
         self.prepared.append(prepared)
 
     def push(self, message: dict[str, Any]) -> None:
         self.pushes.append(message)
+
+    def send_prepared(self, prepared: PreparedMessage) -> None:
+        self.events.append(prepared)
 
     @property
     def offsets(self) -> list[int]:
@@ -247,6 +251,20 @@ async def test_each_publication_is_encoded_once_per_codec_in_use(h: Harness) -> 
     assert jsons[0].prepared[0] is not packs[0].prepared[0]
     assert isinstance(packs[0].prepared[0].data, bytes)
     assert h.metrics.deliveries._value.get() == 10
+
+
+async def test_join_and_leave_are_encoded_once_per_codec(h: Harness) -> None:
+    json_codec, msgpack_codec = CountingCodec(JSON), CountingCodec(MsgpackCodec())
+    subscribers = [FakeSubscriber(json_codec if i % 2 else msgpack_codec) for i in range(6)]
+    for s in subscribers:
+        await h.subscribe(s)
+    message = {"push": "join", "channel": CHANNEL, "info": {"client": "c", "user": "u"}}
+    h.fanout.push_event(CHANNEL, message)
+    h.fanout.push_event("elsewhere", message)  # nobody here: nothing encoded
+    assert (json_codec.encodes, msgpack_codec.encodes) == (1, 1)
+    assert json.loads(subscribers[1].events[0].data) == message
+    assert msgpack.unpackb(subscribers[0].events[0].data) == message
+    assert len({id(s.events[0]) for s in subscribers}) == 2
 
 
 async def test_publications_without_history_are_delivered_without_ordering(h: Harness) -> None:

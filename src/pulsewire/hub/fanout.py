@@ -80,7 +80,10 @@ class Subscriber(Protocol):
         """Send one publication push, already encoded with this subscriber's codec."""
 
     def push(self, message: dict[str, Any]) -> None:
-        """Encode and send one push (join, leave, unsubscribe...)."""
+        """Encode and send one push (unsubscribe...)."""
+
+    def send_prepared(self, prepared: PreparedMessage) -> None:
+        """Send one push (join, leave) already encoded with this subscriber's codec."""
 
 
 def publication_body(publication: Publication) -> dict[str, Any]:
@@ -331,11 +334,18 @@ class Fanout:
                     self._deliver(name, {subscriber: sub}, publication, count=False)
 
     def push_event(self, channel: str, message: dict[str, Any]) -> None:
-        """Push ``message`` (join, leave) to every local subscriber of ``channel``."""
+        """Push ``message`` (join, leave) to every local subscriber of ``channel``, encoded
+        once per codec in use."""
         subs = self._channels.get(channel)
-        if subs:
-            for subscriber in list(subs):
-                subscriber.push(message)
+        if not subs:
+            return
+        prepared: dict[str, PreparedMessage] = {}
+        for subscriber in list(subs):
+            codec = subscriber.codec
+            encoded = prepared.get(codec.name)
+            if encoded is None:
+                encoded = prepared[codec.name] = PreparedMessage(codec.encode(message))
+            subscriber.send_prepared(encoded)
 
     def _deliver(
         self,

@@ -113,6 +113,15 @@ class Session:
     def push(self, message: dict[str, Any]) -> None:
         self.send(message)
 
+    def send_prepared(self, prepared: PreparedMessage) -> None:
+        """Send a push the fan-out encoded once for every session with this codec."""
+        if self.state != _CLOSED:
+            encoded = prepared.data
+            traffic = self._traffic
+            traffic[2] += 1
+            traffic[3] += _size(encoded)
+            self.transport.send(encoded, prepared)
+
     def disconnect(self, code: int, reason: str) -> None:
         """End this session: tell the client why (code 4000-4499: reconnect; 4500+: don't)."""
         if self.state == _CLOSED:
