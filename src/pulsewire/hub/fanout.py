@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -435,7 +435,3 @@ class Fanout:
             self.unsubscribe(
                 subscriber, channel, UNSUBSCRIBE_INSUFFICIENT_STATE, "insufficient state", True
             )
-
-    def __iter__(self) -> Iterator[str]:
-        """Channels with local subscribers."""
-        return iter(self._channels)

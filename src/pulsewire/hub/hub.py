@@ -6,7 +6,7 @@ each publication (:meth:`Hub.on_publication`), which goes one way down: to the n
 :class:`~pulsewire.hub.fanout.Fanout` (the subscription index; order checked, gaps filled from
 history, encoded once per codec), to each session, to its transport. The node keeps publish,
 presence, history, administration and the engine callbacks; sessions reach it through the
-public :class:`~pulsewire.hub.session.SessionHost` interface.
+public :class:`~pulsewire.hub.contracts.SessionHost` interface.
 
 Presence is written and refreshed by :mod:`pulsewire.hub.presence`; nodes watch each other
 through :mod:`pulsewire.hub.node_watch` (announcements, dead nodes, rejoining).
@@ -20,7 +20,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import msgpack
@@ -28,6 +28,7 @@ import msgpack
 from .auth import AuthGuard, Credentials, TokenVerifier
 from .channels import ChannelName, parse_channel
 from .config import ChannelOptions, HubConfig
+from .contracts import Hook
 from .engines import create_engine
 from .engines.base import (
     Engine,
@@ -48,7 +49,6 @@ __all__ = ["Hub"]
 
 logger = logging.getLogger("pulsewire.hub")
 
-Hook = Callable[..., Any]
 T = TypeVar("T")
 
 
