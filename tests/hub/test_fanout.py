@@ -196,7 +196,7 @@ async def test_a_gap_is_filled_from_history_before_delivering_further(h: Harness
     await h.settle()
     assert h.engine.history_calls == [StreamPosition(2, EPOCH)]
     assert s.offsets == [2, 3, 4, 5, 6]
-    assert h.metrics.gap_fills._value.get() == 1
+    assert h.metrics.registry.get_sample_value("pulsewire_history_gap_fills_total") == 1
     h.fanout.on_publication(CHANNEL, pub(7))
     assert s.offsets == [2, 3, 4, 5, 6, 7]
 
@@ -250,7 +250,7 @@ async def test_each_publication_is_encoded_once_per_codec_in_use(h: Harness) -> 
             assert len({id(s.prepared[i]) for s in group}) == 1
     assert jsons[0].prepared[0] is not packs[0].prepared[0]
     assert isinstance(packs[0].prepared[0].data, bytes)
-    assert h.metrics.deliveries._value.get() == 10
+    assert h.metrics.registry.get_sample_value("pulsewire_deliveries_total") == 10
 
 
 async def test_join_and_leave_are_encoded_once_per_codec(h: Harness) -> None:
