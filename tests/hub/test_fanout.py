@@ -15,11 +15,8 @@ import pytest
 
 from pulsewire.hub.channels import parse_channel
 from pulsewire.hub.config import HubConfig
-from pulsewire.hub.fanout import (
-    UNSUBSCRIBE_INSUFFICIENT_STATE,
-    Fanout,
-    Subscription,
-)
+from pulsewire.hub.errors import UnsubscribeCode
+from pulsewire.hub.fanout import Fanout, Subscription
 from pulsewire.hub.metrics import HubMetrics
 from pulsewire.hub.types import (
     ClientInfo,
@@ -222,7 +219,7 @@ async def test_insufficient_state_tells_subscribers_to_resubscribe(h: Harness, w
             {
                 "push": "unsubscribe",
                 "channel": CHANNEL,
-                "code": UNSUBSCRIBE_INSUFFICIENT_STATE,
+                "code": UnsubscribeCode.INSUFFICIENT_STATE,
                 "reason": "insufficient state",
                 "resubscribe": True,
             }

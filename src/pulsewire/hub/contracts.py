@@ -8,7 +8,7 @@ import each other. :class:`ConnectRequest` is what an ``authenticate`` hook sees
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -17,7 +17,7 @@ from .channels import ChannelName
 from .config import HubConfig
 from .fanout import Fanout, Subscription
 from .metrics import HubMetrics
-from .types import ClientInfo, PreparedMessage, Publication, StreamPosition
+from .types import ClientInfo, HistoryResult, PreparedMessage, Publication, StreamPosition
 
 __all__ = ["ConnectRequest", "Hook", "SessionHost", "Transport"]
 
@@ -117,7 +117,11 @@ class SessionHost(Protocol[S_contra]):
 
     async def presence_stats(self, channel: str | ChannelName) -> tuple[int, int]: ...
 
-    async def history_reply(
-        self, channel: str | ChannelName, params: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        """A history request's reply from its params (``limit``, ``since``, ``reverse``)."""
+    async def history(
+        self,
+        channel: str | ChannelName,
+        *,
+        limit: int | None = None,
+        since: StreamPosition | None = None,
+        reverse: bool = False,
+    ) -> HistoryResult: ...

@@ -34,23 +34,13 @@ from typing import Any, Protocol
 
 from .channels import ChannelName
 from .engines.base import Engine, EngineUnavailable
-from .errors import ErrorCode, HubError
+from .errors import ErrorCode, HubError, UnsubscribeCode
+from .messages import publication_push, unsubscribe_push
 from .metrics import HubMetrics
 from .types import ClientInfo, PreparedMessage, Publication, PublishOptions, StreamPosition
 from .wire import Codec
 
-__all__ = [
-    "UNSUBSCRIBE_INSUFFICIENT_STATE",
-    "UNSUBSCRIBE_SERVER",
-    "Fanout",
-    "Subscriber",
-    "Subscription",
-    "first_follows",
-    "publication_body",
-]
-
-UNSUBSCRIBE_INSUFFICIENT_STATE = 2500
-UNSUBSCRIBE_SERVER = 2000
+__all__ = ["Fanout", "Subscriber", "Subscription", "first_follows"]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -84,18 +74,6 @@ class Subscriber(Protocol):
 
     def send_prepared(self, prepared: PreparedMessage) -> None:
         """Send one push (join, leave) already encoded with this subscriber's codec."""
-
-
-def publication_body(publication: Publication) -> dict[str, Any]:
-    """A publication as clients see it (in pushes, history and recovery replies)."""
-    out: dict[str, Any] = {"data": publication.data}
-    if publication.offset:
-        out["offset"] = publication.offset
-    if publication.info is not None:
-        out["info"] = publication.info.to_dict()
-    if publication.tags:
-        out["tags"] = publication.tags
-    return out
 
 
 def first_follows(publication: Publication, offset: int) -> bool:
@@ -251,15 +229,7 @@ class Fanout:
         sub = self.remove(subscriber, channel)
         if sub is None:
             return False
-        subscriber.push(
-            {
-                "push": "unsubscribe",
-                "channel": channel,
-                "code": code,
-                "reason": reason,
-                "resubscribe": resubscribe,
-            }
-        )
+        subscriber.push(unsubscribe_push(channel, code, reason, resubscribe=resubscribe))
         self._ended(sub)
         return True
 
@@ -378,9 +348,7 @@ class Fanout:
             message = prepared.get(codec.name)
             if message is None:
                 if body is None:
-                    body = publication_body(publication)
-                    body["push"] = "publication"
-                    body["channel"] = channel
+                    body = publication_push(channel, publication)
                 message = prepared[codec.name] = PreparedMessage(codec.encode(body))
             subscriber.send_publication(message, sub)
         if not count:  # held back during recovery: counted when it came
@@ -433,5 +401,5 @@ class Fanout:
             return
         for subscriber in list(subs):
             self.unsubscribe(
-                subscriber, channel, UNSUBSCRIBE_INSUFFICIENT_STATE, "insufficient state", True
+                subscriber, channel, UnsubscribeCode.INSUFFICIENT_STATE, "insufficient state", True
             )

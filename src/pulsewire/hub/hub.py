@@ -20,7 +20,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
 
 import msgpack
@@ -36,8 +36,9 @@ from .engines.base import (
     EngineUnavailable,
     IdempotencyKeysFull,
 )
-from .errors import Disconnect, DisconnectCode, ErrorCode, HubError
-from .fanout import UNSUBSCRIBE_SERVER, Fanout, Subscription, first_follows, publication_body
+from .errors import Disconnect, DisconnectCode, ErrorCode, HubError, UnsubscribeCode
+from .fanout import Fanout, Subscription, first_follows
+from .messages import join_push, leave_push, message_push
 from .metrics import HubMetrics
 from .node_watch import NODE_OPS, NodeWatch
 from .presence import PresenceKeeper
@@ -389,29 +390,6 @@ class Hub:
             )
         )
 
-    async def history_reply(
-        self, channel: str | ChannelName, params: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        """The reply to a history request (client command or HTTP API) from its params:
-        ``limit`` (a non-negative integer), ``since`` ({offset, epoch}), ``reverse``."""
-        limit = params.get("limit")
-        since = params.get("since")
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
-            raise HubError(ErrorCode.BAD_REQUEST, "limit must be a non-negative integer")
-        position = None
-        if since is not None:
-            if not isinstance(since, dict) or not isinstance(since.get("offset"), int):
-                raise HubError(ErrorCode.BAD_REQUEST, "since must be {offset, epoch}")
-            position = StreamPosition(since["offset"], str(since.get("epoch", "")))
-        result = await self.history(
-            channel, limit=limit, since=position, reverse=bool(params.get("reverse"))
-        )
-        return {
-            "publications": [publication_body(p) for p in result.publications],
-            "offset": result.position.offset,
-            "epoch": result.position.epoch,
-        }
-
     async def _engine_call(self, awaitable: Awaitable[T]) -> T:
         try:
             return await awaitable
@@ -474,9 +452,8 @@ class Hub:
 
     def _push_event(self, channel: str, kind: str, info: ClientInfo) -> None:
         if self.fanout.has_subscribers(channel):
-            self.fanout.push_event(
-                channel, {"push": kind, "channel": channel, "info": info.to_dict()}
-            )
+            push = join_push if kind == "join" else leave_push
+            self.fanout.push_event(channel, push(channel, info))
 
     def on_control(self, message: dict[str, Any]) -> None:
         op = message.get("op")
@@ -498,10 +475,10 @@ class Hub:
             elif op == "unsubscribe":
                 channel = str(message.get("channel"))
                 self.fanout.unsubscribe(
-                    session, channel, UNSUBSCRIBE_SERVER, "unsubscribed by the server", False
+                    session, channel, UnsubscribeCode.SERVER, "unsubscribed by the server", False
                 )
             elif op == "message":
-                session.push({"push": "message", "data": message.get("data")})
+                session.push(message_push(message.get("data")))
 
     def on_engine_state(self, available: bool) -> None:
         self.metrics.engine_up.set(1 if available else 0)

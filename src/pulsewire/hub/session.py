@@ -29,8 +29,20 @@ from .auth import Credentials, grant_allows
 from .channels import ChannelName, parse_channel
 from .contracts import ConnectRequest, SessionHost, Transport
 from .errors import Disconnect, DisconnectCode, ErrorCode, HubError
-from .fanout import Subscription, publication_body
+from .fanout import Subscription
+from .messages import (
+    error_dict,
+    error_reply,
+    history_result,
+    presence_result,
+    presence_stats_result,
+    publish_result,
+    reply,
+    rpc_result,
+    subscribe_result,
+)
 from .ratelimit import TokenBucket
+from .requests import HistoryQuery
 from .types import ClientInfo, PreparedMessage, StreamPosition
 from .wire import PROTOCOL_VERSION, Codec
 
@@ -203,8 +215,7 @@ class Session:
         for command in commands:
             cid = command.get("id")
             if isinstance(cid, int):
-                error = {"code": ErrorCode.TOO_MANY_REQUESTS, "message": "rate limit exceeded"}
-                self.send({"id": cid, "error": error})
+                self.send(error_reply(cid, ErrorCode.TOO_MANY_REQUESTS, "rate limit exceeded"))
 
     async def _handle_command(self, command: dict[str, Any]) -> None:
         cid = command.get("id")
@@ -233,21 +244,18 @@ class Session:
             self.disconnect(exc.code, exc.reason)
             return
         except HubError as exc:
-            self.send({"id": cid, "error": exc.to_dict()})
+            self.send(error_reply(cid, exc.code, exc.message))
             return
         except Exception:
             logger.exception("hub command %s failed", method, extra=self.log_context())
-            self.send(
-                {"id": cid, "error": {"code": ErrorCode.INTERNAL, "message": "internal error"}}
-            )
+            self.send(error_reply(cid, ErrorCode.INTERNAL, "internal error"))
             return
-        reply: dict[str, Any] = {"id": cid, "result": result if result is not None else {}}
         try:
-            self.send(reply)
+            self.send(reply(cid, result))
         except (TypeError, ValueError) as exc:  # e.g. an RPC result the codec cannot carry
             logger.error("cannot encode the reply to %s: %s", method, exc)
             message = "the result cannot be encoded"
-            self.send({"id": cid, "error": {"code": ErrorCode.INTERNAL, "message": message}})
+            self.send(error_reply(cid, ErrorCode.INTERNAL, message))
         self.hub.fanout.flush_recovery(self)
 
     # ------------------------------------------------------------------------- commands
@@ -325,7 +333,7 @@ class Session:
                 try:
                     result["subs"][channel] = await self._subscribe(sub_params)
                 except HubError as exc:
-                    result["subs"][channel] = {"error": exc.to_dict()}
+                    result["subs"][channel] = {"error": error_dict(exc.code, exc.message)}
         return result
 
     async def _refresh(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -437,15 +445,9 @@ class Session:
         publications, position, recovered = await self.hub.recover(sub.channel, since)
         sub.epoch = position.epoch
         sub.offset = max(position.offset, publications[-1].offset if publications else 0)
-        result: dict[str, Any] = {
-            "recoverable": True,
-            "epoch": position.epoch,
-            "offset": position.offset,
-        }
         if recover:
-            result["recovered"] = recovered
-            result["publications"] = [publication_body(p) for p in publications]
-        return result
+            return subscribe_result(position, recovered=recovered, publications=publications)
+        return subscribe_result(position)
 
     def send_publication(self, prepared: PreparedMessage, sub: Subscription) -> None:
         """Send a publication push prepared by the fan-out (which keeps the order), unless
@@ -499,7 +501,7 @@ class Session:
         position = await self.hub.publish(
             channel, data, info=sub.info, idempotency_key=params.get("idempotency_key")
         )
-        return {} if position is None else {"offset": position.offset, "epoch": position.epoch}
+        return publish_result(position)
 
     def _subscribed_channel(self, params: dict[str, Any], flag: str) -> ChannelName:
         channel = self._channel(params)
@@ -515,16 +517,20 @@ class Session:
     async def _presence(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._subscribed_channel(params, "allow_presence")
         clients = await self.hub.presence(channel)
-        return {"clients": {cid: info.to_dict() for cid, info in clients.items()}}
+        return presence_result(clients)
 
     async def _presence_stats(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._subscribed_channel(params, "allow_presence")
         clients, users = await self.hub.presence_stats(channel)
-        return {"num_clients": clients, "num_users": users}
+        return presence_stats_result(clients, users)
 
     async def _history(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._subscribed_channel(params, "allow_history")
-        return await self.hub.history_reply(channel, params)
+        query = HistoryQuery.parse(params)
+        result = await self.hub.history(
+            channel, limit=query.limit, since=query.since, reverse=query.reverse
+        )
+        return history_result(result)
 
     async def _ping(self, params: dict[str, Any]) -> dict[str, Any]:
         return {}
@@ -537,7 +543,7 @@ class Session:
         outcome = hook(self, method, params.get("data"))
         if inspect.isawaitable(outcome):
             outcome = await outcome
-        return {"data": outcome}
+        return rpc_result(outcome)
 
 
 def _size(data: str | bytes) -> int:
