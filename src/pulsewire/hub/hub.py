@@ -29,6 +29,16 @@ from .auth import AuthGuard, Credentials, TokenVerifier
 from .channels import ChannelName, parse_channel
 from .config import ChannelOptions, HubConfig
 from .contracts import Hook
+from .control import (
+    Control,
+    DisconnectControl,
+    MessageControl,
+    NodeAnnounce,
+    NodeDead,
+    NodeGone,
+    UnsubscribeControl,
+    parse_control,
+)
 from .engines import create_engine
 from .engines.base import (
     Engine,
@@ -40,7 +50,7 @@ from .errors import Disconnect, DisconnectCode, ErrorCode, HubError, Unsubscribe
 from .fanout import Fanout, Subscription, first_follows
 from .messages import join_push, leave_push, message_push
 from .metrics import HubMetrics
-from .node_watch import NODE_OPS, NodeWatch
+from .node_watch import NodeWatch
 from .presence import PresenceKeeper
 from .session import ConnectRequest, Session, Transport
 from .types import ClientInfo, HistoryResult, Publication, PublishOptions, StreamPosition
@@ -404,22 +414,21 @@ class Hub:
         reason: str = "disconnected by the server",
     ) -> None:
         """Disconnect every connection of ``user`` on every node."""
-        await self._control({"op": "disconnect", "user": user, "code": code, "reason": reason})
+        await self._control(DisconnectControl(user, code=code, reason=reason, sender=self.node_id))
 
     async def unsubscribe_user(self, user: str, channel: str) -> None:
         """Unsubscribe every connection of ``user`` from ``channel`` on every node."""
-        await self._control({"op": "unsubscribe", "user": user, "channel": channel})
+        await self._control(UnsubscribeControl(user, channel, sender=self.node_id))
 
     async def send(self, data: Any, *, user: str | None = None, client: str | None = None) -> None:
         """Push ``data`` as a ``message`` to one connection or to every connection of a user."""
         if (user is None) == (client is None):
             raise ValueError("give exactly one of user= or client=")
         _check_data(data)
-        await self._control({"op": "message", "user": user, "client": client, "data": data})
+        await self._control(MessageControl(user, client, data, sender=self.node_id))
 
-    async def _control(self, message: dict[str, Any]) -> None:
-        message["from"] = self.node_id
-        await self._engine_call(self.engine.publish_control(message))
+    async def _control(self, control: Control) -> None:
+        await self._engine_call(self.engine.publish_control(control.to_dict()))
 
     @property
     def channels(self) -> dict[str, int]:
@@ -456,29 +465,37 @@ class Hub:
             self.fanout.push_event(channel, push(channel, info))
 
     def on_control(self, message: dict[str, Any]) -> None:
-        op = message.get("op")
-        if op in NODE_OPS:
-            self.node_watch.on_message(str(op), message)
+        """The engine's callback for each control message: node messages to the node watch,
+        commands for sessions run on this node's sessions of the user (or the client)."""
+        try:
+            control = parse_control(message)
+        except ValueError as exc:
+            logger.warning("malformed control message ignored: %s", exc)
+            return
+        if control is None:
+            return  # an op of a newer version
+        if isinstance(control, (NodeAnnounce, NodeDead, NodeGone)):
+            self.node_watch.on_control(control)
             return
         targets: list[Session] = []
-        if message.get("user") is not None:
-            targets = list(self.users.get(str(message["user"]), ()))
-        elif message.get("client") is not None:
-            session = self.sessions.get(str(message["client"]))
+        if control.user is not None:
+            targets = list(self.users.get(control.user, ()))
+        elif control.client is not None:
+            session = self.sessions.get(control.client)
             targets = [session] if session is not None else []
         for session in targets:
-            if op == "disconnect":
-                session.disconnect(
-                    int(message.get("code", DisconnectCode.FORCE_NO_RECONNECT)),
-                    str(message.get("reason", "")),
-                )
-            elif op == "unsubscribe":
-                channel = str(message.get("channel"))
+            if isinstance(control, DisconnectControl):
+                session.disconnect(control.code, control.reason)
+            elif isinstance(control, UnsubscribeControl):
                 self.fanout.unsubscribe(
-                    session, channel, UnsubscribeCode.SERVER, "unsubscribed by the server", False
+                    session,
+                    control.channel,
+                    UnsubscribeCode.SERVER,
+                    "unsubscribed by the server",
+                    False,
                 )
-            elif op == "message":
-                session.push(message_push(message.get("data")))
+            else:
+                session.push(message_push(control.data))
 
     def on_engine_state(self, available: bool) -> None:
         self.metrics.engine_up.set(1 if available else 0)

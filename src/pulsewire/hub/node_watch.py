@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from .channels import parse_channel
 from .config import HubConfig
+from .control import NodeAnnounce, NodeDead, NodeGone
 from .engines.base import Engine, EngineUnavailable, PresenceAdd
 from .errors import HubError
 from .fanout import Fanout
@@ -34,7 +35,6 @@ __all__ = [
     "CLEANUP_CONCURRENCY",
     "DEAD_AFTER_INTERVALS",
     "MEMBERS_TRACKED_PER_CHANNEL",
-    "NODE_OPS",
     "NodeWatch",
 ]
 
@@ -48,8 +48,6 @@ MEMBERS_TRACKED_PER_CHANNEL = 10_000
 DEAD_AFTER_INTERVALS = 3
 #: Channels whose presence a survivor cleans at once after a node died.
 CLEANUP_CONCURRENCY = 8
-#: Control messages (``op``) that are this module's.
-NODE_OPS = frozenset({"node", "node_dead", "node_gone"})
 
 
 class NodeWatch:
@@ -154,16 +152,16 @@ class NodeWatch:
 
     async def _announce(self) -> None:
         info = {"name": self.node_id, **self._stats(), "engine": self._engine.name}
-        await self._try_control(
-            {"op": "node", "from": self.node_id, "instance": self.instance, "info": info}
-        )
+        await self._try_control(NodeAnnounce(self.node_id, self.instance, info))
 
     async def _announce_forever(self) -> None:
         while True:
             await self._announce()
             await asyncio.sleep(self._config.node_announce_interval)
 
-    async def _try_control(self, message: dict[str, Any]) -> None:
+    async def _try_control(self, control: NodeAnnounce | NodeDead | NodeGone) -> None:
+        """Send a node message (from this node); engine failures only counted."""
+        message = control.to_dict()
         message["from"] = self.node_id
         try:
             await self._engine.publish_control(message)
@@ -173,7 +171,7 @@ class NodeWatch:
     async def say_gone(self) -> None:
         """Tell the others this instance is leaving; ``clean`` when its own leaves and
         presence removals all went through (else they remove what is left)."""
-        message = {"op": "node_gone", "instance": self.instance, "clean": self._clean()}
+        message = NodeGone(self.instance, self._clean())
         try:
             await asyncio.wait_for(self._try_control(message), 2)
         except asyncio.TimeoutError:
@@ -200,41 +198,38 @@ class NodeWatch:
                 silent = time.monotonic() - peer.last_seen
                 self._dead(peer, f"no announcement for {silent:.1f} s", tell=True)
 
-    def on_message(self, op: str, message: dict[str, Any]) -> None:
-        """A node message (``node``, ``node_dead``, ``node_gone``) from the control channel."""
-        sender = str(message.get("from") or "")
-        instance = message.get("instance")
-        instance = instance if isinstance(instance, str) else ""
-        if op == "node":
-            info = message.get("info")
-            info = dict(info) if isinstance(info, dict) else {}
+    def on_control(self, control: NodeAnnounce | NodeDead | NodeGone) -> None:
+        """A node message from the control channel."""
+        sender = control.sender
+        instance = control.instance
+        if isinstance(control, NodeAnnounce):
+            info = dict(control.info)
             # Without an instance id (an older version) a node is listed but not watched.
             watched = bool(instance) and not self.is_own(instance)
             if watched and not self._peers.seen(sender, instance, info):
                 # Declared dead, yet speaking (it was frozen or cut off): tell it again, it
                 # comes back under a new instance id.
-                reply = {"op": "node_dead", "instance": instance, "node": sender}
-                self._spawn(self._try_control(reply))
+                self._spawn(self._try_control(NodeDead(instance, sender)))
                 return
             if instance:
                 info["instance"] = instance
             info["expires"] = time.time() + self._peers.timeout
             self._nodes[sender] = info
-        elif op == "node_dead" and instance:
+        elif isinstance(control, NodeDead) and instance:
             if instance == self.instance:
                 self.start_rejoin(sender or "another node")
                 return
             if instance in self._past_instances:
                 return  # we know, and rejoined already
-            peer = self._peers.end(instance, str(message.get("node") or ""))
+            peer = self._peers.end(instance, control.node)
             if peer is not None:
                 self._dead(peer, f"declared dead by {sender}", tell=False)
-        elif op == "node_gone" and instance and not self.is_own(instance):
+        elif isinstance(control, NodeGone) and instance and not self.is_own(instance):
             peer = self._peers.end(instance, sender)
             self._drop_node_info(sender, instance)
             if peer is not None:
                 # Its own leaves went out as its sessions closed (or, not clean, partly).
-                self._start_cleanup(peer, "left", presence=not message.get("clean"), dead=False)
+                self._start_cleanup(peer, "left", presence=not control.clean, dead=False)
 
     def is_own(self, instance: str) -> bool:
         """True for this node's instance id, current or past."""
@@ -273,9 +268,7 @@ class NodeWatch:
         so a survivor dying halfway leaves nothing undone."""
         started = time.monotonic()
         if tell:  # first: the others start at once, and a node wrongly declared dead learns it
-            await self._try_control(
-                {"op": "node_dead", "instance": peer.instance, "node": peer.name}
-            )
+            await self._try_control(NodeDead(peer.instance, peer.name))
         leaves = self._push_member_leaves(peer.instance)
         removed = channels = 0
         if presence:
