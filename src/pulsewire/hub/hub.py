@@ -15,7 +15,6 @@ through :mod:`pulsewire.hub.node_watch` (announcements, dead nodes, rejoining).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import secrets
@@ -48,6 +47,7 @@ from .engines.base import (
 )
 from .errors import Disconnect, DisconnectCode, ErrorCode, HubError, UnsubscribeCode
 from .fanout import Fanout, Subscription, first_follows
+from .hooks import call_hook, credentials_from
 from .messages import join_push, leave_push, message_push
 from .metrics import HubMetrics
 from .node_watch import NodeWatch
@@ -207,19 +207,10 @@ class Hub:
     async def credentials_for(self, request: ConnectRequest) -> Credentials:
         """Authenticate a connecting client: the ``authenticate`` hook, else its token."""
         if self.authenticate is not None:
-            outcome = self.authenticate(request)
-            if inspect.isawaitable(outcome):
-                outcome = await outcome
-            if isinstance(outcome, int) and not isinstance(outcome, bool):
-                outcome = str(outcome)  # numeric user ids are common
-            if isinstance(outcome, str):
-                if not outcome and not self.config.allow_anonymous:
-                    raise Disconnect(DisconnectCode.UNAUTHORIZED, "anonymous connections are off")
-                outcome = Credentials(user=outcome)
-            if isinstance(outcome, Credentials):
-                return outcome
-            if outcome is not None:
-                raise TypeError("authenticate must return Credentials, a user id or None")
+            outcome = await call_hook(self.authenticate, request)
+            credentials = credentials_from(outcome, allow_anonymous=self.config.allow_anonymous)
+            if credentials is not None:
+                return credentials
         if request.token:
             return self.tokens.connection(request.token)
         if self.config.allow_anonymous:
@@ -249,9 +240,7 @@ class Hub:
             self._spawn(self.forget_presence(sub))
         if was_connected and self.on_disconnect is not None:
             try:
-                outcome = self.on_disconnect(session, code, reason)
-                if inspect.isawaitable(outcome):
-                    self._spawn(outcome)
+                self._spawn(call_hook(self.on_disconnect, session, code, reason))
             except Exception:
                 logger.exception("on_disconnect hook failed")
 
