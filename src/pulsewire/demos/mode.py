@@ -15,7 +15,7 @@ import time
 import jwt
 
 from ..hub.config import ChannelOptions, HubConfig
-from ..server.http import HttpRequest, HttpResponse, json_response
+from ..transports.http_types import HttpRequest, HttpResponse, json_response
 
 __all__ = ["DemoTokens", "demo_config"]
 
