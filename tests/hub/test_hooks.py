@@ -4,11 +4,14 @@ accept the plain functions and coroutine functions applications write."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
+from pulsewire.hub import Hub
 from pulsewire.hub.auth import Credentials
+from pulsewire.hub.contracts import HookSession
 from pulsewire.hub.errors import Disconnect, DisconnectCode, HubError
 from pulsewire.hub.hooks import (
     Authenticate,
@@ -21,6 +24,8 @@ from pulsewire.hub.hooks import (
     credentials_from,
 )
 from pulsewire.hub.session import ConnectRequest, Session
+
+from .fakes import FakeClient
 
 
 async def test_plain_hook_runs_at_the_call() -> None:
@@ -140,3 +145,25 @@ async def test_typed_hooks_are_called_through_the_helper() -> None:
     request = ConnectRequest("websocket", "/", [], "127.0.0.1", token="t")
     assert await call_hook(HOOKS[0], request) == "t"
     assert await call_hook(HOOKS[1], request) == Credentials(user="u")
+
+
+def _on_connect_portable(session: HookSession) -> None:
+    assert session.id and session.transport.kind and session.request.remote_address
+    assert session.credentials is not None and session.user == session.credentials.user
+
+
+async def test_a_hook_typed_with_hook_session_runs_on_a_session(
+    local_hub: Callable[..., Awaitable[Hub]], local_client: Callable[..., Awaitable[FakeClient]]
+) -> None:
+    """A Session offers HookSession (mypy checks the assignments) and such a hook runs."""
+    seen: list[HookSession] = []
+
+    def on_connect(session: HookSession) -> None:
+        seen.append(session)
+        _on_connect_portable(session)
+
+    hook: OnConnect[HookSession] = on_connect
+    hub = await local_hub(on_connect=hook)
+    client = await local_client(hub, "alice")
+    session: HookSession = client.session
+    assert seen == [session] and session.connected and session.id == client.client_id

@@ -3,7 +3,8 @@
 :class:`Transport` is what a session needs from the connection that carries it (WebSocket,
 SSE, long-polling, ASGI); :class:`SessionHost` is what it needs from its node (implemented by
 :class:`~pulsewire.hub.Hub`): public methods only, so that the session and the node do not
-import each other. :class:`ConnectRequest` is what an ``authenticate`` hook sees.
+import each other. :class:`ConnectRequest` is what an ``authenticate`` hook sees, and
+:class:`HookSession` what the other hooks may use of a session.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .fanout import Fanout, Subscription
 from .metrics import HubMetrics
 from .types import ClientInfo, HistoryResult, PreparedMessage, Publication, StreamPosition
 
-__all__ = ["ConnectRequest", "Hook", "SessionHost", "Transport"]
+__all__ = ["ConnectRequest", "Hook", "HookSession", "SessionHost", "Transport"]
 
 S_contra = TypeVar("S_contra", contravariant=True)
 
@@ -55,6 +56,38 @@ class ConnectRequest:
     remote_address: str
     token: str | None = None
     data: Any = None
+
+
+class HookSession(Protocol):
+    """What the application's hooks (``on_connect``, ``on_subscribe``, ``on_publish``,
+    ``on_rpc``, ``on_disconnect``) may use of a session (a
+    :class:`~pulsewire.hub.session.Session` offers it)."""
+
+    id: str
+    """The client id (the ``client`` of the ``connect`` reply)."""
+    user: str
+    """The user id, ``""`` for an anonymous connection."""
+    credentials: Credentials | None
+    """Who authenticated (``None`` until connected)."""
+    conn_info: Any
+    """The connection's ``info`` (``conn_info`` in presence and publications)."""
+    request: ConnectRequest
+    """The connecting request: transport name, path, headers, remote address, token, data."""
+    transport: Transport
+    """The connection that carries the session (its ``kind``: "websocket", "sse", ...)."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether the ``connect`` command succeeded and the session is not closed."""
+
+    def info(self, chan_info: Any = None) -> ClientInfo:
+        """This client's info as others see it in a channel."""
+
+    def push(self, message: dict[str, Any]) -> None:
+        """Send a push (a message without an id) to the client."""
+
+    def disconnect(self, code: int, reason: str) -> None:
+        """End the session (code 4000-4499: the client reconnects; 4500+: it does not)."""
 
 
 Hook = Callable[..., Any]

@@ -4,7 +4,10 @@ call them.
 An embedding application passes plain functions or coroutine functions to :class:`Hub`
 (``authenticate=``, ``on_connect=``, ...). Each is described here by a
 :class:`typing.Protocol`: the arguments it is called with (positionally, so any parameter
-names will do) and what it may return, itself or through an awaitable. The hub calls every
+names will do) and what it may return, itself or through an awaitable. The session hooks are
+generic in the session's type: ``OnConnect[HookSession]`` is a hook that uses only what
+:class:`~pulsewire.hub.contracts.HookSession` promises; a bare ``OnConnect`` accepts a hook
+typed with any session class (e.g. ``session: Session``). The hub calls every
 hook through :func:`call_hook`, which calls it at once and gives an awaitable of its outcome
 whether the hook was plain or async.
 
@@ -19,10 +22,8 @@ from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar, overload
 
 from .auth import Credentials
+from .contracts import ConnectRequest, HookSession
 from .errors import Disconnect, DisconnectCode
-
-if TYPE_CHECKING:
-    from .session import ConnectRequest, Session
 
 __all__ = [
     "Authenticate",
@@ -38,6 +39,14 @@ __all__ = [
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
+if TYPE_CHECKING:  # a TypeVar's default (PEP 696) is typing's from Python 3.13 only
+    from typing_extensions import TypeVar as DefaultingTypeVar
+
+    S_contra = DefaultingTypeVar("S_contra", bound=HookSession, contravariant=True, default=Any)
+else:
+    S_contra = TypeVar("S_contra", bound=HookSession, contravariant=True)
+"""The session type a hook is written for (anything that offers HookSession; a bare
+``OnConnect`` is ``OnConnect[Any]``, so that hooks typed with any session class fit)."""
 
 MaybeAwaitable: TypeAlias = T | Awaitable[T]
 """What a hook returns: its outcome, or an awaitable of it (an ``async def`` hook)."""
@@ -57,41 +66,41 @@ class Authenticate(Protocol):
     ) -> MaybeAwaitable[Credentials | str | int | None]: ...
 
 
-class OnConnect(Protocol):
+class OnConnect(Protocol[S_contra]):
     """``on_connect(session)``: the session is authenticated and about to be connected."""
 
-    def __call__(self, session: Session, /) -> MaybeAwaitable[None]: ...
+    def __call__(self, session: S_contra, /) -> MaybeAwaitable[None]: ...
 
 
-class OnSubscribe(Protocol):
+class OnSubscribe(Protocol[S_contra]):
     """``on_subscribe(session, channel, params)``: a client subscribes, after the hub's own
     checks passed; ``params`` are the subscribe command's, as sent. Returns the channel info
     others see for this subscriber (``chan_info``), or ``None`` to keep the token's."""
 
     def __call__(
-        self, session: Session, channel: str, params: dict[str, Any], /
+        self, session: S_contra, channel: str, params: dict[str, Any], /
     ) -> MaybeAwaitable[Any]: ...
 
 
-class OnPublish(Protocol):
+class OnPublish(Protocol[S_contra]):
     """``on_publish(session, channel, data)``: a client publishes. Returns the data to
     publish instead, or ``None`` to publish ``data`` as it is."""
 
-    def __call__(self, session: Session, channel: str, data: Any, /) -> MaybeAwaitable[Any]: ...
+    def __call__(self, session: S_contra, channel: str, data: Any, /) -> MaybeAwaitable[Any]: ...
 
 
-class OnRpc(Protocol):
+class OnRpc(Protocol[S_contra]):
     """``on_rpc(session, method, data)``: a client's ``rpc`` command; returns the result's
     ``data`` (anything the session's codec can encode)."""
 
-    def __call__(self, session: Session, method: str, data: Any, /) -> MaybeAwaitable[Any]: ...
+    def __call__(self, session: S_contra, method: str, data: Any, /) -> MaybeAwaitable[Any]: ...
 
 
-class OnDisconnect(Protocol):
+class OnDisconnect(Protocol[S_contra]):
     """``on_disconnect(session, code, reason)``: a connected session ended. Its outcome is
     not waited for by the session; an exception in it is logged."""
 
-    def __call__(self, session: Session, code: int, reason: str, /) -> MaybeAwaitable[None]: ...
+    def __call__(self, session: S_contra, code: int, reason: str, /) -> MaybeAwaitable[None]: ...
 
 
 class _Ready(Generic[T_co]):

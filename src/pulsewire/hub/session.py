@@ -18,7 +18,6 @@ methods, implemented by :class:`~pulsewire.hub.Hub`), and its subscriptions live
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import secrets
 import time
@@ -30,6 +29,7 @@ from .channels import ChannelName, parse_channel
 from .contracts import ConnectRequest, SessionHost, Transport
 from .errors import Disconnect, DisconnectCode, ErrorCode, HubError
 from .fanout import Subscription
+from .hooks import call_hook
 from .messages import (
     error_dict,
     error_reply,
@@ -300,9 +300,7 @@ class Session:
         self.conn_info = credentials.info
         hook = self.hub.on_connect
         if hook is not None:
-            outcome = hook(self)
-            if inspect.isawaitable(outcome):
-                await outcome
+            await call_hook(hook, self)
         if self.state == _CLOSED:
             raise Disconnect(DisconnectCode.FORCE_NO_RECONNECT, "closed during connect")
         self.state = _CONNECTED
@@ -375,9 +373,7 @@ class Session:
         chan_info = self._check_subscribe(channel, params)
         hook = self.hub.on_subscribe
         if hook is not None:
-            outcome = hook(self, name, params)
-            if inspect.isawaitable(outcome):
-                outcome = await outcome
+            outcome = await call_hook(hook, self, name, params)
             if outcome is not None:
                 chan_info = outcome
         sub = Subscription(channel, self.info(chan_info), recovering=options.history)
@@ -493,9 +489,7 @@ class Session:
         data = params["data"]
         hook = self.hub.on_publish
         if hook is not None:
-            outcome = hook(self, channel.name, data)
-            if inspect.isawaitable(outcome):
-                outcome = await outcome
+            outcome = await call_hook(hook, self, channel.name, data)
             if outcome is not None:
                 data = outcome
         position = await self.hub.publish(
@@ -540,10 +534,7 @@ class Session:
         method = params.get("method")
         if hook is None or not isinstance(method, str):
             raise HubError(ErrorCode.METHOD_NOT_FOUND, "no RPC handler for this method")
-        outcome = hook(self, method, params.get("data"))
-        if inspect.isawaitable(outcome):
-            outcome = await outcome
-        return rpc_result(outcome)
+        return rpc_result(await call_hook(hook, self, method, params.get("data")))
 
 
 def _size(data: str | bytes) -> int:
