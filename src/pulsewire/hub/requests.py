@@ -140,11 +140,26 @@ class RefreshParams:
 
 
 @dataclass(frozen=True, slots=True)
-class SubscribeParams:
-    """``subscribe``: ``channel``, ``token``, and ``recover`` from ``offset``/``epoch``."""
+class _ChannelParams:
+    channel: ChannelName
+
+    @classmethod
+    def parse_channel(cls, params: dict[str, Any], config: HubConfig) -> ChannelName:
+        """The first step of parsing a channel command: its ``channel`` (102/107)."""
+        return parse_channel(params.get("channel"), config)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeParams(_ChannelParams):
+    """``subscribe``: ``channel``, ``token``, and ``recover`` from ``offset``/``epoch``.
+
+    :meth:`parse` parses it all at once; a session parses it in the same steps, each where
+    it is needed (:meth:`parse_channel`, then :meth:`parse_token` after the subscription
+    checks, then :meth:`parse_since` after the permission checks and the ``on_subscribe``
+    hook), so that a subscribe with two faults gets the documented error.
+    """
 
     method: ClassVar[str] = "subscribe"
-    channel: ChannelName
     token: str | None
     """A subscription token (checked against the session's user by the session)."""
     recover: bool
@@ -157,28 +172,30 @@ class SubscribeParams:
     def parse(cls, params: dict[str, Any], config: HubConfig) -> SubscribeParams:
         """Raises 102/107 for the channel, 107 for a non-string token or, in a channel with
         history, a ``recover`` without an integer offset and a string epoch."""
-        channel = parse_channel(params.get("channel"), config)
+        channel = cls.parse_channel(params, config)
+        token = cls.parse_token(params)
+        since = cls.parse_since(params, channel)
+        return cls(channel, token, bool(params.get("recover")), since, params)
+
+    @staticmethod
+    def parse_token(params: dict[str, Any]) -> str | None:
+        """The subscription ``token``, if any: 107 if it is not a string."""
         token = params.get("token")
         if token is not None and not isinstance(token, str):
             raise _bad("subscription token must be a string")
-        recover = bool(params.get("recover"))
-        since = None
-        if recover and channel.options.history:
-            offset = params.get("offset")
-            epoch = params.get("epoch")
-            if not isinstance(offset, int) or offset < 0 or not isinstance(epoch, str):
-                raise _bad("recover needs an integer offset and a string epoch")
-            since = StreamPosition(offset, epoch)
-        return cls(channel, token, recover, since, params)
+        return token
 
-
-@dataclass(frozen=True, slots=True)
-class _ChannelParams:
-    channel: ChannelName
-
-    @classmethod
-    def _channel(cls, params: dict[str, Any], config: HubConfig) -> ChannelName:
-        return parse_channel(params.get("channel"), config)
+    @staticmethod
+    def parse_since(params: dict[str, Any], channel: ChannelName) -> StreamPosition | None:
+        """Where to recover from: ``None`` unless ``recover`` is asked in a channel with
+        history, where it needs an integer ``offset`` and a string ``epoch`` (else 107)."""
+        if not (params.get("recover") and channel.options.history):
+            return None
+        offset = params.get("offset")
+        epoch = params.get("epoch")
+        if not isinstance(offset, int) or offset < 0 or not isinstance(epoch, str):
+            raise _bad("recover needs an integer offset and a string epoch")
+        return StreamPosition(offset, epoch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +206,7 @@ class UnsubscribeParams(_ChannelParams):
 
     @classmethod
     def parse(cls, params: dict[str, Any], config: HubConfig) -> UnsubscribeParams:
-        return cls(cls._channel(params, config))
+        return cls(cls.parse_channel(params, config))
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +217,7 @@ class PresenceParams(_ChannelParams):
 
     @classmethod
     def parse(cls, params: dict[str, Any], config: HubConfig) -> PresenceParams:
-        return cls(cls._channel(params, config))
+        return cls(cls.parse_channel(params, config))
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,21 +228,21 @@ class PresenceStatsParams(_ChannelParams):
 
     @classmethod
     def parse(cls, params: dict[str, Any], config: HubConfig) -> PresenceStatsParams:
-        return cls(cls._channel(params, config))
+        return cls(cls.parse_channel(params, config))
 
 
 @dataclass(frozen=True, slots=True)
-class PublishParams:
+class PublishParams(_ChannelParams):
     """``publish``: ``channel``, ``data``, ``idempotency_key`` (checked by Hub.publish)."""
 
     method: ClassVar[str] = "publish"
-    channel: ChannelName
     data: Any
     idempotency_key: Any = None
 
     @classmethod
     def parse(cls, params: dict[str, Any], config: HubConfig) -> PublishParams:
-        channel = parse_channel(params.get("channel"), config)
+        """Raises 102/107 for the channel, 107 without ``data``."""
+        channel = cls.parse_channel(params, config)
         if "data" not in params:
             raise _bad("publish needs data")
         return cls(channel, params["data"], params.get("idempotency_key"))
@@ -255,16 +272,18 @@ class HistoryQuery:
 
 
 @dataclass(frozen=True, slots=True)
-class HistoryParams:
-    """``history``: ``channel`` and the :class:`HistoryQuery`."""
+class HistoryParams(_ChannelParams):
+    """``history``: ``channel`` and the :class:`HistoryQuery`.
+
+    A session parses it in two steps: :meth:`parse_channel`, then (once it checked the
+    subscription and the channel's permission) :meth:`HistoryQuery.parse`."""
 
     method: ClassVar[str] = "history"
-    channel: ChannelName
     query: HistoryQuery
 
     @classmethod
     def parse(cls, params: dict[str, Any], config: HubConfig) -> HistoryParams:
-        return cls(parse_channel(params.get("channel"), config), HistoryQuery.parse(params))
+        return cls(cls.parse_channel(params, config), HistoryQuery.parse(params))
 
 
 @dataclass(frozen=True, slots=True)

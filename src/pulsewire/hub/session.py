@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .auth import Credentials, grant_allows
-from .channels import ChannelName, parse_channel
+from .channels import ChannelName
 from .contracts import ConnectRequest, SessionHost, Transport
 from .errors import Disconnect, DisconnectCode, ErrorCode, HubError
 from .fanout import Subscription
@@ -42,8 +42,20 @@ from .messages import (
     subscribe_result,
 )
 from .ratelimit import TokenBucket
-from .requests import HistoryQuery
-from .types import ClientInfo, PreparedMessage, StreamPosition
+from .requests import (
+    Command,
+    ConnectParams,
+    HistoryParams,
+    HistoryQuery,
+    PresenceParams,
+    PresenceStatsParams,
+    PublishParams,
+    RefreshParams,
+    RpcParams,
+    SubscribeParams,
+    UnsubscribeParams,
+)
+from .types import ClientInfo, PreparedMessage
 from .wire import PROTOCOL_VERSION, Codec
 
 __all__ = ["ConnectRequest", "Session", "SessionHost", "Subscription", "Transport"]
@@ -218,20 +230,12 @@ class Session:
                 self.send(error_reply(cid, ErrorCode.TOO_MANY_REQUESTS, "rate limit exceeded"))
 
     async def _handle_command(self, command: dict[str, Any]) -> None:
-        cid = command.get("id")
-        method = command.get("method")
-        params = command.get("params") or {}
-        if (
-            not isinstance(cid, int)
-            or cid <= 0
-            or not isinstance(method, str)
-            or not isinstance(params, dict)
-        ):
-            self.disconnect(
-                DisconnectCode.BAD_REQUEST,
-                "a command needs a positive integer id, a method and object params",
-            )
+        try:
+            envelope = Command.parse(command)
+        except Disconnect as exc:
+            self.disconnect(exc.code, exc.reason)
             return
+        cid, method, params = envelope.id, envelope.method, envelope.params
         handler = _METHODS.get(method)
         try:
             if handler is None:
@@ -263,17 +267,9 @@ class Session:
     async def _connect(self, params: dict[str, Any]) -> dict[str, Any]:
         if self.state != _CONNECTING:
             raise Disconnect(DisconnectCode.BAD_REQUEST, "already connected")
-        version = params.get("version", PROTOCOL_VERSION)
-        if version != PROTOCOL_VERSION:
-            raise Disconnect(
-                DisconnectCode.UNSUPPORTED_PROTOCOL,
-                f"protocol version {version!r} is not supported",
-            )
-        token = params.get("token")
-        if token is not None and not isinstance(token, str):
-            raise Disconnect(DisconnectCode.BAD_REQUEST, "token must be a string")
-        self.request.token = token
-        self.request.data = params.get("data")
+        request = ConnectParams.parse(params)
+        token = self.request.token = request.token
+        self.request.data = request.data
         guard = self.hub.auth_guard
         address = self._auth_address()
         wait = guard.check(address, "token")
@@ -322,12 +318,9 @@ class Session:
             result["expires"] = True
             result["ttl"] = int(ttl)
         self.hub.session_connected(self)
-        subs = params.get("subs")
-        if isinstance(subs, dict) and subs:
+        if request.subs:
             result["subs"] = {}
-            for channel, options in subs.items():
-                sub_params = dict(options) if isinstance(options, dict) else {}
-                sub_params["channel"] = channel
+            for channel, sub_params in request.subs.items():
                 try:
                     result["subs"][channel] = await self._subscribe(sub_params)
                 except HubError as exc:
@@ -335,9 +328,7 @@ class Session:
         return result
 
     async def _refresh(self, params: dict[str, Any]) -> dict[str, Any]:
-        token = params.get("token")
-        if not isinstance(token, str):
-            raise HubError(ErrorCode.BAD_REQUEST, "refresh needs a token")
+        token = RefreshParams.parse(params).token
         address = self._auth_address()
         self._check_auth_guard(address)
         try:
@@ -359,18 +350,16 @@ class Session:
             result["ttl"] = int(ttl)
         return result
 
-    def _channel(self, params: dict[str, Any]) -> ChannelName:
-        return parse_channel(params.get("channel"), self.hub.config)
-
     async def _subscribe(self, params: dict[str, Any]) -> dict[str, Any]:
-        channel = self._channel(params)
+        # SubscribeParams in steps, each where it always was (the error for two faults).
+        channel = SubscribeParams.parse_channel(params, self.hub.config)
         name = channel.name
         options = channel.options
         if name in self.subscriptions:
             raise HubError(ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {name}")
         if len(self.subscriptions) >= self.hub.config.max_channels_per_connection:
             raise HubError(ErrorCode.LIMIT_EXCEEDED, "too many channels for one connection")
-        chan_info = self._check_subscribe(channel, params)
+        chan_info = self._check_subscribe(channel, SubscribeParams.parse_token(params))
         hook = self.hub.on_subscribe
         if hook is not None:
             outcome = await call_hook(hook, self, name, params)
@@ -393,15 +382,12 @@ class Session:
             raise
         return result
 
-    def _check_subscribe(self, channel: ChannelName, params: dict[str, Any]) -> Any:
+    def _check_subscribe(self, channel: ChannelName, token: str | None) -> Any:
         """Permission checks; returns channel info from a subscription token, if any."""
         options = channel.options
         credentials = self.credentials
         granted = credentials is not None and grant_allows(credentials.channels, channel.name)
-        token = params.get("token")
         if token is not None:
-            if not isinstance(token, str):
-                raise HubError(ErrorCode.BAD_REQUEST, "subscription token must be a string")
             address = self._auth_address()
             self._check_auth_guard(address)
             try:
@@ -428,20 +414,11 @@ class Session:
     async def _position_subscription(
         self, sub: Subscription, params: dict[str, Any]
     ) -> dict[str, Any]:
-        recover = bool(params.get("recover"))
-        offset = params.get("offset")
-        epoch = params.get("epoch")
-        since = None
-        if recover:
-            if not isinstance(offset, int) or offset < 0 or not isinstance(epoch, str):
-                raise HubError(
-                    ErrorCode.BAD_REQUEST, "recover needs an integer offset and a string epoch"
-                )
-            since = StreamPosition(offset, epoch)
+        since = SubscribeParams.parse_since(params, sub.channel)  # set when recovering
         publications, position, recovered = await self.hub.recover(sub.channel, since)
         sub.epoch = position.epoch
         sub.offset = max(position.offset, publications[-1].offset if publications else 0)
-        if recover:
+        if since is not None:
             return subscribe_result(position, recovered=recovered, publications=publications)
         return subscribe_result(position)
 
@@ -466,7 +443,7 @@ class Session:
         transport.send(encoded, prepared)
 
     async def _unsubscribe(self, params: dict[str, Any]) -> dict[str, Any]:
-        channel = self._channel(params)
+        channel = UnsubscribeParams.parse(params, self.hub.config).channel
         sub = self.hub.fanout.remove(self, channel.name)
         if sub is None:
             raise HubError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {channel.name}")
@@ -474,9 +451,8 @@ class Session:
         return {}
 
     async def _publish(self, params: dict[str, Any]) -> dict[str, Any]:
-        channel = self._channel(params)
-        if "data" not in params:
-            raise HubError(ErrorCode.BAD_REQUEST, "publish needs data")
+        request = PublishParams.parse(params, self.hub.config)
+        channel = request.channel
         if not channel.options.allow_publish:
             raise HubError(
                 ErrorCode.PERMISSION_DENIED, f"clients may not publish to {channel.name}"
@@ -486,19 +462,19 @@ class Session:
             raise HubError(
                 ErrorCode.PERMISSION_DENIED, f"subscribe to {channel.name} before publishing"
             )
-        data = params["data"]
+        data = request.data
         hook = self.hub.on_publish
         if hook is not None:
             outcome = await call_hook(hook, self, channel.name, data)
             if outcome is not None:
                 data = outcome
         position = await self.hub.publish(
-            channel, data, info=sub.info, idempotency_key=params.get("idempotency_key")
+            channel, data, info=sub.info, idempotency_key=request.idempotency_key
         )
         return publish_result(position)
 
-    def _subscribed_channel(self, params: dict[str, Any], flag: str) -> ChannelName:
-        channel = self._channel(params)
+    def _check_subscribed(self, channel: ChannelName, flag: str) -> None:
+        """Refuse (103) unless subscribed to ``channel`` and its option ``flag`` is on."""
         if self.hub.fanout.subscription(self, channel.name) is None:
             raise HubError(ErrorCode.PERMISSION_DENIED, f"subscribe to {channel.name} first")
         if not getattr(channel.options, flag):
@@ -506,20 +482,23 @@ class Session:
                 ErrorCode.PERMISSION_DENIED,
                 f"{flag.replace('allow_', '')} is not allowed in {channel.name}",
             )
-        return channel
 
     async def _presence(self, params: dict[str, Any]) -> dict[str, Any]:
-        channel = self._subscribed_channel(params, "allow_presence")
+        channel = PresenceParams.parse(params, self.hub.config).channel
+        self._check_subscribed(channel, "allow_presence")
         clients = await self.hub.presence(channel)
         return presence_result(clients)
 
     async def _presence_stats(self, params: dict[str, Any]) -> dict[str, Any]:
-        channel = self._subscribed_channel(params, "allow_presence")
+        channel = PresenceStatsParams.parse(params, self.hub.config).channel
+        self._check_subscribed(channel, "allow_presence")
         clients, users = await self.hub.presence_stats(channel)
         return presence_stats_result(clients, users)
 
     async def _history(self, params: dict[str, Any]) -> dict[str, Any]:
-        channel = self._subscribed_channel(params, "allow_history")
+        # HistoryParams in two steps: the query is parsed after the subscription check.
+        channel = HistoryParams.parse_channel(params, self.hub.config)
+        self._check_subscribed(channel, "allow_history")
         query = HistoryQuery.parse(params)
         result = await self.hub.history(
             channel, limit=query.limit, since=query.since, reverse=query.reverse
@@ -530,11 +509,11 @@ class Session:
         return {}
 
     async def _rpc(self, params: dict[str, Any]) -> Any:
+        request = RpcParams.parse(params)  # 104 without a string method
         hook = self.hub.on_rpc
-        method = params.get("method")
-        if hook is None or not isinstance(method, str):
+        if hook is None:
             raise HubError(ErrorCode.METHOD_NOT_FOUND, "no RPC handler for this method")
-        return rpc_result(await call_hook(hook, self, method, params.get("data")))
+        return rpc_result(await call_hook(hook, self, request.rpc_method, request.data))
 
 
 def _size(data: str | bytes) -> int:
