@@ -1,7 +1,8 @@
 """A small HTTP/1.1 server on httptools: the front door of ``pulsewire serve``.
 
 :mod:`~.limits` (sizes and deadlines), :mod:`~.routing` (routes and the answers no handler
-gives), :mod:`~.connection` (one connection: parsing, bounds, responses, the WebSocket
+gives), :mod:`~.reader` (the httptools parser and the request being
+received), :mod:`~.connection` (one connection: bounds, deadlines, responses, the WebSocket
 hand-over), :mod:`~.server` (routes, admission, accounts and the open connections). The
 request and response types are :mod:`pulsewire.transports.http_types`' (re-exported here).
 """

@@ -50,20 +50,17 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-import httptools
-
 from ...aio.budget import Account, Budgets
-from ...protocol.handshake import Headers, Request, http_response, target_error
+from ...protocol.handshake import Headers, Request, http_response
 from ...transports.http_types import HttpRequest, HttpResponse, StreamResponse
 from ..limits import ConnectionLimiter
 from .limits import CLOSE_DEADLINE, SLICE, HttpLimits
+from .reader import RequestReader
 from .routing import Route
 
 __all__ = ["FrontDoor", "HttpProtocol"]
 
 logger = logging.getLogger("pulsewire.server")
-
-_HEAD_END = b"\r\n\r\n"
 
 
 class FrontDoor(Protocol):
@@ -112,25 +109,6 @@ class _Upgrade:
 _Item = HttpRequest | _Answer | _Upgrade
 
 
-class _Refusal(Exception):
-    """Raised by a parser callback to refuse the request (httptools then stops parsing)."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def _refusal_of(exc: httptools.HttpParserCallbackError) -> tuple[int, str]:
-    """The status and reason of a callback's refusal. Only plain values leave this function:
-    the refusal's traceback holds the callback's frame, whose caller is the frame that
-    caught it, so keeping the exception in a local there would make a reference cycle."""
-    cause = exc.__context__
-    if isinstance(cause, _Refusal):
-        return cause.status, cause.reason
-    return 400, f"malformed HTTP request: {exc}"
-
-
 class HttpProtocol(asyncio.Protocol):
     """One HTTP/1.1 connection: requests are handled one at a time, in order.
 
@@ -141,14 +119,9 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "_abort_timer",
         "_body_deadline",
-        "_body_left",
         "_buf",
         "_drain",
         "_handling",
-        "_head_bytes",
-        "_head_done",
-        "_head_tail",
-        "_in_message",
         "_over_budget",
         "_pending_bytes",
         "_pos",
@@ -160,21 +133,18 @@ class HttpProtocol(asyncio.Protocol):
         "_write_paused",
         "account",
         "admitted",
-        "body",
         "busy",
         "discarding",
-        "headers",
         "limits",
         "loop",
-        "parser",
         "pending",
+        "reader",
         "remote",
         "secure",
         "server",
         "streaming",
         "timer",
         "transport",
-        "url",
         "worker",
     )
 
@@ -183,7 +153,8 @@ class HttpProtocol(asyncio.Protocol):
         self.limits = server.limits
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        self.reader = RequestReader(self, server.limits)
+        """The httptools parser and the request being received."""
         self.account: Account | None = None
         self.remote = ""
         self.secure = False
@@ -192,15 +163,6 @@ class HttpProtocol(asyncio.Protocol):
         # input not fed to the parser yet: self._buf[self._pos:]
         self._buf = b""
         self._pos = 0
-        # the request being received
-        self.url = bytearray()
-        self.headers: list[tuple[str, str]] = []
-        self.body = bytearray()
-        self._in_message = False
-        self._head_done = False
-        self._head_bytes = 0
-        self._head_tail = b""
-        self._body_left: int | None = None
         # complete requests (or refusals, or an upgrade) waiting for the worker
         self.pending: deque[tuple[_Item, int]] = deque()
         self._pending_bytes = 0
@@ -233,11 +195,13 @@ class HttpProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
         self.secure = transport.get_extra_info("ssl_object") is not None
+        self.reader.remote = self.remote
+        self.reader.secure = self.secure
         limiter = self.server.limiter
         if limiter is not None:
             refusal = limiter.admit(self.remote)
             if refusal is not None:
-                self._error(*refusal)
+                self.refuse(*refusal)
                 return
             self.admitted = True
         self.server.connections.add(self)
@@ -260,14 +224,14 @@ class HttpProtocol(asyncio.Protocol):
         self._release()
         self.server.connections.discard(self)
         self.transport = None
-        # Break every reference from this object to the ones that point back at it (parser,
+        # Break every reference from this object to the ones that point back at it (reader,
         # account, timers, worker): a closed connection is freed by reference counting.
-        self.parser = None
+        self.reader.close()
         self._stopped = True
         if self.account is not None:
             self.account.close()
             self.account = None
-        self._cancel_timer()
+        self.cancel_timer()
         if self._abort_timer is not None:
             self._abort_timer.cancel()
             self._abort_timer = None
@@ -298,7 +262,7 @@ class HttpProtocol(asyncio.Protocol):
     def _can_parse(self) -> bool:
         if self._stopped or self.transport is None:
             return False
-        if self._in_message:
+        if self.reader.in_message:
             # Finish the request being received (bounded by the size limits); only a chunked
             # body can have started the next one inside the same slice, hence "< 2".
             return len(self.pending) < 2
@@ -308,51 +272,17 @@ class HttpProtocol(asyncio.Protocol):
 
     def _parse(self) -> None:
         """Feed what is buffered to the parser while a new request may be taken."""
-        parser = self.parser
+        reader = self.reader
         buf = self._buf
-        while parser is not None and self._pos < len(buf) and self._can_parse():
+        while reader.parser is not None and self._pos < len(buf) and self._can_parse():
             start = self._pos
-            size = self._slice(buf, start)
-            self._pos = end = start + size
-            in_head = not self._head_done
-            if in_head:
-                self._head_bytes += size
-                if self._head_bytes > self.limits.max_head:
-                    self._error(431, f"request head larger than {self.limits.max_head} bytes")
-                    break
-            try:
-                parser.feed_data(memoryview(buf)[start:end])
-            except httptools.HttpParserUpgrade as exc:
-                self._upgrade_requested(buf[start + int(exc.args[0]) :])
+            self._pos = end = start + reader.slice(buf, start)
+            if not reader.feed(buf, start, end):
                 break
-            except httptools.HttpParserCallbackError as exc:
-                self._error(*_refusal_of(exc))
-                break
-            except httptools.HttpParserError as exc:
-                self._error(400, f"malformed HTTP request: {exc}")
-                break
-            if in_head and self._in_message and not self._head_done:
-                # The head goes on in the next slice: its end may straddle the two.
-                self._head_tail = (self._head_tail + buf[max(start, end - 3) : end])[-3:]
         if self._pos >= len(self._buf):
             self._buf = b""
             self._pos = 0
         self._charge()
-
-    def _slice(self, buf: bytes, start: int) -> int:
-        """How many bytes to feed next: up to the end of a head, or of a known-length body."""
-        limit = min(len(buf) - start, SLICE)
-        if not self._head_done:
-            tail = self._head_tail
-            if tail:  # the head end may straddle the previous slice
-                found = (tail + buf[start : start + 3]).find(_HEAD_END)
-                if found >= 0:
-                    return found + 4 - len(tail)
-            found = buf.find(_HEAD_END, start, start + limit)
-            return found + 4 - start if found >= 0 else limit
-        if self._body_left:
-            return min(self._body_left, limit)
-        return limit
 
     def _continue(self) -> None:
         """Parse what waits in the buffer, if a request may be taken now."""
@@ -370,23 +300,23 @@ class HttpProtocol(asyncio.Protocol):
         self._reading = wanted
         if wanted:
             transport.resume_reading()
-            if self._in_message and self.timer is None:
+            if self.reader.in_message and self.timer is None:
                 # Stopped by us in the middle of a request: its deadline starts over.
-                if self._head_done:
-                    self._arm_body()
+                if self.reader.head_done:
+                    self.arm_body()
                 else:
                     self._arm("head", self.limits.head_timeout)
         else:
             transport.pause_reading()
-            if self._in_message:
-                self._cancel_timer()  # not the peer's delay while we do not read
+            if self.reader.in_message:
+                self.cancel_timer()  # not the peer's delay while we do not read
 
     def _wants_input(self) -> bool:
         if self.discarding:
             return True
         if self._stopped:
             return False
-        if self._in_message and len(self.pending) < 2:
+        if self.reader.in_message and len(self.pending) < 2:
             return True  # finish the request being received
         if self._over_budget and self.account is not None and self.account.held:
             # Over the connection's or the address's mark: read nothing more while this
@@ -401,104 +331,29 @@ class HttpProtocol(asyncio.Protocol):
         """Forget the unparsed input and the request being received."""
         self._buf = b""
         self._pos = 0
-        self._drop_message()
+        self.reader.drop_message()
 
-    # -- httptools callbacks -------------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self._in_message = True
-        self._arm("head", self.limits.head_timeout)
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-        if len(self.url) > self.limits.max_target:
-            raise _Refusal(414, f"request target longer than {self.limits.max_target} bytes")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
-        if len(self.headers) > self.limits.max_headers:
-            raise _Refusal(431, f"more than {self.limits.max_headers} header fields")
-
-    def on_headers_complete(self) -> None:
-        self._head_done = True
-        self._head_tail = b""
-        parser = self.parser
-        assert parser is not None
-        problem = target_error(
-            parser.get_method().decode("ascii", "replace"), self.url.decode("latin-1")
-        )
-        if problem is not None:  # e.g. "GET *": no resource to route, upgrade or not
-            raise _Refusal(400, problem)
-        length: int | None = None
-        chunked = False
-        for name, value in self.headers:
-            lowered = name.lower()
-            if lowered == "content-length":
-                length = int(value)  # llhttp has checked it (digits, one value)
-            elif lowered == "transfer-encoding":
-                chunked = True
-        max_body = self.limits.max_body
-        if length is not None and length > max_body:
-            raise _Refusal(413, f"request body larger than {max_body} bytes")
-        self._body_left = None if chunked else length
-        if chunked or length:
-            self._arm_body()
-        # (without a body the request is complete now, and its head deadline cancelled)
-
-    def on_body(self, body: bytes) -> None:
-        if len(self.body) + len(body) > self.limits.max_body:
-            raise _Refusal(413, f"request body larger than {self.limits.max_body} bytes")
-        self.body += body
-        if self._body_left is not None:
-            self._body_left -= len(body)
-
-    def on_message_complete(self) -> None:
-        parser = self.parser
-        assert parser is not None
-        self._cancel_timer()
-        if parser.should_upgrade():
-            return  # handled by HttpParserUpgrade, which follows
-        request = HttpRequest(
-            method=parser.get_method().decode("ascii", "replace"),
-            target=self.url.decode("latin-1"),
-            headers=Headers(self.headers),
-            body=bytes(self.body),
-            remote_address=self.remote,
-            version=parser.get_http_version(),
-            keep_alive=parser.should_keep_alive(),
-            secure=self.secure,
-        )
-        size = self._head_bytes + len(self.body)
-        self._drop_message()
-        self._enqueue(request, size)
-
-    def _drop_message(self) -> None:
-        """Forget the request being received (its bytes are no longer held)."""
-        self.url = bytearray()
-        self.headers = []
-        self.body = bytearray()
-        self._in_message = False
-        self._head_done = False
-        self._head_bytes = 0
-        self._head_tail = b""
-        self._body_left = None
-
-    def _upgrade_requested(self, trailing: bytes) -> None:
+    def upgrade_requested(self, trailing: bytes) -> None:
         """An Upgrade request is complete: hand the connection over once its turn comes."""
-        parser = self.parser
+        reader = self.reader
+        parser = reader.parser
         assert parser is not None
         item = _Upgrade(
             method=parser.get_method().decode("ascii", "replace"),
-            target=self.url.decode("latin-1"),
+            target=reader.url.decode("latin-1"),
             version=parser.get_http_version(),
-            headers=self.headers,
+            headers=reader.headers,
             trailing=trailing,
         )
-        size = self._head_bytes + len(trailing)
+        size = self.reader.head_bytes + len(trailing)
         self._stopped = True  # what follows belongs to the WebSocket connection
         self._drop_input()
-        self._cancel_timer()
+        self.cancel_timer()
         self._enqueue(item, size)
+
+    def request_received(self, request: HttpRequest, size: int) -> None:
+        """A complete request (from the reader): it waits for the worker."""
+        self._enqueue(request, size)
 
     def _enqueue(self, item: _Item, size: int) -> None:
         self.pending.append((item, size))
@@ -526,7 +381,7 @@ class HttpProtocol(asyncio.Protocol):
                     if self.server.closing:
                         self._close()
                         return
-                    if not self._in_message and not self._stopped:
+                    if not self.reader.in_message and not self._stopped:
                         self._arm("idle", self.limits.idle_timeout)
                     waker: asyncio.Future[None] = self.loop.create_future()
                     self._wakeup = waker
@@ -595,7 +450,7 @@ class HttpProtocol(asyncio.Protocol):
         self._stopped = True
         self.discarding = True
         self._drop_input()
-        self._cancel_timer()
+        self.cancel_timer()
         for _, size in self.pending:
             self._pending_bytes -= size
         self.pending.clear()
@@ -694,9 +549,9 @@ class HttpProtocol(asyncio.Protocol):
         """Let go of the transport without closing it (it was handed over)."""
         self.server.connections.discard(self)
         self.transport = None
-        self.parser = None
+        self.reader.close()
         self._stopped = True
-        self._cancel_timer()
+        self.cancel_timer()
         self.pending.clear()
         self._pending_bytes = 0
         self._drop_input()
@@ -717,8 +572,8 @@ class HttpProtocol(asyncio.Protocol):
         held = (
             len(self._buf)
             - self._pos
-            + self._head_bytes
-            + len(self.body)
+            + self.reader.head_bytes
+            + len(self.reader.body)
             + self._pending_bytes
             + self._handling
             + transport.get_write_buffer_size()
@@ -766,22 +621,28 @@ class HttpProtocol(asyncio.Protocol):
     # -- closing ---------------------------------------------------------------------------------
 
     def _arm(self, kind: str, seconds: float) -> None:
-        self._cancel_timer()
+        self.cancel_timer()
         self._timer_kind = kind
         self.timer = self.loop.call_later(seconds, self._timeout)
 
-    def _arm_body(self) -> None:
+    def arm_head(self) -> None:
+        """A request has begun (from the reader): its head must arrive within
+        ``head_timeout``."""
+        self._arm("head", self.limits.head_timeout)
+
+    def arm_body(self) -> None:
         """The body deadline: all of it within ``body_timeout``, and at the minimum rate."""
         limits = self.limits
         now = self.loop.time()
         self._body_deadline = now + limits.body_timeout
-        self._window_mark = len(self.body)
-        self._cancel_timer()
+        self._window_mark = len(self.reader.body)
+        self.cancel_timer()
         self._timer_kind = "body"
         when = min(now + limits.body_rate_window, self._body_deadline)
         self.timer = self.loop.call_at(when, self._timeout)
 
-    def _cancel_timer(self) -> None:
+    def cancel_timer(self) -> None:
+        """Stop the running deadline, if any."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -792,9 +653,11 @@ class HttpProtocol(asyncio.Protocol):
         if kind == "body":
             self._body_check()
             return
-        if kind == "head" and (self._in_message or self._head_bytes or self._pos < len(self._buf)):
+        if kind == "head" and (
+            self.reader.in_message or self.reader.head_bytes or self._pos < len(self._buf)
+        ):
             self.server.timeouts["head"] += 1
-            self._error(408, "request head not received in time")
+            self.refuse(408, "request head not received in time")
             return
         self.server.timeouts["idle"] += 1
         self._close()  # nothing was asked: close without an answer
@@ -804,18 +667,18 @@ class HttpProtocol(asyncio.Protocol):
         now = self.loop.time()
         if now >= self._body_deadline:
             self.server.timeouts["body"] += 1
-            self._error(408, f"request body not received within {limits.body_timeout:g} s")
+            self.refuse(408, f"request body not received within {limits.body_timeout:g} s")
             return
         wanted = limits.body_min_rate * limits.body_rate_window
-        if len(self.body) - self._window_mark < wanted:
+        if len(self.reader.body) - self._window_mark < wanted:
             self.server.timeouts["body"] += 1
-            self._error(
+            self.refuse(
                 408,
                 f"request body too slow: under {limits.body_min_rate} bytes/s "
                 f"over {limits.body_rate_window:g} s",
             )
             return
-        self._window_mark = len(self.body)
+        self._window_mark = len(self.reader.body)
         self._timer_kind = "body"
         when = min(now + limits.body_rate_window, self._body_deadline)
         self.timer = self.loop.call_at(when, self._timeout)
@@ -825,13 +688,13 @@ class HttpProtocol(asyncio.Protocol):
             self.admitted = False
             self.server.limiter.release(self.remote)
 
-    def _error(self, status: int, reason: str) -> None:
+    def refuse(self, status: int, reason: str) -> None:
         """Refuse the request being received (or the connection): after the answers to the
         requests before it, then close."""
         self.server.count_refusal(status)
         self._stopped = True
         self._drop_input()
-        self._cancel_timer()
+        self.cancel_timer()
         if self.worker is not None:
             self._enqueue(_Answer(status, reason), 0)
         else:
@@ -849,7 +712,7 @@ class HttpProtocol(asyncio.Protocol):
         with unread input would send a reset, and the peer could lose our last answer (a
         413 or 503 refusing a body it is still sending). Either way the connection is
         aborted :data:`CLOSE_DEADLINE` seconds later if still there."""
-        self._cancel_timer()
+        self.cancel_timer()
         self._stopped = True
         transport = self.transport
         if transport is None:
@@ -875,7 +738,7 @@ class HttpProtocol(asyncio.Protocol):
         self._abort_timer = self.loop.call_later(CLOSE_DEADLINE, transport.abort)
 
     def _abort(self) -> None:
-        self._cancel_timer()
+        self.cancel_timer()
         self._stopped = True
         transport = self.transport
         if transport is not None:
@@ -884,5 +747,5 @@ class HttpProtocol(asyncio.Protocol):
             self._wake_worker()
 
     def close_if_idle(self) -> None:
-        if not self.busy and not self.pending and not self._in_message:
+        if not self.busy and not self.pending and not self.reader.in_message:
             self._close()
