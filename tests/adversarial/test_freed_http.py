@@ -45,6 +45,7 @@ connections_burst_per_ip = 100000.0
 FREED = (
     "HttpProtocol",
     "RequestReader",
+    "Deadlines",
     "HttpRequest",
     "StreamResponse",
     "Session",
@@ -286,6 +287,6 @@ async def test_a_connection_handed_over_to_websocket_leaves_no_http_object(node)
     for _ in range(5):
         await asyncio.gather(*(websocket_handed_over(n.port) for _ in range(20)))
     await idle(n)
-    names = ("HttpProtocol", "RequestReader", "HttpRequest", "_Upgrade", "_Answer")
+    names = ("HttpProtocol", "RequestReader", "Deadlines", "HttpRequest", "_Upgrade", "_Answer")
     leftovers = Node.live(await census_without(n, names), *names)
     assert leftovers == {}, leftovers

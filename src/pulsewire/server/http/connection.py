@@ -54,6 +54,7 @@ from ...aio.budget import Account, Budgets
 from ...protocol.handshake import Headers, Request, http_response
 from ...transports.http_types import HttpRequest, HttpResponse, StreamResponse
 from ..limits import ConnectionLimiter
+from .deadlines import Deadlines
 from .limits import CLOSE_DEADLINE, SLICE, HttpLimits
 from .reader import RequestReader
 from .routing import Route
@@ -118,7 +119,6 @@ class HttpProtocol(asyncio.Protocol):
 
     __slots__ = (
         "_abort_timer",
-        "_body_deadline",
         "_buf",
         "_drain",
         "_handling",
@@ -127,13 +127,12 @@ class HttpProtocol(asyncio.Protocol):
         "_pos",
         "_reading",
         "_stopped",
-        "_timer_kind",
         "_wakeup",
-        "_window_mark",
         "_write_paused",
         "account",
         "admitted",
         "busy",
+        "deadlines",
         "discarding",
         "limits",
         "loop",
@@ -143,7 +142,6 @@ class HttpProtocol(asyncio.Protocol):
         "secure",
         "server",
         "streaming",
-        "timer",
         "transport",
         "worker",
     )
@@ -153,7 +151,9 @@ class HttpProtocol(asyncio.Protocol):
         self.limits = server.limits
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.reader = RequestReader(self, server.limits)
+        self.deadlines = Deadlines(self, self.loop, server.limits)
+        """The running deadline (head, body, idle)."""
+        self.reader = RequestReader(self, self.deadlines, server.limits)
         """The httptools parser and the request being received."""
         self.account: Account | None = None
         self.remote = ""
@@ -179,10 +179,6 @@ class HttpProtocol(asyncio.Protocol):
         self._over_budget = False
         self._write_paused = False
         self._drain: asyncio.Future[bool] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self._timer_kind = ""
-        self._body_deadline = 0.0
-        self._window_mark = 0
         self._abort_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------------
@@ -208,7 +204,7 @@ class HttpProtocol(asyncio.Protocol):
         budgets = self.server.budgets
         if budgets is not None:
             self.account = budgets.open(self.remote, self._budget_pause, self._budget_resume)
-        self._arm("head", self.limits.head_timeout)
+        self.deadlines.arm_head()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -231,7 +227,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.account is not None:
             self.account.close()
             self.account = None
-        self.cancel_timer()
+        self.deadlines.close()
         if self._abort_timer is not None:
             self._abort_timer.cancel()
             self._abort_timer = None
@@ -300,16 +296,16 @@ class HttpProtocol(asyncio.Protocol):
         self._reading = wanted
         if wanted:
             transport.resume_reading()
-            if self.reader.in_message and self.timer is None:
+            if self.reader.in_message and self.deadlines.timer is None:
                 # Stopped by us in the middle of a request: its deadline starts over.
                 if self.reader.head_done:
-                    self.arm_body()
+                    self.deadlines.arm_body(len(self.reader.body))
                 else:
-                    self._arm("head", self.limits.head_timeout)
+                    self.deadlines.arm_head()
         else:
             transport.pause_reading()
             if self.reader.in_message:
-                self.cancel_timer()  # not the peer's delay while we do not read
+                self.deadlines.cancel()  # not the peer's delay while we do not read
 
     def _wants_input(self) -> bool:
         if self.discarding:
@@ -348,7 +344,7 @@ class HttpProtocol(asyncio.Protocol):
         size = self.reader.head_bytes + len(trailing)
         self._stopped = True  # what follows belongs to the WebSocket connection
         self._drop_input()
-        self.cancel_timer()
+        self.deadlines.cancel()
         self._enqueue(item, size)
 
     def request_received(self, request: HttpRequest, size: int) -> None:
@@ -382,7 +378,7 @@ class HttpProtocol(asyncio.Protocol):
                         self._close()
                         return
                     if not self.reader.in_message and not self._stopped:
-                        self._arm("idle", self.limits.idle_timeout)
+                        self.deadlines.arm("idle", self.limits.idle_timeout)
                     waker: asyncio.Future[None] = self.loop.create_future()
                     self._wakeup = waker
                     await waker
@@ -450,7 +446,7 @@ class HttpProtocol(asyncio.Protocol):
         self._stopped = True
         self.discarding = True
         self._drop_input()
-        self.cancel_timer()
+        self.deadlines.cancel()
         for _, size in self.pending:
             self._pending_bytes -= size
         self.pending.clear()
@@ -551,7 +547,7 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = None
         self.reader.close()
         self._stopped = True
-        self.cancel_timer()
+        self.deadlines.close()
         self.pending.clear()
         self._pending_bytes = 0
         self._drop_input()
@@ -620,39 +616,12 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- closing ---------------------------------------------------------------------------------
 
-    def _arm(self, kind: str, seconds: float) -> None:
-        self.cancel_timer()
-        self._timer_kind = kind
-        self.timer = self.loop.call_later(seconds, self._timeout)
+    def body_received(self) -> int:
+        """Bytes of the request body received so far (for the deadlines)."""
+        return len(self.reader.body)
 
-    def arm_head(self) -> None:
-        """A request has begun (from the reader): its head must arrive within
-        ``head_timeout``."""
-        self._arm("head", self.limits.head_timeout)
-
-    def arm_body(self) -> None:
-        """The body deadline: all of it within ``body_timeout``, and at the minimum rate."""
-        limits = self.limits
-        now = self.loop.time()
-        self._body_deadline = now + limits.body_timeout
-        self._window_mark = len(self.reader.body)
-        self.cancel_timer()
-        self._timer_kind = "body"
-        when = min(now + limits.body_rate_window, self._body_deadline)
-        self.timer = self.loop.call_at(when, self._timeout)
-
-    def cancel_timer(self) -> None:
-        """Stop the running deadline, if any."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _timeout(self) -> None:
-        self.timer = None
-        kind = self._timer_kind
-        if kind == "body":
-            self._body_check()
-            return
+    def deadline_passed(self, kind: str) -> None:
+        """The head or idle deadline ran out: 408 if a request has begun, else close."""
         if kind == "head" and (
             self.reader.in_message or self.reader.head_bytes or self._pos < len(self._buf)
         ):
@@ -662,26 +631,10 @@ class HttpProtocol(asyncio.Protocol):
         self.server.timeouts["idle"] += 1
         self._close()  # nothing was asked: close without an answer
 
-    def _body_check(self) -> None:
-        limits = self.limits
-        now = self.loop.time()
-        if now >= self._body_deadline:
-            self.server.timeouts["body"] += 1
-            self.refuse(408, f"request body not received within {limits.body_timeout:g} s")
-            return
-        wanted = limits.body_min_rate * limits.body_rate_window
-        if len(self.reader.body) - self._window_mark < wanted:
-            self.server.timeouts["body"] += 1
-            self.refuse(
-                408,
-                f"request body too slow: under {limits.body_min_rate} bytes/s "
-                f"over {limits.body_rate_window:g} s",
-            )
-            return
-        self._window_mark = len(self.reader.body)
-        self._timer_kind = "body"
-        when = min(now + limits.body_rate_window, self._body_deadline)
-        self.timer = self.loop.call_at(when, self._timeout)
+    def body_late(self, reason: str) -> None:
+        """The request body is late: 408."""
+        self.server.timeouts["body"] += 1
+        self.refuse(408, reason)
 
     def _release(self) -> None:
         if self.admitted and self.server.limiter is not None:
@@ -694,7 +647,7 @@ class HttpProtocol(asyncio.Protocol):
         self.server.count_refusal(status)
         self._stopped = True
         self._drop_input()
-        self.cancel_timer()
+        self.deadlines.cancel()
         if self.worker is not None:
             self._enqueue(_Answer(status, reason), 0)
         else:
@@ -712,7 +665,7 @@ class HttpProtocol(asyncio.Protocol):
         with unread input would send a reset, and the peer could lose our last answer (a
         413 or 503 refusing a body it is still sending). Either way the connection is
         aborted :data:`CLOSE_DEADLINE` seconds later if still there."""
-        self.cancel_timer()
+        self.deadlines.cancel()
         self._stopped = True
         transport = self.transport
         if transport is None:
@@ -738,7 +691,7 @@ class HttpProtocol(asyncio.Protocol):
         self._abort_timer = self.loop.call_later(CLOSE_DEADLINE, transport.abort)
 
     def _abort(self) -> None:
-        self.cancel_timer()
+        self.deadlines.cancel()
         self._stopped = True
         transport = self.transport
         if transport is not None:

@@ -5,8 +5,8 @@ the request being received (head and body so far), checked against the size limi
 head ends (``CRLF CRLF``) or where a ``Content-Length`` body ends, at most
 :data:`~.limits.SLICE` bytes, so that parsing stops exactly at a request boundary. What it
 finds goes to its
-:class:`ReaderOwner` (the connection): deadlines to arm or cancel, complete requests, an
-upgrade request, a refusal.
+:class:`ReaderOwner` (the connection): complete requests, an upgrade request, a
+refusal; the request's deadlines are armed and cancelled on its :class:`~.deadlines.Deadlines`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import httptools
 
 from ...protocol.handshake import Headers, target_error
 from ...transports.http_types import HttpRequest
+from .deadlines import Deadlines
 from .limits import SLICE, HttpLimits
 
 __all__ = ["ReaderOwner", "RequestReader"]
@@ -26,18 +27,6 @@ _HEAD_END = b"\r\n\r\n"
 
 class ReaderOwner(Protocol):
     """What a :class:`RequestReader` reports to (:class:`~.connection.HttpProtocol`)."""
-
-    def arm_head(self) -> None:
-        """A request has begun: its head deadline starts."""
-        ...
-
-    def arm_body(self) -> None:
-        """A request head announced a body: its body deadline starts."""
-        ...
-
-    def cancel_timer(self) -> None:
-        """The request is complete: no deadline runs for it any more."""
-        ...
 
     def request_received(self, request: HttpRequest, size: int) -> None:
         """A complete request of ``size`` bytes (head and body)."""
@@ -83,6 +72,7 @@ class RequestReader:
     __slots__ = (
         "body",
         "body_left",
+        "deadlines",
         "head_bytes",
         "head_done",
         "head_tail",
@@ -96,8 +86,9 @@ class RequestReader:
         "url",
     )
 
-    def __init__(self, owner: ReaderOwner, limits: HttpLimits) -> None:
+    def __init__(self, owner: ReaderOwner, deadlines: Deadlines, limits: HttpLimits) -> None:
         self.owner: ReaderOwner | None = owner
+        self.deadlines = deadlines
         self.limits = limits
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.remote = ""
@@ -177,8 +168,7 @@ class RequestReader:
     def on_message_begin(self) -> None:
         """httptools: a request begins."""
         self.in_message = True
-        assert self.owner is not None
-        self.owner.arm_head()
+        self.deadlines.arm_head()
 
     def on_url(self, url: bytes) -> None:
         """httptools: (part of) the request target."""
@@ -216,8 +206,7 @@ class RequestReader:
             raise _Refusal(413, f"request body larger than {max_body} bytes")
         self.body_left = None if chunked else length
         if chunked or length:
-            assert self.owner is not None
-            self.owner.arm_body()
+            self.deadlines.arm_body(len(self.body))
         # (without a body the request is complete now, and its head deadline cancelled)
 
     def on_body(self, body: bytes) -> None:
@@ -233,7 +222,7 @@ class RequestReader:
         parser = self.parser
         owner = self.owner
         assert parser is not None and owner is not None
-        owner.cancel_timer()
+        self.deadlines.cancel()
         if parser.should_upgrade():
             return  # handled by HttpParserUpgrade, which follows
         request = HttpRequest(
