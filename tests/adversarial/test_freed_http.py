@@ -46,6 +46,7 @@ FREED = (
     "HttpProtocol",
     "RequestReader",
     "Deadlines",
+    "WriteFlow",
     "HttpRequest",
     "StreamResponse",
     "Session",
@@ -287,6 +288,14 @@ async def test_a_connection_handed_over_to_websocket_leaves_no_http_object(node)
     for _ in range(5):
         await asyncio.gather(*(websocket_handed_over(n.port) for _ in range(20)))
     await idle(n)
-    names = ("HttpProtocol", "RequestReader", "Deadlines", "HttpRequest", "_Upgrade", "_Answer")
+    names = (
+        "HttpProtocol",
+        "RequestReader",
+        "Deadlines",
+        "WriteFlow",
+        "HttpRequest",
+        "_Upgrade",
+        "_Answer",
+    )
     leftovers = Node.live(await census_without(n, names), *names)
     assert leftovers == {}, leftovers

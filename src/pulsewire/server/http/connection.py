@@ -55,6 +55,7 @@ from ...protocol.handshake import Headers, Request, http_response
 from ...transports.http_types import HttpRequest, HttpResponse, StreamResponse
 from ..limits import ConnectionLimiter
 from .deadlines import Deadlines
+from .flow import WriteFlow
 from .limits import CLOSE_DEADLINE, SLICE, HttpLimits
 from .reader import RequestReader
 from .routing import Route
@@ -120,7 +121,6 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "_abort_timer",
         "_buf",
-        "_drain",
         "_handling",
         "_over_budget",
         "_pending_bytes",
@@ -128,12 +128,12 @@ class HttpProtocol(asyncio.Protocol):
         "_reading",
         "_stopped",
         "_wakeup",
-        "_write_paused",
         "account",
         "admitted",
         "busy",
         "deadlines",
         "discarding",
+        "flow",
         "limits",
         "loop",
         "pending",
@@ -177,8 +177,8 @@ class HttpProtocol(asyncio.Protocol):
         self.discarding = False  # what arrives is dropped unread (a stream is on)
         self._reading = True
         self._over_budget = False
-        self._write_paused = False
-        self._drain: asyncio.Future[bool] | None = None
+        self.flow = WriteFlow(self.loop, server.limits, server.timeouts)
+        """Whether the peer has taken what was written (waits for it)."""
         self._abort_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------------
@@ -207,13 +207,10 @@ class HttpProtocol(asyncio.Protocol):
         self.deadlines.arm_head()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.flow.pause()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        waiter = self._drain
-        if waiter is not None and not waiter.done():
-            waiter.set_result(True)
+        self.flow.resume()
         self._charge()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -231,9 +228,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._abort_timer is not None:
             self._abort_timer.cancel()
             self._abort_timer = None
-        waiter = self._drain
-        if waiter is not None and not waiter.done():
-            waiter.set_result(False)
+        self.flow.close()
         worker = self.worker
         self.worker = None
         self._wakeup = None
@@ -435,7 +430,7 @@ class HttpProtocol(asyncio.Protocol):
         if not keep_alive:
             return False
         # Backpressure: the next request is handled once the peer has taken this answer.
-        return not self._write_paused or await self._drained()
+        return not self.flow.paused or await self._drained()
 
     async def _stream(self, response: StreamResponse) -> None:
         transport = self.transport
@@ -482,36 +477,12 @@ class HttpProtocol(asyncio.Protocol):
     async def _drained(self, ended: asyncio.Event | None = None) -> bool:
         """Wait until the peer has taken everything written (True), or abort the connection
         when it does not within ``send_timeout`` or when the stream ``ended`` (False)."""
-        if not self._write_paused:
+        if not self.flow.paused:
             return self.transport is not None
-        waiter: asyncio.Future[bool] = self.loop.create_future()
-        self._drain = waiter
-        timer = self.loop.call_later(self.limits.send_timeout, self._send_timed_out)
-        watcher: asyncio.Task[bool] | None = None
-        if ended is not None:
-            watcher = asyncio.ensure_future(ended.wait())
-            watcher.add_done_callback(self._stream_ended)
-        try:
-            drained = await waiter
-        finally:
-            timer.cancel()
-            self._drain = None
-            if watcher is not None:
-                watcher.cancel()
+        drained = await self.flow.drained(ended)
         if not drained:
             self._abort()
         return drained
-
-    def _send_timed_out(self) -> None:
-        waiter = self._drain
-        if waiter is not None and not waiter.done():
-            self.server.timeouts["send"] += 1
-            waiter.set_result(False)
-
-    def _stream_ended(self, _: object) -> None:
-        waiter = self._drain
-        if waiter is not None and not waiter.done():
-            waiter.set_result(False)  # the stream is over and the peer never read its end
 
     def _hand_over(self, item: _Upgrade) -> None:
         """Hand the connection to the WebSocket server of this path (or refuse)."""
