@@ -47,6 +47,7 @@ FREED = (
     "RequestReader",
     "Deadlines",
     "WriteFlow",
+    "Answerer",
     "HttpRequest",
     "StreamResponse",
     "Session",
@@ -54,8 +55,8 @@ FREED = (
     "SseTransport",
     "LongPollTransport",
     "Account",
-    "_Answer",
-    "_Upgrade",
+    "Answer",
+    "Upgrade",
 )
 """What must be gone once every connection and session has ended."""
 SHARED = ("Task", "Future", "TimerHandle", "Handle", "TCPTransport", "_SelectorSocketTransport")
@@ -293,9 +294,10 @@ async def test_a_connection_handed_over_to_websocket_leaves_no_http_object(node)
         "RequestReader",
         "Deadlines",
         "WriteFlow",
+        "Answerer",
         "HttpRequest",
-        "_Upgrade",
-        "_Answer",
+        "Upgrade",
+        "Answer",
     )
     leftovers = Node.live(await census_without(n, names), *names)
     assert leftovers == {}, leftovers

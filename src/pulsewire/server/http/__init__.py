@@ -3,8 +3,9 @@
 :mod:`~.limits` (sizes and deadlines), :mod:`~.routing` (routes and the answers no handler
 gives), :mod:`~.reader` (the httptools parser and the request being
 received), :mod:`~.deadlines` (head, body and idle deadlines), :mod:`~.flow` (waiting for
-the peer to take the output), :mod:`~.connection` (one connection: the request queue and
-worker, memory budget, responses, the WebSocket hand-over, closing), :mod:`~.server`
+the peer to take the output), :mod:`~.answering` (the waiting requests and the worker that
+answers them: responses, streams), :mod:`~.connection` (one connection: input, memory
+budget, the WebSocket hand-over, closing), :mod:`~.server`
 (routes, admission, accounts and the open connections). The
 request and response types are :mod:`pulsewire.transports.http_types`' (re-exported here).
 """

@@ -44,16 +44,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import urllib.parse
-from collections import deque
-from dataclasses import dataclass
 from typing import Protocol
 
 from ...aio.budget import Account, Budgets
 from ...protocol.handshake import Headers, Request, http_response
 from ...transports.http_types import HttpRequest, HttpResponse, StreamResponse
 from ..limits import ConnectionLimiter
+from .answering import Answer, Answerer, Upgrade
 from .deadlines import Deadlines
 from .flow import WriteFlow
 from .limits import CLOSE_DEADLINE, SLICE, HttpLimits
@@ -61,8 +59,6 @@ from .reader import RequestReader
 from .routing import Route
 
 __all__ = ["FrontDoor", "HttpProtocol"]
-
-logger = logging.getLogger("pulsewire.server")
 
 
 class FrontDoor(Protocol):
@@ -88,29 +84,6 @@ class FrontDoor(Protocol):
         ...
 
 
-@dataclass(slots=True)
-class _Answer:
-    """A refusal to send, in order, after the responses before it; the connection then
-    closes."""
-
-    status: int
-    reason: str
-
-
-@dataclass(slots=True)
-class _Upgrade:
-    """An upgrade request, handed over in order, after the responses before it."""
-
-    method: str
-    target: str
-    version: str
-    headers: list[tuple[str, str]]
-    trailing: bytes
-
-
-_Item = HttpRequest | _Answer | _Upgrade
-
-
 class HttpProtocol(asyncio.Protocol):
     """One HTTP/1.1 connection: requests are handled one at a time, in order.
 
@@ -121,16 +94,13 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "_abort_timer",
         "_buf",
-        "_handling",
         "_over_budget",
-        "_pending_bytes",
         "_pos",
         "_reading",
         "_stopped",
-        "_wakeup",
         "account",
         "admitted",
-        "busy",
+        "answers",
         "deadlines",
         "discarding",
         "flow",
@@ -141,9 +111,7 @@ class HttpProtocol(asyncio.Protocol):
         "remote",
         "secure",
         "server",
-        "streaming",
         "transport",
-        "worker",
     )
 
     def __init__(self, server: FrontDoor) -> None:
@@ -163,23 +131,21 @@ class HttpProtocol(asyncio.Protocol):
         # input not fed to the parser yet: self._buf[self._pos:]
         self._buf = b""
         self._pos = 0
-        # complete requests (or refusals, or an upgrade) waiting for the worker
-        self.pending: deque[tuple[_Item, int]] = deque()
-        self._pending_bytes = 0
-        self._handling = 0
-        self.worker: asyncio.Task[None] | None = None
-        """Handles the requests in order; started by the first one, waits for the next."""
-        self._wakeup: asyncio.Future[None] | None = None
-        self.busy = False
-        """Whether a request is being handled (or its answer written)."""
-        self.streaming: StreamResponse | None = None
         self._stopped = False  # no more requests are parsed on this connection
         self.discarding = False  # what arrives is dropped unread (a stream is on)
         self._reading = True
         self._over_budget = False
         self.flow = WriteFlow(self.loop, server.limits, server.timeouts)
         """Whether the peer has taken what was written (waits for it)."""
+        self.answers = Answerer(self, self.loop, self.flow)
+        """The complete requests (or refusals, or an upgrade) waiting, and their worker."""
+        self.pending = self.answers.pending  # (the same deque: read on every slice)
         self._abort_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def streaming(self) -> StreamResponse | None:
+        """The response being streamed, if any."""
+        return self.answers.streaming
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -211,7 +177,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.flow.resume()
-        self._charge()
+        self.charge()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._release()
@@ -229,13 +195,7 @@ class HttpProtocol(asyncio.Protocol):
             self._abort_timer.cancel()
             self._abort_timer = None
         self.flow.close()
-        worker = self.worker
-        self.worker = None
-        self._wakeup = None
-        if worker is not None:
-            worker.cancel()
-        self.pending.clear()
-        self._pending_bytes = 0
+        self.answers.close()
         self._drop_input()
 
     def data_received(self, data: bytes) -> None:
@@ -273,7 +233,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._pos >= len(self._buf):
             self._buf = b""
             self._pos = 0
-        self._charge()
+        self.charge()
 
     def _continue(self) -> None:
         """Parse what waits in the buffer, if a request may be taken now."""
@@ -329,7 +289,7 @@ class HttpProtocol(asyncio.Protocol):
         reader = self.reader
         parser = reader.parser
         assert parser is not None
-        item = _Upgrade(
+        item = Upgrade(
             method=parser.get_method().decode("ascii", "replace"),
             target=reader.url.decode("latin-1"),
             version=parser.get_http_version(),
@@ -340,151 +300,37 @@ class HttpProtocol(asyncio.Protocol):
         self._stopped = True  # what follows belongs to the WebSocket connection
         self._drop_input()
         self.deadlines.cancel()
-        self._enqueue(item, size)
+        self.answers.enqueue(item, size)
 
     def request_received(self, request: HttpRequest, size: int) -> None:
         """A complete request (from the reader): it waits for the worker."""
-        self._enqueue(request, size)
+        self.answers.enqueue(request, size)
 
-    def _enqueue(self, item: _Item, size: int) -> None:
-        self.pending.append((item, size))
-        self._pending_bytes += size
-        if self.worker is None:
-            self.worker = self.loop.create_task(self._work())
-        else:
-            self._wake_worker()
+    # -- called by the answer worker ------------------------------------------------------------
 
-    def _wake_worker(self) -> None:
-        """There is work, or the connection is closing: the waiting worker goes on."""
-        waker = self._wakeup
-        if waker is not None:
-            self._wakeup = None
-            if not waker.done():
-                waker.set_result(None)
-
-    # -- request handling ----------------------------------------------------------------------
-
-    async def _work(self) -> None:
-        """Handle the waiting items in order, for as long as the connection is open."""
-        try:
-            while self.transport is not None:
-                if not self.pending:
-                    if self.server.closing:
-                        self._close()
-                        return
-                    if not self.reader.in_message and not self._stopped:
-                        self.deadlines.arm("idle", self.limits.idle_timeout)
-                    waker: asyncio.Future[None] = self.loop.create_future()
-                    self._wakeup = waker
-                    await waker
-                    continue
-                self.busy = True
-                item, size = self.pending.popleft()
-                self._pending_bytes -= size
-                self._handling = size
-                if self._pos < len(self._buf):
-                    self._continue()  # the next request may be parsed while this one is handled
-                if isinstance(item, _Answer):
-                    self._answer(item.status, item.reason)
-                    return
-                if isinstance(item, _Upgrade):
-                    self._hand_over(item)
-                    return
-                responding = self._respond(item)
-                del item  # the coroutine drops the request once its answer is written
-                if not await responding:
-                    self._close()
-                    return
-                self._handling = 0
-                self.busy = False
-        finally:
-            if self.worker is asyncio.current_task():
-                self.worker = None
-            self._wakeup = None
-            self.busy = False
-            self._handling = 0
-            self._charge()
-
-    async def _respond(self, request: HttpRequest) -> bool:
-        """Answer one request; True to go on with the next one (keep-alive)."""
-        keep_alive = request.keep_alive and not self.server.closing
-        response = await self.server.dispatch(request)
-        transport = self.transport
-        if transport is None:
+    def idle(self) -> bool:
+        """Nothing waits: arm the idle deadline (True), or close if the server is (False)."""
+        if self.server.closing:
+            self.close()
             return False
-        if isinstance(response, StreamResponse):
-            await self._stream(response)
-            return False
-        body = response.body.encode("utf-8") if isinstance(response.body, str) else response.body
-        headers = list(response.headers)
-        if not keep_alive:
-            headers.append(("Connection", "close"))
-        data = http_response(response.status, body, headers, close=False)
-        if request.method == "HEAD":
-            data = data[: data.index(b"\r\n\r\n") + 4]
-        del body, response, request  # held by the transport's buffer from here on
-        transport.write(data)
-        del data
-        self._handling = 0
-        self._charge()
-        if not keep_alive:
-            return False
-        # Backpressure: the next request is handled once the peer has taken this answer.
-        return not self.flow.paused or await self._drained()
+        if not self.reader.in_message and not self._stopped:
+            self.deadlines.arm("idle", self.limits.idle_timeout)
+        return True
 
-    async def _stream(self, response: StreamResponse) -> None:
-        transport = self.transport
-        assert transport is not None
-        self.streaming = response
-        # The connection closes when the stream ends: no request after this one will be
-        # answered, so what the peer sends is read (to notice when it leaves) and dropped.
+    def parse_more(self) -> None:
+        """Parse what waits in the input, now that an item has left the queue."""
+        if self._pos < len(self._buf):
+            self._continue()
+
+    def stream_started(self) -> None:
+        """A stream begins: no more requests are read; what arrives is dropped."""
         self._stopped = True
         self.discarding = True
         self._drop_input()
         self.deadlines.cancel()
-        for _, size in self.pending:
-            self._pending_bytes -= size
-        self.pending.clear()
-        self._handling = 0
         self._update_reading()
-        head = http_response(
-            response.status, b"", [*response.headers, ("Connection", "close")], close=False
-        )
-        transport.write(head.replace(b"Content-Length: 0\r\n", b""))
-        self._charge()
-        stream = response.stream
-        try:
-            async for chunk in stream:
-                transport = self.transport
-                if transport is None:
-                    break
-                transport.write(chunk)
-                del chunk
-                self._charge()
-                # Pull nothing more from the stream while the peer does not read: what it has
-                # not taken stays bounded in the stream's own (accounted) queue.
-                if not await self._drained(response.ended):
-                    break
-        finally:
-            closer = getattr(stream, "aclose", None)
-            if closer is not None:
-                try:
-                    await closer()
-                except Exception:
-                    logger.debug("closing a response stream failed", exc_info=True)
-            self.streaming = None
 
-    async def _drained(self, ended: asyncio.Event | None = None) -> bool:
-        """Wait until the peer has taken everything written (True), or abort the connection
-        when it does not within ``send_timeout`` or when the stream ``ended`` (False)."""
-        if not self.flow.paused:
-            return self.transport is not None
-        drained = await self.flow.drained(ended)
-        if not drained:
-            self._abort()
-        return drained
-
-    def _hand_over(self, item: _Upgrade) -> None:
+    def hand_over(self, item: Upgrade) -> None:
         """Hand the connection to the WebSocket server of this path (or refuse)."""
         transport = self.transport
         if transport is None:
@@ -493,7 +339,7 @@ class HttpProtocol(asyncio.Protocol):
         route = self.server.route(path)
         if route is None or route.websocket is None:
             self.server.count_refusal(404)
-            self._answer(404, f"no WebSocket endpoint at {path}")
+            self.answer(404, f"no WebSocket endpoint at {path}")
             return
         # Hand over the parsed head: the WebSocket server runs the handshake checks on it.
         request = Request(item.method, item.target, item.version, Headers(item.headers))
@@ -519,8 +365,7 @@ class HttpProtocol(asyncio.Protocol):
         self.reader.close()
         self._stopped = True
         self.deadlines.close()
-        self.pending.clear()
-        self._pending_bytes = 0
+        self.answers.close()
         self._drop_input()
         if self.account is not None:
             self.account.close()
@@ -528,7 +373,7 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- accounting ------------------------------------------------------------------------------
 
-    def _charge(self) -> None:
+    def charge(self) -> None:
         """Report what this connection holds (closing it over a hard limit), and read or not
         accordingly."""
         account = self.account
@@ -541,8 +386,8 @@ class HttpProtocol(asyncio.Protocol):
             - self._pos
             + self.reader.head_bytes
             + len(self.reader.body)
-            + self._pending_bytes
-            + self._handling
+            + self.answers.pending_bytes
+            + self.answers.handling
             + transport.get_write_buffer_size()
         )
         if held != account.held and not account.hold(held):
@@ -556,21 +401,16 @@ class HttpProtocol(asyncio.Protocol):
         transport = self.transport
         self._stopped = True
         self._drop_input()
-        self.pending.clear()
-        self._pending_bytes = 0
-        worker = self.worker
-        if worker is not None and worker is not asyncio.current_task():
-            self.worker = None
-            worker.cancel()
+        self.answers.stop()
         if transport is None:
             return
         if self.streaming is None and transport.get_write_buffer_size() == 0:
             who = "this connection" if scope == "connection" else "your address"
             self.server.count_refusal(503)
             transport.write(http_response(503, f"server memory budget exceeded for {who}\n"))
-            self._close()
+            self.close()
         else:
-            self._abort()
+            self.abort()
 
     def _connection_hard(self) -> int:
         budgets = self.server.budgets
@@ -600,7 +440,7 @@ class HttpProtocol(asyncio.Protocol):
             self.refuse(408, "request head not received in time")
             return
         self.server.timeouts["idle"] += 1
-        self._close()  # nothing was asked: close without an answer
+        self.close()  # nothing was asked: close without an answer
 
     def body_late(self, reason: str) -> None:
         """The request body is late: 408."""
@@ -619,18 +459,18 @@ class HttpProtocol(asyncio.Protocol):
         self._stopped = True
         self._drop_input()
         self.deadlines.cancel()
-        if self.worker is not None:
-            self._enqueue(_Answer(status, reason), 0)
+        if self.answers.worker is not None:
+            self.answers.enqueue(Answer(status, reason), 0)
         else:
-            self._answer(status, reason)
+            self.answer(status, reason)
         self._update_reading()
 
-    def _answer(self, status: int, reason: str) -> None:
+    def answer(self, status: int, reason: str) -> None:
         if self.transport is not None:
             self.transport.write(http_response(status, reason + "\n"))
-        self._close()
+        self.close()
 
-    def _close(self) -> None:
+    def close(self) -> None:
         """Close once what is written is flushed. Where it can, this ends our side only
         (FIN) and reads and drops what the peer still sends until it closes too: closing
         with unread input would send a reset, and the peer could lose our last answer (a
@@ -642,11 +482,10 @@ class HttpProtocol(asyncio.Protocol):
         if transport is None:
             return
         self.transport = None
-        self._wake_worker()  # (it sees the connection is closing and ends)
+        self.answers.wake()  # (it sees the connection is closing and ends)
         self.discarding = True
         self._drop_input()
-        self.pending.clear()
-        self._pending_bytes = 0
+        self.answers.drop()
         if transport.is_closing():
             return
         if transport.can_write_eof():
@@ -661,15 +500,15 @@ class HttpProtocol(asyncio.Protocol):
         # The peer may never read what is buffered, nor close: don't keep the socket forever.
         self._abort_timer = self.loop.call_later(CLOSE_DEADLINE, transport.abort)
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         self.deadlines.cancel()
         self._stopped = True
         transport = self.transport
         if transport is not None:
             transport.abort()
             self.transport = None
-            self._wake_worker()
+            self.answers.wake()
 
     def close_if_idle(self) -> None:
-        if not self.busy and not self.pending and not self.reader.in_message:
-            self._close()
+        if not self.answers.busy and not self.pending and not self.reader.in_message:
+            self.close()
