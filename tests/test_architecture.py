@@ -1,0 +1,69 @@
+"""The layering rules of issue #11, checked on ``src/pulsewire`` by reading the source
+(``scripts/check_architecture.py``, pure ``ast``; nothing under test is imported):
+
+- **No import cycles** between modules. Every import counts: top-level, inside functions,
+  under ``if TYPE_CHECKING:``, ``importlib.import_module("literal")``. An import is an edge
+  to the deepest module it names (``from a.b import c`` is an edge to ``a.b.c`` when ``c`` is
+  a submodule, else to ``a.b``). The implicit import of parent packages is not an edge, so a
+  package ``__init__`` that re-exports its submodules is not in a cycle with them; a
+  submodule that takes a name from its own package's ``__init__`` (``from pulsewire.hub
+  import Hub`` inside ``pulsewire/hub/``) is, and should import from the defining module.
+- **No private reach**: a module uses an underscore name (``x._name``, ``getattr(x,
+  "_name")``, ``from m import _name``) only if it defines that name itself. A subclass using
+  its base class's private names from another module is reported separately ("inherited").
+  Stdlib privates are reached only where ``EXTERNAL_ALLOWED`` says why.
+- **No module over 600 lines.**
+
+``python scripts/check_architecture.py`` prints the same list. The checker's own tests are in
+``test_architecture_checker.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from test_architecture_checker import load_checker
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "pulsewire"
+arch = load_checker()
+
+
+@pytest.fixture(scope="module")
+def report() -> Any:
+    return arch.check(SRC)
+
+
+def fail_with(title: str, lines: list[str]) -> None:
+    if lines:
+        pytest.fail(f"{title} ({len(lines)}):\n" + "\n".join(lines), pytrace=False)
+
+
+def test_the_checker_sees_the_tree() -> None:
+    modules = arch.find_modules(SRC)
+    edges = arch.imports_of(SRC)
+    assert len(modules) > 40
+    assert "pulsewire.protocol.connection" in modules
+    assert len(edges) > 100
+    assert all(e.source in modules for e in edges)
+
+
+def test_no_import_cycles(report: Any) -> None:
+    fail_with("import cycles", [str(c) for c in report.cycles])
+
+
+def test_no_private_reach(report: Any) -> None:
+    fail_with("modules using other modules' underscore names", [str(r) for r in report.reaches])
+
+
+def test_no_inherited_private_reach(report: Any) -> None:
+    fail_with(
+        "subclasses using their base class's underscore names from another module",
+        [str(r) for r in report.inherited],
+    )
+
+
+def test_no_long_modules(report: Any) -> None:
+    fail_with(f"modules over {arch.MAX_LINES} lines", [str(m) for m in report.long])
