@@ -83,6 +83,8 @@ class Settings:
     pin: bool = True
     redis_url: str | None = None
     smoke: bool = False
+    # the command that runs ``pulsewire`` (``serve ...`` is appended); default: this venv's
+    server_command: tuple[str, ...] = ()
 
 
 SMOKE = Settings(subscribers=100, rounds=2, duration=1.0, warmup=0.3, publishers=4, smoke=True)
@@ -237,7 +239,12 @@ def start_node(
     with open(out, "wb") as stdout, open(log, "wb") as stderr:
         popen = subprocess.Popen(
             pinned(
-                [*pulsewire_command(), "serve", "--config", str(config), "--port", "0"], 0, settings
+                [
+                    *(settings.server_command or pulsewire_command()),
+                    *("serve", "--config", str(config), "--port", "0"),
+                ],
+                SERVER_CORE,
+                settings,
             ),
             stdin=subprocess.DEVNULL,
             stdout=stdout,
