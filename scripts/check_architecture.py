@@ -453,7 +453,12 @@ def private_reaches(
             if base in bound and f"{bound[base]}.{node.attr}" in EXTERNAL_ALLOWED:
                 return
             via = None
-            if base is not None and base in receivers and cls is not None:
+            on_super = (
+                isinstance(node.value, ast.Call)
+                and isinstance(node.value.func, ast.Name)
+                and node.value.func.id == "super"
+            )
+            if cls is not None and (on_super or (base is not None and base in receivers)):
                 via = inherited_from(sources, module.name, cls, node.attr)
             yield reach(node, node.attr, ast.unparse(node), via)
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
