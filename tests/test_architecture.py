@@ -20,14 +20,30 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
-from test_architecture_checker import load_checker
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "pulsewire"
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "pulsewire"
+
+def load_checker() -> ModuleType:
+    name = "check_architecture"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 arch = load_checker()
 
 
