@@ -76,7 +76,7 @@ sys.argv[0] = script
 sys.path.insert(0, os.path.dirname(script))
 runpy.run_path(script, run_name="__main__")
 """
-RUN_CLI = "from pulsewire.cli import main\nsys.exit(main())\n"
+RUN_CLI = "from {module} import {function}\nsys.exit({function}())\n"
 
 
 def load(name: str) -> ModuleType:
@@ -118,6 +118,19 @@ class Arm:
         """A command running ``code`` with this interpreter on this tree's ``src``."""
         env = ["env", "-u", "PULSEWIRE_NO_EXTENSIONS", f"PYTHONPATH={self.src}"]
         return [*env, sys.executable, "-c", IDENTIFY + code]
+
+    def cli_code(self) -> str:
+        """Code running the tree's ``pulsewire`` command (its ``[project.scripts]`` entry)."""
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib
+        entry = "pulsewire.cli:main"
+        with contextlib.suppress(OSError, KeyError, ValueError):
+            project = tomllib.loads((self.tree / "pyproject.toml").read_text())["project"]
+            entry = project["scripts"]["pulsewire"]
+        module, _, function = entry.partition(":")
+        return RUN_CLI.format(module=module, function=function)
 
     def echo_script(self) -> Path:
         own = self.tree / "benchmarks" / "servers" / "pulsewire_echo.py"
@@ -322,7 +335,7 @@ def start_hub(arm: Arm, settings: Settings, directory: Path) -> HubNode:
     """Start the arm's hub node and the client processes that connect its subscribers
     (without waiting for them: ``wait_ready``)."""
     hub_settings = hub.Settings(
-        subscribers=settings.subscribers, server_command=tuple(arm.python(RUN_CLI))
+        subscribers=settings.subscribers, server_command=tuple(arm.python(arm.cli_code()))
     )
     name = f"hub-{arm.role.replace(' ', '-')}"
     node, port = hub.start_node(directory, name, "memory", "compare", hub_settings)
