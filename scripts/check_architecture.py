@@ -13,8 +13,9 @@ the other), and ``importlib.import_module("literal")``. Relative imports are res
 import names the deepest module it reaches:
 
 - ``import a.b.c`` and ``from a.b import c`` (``c`` a submodule) are edges to ``a.b.c``;
-- ``from a.b import name`` (``name`` not a submodule) is an edge to ``a.b``: the name is
-  taken from that module's namespace, so for a package it is an edge to its ``__init__``.
+- ``from a.b import name`` (``name`` not a submodule, or a name that ``a/b/__init__``
+  binds to something other than that submodule: Python looks for the attribute first) is
+  an edge to ``a.b``: the name is taken from its namespace, for a package its ``__init__``.
 
 Importing ``a.b.c`` also runs ``a/__init__`` and ``a/b/__init__``, but that implicit step is
 *not* an edge. Otherwise every package whose ``__init__`` re-exports its submodules would be
@@ -201,8 +202,19 @@ def resolve_from(module: Module, level: int, name: str | None) -> str:
 # ---------------------------------------------------------------------------- imports
 
 
-def imports(module: Module, tree: ast.Module, known: set[str]) -> Iterator[Edge]:
-    """Every import in ``module`` of a module in ``known`` (see the module docstring)."""
+def imports(
+    module: Module,
+    tree: ast.Module,
+    known: set[str],
+    bindings: dict[str, set[str]] | None = None,
+) -> Iterator[Edge]:
+    """Every import in ``module`` of a module in ``known`` (see the module docstring), once
+    per line. ``bindings``: the names each package's ``__init__`` binds to something other
+    than its own submodules (``package_bindings``); ``from pkg import name`` takes such a
+    name from ``pkg``, as Python does (attribute first), even where a submodule ``pkg.name``
+    exists."""
+    bindings = bindings or {}
+    seen: set[Edge] = set()
 
     def deepest(dotted: str) -> str | None:
         parts = dotted.split(".")
@@ -220,15 +232,67 @@ def imports(module: Module, tree: ast.Module, known: set[str]) -> Iterator[Edge]
             base = resolve_from(module, node.level, node.module)
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
-                targets.append(sub if sub in known else base)
+                own = sub in known and alias.name not in bindings.get(base, set())
+                targets.append(sub if own else base)
         elif isinstance(node, ast.Call) and _is_import_module_call(node):
             arg = node.args[0]
             if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                 targets = [arg.value]
         for target in targets:
             resolved = deepest(target)
-            if resolved is not None and resolved != module.name:
-                yield Edge(module.name, resolved, getattr(node, "lineno", 0))
+            edge = Edge(module.name, resolved or "", getattr(node, "lineno", 0))
+            if resolved is not None and resolved != module.name and edge not in seen:
+                seen.add(edge)
+                yield edge
+
+
+def package_bindings(
+    modules: dict[str, Module], trees: dict[str, ast.Module], known: set[str]
+) -> dict[str, set[str]]:
+    """For each package: the names its ``__init__`` binds at module level (definitions,
+    assignments, imports; inside ``if``/``try``/``with``/``for`` too), except those bound
+    to its own submodules (``from . import sub``, ``import pkg.sub as sub``)."""
+    return {
+        name: _top_level_bindings(module, trees[name].body, known)
+        for name, module in modules.items()
+        if module.is_package
+    }
+
+
+def _top_level_bindings(module: Module, statements: list[ast.stmt], known: set[str]) -> set[str]:
+    bound: set[str] = set()
+    for node in statements:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.ImportFrom):
+            base = resolve_from(module, node.level, node.module)
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}" in known and base == module.name
+                if not (submodule and alias.asname is None):
+                    bound.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if not (alias.asname and alias.name in known):
+                    bound.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, ast.If | ast.Try | ast.With | ast.For | ast.While):
+            targets: list[ast.AST] = []
+            if isinstance(node, ast.For):
+                targets.append(node.target)
+            if isinstance(node, ast.With):
+                targets += [i.optional_vars for i in node.items if i.optional_vars]
+            for target in targets:
+                bound.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+            for field_name in ("body", "orelse", "finalbody"):
+                bound |= _top_level_bindings(module, getattr(node, field_name, []), known)
+            for handler in getattr(node, "handlers", []):
+                bound |= _top_level_bindings(module, handler.body, known)
+        else:
+            bound.update(
+                n.id
+                for n in ast.walk(node)
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+            )
+    return bound
 
 
 def _is_import_module_call(node: ast.Call) -> bool:
@@ -514,11 +578,12 @@ def imports_of(package_dir: Path) -> list[Edge]:
     """Every import edge between modules of the package at ``package_dir``."""
     modules = find_modules(package_dir)
     known = set(modules) | native_modules(package_dir)
-    edges: list[Edge] = []
-    for module in modules.values():
-        text = module.path.read_text(encoding="utf-8")
-        edges.extend(imports(module, ast.parse(text, filename=str(module.path)), known))
-    return edges
+    trees = {
+        name: ast.parse(m.path.read_text(encoding="utf-8"), filename=str(m.path))
+        for name, m in modules.items()
+    }
+    bindings = package_bindings(modules, trees, known)
+    return [e for name, m in modules.items() for e in imports(m, trees[name], known, bindings)]
 
 
 def check(package_dir: Path, max_lines: int = MAX_LINES) -> Report:
@@ -534,9 +599,11 @@ def check(package_dir: Path, max_lines: int = MAX_LINES) -> Report:
         if count > max_lines:
             report.long.append(LongModule(module.name, count))
         sources[module.name] = Source.read(module, text)
+    trees = {name: source.tree for name, source in sources.items()}
+    bindings = package_bindings(modules, trees, known)
     edges: list[Edge] = []
     for source in sources.values():
-        edges.extend(imports(source.module, source.tree, known))
+        edges.extend(imports(source.module, source.tree, known, bindings))
         report.private.extend(private_reaches(source, sources, native))
     report.cycles = find_cycles(edges, modules)
     report.private.sort(key=lambda r: (r.inherited_from is not None, r.module, r.line, r.name))

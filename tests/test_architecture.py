@@ -4,8 +4,9 @@
 - **No import cycles** between modules. Every import counts: top-level, inside functions,
   under ``if TYPE_CHECKING:``, ``importlib.import_module("literal")``. An import is an edge
   to the deepest module it names (``from a.b import c`` is an edge to ``a.b.c`` when ``c`` is
-  a submodule, else to ``a.b``). The implicit import of parent packages is not an edge, so a
-  package ``__init__`` that re-exports its submodules is not in a cycle with them; a
+  a submodule that ``a/b/__init__`` does not shadow with another object, else to ``a.b``).
+  The implicit import of parent packages is not an edge, so a package ``__init__`` that
+  re-exports its submodules is not in a cycle with them; a
   submodule that takes a name from its own package's ``__init__`` (``from pulsewire.hub
   import Hub`` inside ``pulsewire/hub/``) is, and should import from the defining module.
 - **No private reach**: a module uses an underscore name (``x._name``, ``getattr(x,

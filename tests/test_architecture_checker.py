@@ -122,6 +122,31 @@ def test_taking_a_name_from_the_own_package_init_is_a_cycle(tmp_path: Path) -> N
     assert cycles(root) == [("pkg", "pkg.a")]
 
 
+@pytest.mark.parametrize(
+    ("init", "cycle"),
+    [
+        # the package binds the function b (from module b): `from pkg import b` takes it
+        # from the package's namespace, as Python does, so pkg.a depends on pkg/__init__
+        ("from .b import b\nfrom .a import A\n", [("pkg", "pkg.a")]),
+        # the package binds the submodule b itself: `from pkg import b` is the module
+        ("from . import b\nfrom .a import A\n", []),
+        ("from .a import A\n", []),
+    ],
+)
+def test_from_package_import_name_shadowing_a_submodule(
+    tmp_path: Path, init: str, cycle: list[tuple[str, ...]]
+) -> None:
+    root = tree(
+        tmp_path,
+        {
+            "pkg/__init__.py": init,
+            "pkg/a.py": "from pkg import b\nclass A: ...\n",
+            "pkg/b.py": "def b() -> None: ...\n",
+        },
+    )
+    assert cycles(root) == cycle
+
+
 def test_relative_imports_resolve_from_packages_and_modules(tmp_path: Path) -> None:
     root = tree(
         tmp_path,
