@@ -92,3 +92,39 @@ def test_no_inherited_private_reach_across_packages(report: Any) -> None:
 
 def test_no_long_modules(report: Any) -> None:
     fail_with(f"modules over {arch.MAX_LINES} lines", [str(m) for m in report.long])
+
+
+# The layers of docs/architecture.md, bottom first. An import may only point to a lower layer
+# (or stay inside its own package): aio/ and sync/ are both bindings of the core and never
+# import each other; extras.py (the "install this extra" message) sits with the core.
+LAYERS: dict[str, int] = {
+    "protocol": 0,
+    "extras": 0,
+    "aio": 1,
+    "sync": 1,
+    "hub": 2,
+    "transports": 3,
+    "demos": 4,
+    "server": 5,
+    "": 6,  # pulsewire/__init__.py, the package's public names
+    "cli": 7,
+}
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_every_module_has_a_layer() -> None:
+    missing = sorted({layer_of(m) for m in arch.find_modules(SRC)} - set(LAYERS))
+    assert not missing, f"packages with no layer in LAYERS: {missing}"
+
+
+def test_imports_point_down_the_layers() -> None:
+    upward = []
+    for edge in arch.imports_of(SRC):
+        source, target = layer_of(edge.source), layer_of(edge.target)
+        if source != target and LAYERS[target] >= LAYERS[source]:
+            upward.append(f"{edge.source} imports {edge.target} (line {edge.line})")
+    fail_with("imports that do not point down the layers", sorted(set(upward)))
