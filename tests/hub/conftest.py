@@ -28,7 +28,6 @@ End to end (transports, the HTTP API, clusters: a real HubServer on a free loopb
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import time
 import uuid
@@ -44,7 +43,7 @@ from pulsewire.hub import ChannelOptions, Hub, HubConfig
 from pulsewire.protocol.errors import ConnectionClosed
 from pulsewire.server.app import HubServer
 
-from .fakes import FakeClient, LoopClock
+from .fakes import CommandClient, FakeClient, LoopClock
 
 HOST = "127.0.0.1"
 SECRET = "hub-test-secret-0123456789abcdef"
@@ -85,33 +84,15 @@ class HubClosed(Exception):
         self.reason = reason
 
 
-class HubClient:
+class HubClient(CommandClient):
     """A hub client over a real WebSocket: commands with ids, replies matched, pushes kept."""
 
+    closed_error = HubClosed
+
     def __init__(self, ws: Any, codec: str = "json") -> None:
+        super().__init__(codec)
         self.ws = ws
-        self.codec = codec
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.log: list[dict[str, Any]] = []
-        """Every message from the server, replies and pushes, in arrival order."""
-        self.pushes: list[dict[str, Any]] = []
-        """Pushes not yet taken by wait_push/take."""
-        self._changed = asyncio.Event()
-        self._closed = asyncio.Event()
-        self.close_code: int | None = None
-        self.close_reason: str | None = None
-        self.client_id: str | None = None
-        self.token: str | None = None
-        """The token given to the fixture (also when it did not connect)."""
         self._reader = asyncio.get_running_loop().create_task(self._read())
-
-    # -- encoding ------------------------------------------------------------------------------
-
-    def encode(self, message: dict[str, Any]) -> str | bytes:
-        if self.codec == "msgpack":
-            return msgpack.packb(message, use_bin_type=True)  # type: ignore[no-any-return]
-        return json.dumps(message)
 
     def decode(self, data: str | bytes) -> dict[str, Any]:
         if self.codec == "msgpack":
@@ -123,139 +104,14 @@ class HubClient:
     async def _read(self) -> None:
         try:
             async for data in self.ws:
-                message = self.decode(data)
-                self.log.append(message)
-                if "push" in message:
-                    self.pushes.append(message)
-                    self._changed.set()
-                    continue
-                future = self._waiting.get(message.get("id"))  # type: ignore[arg-type]
-                assert future is not None, f"reply to no pending command: {message}"
-                assert not future.done(), f"second reply to one command: {message}"
-                future.set_result(message)
+                self.received(self.decode(data))
         except ConnectionClosed:
             pass
         finally:
-            self.close_code = self.ws.close_code
-            self.close_reason = self.ws.close_reason
-            self._closed.set()
-            self._changed.set()
-            for future in self._waiting.values():
-                if not future.done():
-                    future.set_exception(HubClosed(self.close_code, self.close_reason))
-
-    # -- commands ------------------------------------------------------------------------------
+            self.ended(self.ws.close_code, self.ws.close_reason)
 
     async def send_raw(self, data: str | bytes) -> None:
         await self.ws.send(data)
-
-    async def send(self, method: str, params: dict[str, Any] | None = None) -> int:
-        """Send a command without waiting; returns its id."""
-        cid = next(self._ids)
-        command: dict[str, Any] = {"id": cid, "method": method}
-        if params is not None:
-            command["params"] = params
-        self.expect(cid)
-        await self.ws.send(self.encode(command))
-        return cid
-
-    def expect(self, cid: int) -> None:
-        """Register a command id whose reply :meth:`reply` will return."""
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        # a command whose reply nobody awaits (the server closes instead) is fine
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._waiting[cid] = future
-        if self.closed:
-            future.set_exception(HubClosed(self.close_code, self.close_reason))
-
-    async def reply(self, cid: int, timeout: float = TIMEOUT) -> dict[str, Any]:
-        future = self._waiting[cid]
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        finally:
-            if future.done():
-                del self._waiting[cid]
-
-    async def call(
-        self, method: str, params: dict[str, Any] | None = None, timeout: float = TIMEOUT
-    ) -> dict[str, Any]:
-        """The whole reply ({id, result} or {id, error})."""
-        return await self.reply(await self.send(method, params), timeout)
-
-    async def ok(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        """The result of a command that must succeed."""
-        reply = await self.call(method, params)
-        assert "error" not in reply, f"{method} {params} failed: {reply}"
-        return reply["result"]
-
-    async def fail(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The error ({code, message}) of a command that must fail."""
-        reply = await self.call(method, params)
-        assert "error" in reply, f"{method} {params} should have failed: {reply}"
-        assert "result" not in reply
-        return reply["error"]  # type: ignore[no-any-return]
-
-    async def connect(self, token: str | None = None, **params: Any) -> dict[str, Any]:
-        if token is not None:
-            params["token"] = token
-        result: dict[str, Any] = await self.ok("connect", params)
-        self.client_id = result["client"]
-        return result
-
-    async def subscribe(self, channel: str, **params: Any) -> dict[str, Any]:
-        return await self.ok("subscribe", {"channel": channel, **params})  # type: ignore[no-any-return]
-
-    async def sync(self) -> None:
-        """A ping round trip: every push the server queued before it has arrived after it."""
-        await self.ok("ping")
-
-    # -- pushes --------------------------------------------------------------------------------
-
-    @staticmethod
-    def _matches(push: dict[str, Any], kind: str | None, channel: str | None) -> bool:
-        return (kind is None or push.get("push") == kind) and (
-            channel is None or push.get("channel") == channel
-        )
-
-    def take(self, kind: str | None = None, channel: str | None = None) -> list[dict[str, Any]]:
-        """Remove and return the pushes received so far that match."""
-        taken = [p for p in self.pushes if self._matches(p, kind, channel)]
-        self.pushes = [p for p in self.pushes if not self._matches(p, kind, channel)]
-        return taken
-
-    async def wait_push(
-        self, kind: str | None = "publication", channel: str | None = None, timeout: float = TIMEOUT
-    ) -> dict[str, Any]:
-        """The first matching push (waiting for it if needed); others stay queued."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, push in enumerate(self.pushes):
-                if self._matches(push, kind, channel):
-                    return self.pushes.pop(i)
-            if self._closed.is_set():
-                raise HubClosed(self.close_code, self.close_reason)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {kind} push on {channel} in {timeout}s: {self.pushes}")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
-
-    async def publications(
-        self, channel: str, count: int, timeout: float = TIMEOUT
-    ) -> list[dict[str, Any]]:
-        return [await self.wait_push("publication", channel, timeout) for _ in range(count)]
-
-    async def wait_closed(self, timeout: float = TIMEOUT) -> tuple[int | None, str | None]:
-        """(close code, reason) once the server has closed the connection."""
-        await asyncio.wait_for(self._closed.wait(), timeout)
-        return self.close_code, self.close_reason
-
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
 
     async def close(self) -> None:
         try:

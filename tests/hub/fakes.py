@@ -165,31 +165,19 @@ class FakeClosed(Exception):
         self.reason = reason
 
 
-class FakeClient:
-    """A client of ``hub`` on a :class:`FakeTransport`: the methods of the e2e ``HubClient``.
+class CommandClient:
+    """What every test client of the hub shares: commands with ids, replies matched to them,
+    pushes kept until taken. A subclass carries the bytes (:meth:`send_raw`), feeds each
+    message from the hub to :meth:`received` and calls :meth:`ended` when the hub closes."""
 
-    Messages go to ``session.handle`` one at a time, in order, from one task, as the
-    WebSocket transport feeds them; replies and pushes are recorded as the session sends
-    them."""
+    closed_error: type[Exception] = FakeClosed
 
-    def __init__(
-        self,
-        hub: Hub,
-        codec: str = "json",
-        *,
-        transport: str = "websocket",
-        path: str = "/connection/websocket",
-        headers: list[tuple[str, str]] | None = None,
-        remote_address: str = "127.0.0.1",
-    ) -> None:
+    def __init__(self, codec: str = "json") -> None:
         self.codec = codec
-        self.transport = FakeTransport(codec_named(codec), transport)
-        self.request = ConnectRequest(transport, path, list(headers or []), remote_address)
-        self.session: Session = hub.open_session(self.transport, self.transport.codec, self.request)
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.log: list[dict[str, Any]] = []
-        """Every message from the hub, replies and pushes, in order."""
+        """Every message from the hub, replies and pushes, in arrival order."""
         self.pushes: list[dict[str, Any]] = []
         """Pushes not yet taken by wait_push/take."""
         self._changed = asyncio.Event()
@@ -198,21 +186,11 @@ class FakeClient:
         self.close_reason: str | None = None
         self.client_id: str | None = None
         self.token: str | None = None
-        self._inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
-        self.transport.listeners.append(self._received)
-        self.transport.on_close.append(self._transport_closed)
-        self._reader = asyncio.get_running_loop().create_task(self._feed())
+        """The token given to the fixture (also when it did not connect)."""
 
-    # -- the transport's side ------------------------------------------------------------------
+    # -- what the subclass calls ---------------------------------------------------------------
 
-    async def _feed(self) -> None:
-        while True:
-            data = await self._inbox.get()
-            if data is None or self.closed:
-                break
-            await self.session.handle(data)
-
-    def _received(self, message: dict[str, Any]) -> None:
+    def received(self, message: dict[str, Any]) -> None:
         self.log.append(message)
         if "push" in message:
             self.pushes.append(message)
@@ -223,13 +201,13 @@ class FakeClient:
         assert not future.done(), f"second reply to one command: {message}"
         future.set_result(message)
 
-    def _transport_closed(self, code: int, reason: str) -> None:
+    def ended(self, code: int | None, reason: str | None) -> None:
         self.close_code, self.close_reason = code, reason
         self._closed.set()
         self._changed.set()
         for future in self._waiting.values():
             if not future.done():
-                future.set_exception(FakeClosed(code, reason))
+                future.set_exception(self.closed_error(code, reason))
 
     def encode(self, message: dict[str, Any]) -> str | bytes:
         if self.codec == "msgpack":
@@ -239,7 +217,7 @@ class FakeClient:
     # -- commands ------------------------------------------------------------------------------
 
     async def send_raw(self, data: str | bytes) -> None:
-        self._inbox.put_nowait(data)
+        raise NotImplementedError
 
     async def send(self, method: str, params: dict[str, Any] | None = None) -> int:
         """Send a command without waiting; returns its id."""
@@ -257,7 +235,7 @@ class FakeClient:
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._waiting[cid] = future
         if self.closed:
-            future.set_exception(FakeClosed(self.close_code, self.close_reason))
+            future.set_exception(self.closed_error(self.close_code, self.close_reason))
 
     async def reply(self, cid: int, timeout: float = TIMEOUT) -> dict[str, Any]:
         future = self._waiting[cid]
@@ -320,7 +298,7 @@ class FakeClient:
                 if self._matches(push, kind, channel):
                     return self.pushes.pop(i)
             if self._closed.is_set():
-                raise FakeClosed(self.close_code, self.close_reason)
+                raise self.closed_error(self.close_code, self.close_reason)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"no {kind} push on {channel} in {timeout}s: {self.pushes}")
@@ -343,10 +321,47 @@ class FakeClient:
     def closed(self) -> bool:
         return self._closed.is_set()
 
+
+class FakeClient(CommandClient):
+    """A client of ``hub`` on a :class:`FakeTransport`: the methods of the e2e ``HubClient``.
+
+    Messages go to ``session.handle`` one at a time, in order, from one task, as the
+    WebSocket transport feeds them; replies and pushes are recorded as the session sends
+    them."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        codec: str = "json",
+        *,
+        transport: str = "websocket",
+        path: str = "/connection/websocket",
+        headers: list[tuple[str, str]] | None = None,
+        remote_address: str = "127.0.0.1",
+    ) -> None:
+        super().__init__(codec)
+        self.transport = FakeTransport(codec_named(codec), transport)
+        self.request = ConnectRequest(transport, path, list(headers or []), remote_address)
+        self.session: Session = hub.open_session(self.transport, self.transport.codec, self.request)
+        self._inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self.transport.listeners.append(self.received)
+        self.transport.on_close.append(self.ended)
+        self._reader = asyncio.get_running_loop().create_task(self._feed())
+
+    async def _feed(self) -> None:
+        while True:
+            data = await self._inbox.get()
+            if data is None or self.closed:
+                break
+            await self.session.handle(data)
+
+    async def send_raw(self, data: str | bytes) -> None:
+        self._inbox.put_nowait(data)
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """The client leaves: the transport tells the session, as the WebSocket one does."""
         self._inbox.put_nowait(None)
         await asyncio.gather(self._reader, return_exceptions=True)
         if not self.closed:
             self.session.transport_closed(code, reason)
-            self._transport_closed(code, reason)
+            self.ended(code, reason)
