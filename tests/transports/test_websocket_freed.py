@@ -25,6 +25,9 @@ from pulsewire.server.app import HubServer
 HOST = "127.0.0.1"
 WS_PATH = "/connection/websocket"
 TIMEOUT = 10.0
+# A failed connection may wait for its peer up to the server's close_timeout (10 s) before it
+# lets go: wait longer than that for it to be freed, so the two 10 s bounds never race.
+FREED_TIMEOUT = 25.0
 MiB = 2**20
 
 
@@ -67,7 +70,7 @@ class Tracked:
     async def wait_freed(self) -> None:
         assert self.refs, "no session was opened"
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + TIMEOUT
+        deadline = loop.time() + FREED_TIMEOUT
         while self.alive() and loop.time() < deadline:
             await asyncio.sleep(0.01)
         assert not self.alive(), f"still alive without the garbage collector: {self.alive()}"
