@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from .channels import ChannelName, parse_channel
 from .config import HubConfig
@@ -149,6 +149,18 @@ class _ChannelParams:
         return parse_channel(params.get("channel"), config)
 
 
+_C = TypeVar("_C", bound="_ChannelOnlyParams")
+
+
+@dataclass(frozen=True, slots=True)
+class _ChannelOnlyParams(_ChannelParams):
+    """A command whose only parameter is its channel."""
+
+    @classmethod
+    def parse(cls: type[_C], params: dict[str, Any], config: HubConfig) -> _C:
+        return cls(cls.parse_channel(params, config))
+
+
 @dataclass(frozen=True, slots=True)
 class SubscribeParams(_ChannelParams):
     """``subscribe``: ``channel``, ``token``, and ``recover`` from ``offset``/``epoch``.
@@ -199,36 +211,24 @@ class SubscribeParams(_ChannelParams):
 
 
 @dataclass(frozen=True, slots=True)
-class UnsubscribeParams(_ChannelParams):
+class UnsubscribeParams(_ChannelOnlyParams):
     """``unsubscribe``: ``channel``."""
 
     method: ClassVar[str] = "unsubscribe"
 
-    @classmethod
-    def parse(cls, params: dict[str, Any], config: HubConfig) -> UnsubscribeParams:
-        return cls(cls.parse_channel(params, config))
-
 
 @dataclass(frozen=True, slots=True)
-class PresenceParams(_ChannelParams):
+class PresenceParams(_ChannelOnlyParams):
     """``presence``: ``channel``."""
 
     method: ClassVar[str] = "presence"
 
-    @classmethod
-    def parse(cls, params: dict[str, Any], config: HubConfig) -> PresenceParams:
-        return cls(cls.parse_channel(params, config))
-
 
 @dataclass(frozen=True, slots=True)
-class PresenceStatsParams(_ChannelParams):
+class PresenceStatsParams(_ChannelOnlyParams):
     """``presence_stats``: ``channel``."""
 
     method: ClassVar[str] = "presence_stats"
-
-    @classmethod
-    def parse(cls, params: dict[str, Any], config: HubConfig) -> PresenceStatsParams:
-        return cls(cls.parse_channel(params, config))
 
 
 @dataclass(frozen=True, slots=True)
