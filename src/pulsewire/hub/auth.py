@@ -66,6 +66,9 @@ class Credentials:
     expires_at: float | None = None
     info: Any = None
     channels: tuple[str, ...] = ()
+    """Grants: channels (or ``*`` patterns) the connection may subscribe to."""
+    subs: tuple[str, ...] = ()
+    """Server-side subscriptions: channels the server subscribes the connection to itself."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
