@@ -17,6 +17,7 @@ from pulsewire.hub.hooks import (
     Authenticate,
     OnConnect,
     OnDisconnect,
+    OnMessage,
     OnPublish,
     OnRpc,
     OnSubscribe,
@@ -130,7 +131,13 @@ def _on_disconnect(session: Session, code: int, reason: str) -> None:
     pass
 
 
-HOOKS: tuple[Authenticate, Authenticate, OnConnect, OnSubscribe, OnPublish, OnRpc, OnDisconnect] = (
+async def _on_message(session: Session, data: Any) -> None:
+    pass
+
+
+HOOKS: tuple[
+    Authenticate, Authenticate, OnConnect, OnSubscribe, OnPublish, OnRpc, OnDisconnect, OnMessage
+] = (
     _authenticate,
     _authenticate_async,
     _on_connect,
@@ -138,6 +145,7 @@ HOOKS: tuple[Authenticate, Authenticate, OnConnect, OnSubscribe, OnPublish, OnRp
     _on_publish,
     _on_rpc,
     _on_disconnect,
+    _on_message,
 )
 
 

@@ -273,5 +273,5 @@ def test_api_params() -> None:
 def test_every_client_command_has_params() -> None:
     assert set(CLIENT_PARAMS) == {
         "connect", "refresh", "subscribe", "unsubscribe", "publish", "presence",
-        "presence_stats", "history", "ping", "rpc",
+        "presence_stats", "history", "ping", "rpc", "send",
     }  # fmt: skip

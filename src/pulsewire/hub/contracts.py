@@ -60,7 +60,7 @@ class ConnectRequest:
 
 class HookSession(Protocol):
     """What the application's hooks (``on_connect``, ``on_subscribe``, ``on_publish``,
-    ``on_rpc``, ``on_disconnect``) may use of a session (a
+    ``on_rpc``, ``on_message``, ``on_disconnect``) may use of a session (a
     :class:`~pulsewire.hub.session.Session` offers it)."""
 
     id: str
@@ -111,6 +111,7 @@ class SessionHost(Protocol[S_contra]):
     on_subscribe: Hook | None
     on_publish: Hook | None
     on_rpc: Hook | None
+    on_message: Hook | None
 
     async def credentials_for(self, request: ConnectRequest) -> Credentials:
         """Authenticate a connecting client (hook, then token); raises Disconnect."""

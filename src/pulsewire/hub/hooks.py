@@ -30,6 +30,7 @@ __all__ = [
     "MaybeAwaitable",
     "OnConnect",
     "OnDisconnect",
+    "OnMessage",
     "OnPublish",
     "OnRpc",
     "OnSubscribe",
@@ -94,6 +95,13 @@ class OnRpc(Protocol[S_contra]):
     ``data`` (anything the session's codec can encode)."""
 
     def __call__(self, session: S_contra, method: str, data: Any, /) -> MaybeAwaitable[Any]: ...
+
+
+class OnMessage(Protocol[S_contra]):
+    """``on_message(session, data)``: a client's ``send`` command, an asynchronous message
+    (the reply, ``{}``, follows once the hook returned; what it returns is ignored)."""
+
+    def __call__(self, session: S_contra, data: Any, /) -> MaybeAwaitable[None]: ...
 
 
 class OnDisconnect(Protocol[S_contra]):

@@ -70,7 +70,8 @@ class Hub:
     ``authenticate(ConnectRequest) -> Credentials | None`` (None: fall back to the token),
     ``on_connect(session)``, ``on_subscribe(session, channel, params) -> chan_info | None``,
     ``on_publish(session, channel, data) -> data | None`` (raise HubError to refuse),
-    ``on_rpc(session, method, data) -> result``, ``on_disconnect(session, code, reason)``.
+    ``on_rpc(session, method, data) -> result``, ``on_disconnect(session, code, reason)``,
+    ``on_message(session, data)`` (a client's ``send``).
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class Hub:
         on_publish: Hook | None = None,
         on_rpc: Hook | None = None,
         on_disconnect: Hook | None = None,
+        on_message: Hook | None = None,
     ) -> None:
         self.config = config or HubConfig()
         self.node_id = self.config.node_name or secrets.token_hex(4)
@@ -100,6 +102,7 @@ class Hub:
         self.on_publish = on_publish
         self.on_rpc = on_rpc
         self.on_disconnect = on_disconnect
+        self.on_message = on_message
         self.sessions: dict[str, Session] = {}
         self.users: dict[str, set[Session]] = {}
         self.fanout = Fanout(

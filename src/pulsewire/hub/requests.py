@@ -45,6 +45,7 @@ __all__ = [
     "PublishParams",
     "RefreshParams",
     "RpcParams",
+    "SendParams",
     "SubscribeParams",
     "UnsubscribeParams",
 ]
@@ -314,6 +315,22 @@ class RpcParams:
         return cls(method, params.get("data"))
 
 
+@dataclass(frozen=True, slots=True)
+class SendParams:
+    """``send``: ``data`` for the application's ``on_message`` hook (asynchronous: the
+    reply carries nothing)."""
+
+    method: ClassVar[str] = "send"
+    data: Any
+
+    @classmethod
+    def parse(cls, params: dict[str, Any], config: HubConfig | None = None) -> SendParams:
+        """Raises 107 without ``data``."""
+        if "data" not in params:
+            raise _bad("send needs data")
+        return cls(params["data"])
+
+
 CLIENT_PARAMS: dict[str, type[ClientParams]] = {
     cls.method: cls
     for cls in (
@@ -327,6 +344,7 @@ CLIENT_PARAMS: dict[str, type[ClientParams]] = {
         HistoryParams,
         PingParams,
         RpcParams,
+        SendParams,
     )
 }
 """The params class of each client command, by method name."""

@@ -52,6 +52,7 @@ from .requests import (
     PublishParams,
     RefreshParams,
     RpcParams,
+    SendParams,
     SubscribeParams,
     UnsubscribeParams,
 )
@@ -515,6 +516,14 @@ class Session:
             raise HubError(ErrorCode.METHOD_NOT_FOUND, "no RPC handler for this method")
         return rpc_result(await call_hook(hook, self, request.rpc_method, request.data))
 
+    async def _send_message(self, params: dict[str, Any]) -> dict[str, Any]:
+        data = SendParams.parse(params).data  # 107 without data
+        hook = self.hub.on_message
+        if hook is None:
+            raise HubError(ErrorCode.METHOD_NOT_FOUND, "this hub takes no messages (no handler)")
+        await call_hook(hook, self, data)
+        return {}
+
 
 def _size(data: str | bytes) -> int:
     """Bytes on the wire: UTF-8 length for text (isascii() is O(1) on CPython)."""
@@ -534,4 +543,5 @@ _METHODS = {
     "history": Session._history,
     "ping": Session._ping,
     "rpc": Session._rpc,
+    "send": Session._send_message,
 }
