@@ -39,7 +39,8 @@ def test_codes_keep_their_values() -> None:
         "TOO_MANY_REQUESTS": 111, "NOT_SUBSCRIBED": 113, "OUTCOME_UNKNOWN": 114,
     }  # fmt: skip
     assert {c.name: int(c) for c in DisconnectCode} == {
-        "SHUTDOWN": 4000, "TOKEN_EXPIRED": 4002, "STALE": 4003, "NO_PONG": 4005,
+        "SHUTDOWN": 4000, "TOKEN_EXPIRED": 4002, "STALE": 4003, "KEYS_UNAVAILABLE": 4004,
+        "NO_PONG": 4005,
         "TOO_MANY_REQUESTS": 4008, "INVALID_TOKEN": 4500, "BAD_REQUEST": 4501,
         "FORCE_NO_RECONNECT": 4502, "UNAUTHORIZED": 4503, "CONNECTION_LIMIT": 4504,
         "UNSUPPORTED_PROTOCOL": 4505,

@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from .config import HubConfig
 from .errors import Disconnect, DisconnectCode, ErrorCode, HubError
+from .jwks import ASYMMETRIC_ALGORITHMS, Fetch, Jwk, JwksKeys, KeysUnavailable
 from .ratelimit import KeyedBuckets
 
 __all__ = [
@@ -78,91 +79,234 @@ def grant_allows(grants: tuple[str, ...], channel: str) -> bool:
     )
 
 
-class TokenVerifier:
-    """Verifies tokens with the keys configured in :class:`HubConfig`."""
+_PUBLIC_KEY_SETTINGS = (
+    ("token_rsa_public_key", ("RS256",)),
+    ("token_ecdsa_public_key", ("ES256", "ES384", "ES512")),  # the key's curve decides
+)
 
-    def __init__(self, config: HubConfig) -> None:
-        self._keys: list[tuple[str, Any]] = []
+
+class TokenVerifier:
+    """Verifies tokens with the keys configured in :class:`HubConfig`.
+
+    The token header's ``alg`` picks the key, and must fit it: HS256 the HMAC secret, RS256
+    the RSA key, ES256 (ES384, ES512) the EC key of that curve; RS256/384/512 and
+    ES256/384/512 tokens with a ``kid`` the key of that kid from ``token_jwks_url`` (see
+    :class:`~pulsewire.hub.jwks.JwksKeys`). Anything else (``none``, HS256 with a public
+    key, an RSA kid with ES256, ...) is refused as an invalid token.
+
+    :meth:`verify_connection` and :meth:`verify_subscription` may fetch JWKS keys (without
+    blocking the event loop); :meth:`connection` and :meth:`subscription` use only keys
+    already at hand (a JWKS kid not fetched yet counts as keys unavailable).
+    """
+
+    def __init__(self, config: HubConfig, *, fetch: Fetch | None = None) -> None:
+        self._keys: dict[str, Any] = {}
+        """Configured keys by the one ``alg`` each verifies."""
         if config.token_hmac_secret:
-            self._keys.append(("HS256", config.token_hmac_secret))
-        if config.token_rsa_public_key:
-            self._keys.append(("RS256", config.token_rsa_public_key))
+            self._keys["HS256"] = config.token_hmac_secret
+        for name, algorithms in _PUBLIC_KEY_SETTINGS:
+            text = getattr(config, name)
+            if text:
+                alg, key = _public_key(text, name, algorithms)
+                self._keys[alg] = key
+        self._jwks: JwksKeys | None = None
+        if config.token_jwks_url:
+            self._jwks = JwksKeys(
+                config.token_jwks_url,
+                ttl=config.token_jwks_ttl,
+                refetch_interval=config.token_jwks_refetch_interval,
+                timeout=config.token_jwks_timeout,
+                **({"fetch": fetch} if fetch is not None else {}),
+            )
         self._audience = config.token_audience
         self._issuer = config.token_issuer
 
     @property
     def enabled(self) -> bool:
-        return bool(self._keys)
+        return bool(self._keys) or self._jwks is not None
 
-    def _decode(self, token: str) -> dict[str, Any]:
+    @property
+    def jwks(self) -> JwksKeys | None:
+        """The JWKS keys, when ``token_jwks_url`` is configured."""
+        return self._jwks
+
+    def close(self) -> None:
+        """Stop a scheduled JWKS fetch (the hub is closing)."""
+        if self._jwks is not None:
+            self._jwks.close()
+
+    # -------------------------------------------------------------------- decoding
+
+    def _jwks_kid(self, token: str) -> tuple[str, str | None]:
+        """The header's ``alg``, and its ``kid`` when the JWKS is where the key comes from."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
             raise jwt.InvalidTokenError(f"malformed token: {exc}") from None
-        alg = header.get("alg")
-        for key_alg, key in self._keys:
-            if key_alg == alg:
-                options = {"require": ["sub"], "verify_aud": self._audience is not None}
-                return jwt.decode(
-                    token,
-                    key,
-                    algorithms=[key_alg],
-                    audience=self._audience,
-                    issuer=self._issuer,
-                    options=options,  # type: ignore[arg-type]
-                )
-        raise jwt.InvalidAlgorithmError(f"tokens signed with {alg!r} are not accepted")
+        alg, kid = header.get("alg"), header.get("kid")
+        if not isinstance(alg, str):
+            raise jwt.InvalidAlgorithmError("the token header has no alg")
+        if self._jwks is not None and alg in ASYMMETRIC_ALGORITHMS and kid is not None:
+            if not isinstance(kid, str):
+                raise jwt.InvalidTokenError("the token header's kid is not a string")
+            return alg, kid
+        return alg, None
+
+    def _verify(self, token: str, alg: str, key: Any) -> dict[str, Any]:
+        options = {"require": ["sub"], "verify_aud": self._audience is not None}
+        return jwt.decode(
+            token,
+            key,
+            algorithms=[alg],
+            audience=self._audience,
+            issuer=self._issuer,
+            options=options,  # type: ignore[arg-type]
+        )
+
+    def _configured(self, token: str, alg: str) -> dict[str, Any]:
+        key = self._keys.get(alg)
+        if key is None:
+            raise jwt.InvalidAlgorithmError(f"tokens signed with {alg!r} are not accepted")
+        return self._verify(token, alg, key)
+
+    def _with_jwk(self, token: str, alg: str, kid: str, keys: list[Jwk]) -> dict[str, Any]:
+        if not keys:
+            raise jwt.InvalidKeyError(f"the key set has no key {kid!r}")
+        for jwk in keys:
+            if jwk.accepts(alg):
+                return self._verify(token, alg, jwk.key)
+        raise jwt.InvalidAlgorithmError(f"key {kid!r} does not verify {alg!r} tokens")
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        alg, kid = self._jwks_kid(token)
+        if kid is None or self._jwks is None:
+            return self._configured(token, alg)
+        keys = self._jwks.cached(kid)
+        if not keys:
+            raise KeysUnavailable(f"key {kid!r} not fetched yet")
+        return self._with_jwk(token, alg, kid, keys)
+
+    async def _decode_async(self, token: str) -> dict[str, Any]:
+        alg, kid = self._jwks_kid(token)
+        if kid is None or self._jwks is None:
+            return self._configured(token, alg)
+        return self._with_jwk(token, alg, kid, await self._jwks.keys(kid))
+
+    # ------------------------------------------------------------------ connection
 
     def connection(self, token: str) -> Credentials:
-        """Verify a connection token; raises Disconnect (expired: reconnect; forged: do not)."""
-        if not self._keys:
+        """Verify a connection token with the keys at hand; raises Disconnect (expired or
+        keys unavailable: reconnect; forged: do not)."""
+        self._check_enabled()
+        try:
+            claims = self._decode(token)
+        except Exception as exc:
+            raise _connection_refusal(exc) from None
+        return _credentials(claims)
+
+    async def verify_connection(self, token: str) -> Credentials:
+        """:meth:`connection`, fetching the JWKS key when needed."""
+        self._check_enabled()
+        try:
+            claims = await self._decode_async(token)
+        except Exception as exc:
+            raise _connection_refusal(exc) from None
+        return _credentials(claims)
+
+    def _check_enabled(self) -> None:
+        if not self.enabled:
             raise Disconnect(
                 DisconnectCode.INVALID_TOKEN, "this hub accepts no tokens (no key configured)"
             )
-        try:
-            claims = self._decode(token)
-        except jwt.ExpiredSignatureError:
-            raise Disconnect(DisconnectCode.TOKEN_EXPIRED, "token expired") from None
-        except jwt.PyJWTError as exc:
-            raise Disconnect(DisconnectCode.INVALID_TOKEN, f"invalid token: {exc}") from None
-        if "channel" in claims:
-            # A subscription token is signed with the same key: without this check, one
-            # issued to let a user into one channel would also log them in (Centrifugo
-            # refuses it the same way).
-            raise Disconnect(
-                DisconnectCode.INVALID_TOKEN, "invalid token: a subscription token cannot connect"
-            )
-        channels = claims.get("channels") or ()
-        if not isinstance(channels, (list, tuple)) or not all(isinstance(c, str) for c in channels):
-            raise Disconnect(
-                DisconnectCode.INVALID_TOKEN, "invalid token: channels must be a list of strings"
-            )
-        exp = claims.get("exp")
-        return Credentials(
-            user=str(claims["sub"]),
-            expires_at=float(exp) if exp is not None else None,
-            info=claims.get("info"),
-            channels=tuple(channels),
-            extra={k: v for k, v in claims.items() if k not in ("sub", "exp", "info", "channels")},
-        )
+
+    # ---------------------------------------------------------------- subscription
 
     def subscription(self, token: str, *, user: str, channel: str) -> dict[str, Any]:
-        """Verify a subscription token for ``channel``; raises HubError on any mismatch."""
-        if not self._keys:
+        """Verify a subscription token for ``channel`` with the keys at hand; raises
+        HubError on any mismatch (108 when the keys are unavailable)."""
+        if not self.enabled:
             raise HubError(ErrorCode.PERMISSION_DENIED, "this hub accepts no tokens")
         try:
             claims = self._decode(token)
-        except jwt.ExpiredSignatureError:
-            raise HubError(ErrorCode.TOKEN_EXPIRED, "subscription token expired") from None
-        except jwt.PyJWTError as exc:
-            raise HubError(
-                ErrorCode.PERMISSION_DENIED, f"invalid subscription token: {exc}"
-            ) from None
-        if str(claims.get("sub", "")) != user or claims.get("channel") != channel:
-            raise HubError(
-                ErrorCode.PERMISSION_DENIED, "subscription token is for another user or channel"
-            )
-        return claims
+        except Exception as exc:
+            raise _subscription_refusal(exc) from None
+        return _subscription_claims(claims, user, channel)
+
+    async def verify_subscription(self, token: str, *, user: str, channel: str) -> dict[str, Any]:
+        """:meth:`subscription`, fetching the JWKS key when needed."""
+        if not self.enabled:
+            raise HubError(ErrorCode.PERMISSION_DENIED, "this hub accepts no tokens")
+        try:
+            claims = await self._decode_async(token)
+        except Exception as exc:
+            raise _subscription_refusal(exc) from None
+        return _subscription_claims(claims, user, channel)
+
+
+def _public_key(text: str, name: str, algorithms: tuple[str, ...]) -> tuple[str, Any]:
+    """The first of ``algorithms`` whose PyJWT loader takes ``text`` (PEM, or OpenSSH public
+    key), with the public key; ValueError naming the setting if none does."""
+    for alg in algorithms:
+        try:
+            key = jwt.get_algorithm_by_name(alg).prepare_key(text)
+        except (jwt.PyJWTError, ValueError, TypeError):
+            continue
+        public = getattr(key, "public_key", None)  # a private key given: its public half
+        return alg, public() if callable(public) else key
+    raise ValueError(f"{name} is not a PEM public key of the right type (nor a path to one)")
+
+
+def _connection_refusal(exc: Exception) -> Disconnect:
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return Disconnect(DisconnectCode.TOKEN_EXPIRED, "token expired")
+    if isinstance(exc, KeysUnavailable):
+        return Disconnect(
+            DisconnectCode.KEYS_UNAVAILABLE, f"token keys unavailable, retry later: {exc}"
+        )
+    if isinstance(exc, jwt.PyJWTError):
+        return Disconnect(DisconnectCode.INVALID_TOKEN, f"invalid token: {exc}")
+    raise exc
+
+
+def _subscription_refusal(exc: Exception) -> HubError:
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return HubError(ErrorCode.TOKEN_EXPIRED, "subscription token expired")
+    if isinstance(exc, KeysUnavailable):
+        return HubError(ErrorCode.NOT_AVAILABLE, f"token keys unavailable, retry later: {exc}")
+    if isinstance(exc, jwt.PyJWTError):
+        return HubError(ErrorCode.PERMISSION_DENIED, f"invalid subscription token: {exc}")
+    raise exc
+
+
+def _credentials(claims: dict[str, Any]) -> Credentials:
+    if "channel" in claims:
+        # A subscription token is signed with the same key: without this check, one
+        # issued to let a user into one channel would also log them in (Centrifugo
+        # refuses it the same way).
+        raise Disconnect(
+            DisconnectCode.INVALID_TOKEN, "invalid token: a subscription token cannot connect"
+        )
+    channels = claims.get("channels") or ()
+    if not isinstance(channels, (list, tuple)) or not all(isinstance(c, str) for c in channels):
+        raise Disconnect(
+            DisconnectCode.INVALID_TOKEN, "invalid token: channels must be a list of strings"
+        )
+    exp = claims.get("exp")
+    return Credentials(
+        user=str(claims["sub"]),
+        expires_at=float(exp) if exp is not None else None,
+        info=claims.get("info"),
+        channels=tuple(channels),
+        extra={k: v for k, v in claims.items() if k not in ("sub", "exp", "info", "channels")},
+    )
+
+
+def _subscription_claims(claims: dict[str, Any], user: str, channel: str) -> dict[str, Any]:
+    if str(claims.get("sub", "")) != user or claims.get("channel") != channel:
+        raise HubError(
+            ErrorCode.PERMISSION_DENIED, "subscription token is for another user or channel"
+        )
+    return claims
 
 
 class AuthGuard:

@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from .jwks import check_jwks_url
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -70,6 +72,19 @@ class HubConfig:
     token_hmac_secret: str | None = None
     token_rsa_public_key: str | None = None
     """PEM text, or a path to a PEM file, for RS256 tokens."""
+    token_ecdsa_public_key: str | None = None
+    """PEM text, or a path to a PEM file, for ES256 tokens (a P-256 key; a P-384 or P-521
+    key verifies ES384 or ES512 instead)."""
+    token_jwks_url: str | None = None
+    """An identity provider's JWKS endpoint (http or https): RS256/384/512 and
+    ES256/384/512 tokens are verified with its key named by the token's ``kid``."""
+    token_jwks_ttl: float = 300.0
+    """Seconds the fetched key set is used before it is fetched again."""
+    token_jwks_refetch_interval: float = 5.0
+    """Least seconds between two fetches of the key set (a token with an unknown ``kid``
+    waits for the next one; forged kids cannot make the node fetch more often)."""
+    token_jwks_timeout: float = 5.0
+    """Seconds a fetch of the key set may take in all."""
     token_audience: str | None = None
     token_issuer: str | None = None
     allow_anonymous: bool = False
@@ -129,6 +144,12 @@ class HubConfig:
         )
         if not 0 < self.node_announce_interval < float("inf"):
             raise ValueError("node_announce_interval must be a positive number of seconds")
+        if self.token_jwks_url is not None:
+            check_jwks_url(self.token_jwks_url)
+        if not (self.token_jwks_ttl > 0 and self.token_jwks_timeout > 0):
+            raise ValueError("token_jwks_ttl and token_jwks_timeout must be positive")
+        if not 0 <= self.token_jwks_refetch_interval < float("inf"):
+            raise ValueError("token_jwks_refetch_interval must be a number of seconds >= 0")
 
     @property
     def command_rate(self) -> tuple[float, float]:
@@ -164,10 +185,11 @@ def config_from_dict(data: dict[str, Any]) -> HubConfig:
     unknown = set(data) - names
     if unknown:
         raise ValueError(f"unknown hub setting(s): {', '.join(sorted(unknown))}")
-    key = data.get("token_rsa_public_key")
-    if key and "BEGIN" not in key and os.path.exists(key):
-        with open(key, encoding="utf-8") as fh:
-            data["token_rsa_public_key"] = fh.read()
+    for name in ("token_rsa_public_key", "token_ecdsa_public_key"):
+        key = data.get(name)
+        if isinstance(key, str) and "BEGIN" not in key and os.path.exists(key):
+            with open(key, encoding="utf-8") as fh:
+                data[name] = fh.read()
     return HubConfig(channel=channel, namespaces=namespaces, **data)
 
 

@@ -62,6 +62,8 @@ class DisconnectCode(_Code):
     SHUTDOWN = 4000
     TOKEN_EXPIRED = 4002
     STALE = 4003
+    KEYS_UNAVAILABLE = 4004
+    """The token could not be checked: its keys (JWKS) could not be fetched. Reconnect later."""
     NO_PONG = 4005
     TOO_MANY_REQUESTS = 4008
     """Too many failed authentications from the client's address: reconnect later."""

@@ -176,6 +176,7 @@ class Hub:
         if self._presence_task is not None:
             self._presence_task.cancel()
         self.node_watch.stop()
+        self.tokens.close()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2)
         if self._started:
@@ -215,7 +216,7 @@ class Hub:
             if credentials is not None:
                 return credentials
         if request.token:
-            return self.tokens.connection(request.token)
+            return await self.tokens.verify_connection(request.token)
         if self.config.allow_anonymous:
             return Credentials(user="")
         raise Disconnect(DisconnectCode.UNAUTHORIZED, "a connection token is required")

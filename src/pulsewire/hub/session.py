@@ -333,10 +333,12 @@ class Session:
         address = self._auth_address()
         self._check_auth_guard(address)
         try:
-            credentials = self.hub.tokens.connection(token)
+            credentials = await self.hub.tokens.verify_connection(token)
         except Disconnect as exc:
             if exc.code == DisconnectCode.INVALID_TOKEN:
                 self.hub.auth_guard.failed(address, "token")
+            if exc.code == DisconnectCode.KEYS_UNAVAILABLE:  # the session goes on
+                raise HubError(ErrorCode.NOT_AVAILABLE, exc.reason) from None
             raise
         if credentials.user != self.user:
             raise Disconnect(DisconnectCode.INVALID_TOKEN, "refresh token is for another user")
@@ -360,7 +362,7 @@ class Session:
             raise HubError(ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {name}")
         if len(self.subscriptions) >= self.hub.config.max_channels_per_connection:
             raise HubError(ErrorCode.LIMIT_EXCEEDED, "too many channels for one connection")
-        chan_info = self._check_subscribe(channel, SubscribeParams.parse_token(params))
+        chan_info = await self._check_subscribe(channel, SubscribeParams.parse_token(params))
         hook = self.hub.on_subscribe
         if hook is not None:
             outcome = await call_hook(hook, self, name, params)
@@ -383,7 +385,7 @@ class Session:
             raise
         return result
 
-    def _check_subscribe(self, channel: ChannelName, token: str | None) -> Any:
+    async def _check_subscribe(self, channel: ChannelName, token: str | None) -> Any:
         """Permission checks; returns channel info from a subscription token, if any."""
         options = channel.options
         credentials = self.credentials
@@ -392,9 +394,12 @@ class Session:
             address = self._auth_address()
             self._check_auth_guard(address)
             try:
-                claims = self.hub.tokens.subscription(token, user=self.user, channel=channel.name)
+                claims = await self.hub.tokens.verify_subscription(
+                    token, user=self.user, channel=channel.name
+                )
             except HubError as exc:
-                if exc.code != ErrorCode.TOKEN_EXPIRED:  # expired: it was genuine once
+                # expired: it was genuine once; keys unavailable: it may be genuine
+                if exc.code not in (ErrorCode.TOKEN_EXPIRED, ErrorCode.NOT_AVAILABLE):
                     self.hub.auth_guard.failed(address, "token")
                 raise
             return claims.get("info")
