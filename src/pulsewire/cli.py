@@ -97,6 +97,11 @@ def _build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--node-name", help="this node's name (default: random)")
     srv.add_argument("--api-key", help="key for the /api/ endpoints (Authorization: apikey KEY)")
     srv.add_argument("--token-secret", help="HMAC secret of HS256 connection tokens")
+    srv.add_argument(
+        "--token-jwks-url",
+        help="identity provider's JWKS URL: RS256/ES256 tokens are verified with its key "
+        "named by their kid (rotation followed)",
+    )
     srv.add_argument("--allow-anonymous", action="store_true", help="admit clients without a token")
     srv.add_argument(
         "--allowed-origin",
@@ -162,6 +167,7 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         node_name=args.node_name,
         api_key=args.api_key,
         token_secret=args.token_secret,
+        token_jwks_url=args.token_jwks_url,
         allow_anonymous=args.allow_anonymous,
         allowed_origins=None if args.allowed_origin is None else tuple(args.allowed_origin),
         demo=args.demo,

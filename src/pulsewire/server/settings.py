@@ -49,6 +49,7 @@ class ServeOptions:
     node_name: str | None = None
     api_key: str | None = None
     token_secret: str | None = None
+    token_jwks_url: str | None = None
     allow_anonymous: bool = False
     allowed_origins: tuple[str, ...] | None = None
     demo: bool = False
@@ -185,6 +186,8 @@ def load_settings(options: ServeOptions | Mapping[str, Any]) -> Settings:
         changes["api_key"] = args.api_key
     if args.token_secret:
         changes["token_hmac_secret"] = args.token_secret
+    if args.token_jwks_url:
+        changes["token_jwks_url"] = args.token_jwks_url
     if args.allow_anonymous:
         changes["allow_anonymous"] = True
     config = config.replace(**changes)
