@@ -168,3 +168,8 @@ def test_server_side_unsubscribe_and_messages(
     assert ["unsubscribed", channel, 2000] in events
     assert page.eval("(c) => h.client.getSubscription(c)", channel) is None
     assert page.eval("() => h.client.state") == "connected"
+    # client.send reaches the hub's send command, which has no on_message hook here: 104
+    sent = page.eval(
+        "() => h.client.send({ x: 1 }).then(() => 'taken', (e) => [e.code, e.message])"
+    )
+    assert sent == [104, "this hub takes no messages (no handler)"]

@@ -27,7 +27,7 @@
  *   await sub.publish(data); await sub.presence(); await sub.presenceStats();
  *   await sub.history({ limit: 10 });
  *   client.unsubscribe("chat:lobby");      // or sub.unsubscribe()
- *   await client.rpc("method", data); client.disconnect();
+ *   await client.rpc("method", data); await client.send(data); client.disconnect();
  *
  * Calls made while (re)connecting wait for the connection (or the subscription) up to
  * `timeout` ms; calls in flight when a connection is lost are rejected (code 0).
@@ -670,6 +670,11 @@ export class Client {
   /** @param {string} method @param {any} data */
   async rpc(method, data) {
     return (await this._call("rpc", { method, data })).data;
+  }
+
+  /** A message to the server's `on_message` hook; resolves once it was taken. @param {any} data */
+  async send(data) {
+    await this._call("send", { data });
   }
 
   /** Publish to a channel (the server requires a subscription to it). */
