@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 
 from .config import HubConfig
 from .errors import Disconnect, DisconnectCode, ErrorCode, HubError
-from .jwks import ASYMMETRIC_ALGORITHMS, Fetch, Jwk, JwksKeys, KeysUnavailable
+from .jwks import ASYMMETRIC_ALGORITHMS, Fetch, Jwk, JwksKeys, KeysUnavailable, fetch_url
 from .ratelimit import KeyedBuckets
 
 __all__ = [
@@ -116,7 +116,7 @@ class TokenVerifier:
                 ttl=config.token_jwks_ttl,
                 refetch_interval=config.token_jwks_refetch_interval,
                 timeout=config.token_jwks_timeout,
-                **({"fetch": fetch} if fetch is not None else {}),
+                fetch=fetch or fetch_url,
             )
         self._audience = config.token_audience
         self._issuer = config.token_issuer
@@ -171,11 +171,11 @@ class TokenVerifier:
 
     def _with_jwk(self, token: str, alg: str, kid: str, keys: list[Jwk]) -> dict[str, Any]:
         if not keys:
-            raise jwt.InvalidKeyError(f"the key set has no key {kid!r}")
+            raise jwt.InvalidKeyError(f"the key set has no key {kid[:64]!r}")
         for jwk in keys:
             if jwk.accepts(alg):
                 return self._verify(token, alg, jwk.key)
-        raise jwt.InvalidAlgorithmError(f"key {kid!r} does not verify {alg!r} tokens")
+        raise jwt.InvalidAlgorithmError(f"key {kid[:64]!r} does not verify {alg!r} tokens")
 
     def _decode(self, token: str) -> dict[str, Any]:
         alg, kid = self._jwks_kid(token)
@@ -183,7 +183,7 @@ class TokenVerifier:
             return self._configured(token, alg)
         keys = self._jwks.cached(kid)
         if not keys:
-            raise KeysUnavailable(f"key {kid!r} not fetched yet")
+            raise KeysUnavailable(f"key {kid[:64]!r} not fetched yet")
         return self._with_jwk(token, alg, kid, keys)
 
     async def _decode_async(self, token: str) -> dict[str, Any]:

@@ -260,3 +260,4 @@ class JwksKeys:
         """Cancel a scheduled fetch (the hub is closing)."""
         if self._next is not None:
             self._next.cancel()
+            self._next = None
