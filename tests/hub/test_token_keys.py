@@ -10,7 +10,10 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 import time
+import urllib.error
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
@@ -23,7 +26,7 @@ from jwt.utils import der_to_raw_signature
 from pulsewire.hub import Disconnect, HubConfig, HubError
 from pulsewire.hub.auth import TokenVerifier
 from pulsewire.hub.config import config_from_dict
-from pulsewire.hub.jwks import JwksKeys, parse_jwks
+from pulsewire.hub.jwks import JwksKeys, fetch_url, parse_jwks
 
 from .fakes import LoopClock
 
@@ -382,6 +385,38 @@ async def test_closing_cancels_a_scheduled_fetch(clock: LoopClock) -> None:
     tokens.close()
     assert await code_of(pending) == 4004  # the hub is closing: the session ends anyway
     assert idp.calls == 1
+
+
+@pytest.fixture
+def http_server() -> Any:
+    """A loopback HTTP server answering ``GET /<status>/<size>`` with that many bytes."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, size = (int(part) for part in self.path.strip("/").split("/"))
+            self.send_response(status)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            self.wfile.write(b" " * size)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+async def test_fetch_url_bounds_what_it_reads(http_server: str) -> None:
+    assert await fetch_url(f"{http_server}/200/1000", 5.0) == b" " * 1000
+    with pytest.raises(ValueError, match="over"):
+        await fetch_url(f"{http_server}/200/{2 << 20}", 5.0)
+    with pytest.raises(urllib.error.HTTPError):
+        await fetch_url(f"{http_server}/503/0", 5.0)
 
 
 def test_jwks_keys_is_configured_from_the_hub_config() -> None:
