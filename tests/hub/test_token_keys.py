@@ -452,8 +452,18 @@ async def test_sessions_when_the_jwks_is_unreachable(local_hub, local_client, hu
     code, reason = await other.wait_closed()
     assert code == 4004 and "unavailable" in (reason or "")
     assert hub.auth_guard.failures["token"] == 0
+    sample = hub.metrics.registry.get_sample_value
+    assert sample("pulsewire_token_keys_up") == 0
+    assert sample("pulsewire_token_key_fetches_total", {"outcome": "error"}) == 3  # interval 0
+    assert sample("pulsewire_token_key_fetches_total", {"outcome": "ok"}) == 1
     # the provider is back with k2: refresh and subscribe work
     idp.down = False
     idp.keys.append(jwk(EC_OTHER, "k2"))
     assert (await client.ok("refresh", {"token": token(EC_OTHER, "ES256", "k2")}))["expires"]
     assert await client.ok("subscribe", {"channel": "priv:x", "token": sub_token}) == {}
+    assert sample("pulsewire_token_keys_up") == 1
+
+
+async def test_no_token_key_metrics_without_a_jwks(local_hub):
+    hub = await local_hub()
+    assert hub.metrics.registry.get_sample_value("pulsewire_token_keys_up") is None

@@ -48,6 +48,7 @@ from .engines.base import (
 from .errors import Disconnect, DisconnectCode, ErrorCode, HubError, UnsubscribeCode
 from .fanout import Fanout, Subscription, first_follows
 from .hooks import call_hook, credentials_from
+from .jwks import TokenKeysCollector
 from .messages import join_push, leave_push, message_push
 from .metrics import HubMetrics
 from .node_watch import NodeWatch
@@ -96,6 +97,7 @@ class Hub:
         """Failed authentications per address: sessions record token failures in it, the
         server layer its API key and /admin password failures (shared by all transports)."""
         self.metrics.registry.register(self.auth_guard.collector())
+        self.metrics.registry.register(TokenKeysCollector(lambda: self.tokens.jwks))
         self.authenticate = authenticate
         self.on_connect = on_connect
         self.on_subscribe = on_subscribe

@@ -22,13 +22,15 @@ import logging
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
@@ -36,6 +38,7 @@ __all__ = [
     "Jwk",
     "JwksKeys",
     "KeysUnavailable",
+    "TokenKeysCollector",
     "check_jwks_url",
     "fetch_url",
     "key_fits",
@@ -179,7 +182,9 @@ class JwksKeys:
         """Why the last fetch failed (None: it succeeded, or none was made)."""
         self._next: asyncio.Task[bool] | None = None
         self.fetches = 0
-        """Fetches made (successful or not)."""
+        """Fetches completed (successful or not)."""
+        self.failures = 0
+        """Fetches that failed."""
 
     def cached(self, kid: str) -> list[Jwk]:
         """The keys with ``kid`` from the last successful fetch, fresh or not (no fetch)."""
@@ -229,13 +234,14 @@ class JwksKeys:
                 if wait > 0:
                     await asyncio.sleep(wait)
             started = self._attempted_at = loop.time()
-            self.fetches += 1
             try:
                 body = await asyncio.wait_for(self._fetch(self.url, self.timeout), self.timeout)
                 keys = parse_jwks(body)
             except Exception as exc:  # any failure: unreachable, HTTP error, bad document
+                self.fetches += 1
                 self._failed(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
                 return False
+            self.fetches += 1
             if self._error is not None:
                 logger.warning("token keys: %s is reachable again", self.url)
             self._keys, self._fetched_at, self._error = keys, started, None
@@ -243,7 +249,13 @@ class JwksKeys:
         finally:
             self._next = None
 
+    @property
+    def failing(self) -> bool:
+        """Whether the last fetch failed (the provider is unreachable, or answers badly)."""
+        return self._error is not None
+
     def _failed(self, error: str) -> None:
+        self.failures += 1
         if self._error is None:  # logged when the outage begins, not on every attempt
             logger.error(
                 "token keys: cannot fetch %s (%s); keeping %d known key(s); tokens "
@@ -261,3 +273,30 @@ class JwksKeys:
         if self._next is not None:
             self._next.cancel()
             self._next = None
+
+
+class TokenKeysCollector(Collector):
+    """Prometheus collector of the JWKS fetches of ``source()``, the hub's current keys
+    (a reload replaces them): ``pulsewire_token_key_fetches_total{outcome="ok|error"}`` and
+    ``pulsewire_token_keys_up`` (0 while the last fetch failed). Nothing without a JWKS."""
+
+    def __init__(self, source: Callable[[], JwksKeys | None]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        keys = self.source()
+        if keys is None:
+            return
+        fetches = CounterMetricFamily(
+            "pulsewire_token_key_fetches",
+            "Fetches of the token keys (token_jwks_url), by outcome",
+            labels=["outcome"],
+        )
+        fetches.add_metric(["ok"], keys.fetches - keys.failures)
+        fetches.add_metric(["error"], keys.failures)
+        yield fetches
+        yield GaugeMetricFamily(
+            "pulsewire_token_keys_up",
+            "0 while the last fetch of the token keys (token_jwks_url) failed, else 1",
+            value=0 if keys.failing else 1,
+        )
