@@ -104,6 +104,7 @@ LAYERS: dict[str, int] = {
     "sync": 1,
     "hub": 2,
     "transports": 3,
+    "client": 3,  # pulsewire.client: the hub client, on aio/ and the hub's wire codecs
     "demos": 4,
     "server": 5,
     "": 6,  # pulsewire/__init__.py, the package's public names
