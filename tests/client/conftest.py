@@ -7,6 +7,8 @@
 * ``ws_url(server)``: the server's client endpoint.
 * ``make_token(user, ttl=3600, **claims)``: an HS256 connection token for the test secret.
 * ``uniq(namespace)``: a channel name unique to the test.
+* ``fake_hub``: a :class:`FakeHub` (``fakehub.py``): a WebSocket server whose connections
+  the test scripts by hand.
 * ``fast``: client options for tests (short reconnect delays, short timeout).
 """
 
@@ -21,8 +23,11 @@ from typing import Any
 import jwt
 import pytest
 
+import pulsewire
 from pulsewire.hub import ChannelOptions, Hub, HubConfig
 from pulsewire.server.app import HubServer
+
+from .fakehub import FakeHub
 
 HOST = "127.0.0.1"
 SECRET = "client-test-secret-0123456789abcdef"
@@ -101,3 +106,15 @@ async def hub_server() -> AsyncIterator[Callable[..., Awaitable[HubServer]]]:
     yield start
     for server in servers:
         await asyncio.wait_for(server.close(), 10)
+
+
+@pytest.fixture
+async def fake_hub() -> AsyncIterator[FakeHub]:
+    fake = FakeHub()
+    server = await pulsewire.serve(fake.handler, HOST, 0, subprotocols=["pulsewire.v1.json"])
+    fake.url = f"ws://{HOST}:{server.port}/connection/websocket"
+    yield fake
+    for session in fake.all:
+        session.done.set()
+    server.close()
+    await asyncio.wait_for(server.wait_closed(), 10)

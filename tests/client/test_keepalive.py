@@ -1,0 +1,52 @@
+"""Idle pings: a ping after ``ping_interval`` without a message; no reply within
+``ping_timeout`` counts as a lost connection (4005) and the client reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pulsewire.client
+from pulsewire.client import ClientError, StateChange
+
+from .fakehub import FakeHub
+
+CONNECTED = {"client": "c1", "user": "u", "version": 1, "node": "n1", "transport": "websocket"}
+
+
+async def test_unanswered_ping_reconnects(fake_hub: FakeHub) -> None:
+    changes: list[StateChange] = []
+    connecting = asyncio.ensure_future(
+        pulsewire.client.connect(
+            fake_hub.url,
+            token="t",
+            ping_interval=0.05,
+            ping_timeout=0.1,
+            min_reconnect_delay=0.01,
+            on_state=changes.append,
+        )
+    )
+    session = await fake_hub.session()
+    await session.reply(await session.command("connect"), CONNECTED)
+    client = await connecting
+    try:
+        await session.command("ping")  # not answered
+        second = await fake_hub.session()
+        await second.reply(await second.command("connect"), CONNECTED)
+        await client.ready()
+        lost = [c for c in changes if c.state == "disconnected"]
+        assert [(c.code, c.reason) for c in lost] == [(4005, "no reply to ping")]
+    finally:
+        await client.close()
+
+
+async def test_connect_error_reply_retries(fake_hub: FakeHub) -> None:
+    connecting = asyncio.ensure_future(
+        pulsewire.client.connect(fake_hub.url, token="t", min_reconnect_delay=0.01)
+    )
+    session = await fake_hub.session()
+    await session.error(await session.command("connect"), 100, "hook failed")
+    second = await fake_hub.session()
+    await second.reply(await second.command("connect"), CONNECTED)
+    client = await connecting
+    assert isinstance(client.last_error, ClientError) and client.last_error.code == 100
+    await client.close()

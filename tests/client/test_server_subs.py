@@ -1,0 +1,126 @@
+"""Server-side subscriptions (docs: serversubs wire format), against a scripted fake hub:
+``server_subs`` in the connect result, ``subscribe`` pushes, positions sent back in
+``connect``'s ``server_subs`` on reconnect, recovery and its failure, the end of one."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import pulsewire.client
+from pulsewire.client import ClientError, Publication, Subscribed, Unsubscribed
+
+from .fakehub import FakeHub
+
+FAST = {"min_reconnect_delay": 0.01, "max_reconnect_delay": 0.02, "timeout": 5.0}
+CONNECTED = {"client": "c1", "user": "u", "version": 1, "node": "n1", "transport": "websocket"}
+
+
+async def next_events(sub: pulsewire.client.Subscription, n: int) -> list[object]:
+    async def collect() -> list[object]:
+        events: list[object] = []
+        async for event in sub.events():
+            events.append(event)
+            if len(events) == n:
+                break
+        return events
+
+    return await asyncio.wait_for(collect(), 5)
+
+
+async def test_server_side_subscriptions(fake_hub: FakeHub) -> None:
+    connecting = asyncio.ensure_future(pulsewire.client.connect(fake_hub.url, token="t", **FAST))
+    session = await fake_hub.session()
+    connect = await session.command("connect")
+    assert "server_subs" not in connect["params"]  # nothing to recover yet
+    await session.reply(
+        connect,
+        {
+            **CONNECTED,
+            "server_subs": {
+                "personal:#u": {"recoverable": True, "epoch": "E", "offset": 5},
+                "broken:x": {"error": {"code": 102, "message": "unknown namespace 'broken'"}},
+            },
+        },
+    )
+    client = await connecting
+    try:
+        personal = client.subscriptions["personal:#u"]
+        assert personal.server_side and personal.state == "subscribed"
+        assert personal.position == (5, "E")
+        assert "broken:x" not in client.subscriptions
+
+        # publications, and one made after connect by a push
+        await session.push("publication", channel="personal:#u", data="p6", offset=6)
+        await session.push("subscribe", channel="team:1", recoverable=True, epoch="T", offset=0)
+        await session.push("publication", channel="team:1", data="t1", offset=1)
+        await session.push("publication", channel="personal:#u", data="p7", offset=7)
+        subs = client.server_subscriptions()
+        assert await asyncio.wait_for(subs.__anext__(), 5) is personal
+        team = await asyncio.wait_for(subs.__anext__(), 5)
+        assert team.channel == "team:1" and team.server_side
+        assert [e.data for e in await next_events(team, 2) if isinstance(e, Publication)] == ["t1"]
+        events = await next_events(personal, 3)
+        assert [e.data for e in events if isinstance(e, Publication)] == ["p6", "p7"]
+        with pytest.raises(ClientError) as refused:
+            await personal.unsubscribe()
+        assert refused.value.code == 103
+
+        # reconnect: the positions go back in server_subs; team:1 is not subscribed again
+        await session.close(4000, "restart")
+        session = await fake_hub.session()
+        connect = await session.command("connect")
+        assert connect["params"]["server_subs"] == {
+            "personal:#u": {"recover": True, "offset": 7, "epoch": "E"},
+            "team:1": {"recover": True, "offset": 1, "epoch": "T"},
+        }
+        await session.reply(
+            connect,
+            {
+                **CONNECTED,
+                "server_subs": {
+                    "personal:#u": {
+                        "recoverable": True,
+                        "epoch": "E",
+                        "offset": 9,
+                        "recovered": True,
+                        "publications": [
+                            {"data": "p7", "offset": 7},
+                            {"data": "p8", "offset": 8},
+                            {"data": "p9", "offset": 9},
+                        ],
+                    }
+                },
+            },
+        )
+        events = await next_events(personal, 3)
+        assert isinstance(events[0], Subscribed) and events[0].recovered and events[0].server_side
+        assert [(e.offset, e.data) for e in events[1:]] == [(8, "p8"), (9, "p9")]  # 7: once
+        ended = await next_events(team, 2)
+        assert isinstance(ended[-1], Unsubscribed) and "team:1" not in client.subscriptions
+
+        # insufficient state: the server resubscribes it itself, recovery failed
+        await session.push(
+            "subscribe",
+            channel="personal:#u",
+            recoverable=True,
+            epoch="E2",
+            offset=3,
+            recovered=False,
+            publications=[],
+        )
+        await session.push("publication", channel="personal:#u", data="q4", offset=4)
+        events = await next_events(personal, 2)
+        assert isinstance(events[0], Subscribed)
+        assert (events[0].recovering, events[0].recovered) == (True, False)
+        assert (events[1].offset, events[1].data) == (4, "q4")
+        assert personal.position == (4, "E2")
+
+        # the server ends it
+        await session.push(
+            "unsubscribe", channel="personal:#u", code=2000, reason="gone", resubscribe=False
+        )
+        assert [e async for e in personal.events()][-1] == Unsubscribed("personal:#u", 2000, "gone")
+    finally:
+        await client.close()
