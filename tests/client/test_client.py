@@ -206,3 +206,12 @@ async def test_bad_data_fails_the_call_not_the_connection(hub_server, make_token
             await client.publish(channel, {1, 2})
         assert client.state == "connected"
         await client.ping()
+
+
+async def test_send_without_an_on_message_hook(hub_server, make_token, fast):
+    server = await hub_server()
+    async with pulsewire.client.connect(ws_url(server), token=make_token("s"), **fast) as client:
+        with pytest.raises(ClientError) as failed:
+            await client.send({"hello": "app"})
+        assert failed.value.code == 104
+        assert client.state == "connected"

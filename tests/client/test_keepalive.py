@@ -50,3 +50,16 @@ async def test_connect_error_reply_retries(fake_hub: FakeHub) -> None:
     client = await connecting
     assert isinstance(client.last_error, ClientError) and client.last_error.code == 100
     await client.close()
+
+
+async def test_send(fake_hub: FakeHub) -> None:
+    connecting = asyncio.ensure_future(pulsewire.client.connect(fake_hub.url, token="t"))
+    session = await fake_hub.session()
+    await session.reply(await session.command("connect"), CONNECTED)
+    client = await connecting
+    sending = asyncio.ensure_future(client.send({"to": "app"}))
+    command = await session.command("send")
+    assert command["params"] == {"data": {"to": "app"}}
+    await session.reply(command, {})
+    assert await sending is None
+    await client.close()
