@@ -43,13 +43,20 @@ class Clock:
 
 
 async def events_until(sub: pulsewire.client.Subscription, offset: int) -> list[Any]:
-    """The subscription's events up to the publication with ``offset``."""
-    events = []
-    async for event in sub.events():
-        events.append(event)
-        if isinstance(event, Publication) and event.offset == offset:
-            return events
-    raise AssertionError(f"the subscription ended before offset {offset}: {events}")
+    """The subscription's events up to the publication with ``offset`` (within 5 s)."""
+    events: list[Any] = []
+
+    async def collect() -> list[Any]:
+        async for event in sub.events():
+            events.append(event)
+            if isinstance(event, Publication) and event.offset == offset:
+                return events
+        raise AssertionError(f"the subscription ended before offset {offset}: {events}")
+
+    try:
+        return await asyncio.wait_for(collect(), 5)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"no offset {offset} in 5 s: {events}") from None
 
 
 def publications(events: list[Any]) -> list[tuple[int | None, Any]]:
@@ -154,15 +161,17 @@ async def test_get_token_on_expiry(hub_server, make_token, uniq, fast):
 async def test_refresh(hub_server, make_token, fast):
     server = await hub_server()
     tokens = iter([make_token("r", ttl=3), make_token("r", ttl=600)])
+    changes: list[StateChange] = []
     async with pulsewire.client.connect(
-        ws_url(server), get_token=lambda: next(tokens), **fast
+        ws_url(server), get_token=lambda: next(tokens), on_state=changes.append, **fast
     ) as client:
         assert client.ttl is not None and client.ttl <= 3
+        first_id = client.id
         # refreshed at 90% of the ttl, before the hub would end the session (4002)
         await until(lambda: client.ttl is not None and client.ttl > 500, timeout=10)
-        first_id = client.id
         await client.ping()
         assert client.id == first_id and client.state == "connected"
+        assert [c.state for c in changes] == ["connecting", "connected"]  # no reconnect
         assert await client.refresh(make_token("r", ttl=None)) is None
 
 

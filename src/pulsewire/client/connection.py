@@ -157,6 +157,8 @@ class Connection:
             self._finish()
 
     def _dispatch(self, message: dict[str, Any]) -> None:
+        if self._own_end is not None:
+            return  # ended by this side (closed, no reply to a ping): nothing more counts
         cid = message.get("id")
         if isinstance(cid, int) and cid > 0:
             self._reply(cid, message)
