@@ -11,6 +11,7 @@ import pytest
 import pulsewire.client
 from pulsewire.client import ClientError, Publication, Subscribed, Unsubscribed
 
+from .conftest import until
 from .fakehub import FakeHub
 
 FAST = {"min_reconnect_delay": 0.01, "max_reconnect_delay": 0.02, "timeout": 5.0}
@@ -124,3 +125,25 @@ async def test_server_side_subscriptions(fake_hub: FakeHub) -> None:
         assert [e async for e in personal.events()][-1] == Unsubscribed("personal:#u", 2000, "gone")
     finally:
         await client.close()
+
+
+async def test_on_server_subscription_callback(fake_hub: FakeHub) -> None:
+    announced: list[pulsewire.client.Subscription] = []
+    connecting = asyncio.ensure_future(
+        pulsewire.client.connect(
+            fake_hub.url, token="t", on_server_subscription=announced.append, **FAST
+        )
+    )
+    session = await fake_hub.session()
+    await session.reply(await session.command("connect"), {**CONNECTED, "server_subs": {"a:1": {}}})
+    client = await connecting
+    await session.push("subscribe", channel="b:2")
+    await session.push("publication", channel="b:2", data="hello")
+    await session.push("unsubscribe", channel="b:2", code=2000, reason="gone", resubscribe=False)
+    await until(lambda: len(announced) == 2)
+    assert [sub.channel for sub in announced] == ["a:1", "b:2"]
+    events = await next_events(announced[1], 3)  # queued, also after it ended
+    assert "b:2" not in client.subscriptions
+    assert [type(e).__name__ for e in events] == ["Subscribed", "Publication", "Unsubscribed"]
+    assert announced[0].position is None and announced[0].state == "subscribed"
+    await client.close()

@@ -24,7 +24,7 @@ from .backoff import Backoff
 from .connection import CODECS, Connection, Push
 from .errors import ClientClosed, ClientError, ClientTimeout, ConnectionLost
 from .feed import Feed
-from .registry import Batch, Registry
+from .registry import TEMPORARY_ERRORS, Batch, Registry
 from .subscription import Callback, Subscription, call_back
 from .tokens import TokenGetter, fetch_token
 from .types import (
@@ -505,17 +505,32 @@ class Client:
                 return
 
     async def _refresh(self, conn: Connection) -> None:
-        """Refresh expiring credentials through ``get_token`` before they run out."""
+        """Refresh expiring credentials through ``get_token`` at 90% of their ttl; after a
+        temporary failure (108, e.g. the hub cannot fetch its token keys; 111; no reply;
+        ``get_token`` failing) try again a little later, with backoff."""
+        retry = Backoff(0.5, 20.0, random=self._random)
+        delay: float | None = None
         while self._get_token is not None and self.ttl is not None:
-            await asyncio.sleep(max(1.0, self.ttl * 0.9))
+            await asyncio.sleep(max(1.0, self.ttl * 0.9) if delay is None else delay)
             if self._conn is not conn:
                 return
             try:
                 await self.refresh()
-            except ClientError as exc:
-                # The session ends with 4002 when they expire; the reconnect gets a new token.
-                logger.warning("pulsewire.client: token refresh failed: %s", exc)
+            except ConnectionLost:
                 return
+            except Exception as exc:
+                temporary = not isinstance(exc, ClientError) or exc.code in TEMPORARY_ERRORS
+                logger.warning(
+                    "pulsewire.client: token refresh failed%s: %s",
+                    ", trying again" if temporary else "",
+                    exc,
+                )
+                if not temporary:
+                    return  # the session ends with 4002; the reconnect gets a new token
+                delay = 0.5 + retry.next_delay()
+            else:
+                retry.reset()
+                delay = None
 
     def _stop(self, error: ClientClosed | None) -> None:
         if self.state == "closed":
