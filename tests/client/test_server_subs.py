@@ -10,8 +10,9 @@ import pytest
 
 import pulsewire.client
 from pulsewire.client import ClientError, Publication, Subscribed, Unsubscribed
+from pulsewire.hub import Hub
 
-from .conftest import until
+from .conftest import until, ws_url
 from .fakehub import FakeHub
 
 FAST = {"min_reconnect_delay": 0.01, "max_reconnect_delay": 0.02, "timeout": 5.0}
@@ -147,3 +148,50 @@ async def test_on_server_subscription_callback(fake_hub: FakeHub) -> None:
     assert [type(e).__name__ for e in events] == ["Subscribed", "Publication", "Unsubscribed"]
     assert announced[0].position is None and announced[0].state == "subscribed"
     await client.close()
+
+
+@pytest.mark.skipif(
+    not hasattr(Hub, "subscribe_user"),
+    reason="the hub has no server-side subscriptions yet (branch serversubs)",
+)
+async def test_against_the_hub(hub_server, make_token, uniq) -> None:
+    gate = asyncio.Event()
+    gate.set()
+
+    async def on_connect(session: object) -> None:
+        await gate.wait()
+
+    server = await hub_server(on_connect=on_connect)
+    personal, team = "hist:#srv", uniq("hist")
+    token = make_token("srv", subs=[personal])
+    async with pulsewire.client.connect(ws_url(server), token=token, **FAST) as client:
+        sub = client.subscriptions[personal]
+        assert sub.server_side and sub.state == "subscribed" and sub.recoverable
+        await server.hub.publish(personal, "p1")
+        await server.hub.subscribe_user("srv", team)
+        subs = client.server_subscriptions()
+        assert await asyncio.wait_for(subs.__anext__(), 5) is sub
+        team_sub = await asyncio.wait_for(subs.__anext__(), 5)
+        assert team_sub.channel == team and team_sub.server_side
+        await server.hub.publish(team, "t1")
+        assert [e.data for e in await next_events(team_sub, 2) if isinstance(e, Publication)] == [
+            "t1"
+        ]
+        # reconnect: what was missed while away is recovered; the token's subs come back,
+        # the one made by subscribe_user is not made again (the client drops it)
+        gate.clear()
+        await server.hub.disconnect_user("srv", code=4000, reason="restart")
+        await until(lambda: client.state == "connecting")
+        await server.hub.publish(personal, "p2")
+        gate.set()
+        events = await next_events(sub, 4)
+        assert isinstance(events[-2], Subscribed) and events[-2].recovered
+        assert [(e.offset, e.data) for e in events if isinstance(e, Publication)] == [
+            (1, "p1"),
+            (2, "p2"),
+        ]
+        with pytest.raises(ClientError) as refused:
+            await sub.unsubscribe()
+        assert refused.value.code == 103
+        assert team not in client.subscriptions
+        assert isinstance((await next_events(team_sub, 1))[0], Unsubscribed)
