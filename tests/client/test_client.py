@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from pulsewire.client import (
     Publication,
     Subscribed,
 )
+from pulsewire.hub import Hub
 
 from .conftest import hub_config, ws_url
 
@@ -215,3 +217,19 @@ async def test_send_without_an_on_message_hook(hub_server, make_token, fast):
             await client.send({"hello": "app"})
         assert failed.value.code == 104
         assert client.state == "connected"
+
+
+@pytest.mark.skipif(
+    "on_message" not in inspect.signature(Hub).parameters,
+    reason="the hub has no send command yet (branch jwks)",
+)
+async def test_send_to_the_on_message_hook(hub_server, make_token, fast):
+    got: list[tuple[str, Any]] = []
+
+    def on_message(session: Any, data: Any) -> None:
+        got.append((session.user, data))
+
+    server = await hub_server(on_message=on_message)
+    async with pulsewire.client.connect(ws_url(server), token=make_token("s"), **fast) as client:
+        assert await client.send({"hello": "app"}) is None
+    assert got == [("s", {"hello": "app"})]
