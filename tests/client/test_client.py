@@ -23,7 +23,7 @@ from pulsewire.client import (
 )
 from pulsewire.hub import Hub
 
-from .conftest import hub_config, ws_url
+from .conftest import hub_config, until, ws_url
 
 
 async def take(sub: pulsewire.client.Subscription, n: int) -> list[Publication]:
@@ -233,3 +233,22 @@ async def test_send_to_the_on_message_hook(hub_server, make_token, fast):
     async with pulsewire.client.connect(ws_url(server), token=make_token("s"), **fast) as client:
         assert await client.send({"hello": "app"}) is None
     assert got == [("s", {"hello": "app"})]
+
+
+async def test_close_ends_the_session_normally(hub_server, make_token, uniq, fast):
+    ended: list[tuple[int, str]] = []
+
+    def on_disconnect(session: Any, code: int, reason: str) -> None:
+        ended.append((code, reason))
+
+    server = await hub_server(on_disconnect=on_disconnect)
+    client = await pulsewire.client.connect(ws_url(server), token=make_token("c"), **fast)
+    sub = await client.subscribe(uniq("pub"))
+    assert len(server.hub.sessions) == 1
+    await client.close()
+    await until(lambda: not server.hub.sessions)
+    assert ended == [(1000, "client closed")]
+    assert sub.ended is not None and sub.ended.code == 0
+    await client.close()  # twice is fine
+    with pytest.raises(ClientClosed):
+        await client.subscribe("pub:again")

@@ -172,13 +172,13 @@ class Client:
         if self.state == "closed":
             return
         self._closing = True
-        conn = self._conn
-        if conn is not None:
-            await conn.close(1000, "client closed")
         runner = self._runner
         if runner is not None and runner is not asyncio.current_task():
-            runner.cancel()
+            runner.cancel()  # it closes the connection it holds (closing handshake)
             await asyncio.gather(runner, return_exceptions=True)
+        conn = self._conn
+        if conn is not None and conn.is_open:
+            await conn.close(1000, "client closed")
         self._stop(None)
 
     async def __aenter__(self) -> Client:
@@ -475,6 +475,9 @@ class Client:
         helpers = [loop.create_task(self._keep_alive(conn)), loop.create_task(self._refresh(conn))]
         try:
             code, reason = await asyncio.shield(conn.ended)
+        except asyncio.CancelledError:  # close(): end the connection properly
+            await conn.close(1000, "client closed")
+            raise
         finally:
             for task in helpers:
                 task.cancel()

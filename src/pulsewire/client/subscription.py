@@ -163,13 +163,15 @@ class Subscription:
     async def ready(self, timeout: float | None = None) -> Subscription:
         """Wait until subscribed (raises what ended the subscription, or ClientTimeout)."""
         timeout = self._host.timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         while self.state != "subscribed":
             if self.state == "unsubscribed":
                 raise self._failure or ClientError(113, f"not subscribed to {self.channel}")
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = loop.create_future()
             self._state_waiters.append(waiter)
             try:
-                await asyncio.wait_for(waiter, timeout)
+                await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
                 raise ClientTimeout(f"not subscribed to {self.channel} in {timeout} s") from None
         return self
