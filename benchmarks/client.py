@@ -12,7 +12,7 @@
 One process: the hub (a ``HubServer`` on the in-memory engine) and the client share the
 event loop, so the numbers include the hub's own work; compare runs on one machine.
 
-    .venv/bin/python benchmarks/client.py           # ~10 s
+    .venv/bin/python benchmarks/client.py           # a few seconds
 """
 
 from __future__ import annotations
