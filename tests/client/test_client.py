@@ -252,3 +252,17 @@ async def test_close_ends_the_session_normally(hub_server, make_token, uniq, fas
     await client.close()  # twice is fine
     with pytest.raises(ClientClosed):
         await client.subscribe("pub:again")
+
+
+@pytest.mark.parametrize(
+    ("urls", "options", "message"),
+    [
+        ("http://127.0.0.1:8000/connection/websocket", {}, "not a ws:// or wss:// URI"),
+        ([], {}, "at least one URL"),
+        ("ws://127.0.0.1:8000/", {"codec": "xml"}, "codec must be one of"),
+        ("ws://127.0.0.1:8000/", {"min_reconnect_delay": 5, "max_reconnect_delay": 1}, "min_"),
+    ],
+)
+def test_bad_options_fail_at_once(urls: Any, options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        pulsewire.client.connect(urls, **options)

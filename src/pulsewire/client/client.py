@@ -20,6 +20,7 @@ from typing import Any
 from ..hub.errors import DisconnectCode, ErrorCode, reconnects
 from ..hub.wire import PROTOCOL_VERSION
 from ..protocol.errors import InvalidHandshake, InvalidStatus
+from ..protocol.handshake import parse_uri
 from .backoff import Backoff
 from .connection import CODECS, Connection, Push
 from .errors import ClientClosed, ClientError, ClientTimeout, ConnectionLost
@@ -91,6 +92,8 @@ class Client:
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         if not self.urls:
             raise ValueError("give at least one URL")
+        for url in self.urls:
+            parse_uri(url)  # a ValueError now rather than failed attempts until the timeout
         if codec not in CODECS:
             raise ValueError(f"codec must be one of {sorted(CODECS)}, not {codec!r}")
         self.codec = codec
