@@ -18,9 +18,10 @@ docs/client.md. ``pulsewire.client.sync`` runs it on a background thread for scr
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator
 from typing import Any
 
+from ..aio.signatures import forwards_to
 from .backoff import Backoff
 from .client import Client
 from .errors import ClientClosed, ClientError, ClientTimeout, ConnectionLost
@@ -71,8 +72,8 @@ class Connect:
     """What :func:`connect` returns: ``await`` it, or use it with ``async with`` (which
     closes the client on exit)."""
 
-    def __init__(self, urls: str | Sequence[str], **options: Any) -> None:
-        self.client = Client(urls, **options)
+    def __init__(self, client: Client) -> None:
+        self.client = client
 
     def __await__(self) -> Generator[Any, None, Client]:
         return self.client.start().__await__()
@@ -84,7 +85,8 @@ class Connect:
         await self.client.close()
 
 
-def connect(urls: str | Sequence[str], **options: Any) -> Connect:
+@forwards_to(Client)
+def connect(*args: Any, **options: Any) -> Connect:
     """Connect to the hub at ``urls`` (a WebSocket URL such as
     ``ws://127.0.0.1:8000/connection/websocket``, or a list of them: the nodes of a
     cluster). ``async with connect(...) as client:`` or ``client = await connect(...)``.
@@ -99,4 +101,4 @@ def connect(urls: str | Sequence[str], **options: Any) -> Connect:
     for good (e.g. 4500 invalid token, 4503 a token is required), :class:`ClientTimeout`
     when no connection succeeded within ``timeout``.
     """
-    return Connect(urls, **options)
+    return Connect(Client(*args, **options))

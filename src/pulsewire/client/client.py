@@ -15,7 +15,7 @@ import random
 import re
 import types
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from ..hub.errors import DisconnectCode, ErrorCode, reconnects
 from ..hub.wire import PROTOCOL_VERSION
@@ -76,7 +76,7 @@ class Client:
         *,
         token: str | None = None,
         get_token: TokenGetter | None = None,
-        codec: str = "json",
+        codec: Literal["json", "msgpack"] = "json",
         data: Any = None,
         timeout: float = 10.0,
         min_reconnect_delay: float = 0.5,

@@ -26,6 +26,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
+from ..aio.signatures import forwards_to
 from .client import Client as AsyncClient
 from .subscription import Subscription as AsyncSubscription
 from .types import (
@@ -282,8 +283,9 @@ async def _make(urls: str | Sequence[str], options: dict[str, Any]) -> AsyncClie
     return AsyncClient(urls, **options)  # made on the loop that will run it
 
 
-def connect(urls: str | Sequence[str], **options: Any) -> Client:
+@forwards_to(AsyncClient)
+def connect(*args: Any, **options: Any) -> Client:
     """Connect to the hub (the options of :func:`pulsewire.client.connect`) and return a
     connected :class:`Client`; use it with ``with`` to close it. Raises like the asyncio
     ``connect``: ClientClosed (refused for good), ClientTimeout."""
-    return Client(urls, **options).connect()
+    return Client(*args, **options).connect()
