@@ -219,3 +219,21 @@ async def test_first_connection_times_out_with_the_last_error(make_token):
             dead, token=make_token("x"), timeout=0.3, min_reconnect_delay=0.01
         )
     assert "last error" in str(timed_out.value)
+
+
+async def test_a_recovery_larger_than_a_mebibyte(hub_server, make_token, uniq, fast):
+    gate = Gate()
+    server = await hub_server(on_connect=gate)
+    channel = uniq("hist")
+    big = "x" * 60_000
+    async with pulsewire.client.connect(ws_url(server), token=make_token("big"), **fast) as client:
+        sub = await client.subscribe(channel)
+        gate.open.clear()
+        await server.hub.disconnect_user("big", code=4000, reason="bye")
+        await until(lambda: gate.waiting == 2)
+        for n in range(1, 26):  # 1.5 MB in the one connect reply
+            await server.hub.publish(channel, f"{n}{big}")
+        gate.open.set()
+        events = await events_until(sub, 25)
+    assert [e.offset for e in events if isinstance(e, Publication)] == list(range(1, 26))
+    assert sub.recovered

@@ -72,7 +72,9 @@ class Connection:
         ws_options: Mapping[str, Any],
     ) -> Connection:
         """Open a WebSocket to ``url`` offering the subprotocol of ``codec``."""
-        options = {"ping_interval": None, "open_timeout": timeout, **ws_options}
+        # No size limit by default: one reply may carry a whole recovery (history_size
+        # publications of up to the hub's message size each). Pings: the client's own.
+        options = {"ping_interval": None, "max_size": None, "open_timeout": timeout, **ws_options}
         ws = await ws_connect(url, subprotocols=[CODECS[codec]], **options)
         return cls(ws, url, on_push)
 
