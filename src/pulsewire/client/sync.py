@@ -201,6 +201,7 @@ class Client:
             return
         try:
             self._loop.run(self.aio.close())
+            self._loop.run(self._loop.loop.shutdown_asyncgens())  # iterators left open
         finally:
             self._loop.stop()
 
