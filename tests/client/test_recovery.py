@@ -237,12 +237,3 @@ async def test_a_recovery_larger_than_a_mebibyte(hub_server, make_token, uniq, f
         events = await events_until(sub, 25)
     assert [e.offset for e in events if isinstance(e, Publication)] == list(range(1, 26))
     assert sub.recovered
-
-
-async def test_expired_token_without_get_token_closes(hub_server, make_token, fast):
-    server = await hub_server()
-    async with pulsewire.client.connect(ws_url(server), token=make_token("e"), **fast) as client:
-        await server.hub.disconnect_user("e", code=4002, reason="token expired")
-        await until(lambda: client.state == "closed")
-        assert isinstance(client.last_error, ClientClosed)
-        assert client.last_error.code == 4002

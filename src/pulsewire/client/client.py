@@ -396,7 +396,7 @@ class Client:
                 code, reason = (
                     (exc.code, exc.reason) if isinstance(exc, _Ended) else (1006, str(exc))
                 )
-                if not self._may_reconnect(code):
+                if not reconnects(code):
                     self._stop(ClientClosed(code, reason))
                     return
                 if not isinstance(exc, (_Ended, ClientError, OSError, InvalidHandshake)):
@@ -407,7 +407,7 @@ class Client:
                 code, reason = await self._serve(conn)
                 if self._closing:
                     return
-                if not self._may_reconnect(code):
+                if not reconnects(code):
                     self._stop(ClientClosed(code, reason))
                     return
                 self.last_error = ConnectionLost(f"{url}: {code} {reason}")
@@ -417,13 +417,6 @@ class Client:
             self._url_index = (self._url_index + 1) % len(self.urls)
             self._set_state("disconnected", code, reason)
             await asyncio.sleep(max(delay, self._backoff.next_delay()))
-
-    def _may_reconnect(self, code: int) -> bool:
-        """Not after 4500-4999; not after 4002 (token expired) without ``get_token``: the
-        same token would be refused again, forever."""
-        if code == DisconnectCode.TOKEN_EXPIRED and self._get_token is None:
-            return False
-        return reconnects(code)
 
     async def _open(self, url: str) -> Connection:
         """A connection with ``connect`` answered (applied by :meth:`_connected`)."""
