@@ -237,3 +237,21 @@ async def test_a_recovery_larger_than_a_mebibyte(hub_server, make_token, uniq, f
         events = await events_until(sub, 25)
     assert [e.offset for e in events if isinstance(e, Publication)] == list(range(1, 26))
     assert sub.recovered
+
+
+async def test_expired_token_replaced_by_the_application(hub_server, make_token, fast):
+    server = await hub_server()
+    changes: list[StateChange] = []
+    client = await pulsewire.client.connect(
+        ws_url(server), token=make_token("e"), on_state=changes.append, **fast
+    )
+    try:
+        first_id = client.id
+        client.token = make_token("e", ttl=-60)  # what the next connects send: refused, 4002
+        await server.hub.disconnect_user("e", code=4002, reason="token expired")
+        await until(lambda: sum(c.code == 4002 for c in changes) >= 2)
+        assert client.state != "closed"
+        client.token = make_token("e")
+        await until(lambda: client.state == "connected" and client.id != first_id)
+    finally:
+        await client.close()

@@ -147,6 +147,17 @@ class Client:
     # -------------------------------------------------------------------- the connection
 
     @property
+    def token(self) -> str | None:
+        """The connection token sent with the next ``connect`` (set it to replace an expired
+        one when there is no ``get_token``)."""
+        return self._token
+
+    @token.setter
+    def token(self, token: str | None) -> None:
+        self._token = token or None
+        self._need_token = False
+
+    @property
     def subscriptions(self) -> Mapping[str, Subscription]:
         """Every subscription, by channel: the application's and the server-side ones."""
         return types.MappingProxyType(self._registry.subs)
