@@ -22,6 +22,7 @@ from ..hub.wire import PROTOCOL_VERSION
 from ..protocol.errors import InvalidHandshake, InvalidStatus
 from ..protocol.handshake import parse_uri
 from .backoff import Backoff
+from .commands import Commands
 from .connection import CODECS, Connection, Push
 from .errors import ClientClosed, ClientError, ClientTimeout, ConnectionLost
 from .feed import Feed
@@ -29,12 +30,8 @@ from .registry import TEMPORARY_ERRORS, Batch, Registry
 from .subscription import Callback, Subscription, call_back
 from .tokens import TokenGetter, fetch_token
 from .types import (
-    ClientInfo,
-    HistoryResult,
     Message,
     Position,
-    PresenceStats,
-    Publication,
     State,
     StateChange,
 )
@@ -56,12 +53,7 @@ class _Ended(Exception):
         self.reason = reason
 
 
-def _position(result: Mapping[str, Any]) -> Position | None:
-    offset, epoch = result.get("offset"), result.get("epoch")
-    return Position(offset, str(epoch)) if isinstance(offset, int) else None
-
-
-class Client:
+class Client(Commands):
     """A client of the hub at ``urls`` (one WebSocket URL, or several nodes of a cluster:
     the client moves to the next one whenever a connection fails or is lost).
 
@@ -276,70 +268,6 @@ class Client:
             except ClientError:
                 pass  # not subscribed (113) or the connection is gone: either way, done
 
-    async def publish(
-        self, channel: str, data: Any, *, idempotency_key: str | None = None
-    ) -> Position | None:
-        """Publish ``data`` (any JSON value) to ``channel``; the hub requires a subscription
-        to it (waited for if it is being made). Returns the publication's position in
-        channels with history, else None. ``idempotency_key``: see docs/protocol.md,
-        "Publishing exactly once"."""
-        sub = self._registry.subs.get(channel)
-        if sub is not None and sub.state == "subscribing":
-            await sub.ready()
-        params: dict[str, Any] = {"channel": channel, "data": data}
-        if idempotency_key is not None:
-            params["idempotency_key"] = idempotency_key
-        return _position(await self._call("publish", params))
-
-    async def presence(self, channel: str) -> dict[str, ClientInfo]:
-        """Who is subscribed to ``channel`` (with presence), by client id."""
-        clients = (await self._call("presence", {"channel": channel})).get("clients")
-        found = {}
-        for client_id, info in (clients if isinstance(clients, Mapping) else {}).items():
-            parsed = ClientInfo.from_wire(info)
-            if parsed is not None:
-                found[str(client_id)] = parsed
-        return found
-
-    async def presence_stats(self, channel: str) -> PresenceStats:
-        """How many clients and distinct users are subscribed to ``channel``."""
-        result = await self._call("presence_stats", {"channel": channel})
-        return PresenceStats(int(result.get("num_clients", 0)), int(result.get("num_users", 0)))
-
-    async def history(
-        self,
-        channel: str,
-        *,
-        limit: int | None = None,
-        since: Position | tuple[int, str] | None = None,
-        reverse: bool = False,
-    ) -> HistoryResult:
-        """Publications kept in ``channel``'s history: at most ``limit``, after ``since``,
-        newest first with ``reverse``; and the stream's current position."""
-        params: dict[str, Any] = {"channel": channel}
-        if limit is not None:
-            params["limit"] = limit
-        if since is not None:
-            params["since"] = {"offset": since[0], "epoch": since[1]}
-        if reverse:
-            params["reverse"] = True
-        result = await self._call("history", params)
-        pubs = result.get("publications")
-        publications = [
-            Publication.from_wire(channel, pub)
-            for pub in (pubs if isinstance(pubs, list) else ())
-            if isinstance(pub, Mapping)
-        ]
-        return HistoryResult(publications, _position(result))
-
-    async def rpc(self, method: str, data: Any = None) -> Any:
-        """Call the application's ``on_rpc`` hook; returns the ``data`` it answered."""
-        return (await self._call("rpc", {"method": method, "data": data})).get("data")
-
-    async def send(self, data: Any) -> None:
-        """Send ``data`` to the application's ``on_message`` hook (error 104 without one)."""
-        await self._call("send", {"data": data})
-
     async def refresh(self, token: str | None = None) -> int | None:
         """Replace the connection's credentials with ``token`` (default: a new one from
         ``get_token``); returns the seconds they have left (None: they do not expire)."""
@@ -352,10 +280,6 @@ class Client:
         ttl = result.get("ttl")
         self.ttl = ttl if result.get("expires") and isinstance(ttl, int) else None
         return self.ttl
-
-    async def ping(self) -> None:
-        """One ``ping`` round trip."""
-        await self._call("ping")
 
     async def _connection(self, timeout: float | None = None) -> Connection:
         timeout = self.timeout if timeout is None else timeout
@@ -379,6 +303,11 @@ class Client:
     async def _call(self, method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         conn = await self._connection()
         return await conn.call(method, params, timeout=self.timeout)
+
+    async def _subscribed(self, channel: str) -> None:
+        sub = self._registry.subs.get(channel)
+        if sub is not None and sub.state == "subscribing":
+            await sub.ready()
 
     # ---------------------------------------------------------------- connection lifecycle
 
