@@ -230,7 +230,11 @@ class Client:
     @property
     def subscriptions(self) -> dict[str, Subscription]:
         """Every subscription by channel (a snapshot)."""
-        return {ch: self._wrap(sub) for ch, sub in dict(self.aio.subscriptions).items()}
+
+        async def snapshot() -> dict[str, AsyncSubscription]:  # taken on the loop's thread
+            return dict(self.aio.subscriptions)
+
+        return {ch: self._wrap(sub) for ch, sub in self._loop.run(snapshot()).items()}
 
     def _wrap(self, sub: AsyncSubscription) -> Subscription:
         return Subscription(sub, self._loop)
