@@ -289,8 +289,8 @@ class Client(Commands):
             if self.state == "closed":
                 raise self._closed_error or ClientClosed(1000, "client closed")
             conn = self._conn
-            if self.state == "connected" and conn is not None:
-                return conn
+            if self.state == "connected" and conn is not None and conn.is_open:
+                return conn  # (one that just ended waits for the runner to notice)
             if self._runner is None:
                 raise ClientError(0, "the client is not started: use connect() or start()")
             waiter = loop.create_future()
