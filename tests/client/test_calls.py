@@ -11,12 +11,14 @@ import pytest
 import pulsewire.client
 from pulsewire.client import ClientTimeout, ConnectionLost
 
-from .fakehub import FakeHub
+from .fakehub import FakeHub, FakeSession
 
 CONNECTED = {"client": "c1", "user": "u", "version": 1, "node": "n1", "transport": "websocket"}
 
 
-async def connected(fake_hub: FakeHub, **options: object) -> tuple[pulsewire.client.Client, object]:
+async def connected(
+    fake_hub: FakeHub, **options: object
+) -> tuple[pulsewire.client.Client, FakeSession]:
     connecting = asyncio.ensure_future(
         pulsewire.client.connect(fake_hub.url, token="t", min_reconnect_delay=0.01, **options)
     )
