@@ -63,13 +63,14 @@ def publications(events: list[Any]) -> list[tuple[int | None, Any]]:
     return [(e.offset, e.data) for e in events if isinstance(e, Publication)]
 
 
-async def test_recovery_after_disconnect(hub_server, make_token, uniq, fast):
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+async def test_recovery_after_disconnect(hub_server, make_token, uniq, fast, codec):
     gate = Gate()
     server = await hub_server(on_connect=gate)
     channel = uniq("hist")
     changes: list[StateChange] = []
     async with pulsewire.client.connect(
-        ws_url(server), token=make_token("rec"), on_state=changes.append, **fast
+        ws_url(server), token=make_token("rec"), on_state=changes.append, codec=codec, **fast
     ) as client:
         sub = await client.subscribe(channel)
         await server.hub.publish(channel, "a")
