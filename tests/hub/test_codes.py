@@ -40,12 +40,14 @@ def test_codes_keep_their_values() -> None:
     }  # fmt: skip
     assert {c.name: int(c) for c in DisconnectCode} == {
         "SHUTDOWN": 4000, "TOKEN_EXPIRED": 4002, "STALE": 4003, "KEYS_UNAVAILABLE": 4004,
-        "NO_PONG": 4005,
-        "TOO_MANY_REQUESTS": 4008, "INVALID_TOKEN": 4500, "BAD_REQUEST": 4501,
+        "NO_PONG": 4005, "TOO_MANY_REQUESTS": 4008, "UNAVAILABLE": 4010,
+        "INVALID_TOKEN": 4500, "BAD_REQUEST": 4501,
         "FORCE_NO_RECONNECT": 4502, "UNAUTHORIZED": 4503, "CONNECTION_LIMIT": 4504,
         "UNSUPPORTED_PROTOCOL": 4505,
     }  # fmt: skip
-    assert {c.name: int(c) for c in UnsubscribeCode} == {"SERVER": 2000, "INSUFFICIENT_STATE": 2500}
+    assert {c.name: int(c) for c in UnsubscribeCode} == {
+        "SERVER": 2000, "INSUFFICIENT_STATE": 2500, "EXPIRED": 2501,
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("code", ALL_CODES, ids=str)

@@ -56,6 +56,10 @@ class ConnectRequest:
     remote_address: str
     token: str | None = None
     data: Any = None
+    client: str = ""
+    """The connecting session's client id (set by the session before ``authenticate``)."""
+    encoding: str = ""
+    """The session's wire encoding, ``"json"`` or ``"msgpack"`` (set likewise)."""
 
 
 class HookSession(Protocol):
@@ -112,6 +116,8 @@ class SessionHost(Protocol[S_contra]):
     on_publish: Hook | None
     on_rpc: Hook | None
     on_message: Hook | None
+    on_refresh: Hook | None
+    on_sub_refresh: Hook | None
 
     async def credentials_for(self, request: ConnectRequest) -> Credentials:
         """Authenticate a connecting client (hook, then token); raises Disconnect."""

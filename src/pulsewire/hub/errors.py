@@ -67,6 +67,9 @@ class DisconnectCode(_Code):
     NO_PONG = 4005
     TOO_MANY_REQUESTS = 4008
     """Too many failed authentications from the client's address: reconnect later."""
+    UNAVAILABLE = 4010
+    """The application could not decide (its backend, behind the proxy, is down or answered
+    badly; a refresh hook failed): reconnect later."""
     # Do not reconnect.
     INVALID_TOKEN = 4500
     BAD_REQUEST = 4501
@@ -83,6 +86,9 @@ class UnsubscribeCode(_Code):
     """Unsubscribed by the server (the HTTP API, ``Hub.unsubscribe_user``)."""
     INSUFFICIENT_STATE = 2500
     """The node could not keep the channel's stream whole: resubscribe with recovery."""
+    EXPIRED = 2501
+    """The subscription expired and the application did not extend it: subscribe again (the
+    application decides anew), with recovery."""
 
 
 DISCONNECT_CODES = range(4000, 5000)

@@ -13,12 +13,17 @@ whether the hook was plain or async.
 
 A hook refuses by raising: :class:`~pulsewire.hub.errors.HubError` answers the command with
 its code, :class:`~pulsewire.hub.errors.Disconnect` ends the session.
+
+Expiry: credentials with ``expires_at`` (from the token or ``authenticate``) and
+subscriptions given an expiry by ``on_subscribe`` (a :class:`SubscribeOutcome`) call
+``on_refresh`` and ``on_sub_refresh`` when they expire (see :mod:`pulsewire.hub.expiry`).
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar, overload
 
 from .auth import Credentials
@@ -32,10 +37,14 @@ __all__ = [
     "OnDisconnect",
     "OnMessage",
     "OnPublish",
+    "OnRefresh",
     "OnRpc",
+    "OnSubRefresh",
     "OnSubscribe",
+    "SubscribeOutcome",
     "call_hook",
     "credentials_from",
+    "subscribe_outcome",
 ]
 
 T = TypeVar("T")
@@ -73,10 +82,30 @@ class OnConnect(Protocol[S_contra]):
     def __call__(self, session: S_contra, /) -> MaybeAwaitable[None]: ...
 
 
+@dataclass(frozen=True)
+class SubscribeOutcome:
+    """What ``on_subscribe`` may return instead of bare channel info: the info, and when the
+    subscription expires (Unix time; ``on_sub_refresh`` is asked then)."""
+
+    info: Any = None
+    """The channel info others see for this subscriber; ``None`` keeps the token's."""
+    expires_at: float | None = None
+    """When the subscription expires (Unix time), or ``None``: it does not."""
+
+
+def subscribe_outcome(outcome: object) -> SubscribeOutcome:
+    """An ``on_subscribe`` hook's outcome as a :class:`SubscribeOutcome` (a bare value is
+    the channel info, as before there were expiries)."""
+    if isinstance(outcome, SubscribeOutcome):
+        return outcome
+    return SubscribeOutcome(info=outcome)
+
+
 class OnSubscribe(Protocol[S_contra]):
     """``on_subscribe(session, channel, params)``: a client subscribes, after the hub's own
     checks passed; ``params`` are the subscribe command's, as sent. Returns the channel info
-    others see for this subscriber (``chan_info``), or ``None`` to keep the token's."""
+    others see for this subscriber (``chan_info``), or ``None`` to keep the token's, or a
+    :class:`SubscribeOutcome` (info and expiry)."""
 
     def __call__(
         self, session: S_contra, channel: str, params: dict[str, Any], /
@@ -102,6 +131,30 @@ class OnMessage(Protocol[S_contra]):
     (the reply, ``{}``, follows once the hook returned; what it returns is ignored)."""
 
     def __call__(self, session: S_contra, data: Any, /) -> MaybeAwaitable[None]: ...
+
+
+class OnRefresh(Protocol[S_contra]):
+    """``on_refresh(session)``: the connection's credentials expired. Returns new
+    :class:`~pulsewire.hub.auth.Credentials` (their ``user`` must be the session's; their
+    ``expires_at`` is the next expiry, ``None`` for none; their ``info``, unless ``None``,
+    replaces the connection's), or ``None`` to end the session with 4002. Raise
+    :class:`~pulsewire.hub.errors.Disconnect` to end it with another code; a
+    :class:`~pulsewire.hub.errors.HubError` (the application could not decide) ends it with
+    4010. Without this hook an expiry ends the session with 4002 (the client refreshes its
+    token before, with the ``refresh`` command)."""
+
+    def __call__(self, session: S_contra, /) -> MaybeAwaitable[Credentials | None]: ...
+
+
+class OnSubRefresh(Protocol[S_contra]):
+    """``on_sub_refresh(session, channel)``: a subscription given an expiry by
+    ``on_subscribe`` expired. Returns the next expiry (Unix time) to extend it, or ``None``
+    to end it (``unsubscribe`` push, code 2501, ``resubscribe: true``). A
+    :class:`~pulsewire.hub.errors.HubError` ends it the same way, with the error's message;
+    :class:`~pulsewire.hub.errors.Disconnect` ends the session. Without this hook an expired
+    subscription ends (2501)."""
+
+    def __call__(self, session: S_contra, channel: str, /) -> MaybeAwaitable[float | None]: ...
 
 
 class OnDisconnect(Protocol[S_contra]):

@@ -72,7 +72,9 @@ class Hub:
     ``on_connect(session)``, ``on_subscribe(session, channel, params) -> chan_info | None``,
     ``on_publish(session, channel, data) -> data | None`` (raise HubError to refuse),
     ``on_rpc(session, method, data) -> result``, ``on_disconnect(session, code, reason)``,
-    ``on_message(session, data)`` (a client's ``send``).
+    ``on_message(session, data)`` (a client's ``send``),
+    ``on_refresh(session) -> Credentials | None`` (credentials expired) and
+    ``on_sub_refresh(session, channel) -> expires_at | None`` (see :mod:`.hooks`).
     """
 
     def __init__(
@@ -87,6 +89,8 @@ class Hub:
         on_rpc: Hook | None = None,
         on_disconnect: Hook | None = None,
         on_message: Hook | None = None,
+        on_refresh: Hook | None = None,
+        on_sub_refresh: Hook | None = None,
     ) -> None:
         self.config = config or HubConfig()
         self.node_id = self.config.node_name or secrets.token_hex(4)
@@ -105,6 +109,8 @@ class Hub:
         self.on_rpc = on_rpc
         self.on_disconnect = on_disconnect
         self.on_message = on_message
+        self.on_refresh = on_refresh
+        self.on_sub_refresh = on_sub_refresh
         self.sessions: dict[str, Session] = {}
         self.users: dict[str, set[Session]] = {}
         self.fanout = Fanout(

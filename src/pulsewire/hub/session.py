@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,8 +27,9 @@ from .auth import Credentials, grant_allows
 from .channels import ChannelName
 from .contracts import ConnectRequest, SessionHost, Transport
 from .errors import Disconnect, DisconnectCode, ErrorCode, HubError
+from .expiry import Expiry
 from .fanout import Subscription
-from .hooks import call_hook
+from .hooks import call_hook, subscribe_outcome
 from .messages import (
     error_dict,
     error_reply,
@@ -93,6 +93,8 @@ class Session:
         self._byte_rate = TokenBucket(config.client_bytes_per_second, config.client_bytes_burst)
         self._traffic = hub.metrics.traffic_of(transport.kind)
         self._queue_max = config.client_queue_max_bytes
+        self.expiry = Expiry(self, hub, self._loop)
+        """The credentials' and subscriptions' expiry timers (refresh hooks)."""
 
     # ------------------------------------------------------------------------- plumbing
 
@@ -121,11 +123,6 @@ class Session:
         self._timer = None
         if self.state == _CONNECTING:
             self.disconnect(DisconnectCode.STALE, "no connect command in time")
-
-    def _token_expired(self) -> None:
-        self._timer = None
-        if self.state == _CONNECTED:
-            self.disconnect(DisconnectCode.TOKEN_EXPIRED, "token expired")
 
     def send(self, message: dict[str, Any]) -> None:
         if self.state != _CLOSED:
@@ -166,6 +163,7 @@ class Session:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.expiry.cancel()
         self.hub.session_closed(self, was_connected, code, reason)
 
     def _auth_address(self) -> str:
@@ -271,6 +269,7 @@ class Session:
         request = ConnectParams.parse(params)
         token = self.request.token = request.token
         self.request.data = request.data
+        self.request.client, self.request.encoding = self.id, self.codec.name
         guard = self.hub.auth_guard
         address = self._auth_address()
         wait = guard.check(address, "token")
@@ -311,13 +310,13 @@ class Session:
             "node": self.hub.node_id,
             "transport": self.transport.kind,
         }
-        if credentials.expires_at is not None:
-            ttl = credentials.expires_at - time.time()
+        ttl = self.expiry.arm(credentials.expires_at)
+        if ttl is not None:
             if ttl <= 0:
                 raise Disconnect(DisconnectCode.TOKEN_EXPIRED, "token expired")
-            self._timer = self._loop.call_later(ttl, self._token_expired)
-            result["expires"] = True
-            result["ttl"] = int(ttl)
+            if not self.expiry.refreshes:  # else the server refreshes, not the client
+                result["expires"] = True
+                result["ttl"] = int(ttl)
         self.hub.session_connected(self)
         if request.subs:
             result["subs"] = {}
@@ -343,13 +342,9 @@ class Session:
         if credentials.user != self.user:
             raise Disconnect(DisconnectCode.INVALID_TOKEN, "refresh token is for another user")
         self.credentials = credentials
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        result: dict[str, Any] = {"expires": credentials.expires_at is not None}
-        if credentials.expires_at is not None:
-            ttl = credentials.expires_at - time.time()
-            self._timer = self._loop.call_later(max(ttl, 0), self._token_expired)
+        ttl = self.expiry.arm(credentials.expires_at)
+        result: dict[str, Any] = {"expires": ttl is not None}
+        if ttl is not None:
             result["ttl"] = int(ttl)
         return result
 
@@ -364,10 +359,12 @@ class Session:
             raise HubError(ErrorCode.LIMIT_EXCEEDED, "too many channels for one connection")
         chan_info = await self._check_subscribe(channel, SubscribeParams.parse_token(params))
         hook = self.hub.on_subscribe
+        expires_at = None
         if hook is not None:
-            outcome = await call_hook(hook, self, name, params)
-            if outcome is not None:
-                chan_info = outcome
+            outcome = subscribe_outcome(await call_hook(hook, self, name, params))
+            if outcome.info is not None:
+                chan_info = outcome.info
+            expires_at = outcome.expires_at
         sub = Subscription(channel, self.info(chan_info), recovering=options.history)
         fanout = self.hub.fanout
         try:
@@ -383,6 +380,7 @@ class Session:
             if fanout.is_current(self, sub):
                 fanout.remove(self, name)
             raise
+        self.expiry.arm_subscription(sub, expires_at)
         return result
 
     async def _check_subscribe(self, channel: ChannelName, token: str | None) -> Any:
