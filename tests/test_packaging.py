@@ -20,8 +20,14 @@ from pulsewire.extras import EXTRAS, MissingExtra, needs_extra
 
 MINIMAL = {"httptools", "pyjwt", "msgpack", "prometheus-client", "tomli"}
 """The unconditional requirements (tomli only before Python 3.11)."""
-EXTRA_PACKAGES = {"redis": "redis", "nats": "nats-py", "demo": "pycrdt", "speed": "uvloop"}
-BLOCKED = ("redis", "nats", "pycrdt", "uvloop")
+EXTRA_PACKAGES = {
+    "redis": "redis",
+    "nats": "nats-py",
+    "demo": "pycrdt",
+    "speed": "uvloop",
+    "proxy": "httpx",
+}
+BLOCKED = ("redis", "nats", "pycrdt", "uvloop", "httpx")
 START_TIMEOUT = 30.0
 
 BLOCKER = """
@@ -151,3 +157,19 @@ def test_a_missing_extra_is_one_line_naming_it(args: tuple[str, ...], message: s
     assert done.returncode == 2
     assert done.stderr.splitlines() == [f"pulsewire serve: {message}"]
     assert done.stdout == ""
+
+
+def test_the_proxy_without_its_extra_is_one_line_naming_it(tmp_path) -> None:
+    config = tmp_path / "pulsewire.toml"
+    config.write_text('[proxy]\nurl = "http://127.0.0.1:9/"\n[proxy.connect]\n')
+    done = subprocess.run(
+        _serve("--port", "0", "--config", str(config)),
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+    )
+    assert done.returncode == 2
+    message = "the backend proxy ([proxy] in the config) needs the proxy extra"
+    assert done.stderr.splitlines() == [
+        f"pulsewire serve: {message}: pip install 'pulsewire[proxy]'"
+    ]

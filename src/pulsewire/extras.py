@@ -1,9 +1,9 @@
 """Optional dependencies: ``pip install 'pulsewire[redis]'`` and the like.
 
 ``pip install pulsewire`` is the WebSocket library and the in-memory hub. The Redis and NATS
-engines, the notes demo's CRDT documents and uvloop come with extras; code that needs one
-imports it under :func:`needs_extra`, which turns a missing package into
-:class:`MissingExtra`, one line naming the extra to install.
+engines, the notes demo's CRDT documents, uvloop and the backend proxy's HTTP client come
+with extras; code that needs one imports it under :func:`needs_extra`, which turns a missing
+package into :class:`MissingExtra`, one line naming the extra to install.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ EXTRAS = {
     "nats": ("nats",),
     "demo": ("pycrdt",),
     "speed": ("uvloop",),
+    "proxy": ("httpx",),
 }
 """Each extra and the top-level packages it installs."""
 

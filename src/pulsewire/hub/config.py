@@ -193,15 +193,26 @@ def config_from_dict(data: dict[str, Any]) -> HubConfig:
     return HubConfig(channel=channel, namespaces=namespaces, **data)
 
 
+SERVER_SECTIONS = ("server", "proxy")
+"""The sections of pulsewire.toml read by the server layer (``pulsewire serve``)."""
+
+
 def load_config(path: str) -> tuple[HubConfig, dict[str, Any]]:
     """Read a pulsewire.toml: returns the hub config and the ``[server]`` table as a dict."""
+    config, tables = load_config_tables(path)
+    return config, tables["server"]
+
+
+def load_config_tables(path: str) -> tuple[HubConfig, dict[str, dict[str, Any]]]:
+    """Read a pulsewire.toml: the hub config and each of :data:`SERVER_SECTIONS` (a dict,
+    empty when absent) by name."""
     with open(path, "rb") as fh:
         doc = tomllib.load(fh)
-    server = doc.pop("server", {})
+    tables = {name: doc.pop(name, {}) for name in SERVER_SECTIONS}
     hub = doc.pop("hub", {})
     for key in ("channel", "namespaces"):
         if key in doc:
             hub[key] = doc.pop(key)
     if doc:
         raise ValueError(f"unknown section(s) in {path}: {', '.join(sorted(doc))}")
-    return config_from_dict(hub), server
+    return config_from_dict(hub), tables

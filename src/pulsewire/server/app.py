@@ -17,7 +17,7 @@ import logging
 import mimetypes
 import ssl as ssl_module
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -192,6 +192,9 @@ class HubServer:
         if web_root is not None:
             self.http.add("/", self.static, prefix=True)
         self._server: asyncio.base_events.Server | None = None
+        self.on_close: list[Callable[[], Awaitable[None]]] = []
+        """Called (awaited, in order) by :meth:`close` once the hub is closed: what the
+        node's parts must release (e.g. the backend proxy's HTTP connections)."""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -235,6 +238,11 @@ class HubServer:
         self.http.close_idle()
         self.websocket.close(code, reason)
         await self.hub.close()
+        for release in self.on_close:
+            try:
+                await release()
+            except Exception:
+                logger.exception("error while closing")
         await self.websocket.wait_closed()
         if self._server is not None:
             await self._server.wait_closed()

@@ -60,6 +60,9 @@ def check_extras(settings: Settings) -> None:
     if settings.demo:
         with needs_extra("demo", "--demo"):
             importlib.import_module("pycrdt")
+    if settings.proxy is not None:
+        with needs_extra("proxy", "the backend proxy ([proxy] in the config)"):
+            importlib.import_module("httpx")
 
 
 def server_from_settings(settings: Settings, *, reuse_port: bool = False) -> HubServer:
@@ -109,6 +112,10 @@ def server_from_settings(settings: Settings, *, reuse_port: bool = False) -> Hub
         server.http.add("/demo/token", DemoTokens(config.token_hmac_secret))
         server.demo = True  # type: ignore[attr-defined]
         NotesService(server.hub).install()  # the notes demo's CRDT documents (hub hooks)
+    if settings.proxy is not None:
+        from .proxy.hooks import install_proxy
+
+        install_proxy(server, settings.proxy)  # the hooks, answered by the backend
     return server
 
 

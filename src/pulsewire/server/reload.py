@@ -3,9 +3,10 @@
 Live: channel options (``[channel]``, ``[namespaces.*]``), token keys, audience and issuer,
 the API key, allowed origins, anonymous access, timeouts, rate limits (for new
 connections) and the drain timeout. Needs a restart (logged as "restart needed", the running
-value is kept): host, port, TLS files, demo mode, workers, the engine, its prefix, the node
-name, ``client_queue_max_bytes`` (it sizes the transports' hard caps) and the front door's
-limits and deadlines (connection caps and rates, memory budgets, request, send and long-poll
+value is kept): host, port, TLS files, demo mode, workers, the backend proxy (``[proxy]``:
+its hooks are set at start), the engine, its prefix, the node name,
+``client_queue_max_bytes`` (it sizes the transports' hard caps) and the front door's limits
+and deadlines (connection caps and rates, memory budgets, request, send and long-poll
 timeouts: the connections and sessions already open were set up with them).
 """
 
@@ -32,7 +33,7 @@ __all__ = ["apply_settings", "config_changes", "reload_settings"]
 
 logger = logging.getLogger("pulsewire.server")
 
-RESTART_SERVER = ("host", "port", "tls_cert", "tls_key", "demo", "workers")
+RESTART_SERVER = ("host", "port", "tls_cert", "tls_key", "demo", "workers", "proxy")
 RESTART_HUB = (
     "engine",
     "engine_prefix",

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..aio.budget import BudgetLimits
-from ..hub.config import HubConfig, load_config
+from ..hub.config import HubConfig, load_config_tables
 from .limits import ConnectionLimits
+from .proxy import ProxySettings, proxy_settings
 
 __all__ = [
     "BUDGET_KEYS",
@@ -165,6 +166,8 @@ class Settings:
     longpoll_idle_timeout: float = 60.0
     budget_limits: BudgetLimits = field(default_factory=BudgetLimits)
     admin_password: str | None = None
+    proxy: ProxySettings | None = None
+    """The backend proxy (``[proxy]``), or None."""
     generated_secret: bool = field(default=False, compare=False)
     """The demo's token secret was made up here (pin it before starting more processes)."""
 
@@ -173,7 +176,8 @@ def load_settings(options: ServeOptions | Mapping[str, Any]) -> Settings:
     """``options`` (first), the config file they name, then defaults; raises ValueError or
     OSError if bad."""
     args = options if isinstance(options, ServeOptions) else ServeOptions.from_mapping(options)
-    config, table = load_config(args.config) if args.config else (HubConfig(), {})
+    config, tables = load_config_tables(args.config) if args.config else (HubConfig(), {})
+    table = tables.get("server", {})
     unknown = set(table) - SERVER_KEYS
     if unknown:
         logger.warning("ignoring unknown [server] setting(s): %s", ", ".join(sorted(unknown)))
@@ -235,6 +239,7 @@ def load_settings(options: ServeOptions | Mapping[str, Any]) -> Settings:
     return Settings(
         config=config,
         admin_password=admin_password,
+        proxy=proxy_settings(tables.get("proxy", {})),
         limits=limits,
         budget_limits=_budget_limits(table, max_message_size),
         max_message_size=max_message_size,
