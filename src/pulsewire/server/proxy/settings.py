@@ -66,7 +66,7 @@ def proxy_settings(table: Mapping[str, Any]) -> ProxySettings | None:
         _check_url(base, "[proxy] url")
         if not base.endswith("/"):
             base += "/"
-    timeout = _timeout(table.get("timeout", DEFAULT_TIMEOUT), "[proxy] timeout")
+    timeout = _timeout(table.get("timeout", DEFAULT_TIMEOUT), "[proxy]")
     routes: dict[str, RouteSettings] = {}
     for name in ROUTES:
         route = table.get(name)
