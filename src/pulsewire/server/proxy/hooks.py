@@ -15,6 +15,7 @@ or 100 (a malformed answer); refresh ends the session with 4010 (through the hub
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
@@ -48,6 +49,9 @@ def install_proxy(
     proxy's metrics in ``/metrics``, its connections closed with the server. ``transport``:
     an ``httpx`` transport instead of the network (tests)."""
     proxy = BackendProxy(settings, transport=transport)
+    # httpx logs every request at INFO: one line per hook call would drown the node's log
+    # (failures are logged by BackendProxy, and counted in /metrics).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     hub = server.hub
     hooks = ProxyHooks(proxy, lambda: hub.tokens.enabled)
     hooks.install(hub)
