@@ -229,3 +229,58 @@ async def test_the_connect_reply_gives_server_side_subscriptions(backend: Backen
         await ann.close()
     finally:
         await server.close()
+
+
+def documented_backend() -> str:
+    """The FastAPI backend of docs/proxy.md, as written there."""
+    text = (Path(__file__).parents[2] / "docs" / "proxy.md").read_text(encoding="utf-8")
+    text = text[text.index("## A minimal FastAPI backend") :]
+    return text.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+async def test_the_documented_backend_runs_as_written(tmp_path: Path) -> None:
+    from pulsewire.server.node import server_from_settings
+
+    (tmp_path / "backend.py").write_text(documented_backend())
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "uvicorn", "backend:app", "--app-dir", str(tmp_path),
+        "--port", str(port), "--log-level", "warning",
+    )  # fmt: skip
+    backend = Backend(proc, port)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                async with httpx.AsyncClient() as http:
+                    await http.get(f"http://{HOST}:{port}/", timeout=5)
+                break
+            except httpx.TransportError:
+                assert proc.returncode is None and time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+        routes = "".join(f"[proxy.{r}]\n" for r in ("connect", "refresh", "subscribe", "rpc"))
+        config = tmp_path / "pulsewire.toml"
+        config.write_text(
+            f'[proxy]\nurl = "http://{HOST}:{backend.port}/pulsewire/"\n'
+            f'include_cookies = ["sessionid"]\n{routes}[namespaces.admin]\n'
+        )
+        server = server_from_settings(load_settings(ServeOptions(config=str(config), port=0)))
+        await server.start()
+        try:
+            known = await Client.open(server.port, [("Cookie", "sessionid=s3cr3t")])
+            reply = await known.ok("connect")
+            assert reply["user"] == "42" and "expires" not in reply
+            credentials = server.hub.sessions[reply["client"]].credentials
+            assert credentials is not None and credentials.subs == ("notifications:#42",)
+            refused = await known.error("subscribe", {"channel": "admin:x"})
+            assert refused == {"code": 103, "message": "admins only"}
+            assert isinstance((await known.ok("rpc", {"method": "time"}))["data"], float)
+            await known.close()
+            stranger = await Client.open(server.port)
+            await stranger.ws.send(json.dumps({"id": 1, "method": "connect", "params": {}}))
+            assert await stranger.closed() == (4503, "log in first")
+        finally:
+            await server.close()
+    finally:
+        proc.kill()
+        await proc.wait()

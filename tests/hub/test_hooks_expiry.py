@@ -5,6 +5,7 @@ is moved forward (``loop_clock``), nothing waits for real."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from pulsewire.hub import Hub
@@ -213,3 +214,21 @@ async def test_ended_subscription_is_not_refreshed(local_hub, local_client, loop
     await loop_clock.advance(31)
     await client.sync()
     assert calls == [] and not client.take("unsubscribe")
+
+
+async def test_the_documented_embedded_hooks_run(local_client):
+    """The embedded-hooks example of docs/proxy.md, as written, then one client."""
+    text = (Path(__file__).parents[2] / "docs" / "proxy.md").read_text(encoding="utf-8")
+    text = text[text.index("## The same hooks in an embedded hub") :]
+    namespace: dict[str, Any] = {}
+    exec(text.split("```python\n", 1)[1].split("```", 1)[0], namespace)
+    hub = namespace["hub"]
+    await hub.start()
+    try:
+        client = await local_client(hub)
+        assert client.log[0]["result"]["user"] == "42"
+        await client.subscribe("lobby")
+        assert client.session.subscriptions["lobby"].info.chan_info == {"role": "member"}
+        await client.close()
+    finally:
+        await hub.close()

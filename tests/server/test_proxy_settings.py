@@ -3,10 +3,17 @@ timeouts and URLs, and one line for each bad value; read by ``load_settings``.""
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 from pulsewire.hub import Hub
 from pulsewire.server.app import HubServer
@@ -94,3 +101,28 @@ def test_a_reload_keeps_the_proxy_and_says_restart_needed(
         kept = apply_settings(server, current, new)
     assert kept.proxy == current.proxy
     assert "restart needed for proxy" in caplog.text
+
+
+def doc_blocks(language: str, after: str) -> list[str]:
+    """The ``language`` code blocks of docs/proxy.md after the heading ``after``."""
+    text = (Path(__file__).parents[2] / "docs" / "proxy.md").read_text(encoding="utf-8")
+    text = text[text.index(after) :]
+    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
+
+
+def test_the_documented_configuration_is_accepted() -> None:
+    block = doc_blocks("toml", "## Configuration")[0]
+    settings = proxy_settings(tomllib.loads(block)["proxy"])
+    assert settings is not None
+    assert set(settings.routes) == {
+        "connect",
+        "refresh",
+        "subscribe",
+        "publish",
+        "rpc",
+        "sub_refresh",
+    }
+    assert settings.routes["connect"] == RouteSettings(
+        "http://127.0.0.1:9000/pulsewire/connect", 1.0
+    )
+    assert settings.routes["rpc"] == RouteSettings("http://127.0.0.1:9001/rpc", 2.0)
