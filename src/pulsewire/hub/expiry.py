@@ -14,7 +14,10 @@ and, when one falls due:
   the subscription ends with an ``unsubscribe`` push, code 2501, ``resubscribe: true`` (the
   client subscribes again and the application decides anew). Without the hook it ends.
 
-Timers are wall-clock expiries (Unix time) turned into loop delays when armed.
+Timers are wall-clock expiries (Unix time) turned into loop delays when armed. An
+:class:`Expiry` belongs to one session but does not hold it (the session is given to each
+call and to the timers, which drop it when cancelled): a session must be freed by reference
+counting alone once it ends, without the garbage collector.
 """
 
 from __future__ import annotations
@@ -53,10 +56,7 @@ class ExpiryHost(Protocol):
 class Expiry:
     """The expiry timers of one session (see the module docstring)."""
 
-    def __init__(
-        self, session: ExpiringSession, host: ExpiryHost, loop: asyncio.AbstractEventLoop
-    ) -> None:
-        self._session = session
+    def __init__(self, host: ExpiryHost, loop: asyncio.AbstractEventLoop) -> None:
         self._host = host
         self._loop = loop
         self._timer: asyncio.TimerHandle | None = None
@@ -69,7 +69,7 @@ class Expiry:
         then the client is not told to refresh them."""
         return self._host.on_refresh is not None
 
-    def arm(self, expires_at: float | None) -> float | None:
+    def arm(self, session: ExpiringSession, expires_at: float | None) -> float | None:
         """(Re)arm the credentials' timer for ``expires_at`` (``None``: no expiry); returns
         the seconds left (at most 0 when already expired: the timer fires at once)."""
         if self._timer is not None:
@@ -78,10 +78,12 @@ class Expiry:
         if expires_at is None:
             return None
         ttl = expires_at - time.time()
-        self._timer = self._loop.call_later(max(ttl, 0), self._credentials_expired)
+        self._timer = self._loop.call_later(max(ttl, 0), self._credentials_expired, session)
         return ttl
 
-    def arm_subscription(self, sub: Subscription, expires_at: float | None) -> None:
+    def arm_subscription(
+        self, session: ExpiringSession, sub: Subscription, expires_at: float | None
+    ) -> None:
         """Arm ``sub``'s timer (``None``: it does not expire)."""
         name = sub.channel.name
         old = self._subs.pop(name, None)
@@ -89,7 +91,7 @@ class Expiry:
             old.cancel()
         if expires_at is not None:
             delay = max(expires_at - time.time(), 0)
-            self._subs[name] = self._loop.call_later(delay, self._sub_expired, sub)
+            self._subs[name] = self._loop.call_later(delay, self._sub_expired, session, sub)
 
     def cancel(self) -> None:
         """The session ended: no timer fires, no refresh goes on."""
@@ -109,19 +111,17 @@ class Expiry:
 
     # ------------------------------------------------------------------------ credentials
 
-    def _credentials_expired(self) -> None:
+    def _credentials_expired(self, session: ExpiringSession) -> None:
         self._timer = None
-        session = self._session
         if not session.connected:
             return
         hook = self._host.on_refresh
         if hook is None:
             session.disconnect(DisconnectCode.TOKEN_EXPIRED, "token expired")
             return
-        self._spawn(self._refresh(hook))
+        self._spawn(self._refresh(session, hook))
 
-    async def _refresh(self, hook: Hook) -> None:
-        session = self._session
+    async def _refresh(self, session: ExpiringSession, hook: Hook) -> None:
         try:
             outcome = await call_hook(hook, session)
         except Disconnect as exc:
@@ -149,55 +149,53 @@ class Expiry:
         session.credentials = outcome
         if outcome.info is not None:
             session.conn_info = outcome.info
-        ttl = self.arm(outcome.expires_at)
+        ttl = self.arm(session, outcome.expires_at)
         if ttl is not None and ttl <= 0:
             session.disconnect(DisconnectCode.TOKEN_EXPIRED, "token expired")
 
     # ---------------------------------------------------------------------- subscriptions
 
-    def _sub_expired(self, sub: Subscription) -> None:
-        name = sub.channel.name
-        self._subs.pop(name, None)
-        if not self._current(sub):
+    def _sub_expired(self, session: ExpiringSession, sub: Subscription) -> None:
+        self._subs.pop(sub.channel.name, None)
+        if not self._current(session, sub):
             return
         hook = self._host.on_sub_refresh
         if hook is None:
-            self._end(sub, EXPIRED_REASON)
+            self._end(session, sub, EXPIRED_REASON)
             return
-        self._spawn(self._sub_refresh(hook, sub))
+        self._spawn(self._sub_refresh(session, hook, sub))
 
-    async def _sub_refresh(self, hook: Hook, sub: Subscription) -> None:
-        session = self._session
+    async def _sub_refresh(self, session: ExpiringSession, hook: Hook, sub: Subscription) -> None:
         try:
             outcome = await call_hook(hook, session, sub.channel.name)
         except Disconnect as exc:
             session.disconnect(exc.code, exc.reason)
             return
         except HubError as exc:
-            self._end(sub, f"{EXPIRED_REASON}: {exc.message}")
+            self._end(session, sub, f"{EXPIRED_REASON}: {exc.message}")
             return
         except Exception:
             logger.exception("on_sub_refresh hook failed")
-            self._end(sub, EXPIRED_REASON)
+            self._end(session, sub, EXPIRED_REASON)
             return
-        if not self._current(sub):
+        if not self._current(session, sub):
             return
         if outcome is None:
-            self._end(sub, EXPIRED_REASON)
+            self._end(session, sub, EXPIRED_REASON)
         elif isinstance(outcome, (int, float)) and not isinstance(outcome, bool):
             if outcome <= time.time():
-                self._end(sub, EXPIRED_REASON)
+                self._end(session, sub, EXPIRED_REASON)
             else:
-                self.arm_subscription(sub, float(outcome))
+                self.arm_subscription(session, sub, float(outcome))
         else:
             logger.error("on_sub_refresh must return a Unix time or None, not %r", outcome)
-            self._end(sub, EXPIRED_REASON)
+            self._end(session, sub, EXPIRED_REASON)
 
-    def _current(self, sub: Subscription) -> bool:
+    def _current(self, session: ExpiringSession, sub: Subscription) -> bool:
         """Whether ``sub`` is still the session's subscription to its channel."""
-        return self._session.connected and self._host.fanout.is_current(self._session, sub)
+        return session.connected and self._host.fanout.is_current(session, sub)
 
-    def _end(self, sub: Subscription, reason: str) -> None:
+    def _end(self, session: ExpiringSession, sub: Subscription, reason: str) -> None:
         self._host.fanout.unsubscribe(
-            self._session, sub.channel.name, UnsubscribeCode.EXPIRED, reason, True
+            session, sub.channel.name, UnsubscribeCode.EXPIRED, reason, True
         )

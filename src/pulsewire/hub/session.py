@@ -93,7 +93,7 @@ class Session:
         self._byte_rate = TokenBucket(config.client_bytes_per_second, config.client_bytes_burst)
         self._traffic = hub.metrics.traffic_of(transport.kind)
         self._queue_max = config.client_queue_max_bytes
-        self.expiry = Expiry(self, hub, self._loop)
+        self.expiry = Expiry(hub, self._loop)
         """The credentials' and subscriptions' expiry timers (refresh hooks)."""
 
     # ------------------------------------------------------------------------- plumbing
@@ -310,7 +310,7 @@ class Session:
             "node": self.hub.node_id,
             "transport": self.transport.kind,
         }
-        ttl = self.expiry.arm(credentials.expires_at)
+        ttl = self.expiry.arm(self, credentials.expires_at)
         if ttl is not None:
             if ttl <= 0:
                 raise Disconnect(DisconnectCode.TOKEN_EXPIRED, "token expired")
@@ -342,7 +342,7 @@ class Session:
         if credentials.user != self.user:
             raise Disconnect(DisconnectCode.INVALID_TOKEN, "refresh token is for another user")
         self.credentials = credentials
-        ttl = self.expiry.arm(credentials.expires_at)
+        ttl = self.expiry.arm(self, credentials.expires_at)
         result: dict[str, Any] = {"expires": ttl is not None}
         if ttl is not None:
             result["ttl"] = int(ttl)
@@ -380,7 +380,7 @@ class Session:
             if fanout.is_current(self, sub):
                 fanout.remove(self, name)
             raise
-        self.expiry.arm_subscription(sub, expires_at)
+        self.expiry.arm_subscription(self, sub, expires_at)
         return result
 
     async def _check_subscribe(self, channel: ChannelName, token: str | None) -> Any:
