@@ -318,3 +318,16 @@ async def test_calls_are_counted_by_route_and_outcome(proxied: Any) -> None:
     assert 'pulsewire_proxy_calls_total{outcome="result",route="rpc"} 1.0' in text
     assert 'pulsewire_proxy_calls_total{outcome="error",route="rpc"} 1.0' in text
     assert 'pulsewire_proxy_call_duration_seconds_count{route="rpc"} 2.0' in text
+
+
+async def test_data_json_cannot_carry_is_refused_without_a_call(proxied: Any) -> None:
+    hooks, backend = proxied(lambda r: {"result": {}})
+    with pytest.raises(HubError) as info:
+        await hooks.on_rpc(Session(), "m", b"\x00binary")
+    assert info.value.code == 107 and "representable as JSON" in info.value.message
+    request = Session().request
+    request.data = float("nan")
+    with pytest.raises(Disconnect) as gone:
+        await hooks.authenticate(request)
+    assert gone.value.code == 4501
+    assert backend.requests == []

@@ -6,6 +6,8 @@ does:
 
 * ``{"result": {...}}`` (HTTP 200): the object is returned;
 * ``{"error": {"code": N, "message": "..."}}``: :class:`HubError` (the command's answer);
+  a body that JSON cannot carry (bytes from a MessagePack client) is refused with 107
+  without a call;
 * ``{"disconnect": {"code": 4000-4999, "reason": "..."}}``: :class:`Disconnect`;
 * anything else is :class:`ProxyFailure`: ``unavailable`` for a timeout (the route's, for
   the whole call), a connection error or a 5xx status; not ``unavailable`` (the backend
@@ -25,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 
 from ...extras import needs_extra
-from ...hub.errors import DISCONNECT_CODES, Disconnect, HubError
+from ...hub.errors import DISCONNECT_CODES, Disconnect, ErrorCode, HubError
 from .settings import ROUTES, ProxySettings
 
 with needs_extra("proxy", "the backend proxy ([proxy] in the config)"):
@@ -113,7 +115,11 @@ class BackendProxy:
     async def _post(
         self, route: str, url: str, timeout: float, body: dict[str, Any]
     ) -> httpx.Response:
-        content = json.dumps(body, separators=(",", ":"), default=repr).encode()
+        try:
+            content = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:  # e.g. bytes from a MessagePack client
+            message = f"data must be representable as JSON to reach the backend: {exc}"
+            raise HubError(ErrorCode.BAD_REQUEST, message) from None
         headers = {"Content-Type": "application/json"}
         try:
             # httpx's timeout bounds each phase; wait_for bounds the whole call.

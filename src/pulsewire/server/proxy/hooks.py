@@ -127,7 +127,9 @@ class ProxyHooks:
             what = "backend unavailable" if exc.unavailable else "backend error"
             raise Disconnect(DisconnectCode.UNAVAILABLE, f"{what}: {exc.message}") from None
         except HubError as exc:
-            raise Disconnect(DisconnectCode.UNAUTHORIZED, exc.message) from None
+            bad = exc.code == ErrorCode.BAD_REQUEST
+            code = DisconnectCode.BAD_REQUEST if bad else DisconnectCode.UNAUTHORIZED
+            raise Disconnect(code, exc.message) from None
         try:
             return _credentials(result)
         except ValueError as exc:
