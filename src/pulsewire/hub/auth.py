@@ -2,7 +2,8 @@
 
 Connection token claims: ``sub`` (user id, required), ``exp`` (optional expiry), ``info``
 (shown in presence), ``channels`` (grants: channel names, or patterns ending in ``*``, the
-connection may subscribe to even when private). Subscription token claims: ``sub`` (must be
+connection may subscribe to even when private), ``subs`` (server-side subscriptions: channels
+the hub subscribes the connection to at connect). Subscription token claims: ``sub`` (must be
 the connection's user), ``channel``, ``exp``, ``info`` (channel-specific info). The two
 kinds cannot stand in for each other: a token with a ``channel`` claim cannot connect, one
 without cannot subscribe.
@@ -291,14 +292,24 @@ def _credentials(claims: dict[str, Any]) -> Credentials:
         raise Disconnect(
             DisconnectCode.INVALID_TOKEN, "invalid token: channels must be a list of strings"
         )
+    subs = claims.get("subs") or ()
+    if not isinstance(subs, (list, tuple)) or not all(isinstance(c, str) for c in subs):
+        raise Disconnect(
+            DisconnectCode.INVALID_TOKEN, "invalid token: subs must be a list of strings"
+        )
     exp = claims.get("exp")
     return Credentials(
         user=str(claims["sub"]),
         expires_at=float(exp) if exp is not None else None,
         info=claims.get("info"),
         channels=tuple(channels),
-        extra={k: v for k, v in claims.items() if k not in ("sub", "exp", "info", "channels")},
+        subs=tuple(dict.fromkeys(subs)),
+        extra={k: v for k, v in claims.items() if k not in _HUB_CLAIMS},
     )
+
+
+_HUB_CLAIMS = frozenset({"sub", "exp", "info", "channels", "subs"})
+"""Connection token claims the hub reads (the others stay in ``Credentials.extra``)."""
 
 
 def _subscription_claims(claims: dict[str, Any], user: str, channel: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import each other. :class:`ConnectRequest` is what an ``authenticate`` hook sees
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -118,6 +118,9 @@ class SessionHost(Protocol[S_contra]):
     on_message: Hook | None
     on_refresh: Hook | None
     on_sub_refresh: Hook | None
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run ``coro`` in a task of the node."""
 
     async def credentials_for(self, request: ConnectRequest) -> Credentials:
         """Authenticate a connecting client (hook, then token); raises Disconnect."""

@@ -6,8 +6,9 @@ them) and :func:`parse_control` reads one back, as leniently as the hub always h
 fields take defaults, values are coerced). ``sender`` is the sending node's name (``"from"``).
 
 * commands for sessions, run by every node on its own sessions of ``user`` (or, without a
-  user, on the session ``client``): :class:`DisconnectControl`,
-  :class:`UnsubscribeControl`, :class:`MessageControl`;
+  user, on the session ``client``; with both, on that session if it is the user's):
+  :class:`DisconnectControl`,
+  :class:`UnsubscribeControl`, :class:`SubscribeControl`, :class:`MessageControl`;
 * node liveness (:mod:`pulsewire.hub.nodes`): :class:`NodeAnnounce` every few seconds,
   :class:`NodeDead` when a node is declared dead, :class:`NodeGone` when one stops.
 """
@@ -27,6 +28,7 @@ __all__ = [
     "NodeAnnounce",
     "NodeDead",
     "NodeGone",
+    "SubscribeControl",
     "UnsubscribeControl",
     "parse_control",
 ]
@@ -105,6 +107,34 @@ class UnsubscribeControl:
 
     @classmethod
     def from_dict(cls, message: dict[str, Any]) -> UnsubscribeControl:
+        return cls(
+            _optional_str(message.get("user")),
+            str(message.get("channel")),
+            _optional_str(message.get("client")),
+            _sender(message),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeControl:
+    """Subscribe the sessions of ``user`` (only the session ``client`` of the user, when
+    given) to ``channel``: a server-side subscription. Nodes of older versions ignore it."""
+
+    op: ClassVar[str] = "subscribe"
+    user: str | None
+    channel: str
+    client: str | None = None
+    sender: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"op": self.op, "user": self.user}
+        if self.client is not None:
+            out["client"] = self.client
+        out["channel"] = self.channel
+        return _with_sender(out, self.sender)
+
+    @classmethod
+    def from_dict(cls, message: dict[str, Any]) -> SubscribeControl:
         return cls(
             _optional_str(message.get("user")),
             str(message.get("channel")),
@@ -197,7 +227,13 @@ class NodeGone:
 
 
 Control = (
-    DisconnectControl | UnsubscribeControl | MessageControl | NodeAnnounce | NodeDead | NodeGone
+    DisconnectControl
+    | UnsubscribeControl
+    | SubscribeControl
+    | MessageControl
+    | NodeAnnounce
+    | NodeDead
+    | NodeGone
 )
 """Any control message."""
 
@@ -206,6 +242,7 @@ _KINDS: dict[str, Any] = {
     for cls in (
         DisconnectControl,
         UnsubscribeControl,
+        SubscribeControl,
         MessageControl,
         NodeAnnounce,
         NodeDead,

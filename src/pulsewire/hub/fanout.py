@@ -17,7 +17,8 @@ Ordering: live publications of history channels carry ``offset`` and ``prev``. O
 was down): the fan-out fills the gap from history before delivering further, so subscribers
 see every offset once and in order. When the gap cannot be filled (history trimmed, epoch
 changed) subscribers are told to resubscribe (push ``unsubscribe`` with code 2500 and
-``resubscribe: true``), and their recovery tells them to reload state. Per subscriber, a
+``resubscribe: true``), and their recovery tells them to reload state; a server-side
+subscription is made again by the server itself (:meth:`Subscriber.resubscribe`). Per subscriber, a
 subscription being positioned (recovering) buffers what arrives, and publications at or
 before the subscription's own offset (or of another epoch) are skipped.
 """
@@ -57,6 +58,9 @@ class Subscription:
     offset: int = 0
     """The last offset this subscriber was given (or told about): older ones are skipped."""
     epoch: str = ""
+    server: bool = False
+    """A server-side subscription: the server made it (the client may not end it), and
+    the server makes it again when the stream cannot be kept whole (insufficient state)."""
 
 
 class Subscriber(Protocol):
@@ -74,6 +78,10 @@ class Subscriber(Protocol):
 
     def send_prepared(self, prepared: PreparedMessage) -> None:
         """Send one push (join, leave) already encoded with this subscriber's codec."""
+
+    def resubscribe(self, sub: Subscription) -> None:
+        """The server-side subscription ``sub`` was removed for insufficient state: make it
+        again, recovering from its last position (``sub.offset``, ``sub.epoch``)."""
 
 
 def first_follows(publication: Publication, offset: int) -> bool:
@@ -395,11 +403,17 @@ class Fanout:
             self._syncing.pop(channel, None)
 
     def _insufficient_state(self, channel: str) -> None:
-        """Local subscribers can't be brought up to date: ask them to resubscribe (and recover)."""
+        """Local subscribers can't be brought up to date: ask them to resubscribe (and
+        recover); server-side subscriptions are removed and made again by their subscriber
+        (no ``unsubscribe`` push: the client could not resubscribe them)."""
         subs = self._channels.get(channel)
         if not subs:
             return
-        for subscriber in list(subs):
+        for subscriber, sub in list(subs.items()):
+            if sub.server:
+                if self.remove(subscriber, channel) is sub:
+                    subscriber.resubscribe(sub)
+                continue
             self.unsubscribe(
                 subscriber, channel, UnsubscribeCode.INSUFFICIENT_STATE, "insufficient state", True
             )

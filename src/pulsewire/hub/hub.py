@@ -35,6 +35,7 @@ from .control import (
     NodeAnnounce,
     NodeDead,
     NodeGone,
+    SubscribeControl,
     UnsubscribeControl,
     parse_control,
 )
@@ -53,6 +54,7 @@ from .messages import join_push, leave_push, message_push
 from .metrics import HubMetrics
 from .node_watch import NodeWatch
 from .presence import PresenceKeeper
+from .serversubs import make_until_done
 from .session import ConnectRequest, Session, Transport
 from .types import ClientInfo, HistoryResult, Publication, PublishOptions, StreamPosition
 from .wire import Codec
@@ -190,6 +192,11 @@ class Hub:
         if self._started:
             await self.node_watch.say_gone()
         await self.engine.close()
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run ``coro`` in a task of the node (awaited a while by :meth:`close`; failures
+        logged)."""
+        self._spawn(coro)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -417,9 +424,20 @@ class Hub:
         """Disconnect every connection of ``user`` on every node."""
         await self._control(DisconnectControl(user, code=code, reason=reason, sender=self.node_id))
 
-    async def unsubscribe_user(self, user: str, channel: str) -> None:
-        """Unsubscribe every connection of ``user`` from ``channel`` on every node."""
-        await self._control(UnsubscribeControl(user, channel, sender=self.node_id))
+    async def unsubscribe_user(self, user: str, channel: str, client: str | None = None) -> None:
+        """Unsubscribe every connection of ``user`` (only the connection ``client`` of the
+        user, when given) from ``channel`` on every node (push ``unsubscribe``, code 2000):
+        client-side and server-side subscriptions alike."""
+        await self._control(UnsubscribeControl(user, channel, client, sender=self.node_id))
+
+    async def subscribe_user(self, user: str, channel: str, client: str | None = None) -> None:
+        """Subscribe every connection of ``user`` (only the connection ``client`` of the
+        user, when given) to ``channel`` on every node: a server-side subscription, without
+        permission checks; each connection gets a ``subscribe`` push, then the channel's
+        publications. Connections subscribed to ``channel`` already are left as they are.
+        Raises HubError 102/107 for an unknown namespace or a bad channel name."""
+        parse_channel(channel, self.config)
+        await self._control(SubscribeControl(user, channel, client, sender=self.node_id))
 
     async def send(self, data: Any, *, user: str | None = None, client: str | None = None) -> None:
         """Push ``data`` as a ``message`` to one connection or to every connection of a user."""
@@ -479,13 +497,16 @@ class Hub:
             self.node_watch.on_control(control)
             return
         targets: list[Session] = []
-        if control.user is not None:
-            targets = list(self.users.get(control.user, ()))
-        elif control.client is not None:
+        if control.client is not None:
             session = self.sessions.get(control.client)
-            targets = [session] if session is not None else []
+            if session is not None and control.user in (None, session.user):
+                targets = [session]
+        elif control.user is not None:
+            targets = list(self.users.get(control.user, ()))
         for session in targets:
-            if isinstance(control, DisconnectControl):
+            if isinstance(control, SubscribeControl):
+                self._spawn(make_until_done(session, {"channel": control.channel}))
+            elif isinstance(control, DisconnectControl):
                 session.disconnect(control.code, control.reason)
             elif isinstance(control, UnsubscribeControl):
                 self.fanout.unsubscribe(

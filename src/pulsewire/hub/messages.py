@@ -37,6 +37,7 @@ __all__ = [
     "refresh_result",
     "reply",
     "rpc_result",
+    "subscribe_push",
     "subscribe_result",
     "unsubscribe_push",
 ]
@@ -68,9 +69,11 @@ def connect_result(
     *,
     ttl: float | None = None,
     subs: dict[Any, Message] | None = None,
+    server_subs: dict[str, Message] | None = None,
 ) -> Message:
     """``connect``: ``ttl`` (seconds the credentials have left) when they expire; ``subs``
-    each channel's subscribe result (or ``{"error": ...}``) when the command had ``subs``."""
+    each channel's subscribe result (or ``{"error": ...}``) when the command had ``subs``;
+    ``server_subs`` the same for the server-side subscriptions made at connect, if any."""
     result: Message = {
         "client": client,
         "user": user,
@@ -81,6 +84,8 @@ def connect_result(
     if ttl is not None:
         result["expires"] = True
         result["ttl"] = int(ttl)
+    if server_subs:
+        result["server_subs"] = server_subs
     if subs is not None:
         result["subs"] = subs
     return result
@@ -199,6 +204,12 @@ def join_push(channel: str, info: ClientInfo) -> Message:
 def leave_push(channel: str, info: ClientInfo) -> Message:
     """The ``leave`` push."""
     return {"push": "leave", "channel": channel, "info": info.to_dict()}
+
+
+def subscribe_push(channel: str, result: Message) -> Message:
+    """The ``subscribe`` push: the server subscribed the connection to ``channel`` (a
+    server-side subscription); ``result`` is what a ``subscribe`` reply's result would be."""
+    return {"push": "subscribe", "channel": channel, **result}
 
 
 def unsubscribe_push(channel: str, code: int, reason: str, *, resubscribe: bool) -> Message:

@@ -33,6 +33,7 @@ __all__ = [
     "ApiHistoryParams",
     "ApiPublishParams",
     "ApiSendParams",
+    "ApiSubscribeParams",
     "ApiUnsubscribeParams",
     "ClientParams",
     "Command",
@@ -101,10 +102,15 @@ class ConnectParams:
     data: Any = None
     subs: dict[Any, dict[str, Any]] | None = None
     """Channels to subscribe at once: each channel's subscribe params (with ``channel``)."""
+    server_subs: Mapping[str, dict[str, Any]] | None = None
+    """The positions the client holds for the server-side subscriptions of its previous
+    session, ``{channel: {"recover": true, "offset": n, "epoch": e}}``: they recover from
+    there if the server subscribes it to them again."""
 
     @classmethod
     def parse(cls, params: dict[str, Any], config: HubConfig | None = None) -> ConnectParams:
-        """Raises Disconnect 4505 for another protocol version, 4501 for a non-string token."""
+        """Raises Disconnect 4505 for another protocol version, 4501 for a non-string token
+        or ``server_subs`` that is not an object of objects."""
         version = params.get("version", PROTOCOL_VERSION)
         if version != PROTOCOL_VERSION:
             raise Disconnect(
@@ -122,7 +128,15 @@ class ConnectParams:
                 sub_params = dict(options) if isinstance(options, dict) else {}
                 sub_params["channel"] = channel
                 wanted[channel] = sub_params
-        return cls(token, params.get("data"), wanted)
+        server_subs = params.get("server_subs")
+        if server_subs is not None and not (
+            isinstance(server_subs, dict) and all(isinstance(p, dict) for p in server_subs.values())
+        ):
+            raise Disconnect(
+                DisconnectCode.BAD_REQUEST,
+                "server_subs must be an object of {channel: {recover, offset, epoch}}",
+            )
+        return cls(token, params.get("data"), wanted, server_subs or None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,16 +458,29 @@ class ApiDisconnectParams:
         return cls(user, code, str(params.get("reason", "disconnected by the server")))
 
 
+_U = TypeVar("_U", bound="ApiUnsubscribeParams")
+
+
 @dataclass(frozen=True, slots=True)
 class ApiUnsubscribeParams:
-    """API ``unsubscribe``: ``user``, ``channel``."""
+    """API ``unsubscribe``: ``user``, ``channel``, optional ``client`` (one connection of
+    the user)."""
 
     user: str
     channel: str
+    client: str | None = None
 
     @classmethod
-    def parse(cls, params: dict[str, Any]) -> ApiUnsubscribeParams:
-        return cls(_nonempty_str(params, "user"), _nonempty_str(params, "channel"))
+    def parse(cls: type[_U], params: dict[str, Any]) -> _U:
+        user, channel = _nonempty_str(params, "user"), _nonempty_str(params, "channel")
+        client = _nonempty_str(params, "client") if params.get("client") is not None else None
+        return cls(user, channel, client)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSubscribeParams(ApiUnsubscribeParams):
+    """API ``subscribe`` (a server-side subscription): ``user``, ``channel``, optional
+    ``client`` (one connection of the user)."""
 
 
 @dataclass(frozen=True, slots=True)

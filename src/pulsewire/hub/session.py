@@ -31,7 +31,8 @@ from .expiry import Expiry
 from .fanout import Subscription
 from .hooks import call_hook, subscribe_outcome
 from .messages import (
-    error_dict,
+    Message,
+    connect_result,
     error_reply,
     history_result,
     presence_result,
@@ -39,6 +40,7 @@ from .messages import (
     publish_result,
     reply,
     rpc_result,
+    subscribe_push,
     subscribe_result,
 )
 from .ratelimit import TokenBucket
@@ -56,8 +58,9 @@ from .requests import (
     SubscribeParams,
     UnsubscribeParams,
 )
+from .serversubs import at_connect, make_until_done, recovery_params, subscribe_each
 from .types import ClientInfo, PreparedMessage
-from .wire import PROTOCOL_VERSION, Codec
+from .wire import Codec
 
 __all__ = ["ConnectRequest", "Session", "SessionHost", "Subscription", "Transport"]
 
@@ -95,6 +98,9 @@ class Session:
         self._queue_max = config.client_queue_max_bytes
         self.expiry = Expiry(hub, self._loop)
         """The credentials' and subscriptions' expiry timers (refresh hooks)."""
+        self._turn = asyncio.Lock()
+        """Held by each command and each server-side subscription made after connect: they
+        run one at a time, so that a push never overtakes the reply it follows."""
 
     # ------------------------------------------------------------------------- plumbing
 
@@ -213,7 +219,8 @@ class Session:
         for command in commands:
             if self.state == _CLOSED:
                 return
-            await self._handle_command(command)
+            async with self._turn:
+                await self._handle_command(command)
 
     def _over_limit(self, commands: list[dict[str, Any]]) -> None:
         policy = self.hub.config.rate_limit_policy
@@ -303,29 +310,24 @@ class Session:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        result: dict[str, Any] = {
-            "client": self.id,
-            "user": self.user,
-            "version": PROTOCOL_VERSION,
-            "node": self.hub.node_id,
-            "transport": self.transport.kind,
-        }
         ttl = self.expiry.arm(self, credentials.expires_at)
-        if ttl is not None:
-            if ttl <= 0:
-                raise Disconnect(DisconnectCode.TOKEN_EXPIRED, "token expired")
-            if not self.expiry.refreshes:  # else the server refreshes, not the client
-                result["expires"] = True
-                result["ttl"] = int(ttl)
+        if ttl is not None and ttl <= 0:
+            raise Disconnect(DisconnectCode.TOKEN_EXPIRED, "token expired")
+        if self.expiry.refreshes:  # the server refreshes, not the client: no ttl to tell
+            ttl = None
         self.hub.session_connected(self)
-        if request.subs:
-            result["subs"] = {}
-            for channel, sub_params in request.subs.items():
-                try:
-                    result["subs"][channel] = await self._subscribe(sub_params)
-                except HubError as exc:
-                    result["subs"][channel] = {"error": error_dict(exc.code, exc.message)}
-        return result
+        # Server-side subscriptions first (from a previous position the client holds), then
+        # the client's own: a channel in both is the server's (the client's gets 105).
+        server_subs = at_connect(credentials.subs, request.server_subs)
+        return connect_result(
+            self.id,
+            self.user,
+            self.hub.node_id,
+            self.transport.kind,
+            ttl=ttl,
+            server_subs=await subscribe_each(server_subs, self._subscribe_server),
+            subs=await subscribe_each(request.subs, self._subscribe) if request.subs else None,
+        )
 
     async def _refresh(self, params: dict[str, Any]) -> dict[str, Any]:
         token = RefreshParams.parse(params).token
@@ -351,21 +353,41 @@ class Session:
     async def _subscribe(self, params: dict[str, Any]) -> dict[str, Any]:
         # SubscribeParams in steps, each where it always was (the error for two faults).
         channel = SubscribeParams.parse_channel(params, self.hub.config)
-        name = channel.name
-        options = channel.options
-        if name in self.subscriptions:
-            raise HubError(ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {name}")
-        if len(self.subscriptions) >= self.hub.config.max_channels_per_connection:
-            raise HubError(ErrorCode.LIMIT_EXCEEDED, "too many channels for one connection")
+        self._check_room(channel.name)
         chan_info = await self._check_subscribe(channel, SubscribeParams.parse_token(params))
         hook = self.hub.on_subscribe
         expires_at = None
         if hook is not None:
-            outcome = subscribe_outcome(await call_hook(hook, self, name, params))
+            outcome = subscribe_outcome(await call_hook(hook, self, channel.name, params))
             if outcome.info is not None:
                 chan_info = outcome.info
             expires_at = outcome.expires_at
-        sub = Subscription(channel, self.info(chan_info), recovering=options.history)
+        return await self._attach(channel, chan_info, params, expires_at)
+
+    async def _subscribe_server(self, params: dict[str, Any]) -> Message:
+        """A server-side subscription: no permission checks, no hook (the server decided)."""
+        channel = SubscribeParams.parse_channel(params, self.hub.config)
+        self._check_room(channel.name)
+        return await self._attach(channel, None, params, server=True)
+
+    def _check_room(self, name: str) -> None:
+        if name in self.subscriptions:
+            raise HubError(ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {name}")
+        if len(self.subscriptions) >= self.hub.config.max_channels_per_connection:
+            raise HubError(ErrorCode.LIMIT_EXCEEDED, "too many channels for one connection")
+
+    async def _attach(
+        self,
+        channel: ChannelName,
+        chan_info: Any,
+        params: dict[str, Any],
+        expires_at: float | None = None,
+        server: bool = False,
+    ) -> Message:
+        """Subscribe once allowed: register, position (recover), presence, join, expiry."""
+        name = channel.name
+        options = channel.options
+        sub = Subscription(channel, self.info(chan_info), recovering=options.history, server=server)
         fanout = self.hub.fanout
         try:
             await fanout.add(self, sub)
@@ -426,6 +448,30 @@ class Session:
             return subscribe_result(position, recovered=recovered, publications=publications)
         return subscribe_result(position)
 
+    # ------------------------------------------------------- server-side subscriptions
+
+    async def subscribe_by_server(self, params: dict[str, Any]) -> None:
+        """Make a server-side subscription after connect (in turn with the commands) and
+        push ``subscribe`` with its result; nothing when subscribed to the channel already.
+        Raises HubError (see :func:`~pulsewire.hub.serversubs.make_until_done`)."""
+        name = params["channel"]
+        async with self._turn:
+            if self.state != _CONNECTED or name in self.subscriptions:
+                return
+            result = await self._subscribe_server(params)
+            self.push(subscribe_push(name, result))
+            self.hub.fanout.flush_recovery(self)
+
+    def resubscribe(self, sub: Subscription) -> None:
+        """The fan-out removed the server-side subscription ``sub`` (insufficient state):
+        make it again, recovering from the last position it delivered (pushes ``subscribe``
+        with the recovery's result)."""
+        self.hub.spawn(self._resubscribe(sub))
+
+    async def _resubscribe(self, sub: Subscription) -> None:
+        await self.hub.forget_presence(sub)  # before the new entry is written, not after it
+        await make_until_done(self, recovery_params(sub), known=True)
+
     def send_publication(self, prepared: PreparedMessage, sub: Subscription) -> None:
         """Send a publication push prepared by the fan-out (which keeps the order), unless
         too much is queued for this client: then, by the channel's policy, drop it or
@@ -448,9 +494,12 @@ class Session:
 
     async def _unsubscribe(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = UnsubscribeParams.parse(params, self.hub.config).channel
-        sub = self.hub.fanout.remove(self, channel.name)
+        sub = self.hub.fanout.subscription(self, channel.name)
         if sub is None:
             raise HubError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {channel.name}")
+        if sub.server:
+            raise HubError(ErrorCode.PERMISSION_DENIED, "server-side subscription")
+        self.hub.fanout.remove(self, channel.name)
         await self.hub.forget_presence(sub)
         return {}
 
