@@ -35,6 +35,7 @@ from ..hub.requests import (
     ApiHistoryParams,
     ApiPublishParams,
     ApiSendParams,
+    ApiSubscribeParams,
     ApiUnsubscribeParams,
 )
 from .http import HttpRequest, HttpResponse, json_response
@@ -76,6 +77,7 @@ class ApiHandler:
             "history": self.history,
             "disconnect": self.disconnect,
             "unsubscribe": self.unsubscribe,
+            "subscribe": self.subscribe,
             "send": self.send,
             "channels": self.channels,
             "info": self.info,
@@ -163,7 +165,12 @@ class ApiHandler:
 
     async def unsubscribe(self, params: dict[str, Any]) -> Message:
         request = ApiUnsubscribeParams.parse(params)
-        await self.hub.unsubscribe_user(request.user, request.channel)
+        await self.hub.unsubscribe_user(request.user, request.channel, request.client)
+        return {}
+
+    async def subscribe(self, params: dict[str, Any]) -> Message:
+        request = ApiSubscribeParams.parse(params)
+        await self.hub.subscribe_user(request.user, request.channel, request.client)
         return {}
 
     async def send(self, params: dict[str, Any]) -> Message:
