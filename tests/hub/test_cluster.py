@@ -8,8 +8,8 @@ uses its own channels and users.
 
 Scenarios: cross-node delivery (client and HTTP API publications, with and without history),
 presence and join/leave across nodes, recovery on the *other* node after a dropped connection,
-server-side disconnect / unsubscribe / send of a user connected to the other node, and the
-node list of ``/api/info``.
+server-side disconnect / unsubscribe / send / subscribe of a user connected to the other
+node (and a server-side subscription recovered there), and the node list of ``/api/info``.
 
 Without the service (Redis at 127.0.0.1:6379, NATS with JetStream at 127.0.0.1:4222) the
 engine's cases skip, and fail when ``CI=true``. The NATS cases also skip, with the reason,
@@ -633,6 +633,51 @@ async def test_server_side_unsubscribe_and_send_across_nodes(
     await sam.sync()
     assert publication_data(sam, channel) == []
     assert [m["data"] for m in other.log if m.get("push") == "message"] == []
+
+
+async def test_server_side_subscribe_across_nodes(
+    cluster: Cluster, hub_client: Any, uniq: Any
+) -> None:
+    """/api/subscribe on A subscribes the user's connections on A and B (a subscribe push,
+    then publications); /api/unsubscribe on A ends them."""
+    a, b = cluster.a, cluster.b
+    channel, one = uniq("room"), uniq("live")
+    name = user("tia")
+    on_a, on_b = await hub_client(a, name), await hub_client(b, name)
+    await api(a, "subscribe", {"user": name, "channel": channel})
+    for client in (on_a, on_b):
+        push = await client.wait_push("subscribe", channel)
+        assert (push["recoverable"], push["offset"]) == (True, 0)
+    await api(b, "publish", {"channel": channel, "data": "x"})
+    for client in (on_a, on_b):
+        assert (await client.wait_push("publication", channel))["data"] == "x"
+    await api(a, "subscribe", {"user": name, "channel": one, "client": on_b.client_id})
+    assert await on_b.wait_push("subscribe", one) == {"push": "subscribe", "channel": one}
+    await api(a, "unsubscribe", {"user": name, "channel": channel})
+    for client in (on_a, on_b):
+        push = await client.wait_push("unsubscribe", channel)
+        assert (push["code"], push["resubscribe"]) == (2000, False)
+    await on_a.sync()
+    assert pushes(on_a, "subscribe", one) == []
+
+
+async def test_server_side_subscription_recovers_on_the_other_node(
+    cluster: Cluster, hub_client: Any, make_token: Any, uniq: Any
+) -> None:
+    channel = uniq("room")
+    token = make_token(user("uma"), subs=[channel])
+    first = await hub_client(cluster.a, token=token)
+    sub = first.log[0]["result"]["server_subs"][channel]
+    await api(cluster.a, "publish", {"channel": channel, "data": 1})
+    last = (await first.wait_push("publication", channel))["offset"]
+    await first.close()
+    for n in (2, 3):
+        await api(cluster.a, "publish", {"channel": channel, "data": n})
+    position = {"recover": True, "offset": last, "epoch": sub["epoch"]}
+    second = await hub_client(cluster.b, token=token, params={"server_subs": {channel: position}})
+    result = second.log[0]["result"]["server_subs"][channel]
+    assert result["recovered"] is True
+    assert [p["data"] for p in result["publications"]] == [2, 3]
 
 
 # ---------------------------------------------- races between live delivery and history

@@ -163,6 +163,38 @@ async def test_unsubscribe_via_http_api(hub_server, hub_client, api, uniq):
     assert status == 400
 
 
+async def test_subscribe_via_http_api(hub_server, hub_client, api, uniq):
+    """A server-side subscription: a subscribe push, then publications; ended by unsubscribe."""
+    server = await hub_server()
+    channel, other = uniq("hist"), uniq("ro")
+    ann1, ann2 = await hub_client(server, "ann"), await hub_client(server, "ann")
+    status, body = await api(server, "subscribe", {"user": "ann", "channel": channel})
+    assert (status, body) == (200, {"result": {}})
+    for client in (ann1, ann2):
+        push = await client.wait_push("subscribe", channel)
+        assert (push["recoverable"], push["offset"]) == (True, 0)
+    await api(server, "publish", {"channel": channel, "data": "hi"})
+    for client in (ann1, ann2):
+        assert (await client.wait_push(channel=channel))["data"] == "hi"
+    params = {"user": "ann", "channel": other, "client": ann2.client_id}
+    assert (await api(server, "subscribe", params))[0] == 200
+    assert await ann2.wait_push("subscribe", other) == {"push": "subscribe", "channel": other}
+    assert (await api(server, "unsubscribe", params))[0] == 200
+    assert (await ann2.wait_push("unsubscribe", other))["code"] == 2000
+    await ann1.sync()
+    assert ann1.take("subscribe", other) == []
+    refusals = [
+        ({"user": "ann", "channel": "nope:x"}, 404, 102),
+        ({"user": "ann", "channel": "bad name"}, 400, 107),
+        ({"user": "ann"}, 400, 107),
+        ({"channel": channel}, 400, 107),
+        ({"user": "ann", "channel": channel, "client": 7}, 400, 107),
+    ]
+    for params, status, code in refusals:
+        answer = await api(server, "subscribe", params)
+        assert (answer[0], answer[1]["error"]["code"]) == (status, code), params
+
+
 async def test_send_via_http_api(hub_server, hub_client, api):
     server = await hub_server()
     a1 = await hub_client(server, "alice")
