@@ -1,7 +1,8 @@
 """The fan-out one layer down: fake subscribers and a fake engine, no sockets, no sleeps.
 
 Order and deduplication, a gap filled from history, insufficient state (push ``unsubscribe``
-2500 with ``resubscribe``), one encode per codec in use, and one index that a removal empties.
+2500 with ``resubscribe``; a server-side subscription made again by its subscriber), one
+encode per codec in use, and one index that a removal empties.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class FakeSubscriber:
         self.prepared: list[PreparedMessage] = []
         self.pushes: list[dict[str, Any]] = []
         self.events: list[PreparedMessage] = []
+        self.resubscribed: list[Subscription] = []
 
     def send_publication(self, prepared: PreparedMessage, sub: Subscription) -> None:
         self.prepared.append(prepared)
@@ -65,6 +67,9 @@ class FakeSubscriber:
 
     def send_prepared(self, prepared: PreparedMessage) -> None:
         self.events.append(prepared)
+
+    def resubscribe(self, sub: Subscription) -> None:
+        self.resubscribed.append(sub)
 
     @property
     def offsets(self) -> list[int]:
@@ -114,8 +119,10 @@ class Harness:
             channel_closed=self.closed.append,
         )
 
-    async def subscribe(self, subscriber: FakeSubscriber, channel: str = CHANNEL) -> Subscription:
-        sub = Subscription(parse_channel(channel, CONFIG), ClientInfo("c", "u"))
+    async def subscribe(
+        self, subscriber: FakeSubscriber, channel: str = CHANNEL, *, server: bool = False
+    ) -> Subscription:
+        sub = Subscription(parse_channel(channel, CONFIG), ClientInfo("c", "u"), server=server)
         sub.epoch = EPOCH
         await self.fanout.add(subscriber, sub)
         return sub
@@ -229,6 +236,24 @@ async def test_insufficient_state_tells_subscribers_to_resubscribe(h: Harness, w
     assert h.closed == [CHANNEL]
     await h.settle()
     assert h.engine.unsubscribed == [CHANNEL]
+
+
+async def test_insufficient_state_has_the_subscriber_make_a_server_side_subscription_again(
+    h: Harness,
+) -> None:
+    """No ``unsubscribe`` push for a server-side subscription (the client could not
+    resubscribe it): it is removed and its subscriber makes it again from where it was."""
+    client, server = FakeSubscriber(), FakeSubscriber()
+    await h.subscribe(client)
+    sub = await h.subscribe(server, server=True)
+    h.fanout.start_position(CHANNEL, StreamPosition(1, EPOCH))
+    h.fanout.on_publication(CHANNEL, pub(2))
+    h.fanout.on_publication(CHANNEL, pub(3, epoch="e2"))
+    assert [p["code"] for p in client.pushes] == [UnsubscribeCode.INSUFFICIENT_STATE]
+    assert server.pushes == [] and server.offsets == [2]
+    assert server.resubscribed == [sub] and (sub.offset, sub.epoch) == (2, EPOCH)
+    assert h.fanout.subscription(server, CHANNEL) is None
+    assert len(h.ended) == 1 and h.ended[0] is not sub  # its presence: the subscriber's
 
 
 async def test_each_publication_is_encoded_once_per_codec_in_use(h: Harness) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from pulsewire.hub import Credentials, HubError
+from pulsewire.hub import Credentials, HubError, serversubs
+from pulsewire.hub.engines.base import EngineUnavailable
 from pulsewire.hub.engines.memory import MemoryEngine
 
 from .fakes import FakeClock, until
@@ -317,3 +318,71 @@ async def test_insufficient_state_resubscribes_server_side_subscriptions(
     publication = await kim.wait_push(channel=channel)
     assert (publication["data"], publication["offset"]) == ("newer", 2)
     assert list(await hub.presence(channel)) == [kim.client_id]  # forgotten, then written
+
+
+# ----------------------------------------------------------------------- failures after connect
+
+
+class FlakyEngine(MemoryEngine):
+    """A memory engine whose next ``failures`` channel subscriptions fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+
+    async def subscribe(self, channel: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise EngineUnavailable("down")
+        await super().subscribe(channel)
+
+
+async def test_subscribe_user_is_retried_while_the_engine_is_unavailable(
+    local_hub, local_client, uniq, monkeypatch
+):
+    monkeypatch.setattr(serversubs, "RETRY_DELAYS", (0.001,))
+    engine = FlakyEngine()
+    hub = await local_hub(engine=engine)
+    channel = uniq("hist")
+    client = await local_client(hub, "max")
+    engine.failures = 2
+    await hub.subscribe_user("max", channel)
+    assert (await client.wait_push("subscribe", channel))["offset"] == 0
+    assert engine.failures == 0
+    await hub.publish(channel, "up")
+    assert (await client.wait_push(channel=channel))["data"] == "up"
+
+
+class GivingUp:
+    """A session on which every attempt fails with ``code``."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.attempts = 0
+        self.pushes: list[dict[str, Any]] = []
+        self.connected = True
+
+    async def subscribe_by_server(self, params: dict[str, Any]) -> None:
+        self.attempts += 1
+        raise HubError(self.code, "no room")
+
+    def push(self, message: dict[str, Any]) -> None:
+        self.pushes.append(message)
+
+    def log_context(self) -> dict[str, Any]:
+        return {}
+
+
+async def test_other_failures_are_given_up_and_told_when_the_client_knew():
+    for known in (False, True):
+        session = GivingUp(106)
+        await serversubs.make_until_done(session, {"channel": "ro:x"}, known=known)
+        assert session.attempts == 1
+        expected = {
+            "push": "unsubscribe",
+            "channel": "ro:x",
+            "code": 2000,
+            "reason": "server-side subscription failed: no room",
+            "resubscribe": False,
+        }
+        assert session.pushes == ([expected] if known else [])
