@@ -35,6 +35,7 @@ from pulsewire.hub.messages import (
     refresh_result,
     reply,
     rpc_result,
+    subscribe_push,
     subscribe_result,
     unsubscribe_push,
 )
@@ -127,6 +128,17 @@ def test_connect_and_refresh_results() -> None:
     assert reply(1, built) == doc
     assert "expires" not in connect_result("c", "u", "n", "sse")
     assert connect_result("c", "u", "n", "sse", subs={"a": {}})["subs"] == {"a": {}}
+    doc = next(e for e in EXAMPLES if "server_subs" in e.get("result", {}))
+    result = doc["result"]
+    built = connect_result(
+        result["client"],
+        result["user"],
+        result["node"],
+        result["transport"],
+        server_subs=dict(result["server_subs"]),
+    )
+    assert reply(1, built) == doc
+    assert "server_subs" not in connect_result("c", "u", "n", "sse", server_subs={})
     assert reply(9, refresh_result(3599.2)) == example(id=9, result=...)
     assert refresh_result(None) == {"expires": False}
 
@@ -178,6 +190,16 @@ def test_pushes() -> None:
         "chat:lobby", UnsubscribeCode.SERVER, "unsubscribed by the server", resubscribe=False
     )
     assert built == doc
+    for fields in ({"offset": 12}, {"recovered": False}, {"recoverable": None}):
+        doc = example(push="subscribe", **{k: ... if v is None else v for k, v in fields.items()})
+        position = StreamPosition(doc["offset"], doc["epoch"]) if "epoch" in doc else None
+        recovered = doc.get("recovered")
+        result = subscribe_result(position, recovered=recovered, publications=[])
+        assert subscribe_push(doc["channel"], result) == doc
+    assert example(push="subscribe", channel="team:blue") == {
+        "push": "subscribe",
+        "channel": "team:blue",
+    }
     assert message_push({"notice": "maintenance at 18:00"}) == example(push="message")
     assert disconnect_push(DisconnectCode.TOKEN_EXPIRED, "token expired") == example(
         push="disconnect"
