@@ -1,6 +1,6 @@
 // Evaluated in a page on the hub's origin: a pulsewire.js Client that records what it sees in
-// window.h. Argument: { user, channels, options }. Resolves with the transport once connected
-// and subscribed to every channel.
+// window.h (h.server: what server-side subscriptions delivered). Argument: { user, channels,
+// options }. Resolves with the transport once connected and subscribed to every channel.
 async ({ user, channels, options }) => {
   const { Client } = await import("/pulsewire.js");
   const getToken = async () => {
@@ -16,6 +16,13 @@ async ({ user, channels, options }) => {
   });
   client.on("error", ({ type, transport }) => h.events.push(["error", type, transport ?? null]));
   client.on("message", ({ data }) => h.events.push(["message", data]));
+  // server-side subscriptions: the client's own events
+  h.server = { subscribed: [], pubs: {} };
+  client.on("subscribed", ({ channel, recovering, recovered }) => {
+    h.server.subscribed.push([channel, recovering, recovered]);
+  });
+  client.on("publication", ({ channel, data }) => (h.server.pubs[channel] ??= []).push(data));
+  client.on("unsubscribed", ({ channel, code }) => h.events.push(["unsubscribed", channel, code]));
   h.subscribe = (channel) => {
     h.pubs[channel] = [];
     h.subscribed[channel] = [];

@@ -1,4 +1,5 @@
-"""pulsewire.js in Chromium: the three transports, reconnect with recovery, fallback."""
+"""pulsewire.js in Chromium: the three transports, reconnect with recovery, fallback,
+server-side subscriptions."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import jwt
 import pytest
 
 from .conftest import HubProcess, Page, free_port
@@ -173,3 +175,42 @@ def test_server_side_unsubscribe_and_messages(
         "() => h.client.send({ x: 1 }).then(() => 'taken', (e) => [e.code, e.message])"
     )
     assert sent == [104, "this hub takes no messages (no handler)"]
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # the test secret
+@pytest.mark.parametrize("transport", ["websocket", "longpoll"])
+def test_server_side_subscriptions(
+    hub: HubProcess, open_page: Callable[..., Page], transport: str
+) -> None:
+    """One from the token claim ``subs`` at connect, one by /api/subscribe: subscribed and
+    publication events of the client; after a reconnect the first recovers what was missed
+    (its position sent in ``server_subs``), the second, not made again, is dropped."""
+    user = f"ss-{uuid.uuid4().hex[:8]}"
+    mine, later = room(), f"dashboard:{uuid.uuid4().hex[:10]}"
+    token = jwt.encode({"sub": user, "subs": [mine]}, hub.secret, algorithm="HS256")
+    page = open_page(hub, user, [], token=token, transports=[transport])
+    assert page.eval("() => h.server.subscribed") == [[mine, False, False]]
+    hub.api("subscribe", {"user": user, "channel": later})
+    page.wait("(c) => h.server.subscribed.some((s) => s[0] === c)", later)
+    for n in (1, 2):
+        hub.publish(mine, n)
+    hub.publish(later, "b")
+    page.eval("(c) => h.client.getServerSubscription(c).publish(3)", mine)
+    received = "([c, n]) => (h.server.pubs[c] ?? []).length >= n"
+    page.wait(received, [mine, 3])
+    page.wait(received, [later, 1])
+    page.eval("() => h.client.disconnect()")
+    for n in (4, 5):
+        hub.publish(mine, n)
+    page.eval("() => h.client.connect()")
+    page.wait(received, [mine, 5])
+    hub.publish(mine, 6)
+    page.wait(received, [mine, 6])
+    server = page.eval("() => h.server")
+    assert server["pubs"] == {mine: [1, 2, 3, 4, 5, 6], later: ["b"]}
+    assert server["subscribed"] == [[mine, False, False], [later, False, False], [mine, True, True]]
+    assert ["unsubscribed", later, 2000] in page.events()
+    assert page.eval("() => [...h.client.serverSubscriptions.keys()]") == [mine]
+    hub.api("unsubscribe", {"user": user, "channel": mine})
+    page.wait("(c) => h.events.some((e) => e[0] === 'unsubscribed' && e[1] === c)", mine)
+    assert page.eval("() => h.client.serverSubscriptions.size") == 0

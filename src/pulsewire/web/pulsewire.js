@@ -29,6 +29,16 @@
  *   client.unsubscribe("chat:lobby");      // or sub.unsubscribe()
  *   await client.rpc("method", data); await client.send(data); client.disconnect();
  *
+ *   // Server-side subscriptions: channels the server subscribes this connection to (the
+ *   // token claim `subs`, /api/subscribe...). They come as the client's own events, each
+ *   // with its `channel`; the client keeps their positions and recovers them on reconnect.
+ *   client.on("subscribed", (ctx) => {});    // ctx: as onSubscribed's (a new one, or again)
+ *   client.on("publication", (pub) => {});   // pub: { channel, data, offset, info, tags }
+ *   client.on("join", fn); client.on("leave", fn);  // ({ channel, info })
+ *   client.on("unsubscribed", ({ channel, code, reason }) => {});  // ended by the server
+ *   client.getServerSubscription("notifications:#42");  // its publish(), presence(),
+ *   client.serverSubscriptions;   // history()... (a Map); the client cannot unsubscribe them
+ *
  * Calls made while (re)connecting wait for the connection (or the subscription) up to
  * `timeout` ms; calls in flight when a connection is lost are rejected (code 0).
  *
@@ -43,7 +53,9 @@
  * and in order (offsets are de-duplicated). When the missed publications are gone (history
  * trimmed or lost, e.g. a server restart), `onSubscribed` gets `recovering: true` and
  * `recovered: false`: reload the state. The server may also ask to resubscribe (an
- * `unsubscribe` push with `resubscribe: true`): the client does so, recovering.
+ * `unsubscribe` push with `resubscribe: true`): the client does so, recovering. Server-side
+ * subscriptions recover the same way: their positions go in `connect`'s `server_subs`, and
+ * the server itself makes one again when it must (a `subscribe` push carrying the recovery).
  *
  * Transports: each connection attempt tries the listed transports in order and moves to the
  * next one only when a transport cannot open at all (an error before it opened, or no open
@@ -577,6 +589,8 @@ export class Client {
     this.transport = null;
     /** @type {Map<string, Subscription>} */
     this.subscriptions = new Map();
+    /** Server-side subscriptions (made by the server), by channel. @type {Map<string, Subscription>} */
+    this.serverSubscriptions = new Map();
     this._events = new Emitter();
     this._token = options.token ?? null;
     this._needToken = this._token === null;
@@ -594,7 +608,8 @@ export class Client {
   }
 
   /**
-   * Listen to "state", "connected", "disconnected", "message", "error".
+   * Listen to "state", "connected", "disconnected", "message", "error", and for server-side
+   * subscriptions "subscribed", "publication", "join", "leave", "unsubscribed".
    * @param {string} event @param {Function} listener @returns {() => void} removes the listener
    */
   on(event, listener) {
@@ -654,6 +669,11 @@ export class Client {
   /** @param {string} channel */
   getSubscription(channel) {
     return this.subscriptions.get(channel) ?? null;
+  }
+
+  /** A server-side subscription (the server made it; it ends it). @param {string} channel */
+  getServerSubscription(channel) {
+    return this.serverSubscriptions.get(channel) ?? null;
   }
 
   /** @param {string} channel */
@@ -740,8 +760,10 @@ export class Client {
     const params = { version: PROTOCOL_VERSION };
     if (this._token !== null) params.token = this._token;
     if (this.options.data !== undefined) params.data = this.options.data;
+    const positions = this._serverPositions();
+    if (Object.keys(positions).length) params.server_subs = positions;
     const connected = (/** @type {any} */ result) => {
-      if (conn === this._conn) this._connected(conn, result);
+      if (conn === this._conn) this._connected(conn, result, positions);
     };
     this._rawCall("connect", params, this.options.timeout, connected).catch((error) => {
       if (conn !== this._conn) return; // the connection is gone already: handled there
@@ -750,10 +772,14 @@ export class Client {
     });
   }
 
-  /** @param {Transport} conn @param {any} result the connect reply */
-  _connected(conn, result) {
+  /**
+   * @param {Transport} conn @param {any} result the connect reply
+   * @param {{ [channel: string]: object }} positions the server_subs sent
+   */
+  _connected(conn, result, positions) {
     this._attempt = 0;
     this.transport = conn.name;
+    this._serverSubsConnected(result.server_subs ?? {}, positions);
     // Resubscribe before telling the app, whose listeners may subscribe too.
     for (const sub of this.subscriptions.values()) this._sendSubscribe(sub);
     this._schedulePing();
@@ -806,6 +832,7 @@ export class Client {
       call.reject(new PulsewireError(ERROR_CONNECTION_LOST, `connection lost: ${reason}`));
     }
     for (const sub of this.subscriptions.values()) sub._setState("subscribing", reason);
+    for (const sub of this.serverSubscriptions.values()) sub._setState("subscribing", reason);
   }
 
   _scheduleReconnect() {
@@ -958,8 +985,15 @@ export class Client {
 
   /** @param {Message} push */
   _onPush(push) {
-    const sub = push.channel === undefined ? undefined : this.subscriptions.get(push.channel);
+    const channel = push.channel;
+    const server = channel === undefined ? undefined : this.serverSubscriptions.get(channel);
+    const sub = server ?? (channel === undefined ? undefined : this.subscriptions.get(channel));
     switch (push.push) {
+      case "subscribe": // a server-side subscription, new or made again (then recovering)
+        if (typeof channel === "string") {
+          this._serverSubscribed(channel, push, push.recovered !== undefined);
+        }
+        break;
       case "publication":
         sub?._publication(push);
         break;
@@ -968,7 +1002,8 @@ export class Client {
         sub?._emit(push.push, { channel: push.channel, info: push.info });
         break;
       case "unsubscribe":
-        if (sub) this._onUnsubscribePush(sub, push);
+        if (server) this._serverUnsubscribed(channel, push.code, push.reason);
+        else if (sub) this._onUnsubscribePush(sub, push);
         break;
       case "message":
         this._events.emit("message", { data: push.data });
@@ -992,5 +1027,65 @@ export class Client {
     this.subscriptions.delete(sub.channel);
     sub._setState("unsubscribed", push.reason);
     sub._emit("unsubscribed", { channel: sub.channel, code: push.code, reason: push.reason });
+  }
+
+  // -- server-side subscriptions --------------------------------------------------------------
+
+  /** `connect`'s `server_subs` param: where each recoverable one stands. */
+  _serverPositions() {
+    /** @type {{ [channel: string]: object }} */
+    const positions = {};
+    for (const [channel, sub] of this.serverSubscriptions) {
+      const { recover, offset, epoch } = /** @type {any} */ (sub._subscribeParams());
+      if (recover) positions[channel] = { recover, offset, epoch };
+    }
+    return positions;
+  }
+
+  /**
+   * A new connection's server-side subscriptions: the ones made again (recovering from the
+   * positions sent), new ones, and the ones the server did not make again (dropped).
+   * @param {{ [channel: string]: any }} results @param {{ [channel: string]: object }} positions
+   */
+  _serverSubsConnected(results, positions) {
+    for (const channel of [...this.serverSubscriptions.keys()]) {
+      if (!results[channel] || results[channel].error) {
+        this._serverUnsubscribed(channel, 2000, "not subscribed again at connect");
+      }
+    }
+    for (const [channel, result] of Object.entries(results)) {
+      if (result.error) {
+        const error = new PulsewireError(result.error.code, result.error.message);
+        this._events.emit("error", { type: "subscribe", channel, error });
+      } else {
+        this._serverSubscribed(channel, result, channel in positions);
+      }
+    }
+  }
+
+  /** @param {string} channel @param {any} result @param {boolean} recovering */
+  _serverSubscribed(channel, result, recovering) {
+    let sub = this.serverSubscriptions.get(channel);
+    if (!sub) {
+      const forward = (/** @type {string} */ event) => (/** @type {any} */ value) =>
+        this._events.emit(event, value);
+      sub = new Subscription(this, channel, {
+        onSubscribed: forward("subscribed"),
+        onPublication: forward("publication"),
+        onJoin: forward("join"),
+        onLeave: forward("leave"),
+      });
+      this.serverSubscriptions.set(channel, sub);
+    }
+    sub._subscribed(result, recovering);
+  }
+
+  /** @param {string} channel @param {number} code @param {string} reason */
+  _serverUnsubscribed(channel, code, reason) {
+    const sub = this.serverSubscriptions.get(channel);
+    if (!sub) return;
+    this.serverSubscriptions.delete(channel);
+    sub._setState("unsubscribed", reason);
+    this._events.emit("unsubscribed", { channel, code, reason });
   }
 }
