@@ -18,9 +18,9 @@ was down): the fan-out fills the gap from history before delivering further, so 
 see every offset once and in order. When the gap cannot be filled (history trimmed, epoch
 changed) subscribers are told to resubscribe (push ``unsubscribe`` with code 2500 and
 ``resubscribe: true``), and their recovery tells them to reload state; a server-side
-subscription is made again by the server itself (:meth:`Subscriber.resubscribe`). Per subscriber, a
-subscription being positioned (recovering) buffers what arrives, and publications at or
-before the subscription's own offset (or of another epoch) are skipped.
+subscription is made again by the server itself (:meth:`Subscriber.resubscribe`). Per
+subscriber, a subscription being positioned (recovering) buffers what arrives, and
+publications at or before the subscription's own offset (or of another epoch) are skipped.
 """
 
 from __future__ import annotations
