@@ -15,7 +15,7 @@ server decided); this module holds what surrounds that:
   while the engine is unavailable, given up otherwise (logged; and when the client knew of
   the subscription, an ``unsubscribe`` push, code 2000, tells it it is gone);
 * insufficient state: the fan-out removes the subscription and the session makes it again,
-  recovering from the last position it delivered (:func:`recovery_params`).
+  recovering from the last position it delivered (:func:`make_again`).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ __all__ = [
     "RETRY_DELAYS",
     "ServerSubscriber",
     "at_connect",
+    "make_again",
     "make_until_done",
-    "recovery_params",
     "subscribe_each",
 ]
 
@@ -68,10 +68,18 @@ def at_connect(
     return {c: {**positions.get(c, {}), "channel": c} for c in channels}
 
 
-def recovery_params(sub: Subscription) -> dict[str, Any]:
-    """The params that make ``sub`` again from the last position it delivered."""
+async def make_again(
+    session: ServerSubscriber,
+    sub: Subscription,
+    forget: Callable[[Subscription], Awaitable[None]],
+) -> None:
+    """Make ``sub`` again after insufficient state (the fan-out removed it), recovering from
+    the last position it delivered; its presence is ``forget``-ed first (the old entry must
+    not be removed after the new one is written)."""
+    await forget(sub)
     name = sub.channel.name
-    return {"channel": name, "recover": True, "offset": sub.offset, "epoch": sub.epoch}
+    params = {"channel": name, "recover": True, "offset": sub.offset, "epoch": sub.epoch}
+    await make_until_done(session, params, known=True)
 
 
 async def subscribe_each(

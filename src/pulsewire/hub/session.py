@@ -58,7 +58,7 @@ from .requests import (
     SubscribeParams,
     UnsubscribeParams,
 )
-from .serversubs import at_connect, make_until_done, recovery_params, subscribe_each
+from .serversubs import at_connect, make_again, subscribe_each
 from .types import ClientInfo, PreparedMessage
 from .wire import Codec
 
@@ -453,7 +453,7 @@ class Session:
     async def subscribe_by_server(self, params: dict[str, Any]) -> None:
         """Make a server-side subscription after connect (in turn with the commands) and
         push ``subscribe`` with its result; nothing when subscribed to the channel already.
-        Raises HubError (see :func:`~pulsewire.hub.serversubs.make_until_done`)."""
+        Raises HubError (retried by :mod:`~pulsewire.hub.serversubs`)."""
         name = params["channel"]
         async with self._turn:
             if self.state != _CONNECTED or name in self.subscriptions:
@@ -466,11 +466,7 @@ class Session:
         """The fan-out removed the server-side subscription ``sub`` (insufficient state):
         make it again, recovering from the last position it delivered (pushes ``subscribe``
         with the recovery's result)."""
-        self.hub.spawn(self._resubscribe(sub))
-
-    async def _resubscribe(self, sub: Subscription) -> None:
-        await self.hub.forget_presence(sub)  # before the new entry is written, not after it
-        await make_until_done(self, recovery_params(sub), known=True)
+        self.hub.spawn(make_again(self, sub, self.hub.forget_presence))
 
     def send_publication(self, prepared: PreparedMessage, sub: Subscription) -> None:
         """Send a publication push prepared by the fan-out (which keeps the order), unless
