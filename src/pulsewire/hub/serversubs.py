@@ -101,9 +101,9 @@ async def make_until_done(
     session: ServerSubscriber, params: dict[str, Any], *, known: bool = False
 ) -> None:
     """Make a server-side subscription after connect (``session.subscribe_by_server``):
-    retried while the engine is unavailable and the session lasts; any other failure is
-    logged and, when the client ``known`` the subscription (it is being made again), told
-    with an ``unsubscribe`` push (code 2000)."""
+    retried while the engine is unavailable and the session lasts (logged at DEBUG only);
+    any other failure is logged (WARNING) and, when the client ``known`` the subscription
+    (it is being made again), told with an ``unsubscribe`` push (code 2000)."""
     channel = params["channel"]
     for attempt in itertools.count():
         if attempt:
@@ -114,13 +114,11 @@ async def make_until_done(
             await session.subscribe_by_server(params)
             return
         except HubError as exc:
-            retry = exc.code == ErrorCode.NOT_AVAILABLE
-            if attempt == 0 or not retry:
-                context = {**session.log_context(), "channel": channel}
-                again = ": retrying" if retry else ""
-                logger.warning("server-side subscription failed%s: %s", again, exc, extra=context)
-            if retry:
+            context = {**session.log_context(), "channel": channel}
+            if exc.code == ErrorCode.NOT_AVAILABLE:  # one line per session would flood the log
+                logger.debug("server-side subscription: %s; retrying", exc, extra=context)
                 continue
+            logger.warning("server-side subscription failed: %s", exc, extra=context)
             if known:
                 reason = f"server-side subscription failed: {exc.message}"
                 session.push(
