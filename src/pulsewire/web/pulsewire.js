@@ -14,7 +14,8 @@
  *   client.on("connected", (ctx) => {});     // ctx: { client, user, transport, ... }
  *   client.on("disconnected", ({ code, reason, reconnect }) => {});  // a connection ended
  *   client.on("message", ({ data }) => {});  // what the server API's `send` sent
- *   client.on("error", ({ type, ... }) => {});  // "transport" (falling back), "token", "refresh"
+ *   client.on("error", ({ type, ... }) => {});  // "transport" (falling back), "token", "refresh",
+ *                                  // "subscribe" (a server-side subscription failed at connect)
  *   client.connect();
  *
  *   const sub = client.subscribe("chat:lobby", {
