@@ -187,9 +187,10 @@ def test_server_side_subscriptions(
     (its position sent in ``server_subs``), the second, not made again, is dropped."""
     user = f"ss-{uuid.uuid4().hex[:8]}"
     mine, later = room(), f"dashboard:{uuid.uuid4().hex[:10]}"
-    token = jwt.encode({"sub": user, "subs": [mine]}, hub.secret, algorithm="HS256")
+    token = jwt.encode({"sub": user, "subs": [mine, "nope:x"]}, hub.secret, algorithm="HS256")
     page = open_page(hub, user, [], token=token, transports=[transport])
     assert page.eval("() => h.server.subscribed") == [[mine, False, False]]
+    assert ["error", "subscribe", None] in page.events()  # unknown namespace: 102
     hub.api("subscribe", {"user": user, "channel": later})
     page.wait("(c) => h.server.subscribed.some((s) => s[0] === c)", later)
     for n in (1, 2):
