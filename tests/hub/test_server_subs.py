@@ -91,6 +91,16 @@ async def test_an_authenticate_hook_gives_server_side_subscriptions(local_hub, l
     assert (await client.wait_push(channel=team))["data"] == "hi"
 
 
+async def test_an_authenticate_hook_giving_subs_as_one_string_is_a_bug(
+    local_hub, local_client, caplog
+):
+    hub = await local_hub(authenticate=lambda request: Credentials(user="bo", subs="ro:x"))
+    client = await local_client(hub, connect=False)
+    assert await client.fail("connect") == {"code": 100, "message": "internal error"}
+    assert "not one string" in caplog.text
+    assert client.session.subscriptions == {}
+
+
 async def test_client_subs_come_after_the_server_ones(local_hub, local_client, make_token, uniq):
     hub = await local_hub()
     mine, both = uniq("ro"), uniq("ro")

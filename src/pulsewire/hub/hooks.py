@@ -210,6 +210,8 @@ def credentials_from(outcome: object, *, allow_anonymous: bool) -> Credentials |
             raise Disconnect(DisconnectCode.UNAUTHORIZED, "anonymous connections are off")
         return Credentials(user=outcome)
     if isinstance(outcome, Credentials):
+        if isinstance(outcome.subs, str):  # iterating it would subscribe to its characters
+            raise TypeError("Credentials.subs is a sequence of channel names, not one string")
         return outcome
     if outcome is not None:
         raise TypeError("authenticate must return Credentials, a user id or None")
