@@ -331,6 +331,68 @@ async def test_insufficient_state_resubscribes_server_side_subscriptions(
     assert list(await hub.presence(channel)) == [kim.client_id]  # forgotten, then written
 
 
+class LossyEngine(MemoryEngine):
+    """A memory engine that can lose the live delivery of its next ``drop`` publications and
+    fail its next ``history_failures`` history reads (as an engine outage does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = 0
+        self.history_failures = 0
+
+    async def publish(self, channel: str, publication: Any, options: Any) -> Any:
+        if not self.drop:
+            return await super().publish(channel, publication, options)
+        self.drop -= 1
+        handler, self.handler = self.handler, None
+        try:
+            return await super().publish(channel, publication, options)
+        finally:
+            self.handler = handler
+
+    async def history(self, channel: str, **options: Any) -> Any:
+        if self.history_failures:
+            self.history_failures -= 1
+            raise EngineUnavailable("down")
+        return await super().history(channel, **options)
+
+
+async def test_a_gap_that_cannot_be_filled_is_recovered_by_the_server(
+    local_hub, local_client, make_token, uniq
+):
+    """A publication lost on its way and the history read that would fill the gap failing:
+    the server makes the server-side subscription again from the last offset it delivered,
+    and the subscribe push carries what was missed (recovered: true)."""
+    engine = LossyEngine()
+    hub = await local_hub(engine=engine)
+    channel = uniq("hist")
+    ned = await local_client(hub, token=make_token("ned", subs=[channel]))
+    watcher = await local_client(hub, "ola")
+    await watcher.subscribe(channel)
+    await hub.publish(channel, 1)
+    assert (await ned.wait_push(channel=channel))["offset"] == 1
+    engine.drop = 1
+    await hub.publish(channel, 2)  # lost on its way to the node
+    engine.history_failures = 1
+    position = await hub.publish(channel, 3)  # shows the gap; filling it fails
+    push = await ned.wait_push("subscribe", channel)
+    assert push == {
+        "push": "subscribe",
+        "channel": channel,
+        "recoverable": True,
+        "epoch": position.epoch,
+        "offset": 3,
+        "recovered": True,
+        "publications": [{"data": 2, "offset": 2}, {"data": 3, "offset": 3}],
+    }
+    assert (await watcher.wait_push("unsubscribe", channel))["code"] == 2500
+    await hub.publish(channel, 4)
+    assert (await ned.wait_push(channel=channel))["offset"] == 4
+    await ned.sync()
+    assert [m.get("offset") for m in ned.log if m.get("push") == "publication"] == [1, 4]
+    assert ned.take("unsubscribe") == []
+
+
 # ----------------------------------------------------------------------- failures after connect
 
 
