@@ -19,6 +19,7 @@ from pulsewire.hub.requests import (
     ApiHistoryParams,
     ApiPublishParams,
     ApiSendParams,
+    ApiSubscribeParams,
     ApiUnsubscribeParams,
     Command,
     ConnectParams,
@@ -47,7 +48,7 @@ CONFIG = HubConfig(
 KEYS = [
     "id", "method", "params", "channel", "channels", "token", "data", "version", "subs",
     "recover", "offset", "epoch", "limit", "since", "reverse", "idempotency_key", "tags",
-    "code", "reason", "user", "client",
+    "code", "reason", "user", "client", "server_subs",
 ]  # fmt: skip
 CHANNELS = ["hist:a", "chat:lobby", "plain", "nope:x", "", "bad name", "hist:#1,2", "x" * 300]
 
@@ -80,6 +81,7 @@ API_CLASSES = [
     ApiHistoryParams,
     ApiPublishParams,
     ApiSendParams,
+    ApiSubscribeParams,
     ApiUnsubscribeParams,
 ]
 
@@ -167,6 +169,14 @@ def test_connect() -> None:
         DisconnectCode.BAD_REQUEST,
         "token must be a string",
     )
+    positions = {"hist:a": {"recover": True, "offset": 3, "epoch": "e"}}
+    assert ConnectParams.parse({"server_subs": positions}).server_subs == positions
+    assert ConnectParams.parse({"server_subs": {}}).server_subs is None
+    for bad in ([], "hist:a", {"hist:a": 3}, {"hist:a": None}):
+        assert _disconnect(ConnectParams.parse, {"server_subs": bad}) == (
+            DisconnectCode.BAD_REQUEST,
+            "server_subs must be an object of {channel: {recover, offset, epoch}}",
+        )
 
 
 def test_refresh_rpc_ping() -> None:
@@ -264,6 +274,13 @@ def test_api_params() -> None:
         107,
         nonempty.format("channel"),
     )
+    for cls in (ApiSubscribeParams, ApiUnsubscribeParams):
+        assert cls.parse({"user": "u", "channel": "c"}) == cls("u", "c", None)
+        assert cls.parse({"user": "u", "channel": "c", "client": "k"}) == cls("u", "c", "k")
+        assert _hub_error(cls.parse, {"user": "u", "channel": "c", "client": ""}) == (
+            107,
+            nonempty.format("client"),
+        )
     assert ApiSendParams.parse({"client": "c", "data": 1}) == ApiSendParams(1, None, "c")
     assert _hub_error(ApiSendParams.parse, {"user": "u"}) == (107, "send needs data")
     for bad in ({"data": 1}, {"data": 1, "user": "u", "client": "c"}):
