@@ -17,6 +17,7 @@ from pulsewire.hub.control import (
     NodeAnnounce,
     NodeDead,
     NodeGone,
+    SubscribeControl,
     UnsubscribeControl,
     parse_control,
 )
@@ -33,6 +34,18 @@ WIRE = [
     (
         UnsubscribeControl("42", "chat:lobby", sender="n1"),
         {"op": "unsubscribe", "user": "42", "channel": "chat:lobby", "from": "n1"},
+    ),
+    (
+        UnsubscribeControl("42", "chat:lobby", "c1", sender="n1"),
+        {"op": "unsubscribe", "user": "42", "client": "c1", "channel": "chat:lobby", "from": "n1"},
+    ),
+    (
+        SubscribeControl("42", "chat:lobby", sender="n1"),
+        {"op": "subscribe", "user": "42", "channel": "chat:lobby", "from": "n1"},
+    ),
+    (
+        SubscribeControl("42", "chat:lobby", "c1", sender="n1"),
+        {"op": "subscribe", "user": "42", "client": "c1", "channel": "chat:lobby", "from": "n1"},
     ),
     (
         MessageControl("42", None, {"n": 1}, sender="n1"),
@@ -66,7 +79,12 @@ def test_the_wire_dicts_are_unchanged(control: Any, wire: dict[str, Any]) -> Non
 
 
 def test_node_ops() -> None:
-    assert {c.op for c, _ in WIRE} - NODE_OPS == {"disconnect", "unsubscribe", "message"}
+    assert {c.op for c, _ in WIRE} - NODE_OPS == {
+        "disconnect",
+        "unsubscribe",
+        "subscribe",
+        "message",
+    }
 
 
 def test_read_as_leniently_as_before() -> None:
