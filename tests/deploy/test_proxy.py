@@ -155,12 +155,17 @@ async def test_the_backend_decides_then_dies(backend: Backend, serve: Any, write
         # connect: allowed by a cookie or a header, refused otherwise
         ann, reply = await client(ANN)
         assert reply["result"]["user"] == "ann" and "expires" not in reply["result"]
-        if "server_subs" in reply["result"]:  # once server-side subscriptions are on main
-            assert "notif:#ann" in reply["result"]["server_subs"]
+        assert reply["result"]["server_subs"] == {"notif:#ann": {}}  # from the backend
         bob, reply = await client(BOB)
         assert reply["result"]["user"] == "bob"
         stranger, _ = await client([("Cookie", "sessionid=forged")])
         assert await stranger.closed() == (4503, "unknown session")
+
+        # the server-side subscription the backend gave: the API's publication arrives
+        status, _ = await api(port, "publish", {"channel": "notif:#ann", "data": "for ann"})
+        assert status == 200
+        push = await ann.push("publication")
+        assert (push["channel"], push["data"]) == ("notif:#ann", "for ann")
 
         # subscribe refused, publish rewritten, rpc answered
         assert await bob.error("subscribe", {"channel": "secret:plans"}) == {
