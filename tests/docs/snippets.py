@@ -18,8 +18,8 @@ later blocks use; the check waits until every port the block names accepts conne
 The blocks of one doc run in order in one temporary working directory; shell variables
 carry over from one shell block to the next. Loopback ports named in the doc's blocks
 (``127.0.0.1:8765``, ``"127.0.0.1", 8765``, ``--port 8765``) are replaced by free ports,
-the same one for the same number throughout the doc; with ``needs-server``, ``8000`` is
-the demo node's port.
+the same one for the same number throughout the doc (Redis's 6379 and NATS's 4222 stay);
+with ``needs-server``, ``8000`` is the demo node's port.
 """
 
 from __future__ import annotations
@@ -35,16 +35,21 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RUN_TIMEOUT = 60.0  # a block's whole run (a cold interpreter on a loaded machine included)
 START_TIMEOUT = 30.0  # a server (a background block or the demo node) to accept connections
 SERVER_PORT = 8000  # the demo node's port as the docs write it (`make run`)
+SERVICE_PORTS = frozenset({6379, 4222})  # Redis and NATS: real services, never replaced
 
 MARKS = frozenset({"fragment", "no-run", "needs-server", "background"})
 PYTHON = frozenset({"python", "py"})
@@ -106,7 +111,9 @@ def parse_marks(doc: str, line: int, body: str) -> tuple[frozenset[str], str | N
         elif word in MARKS:
             marks.add(word)
         else:
-            raise ValueError(f"{doc}:{line}: unknown snippet mark {word!r} (known: {sorted(MARKS)}, file=NAME)")
+            raise ValueError(
+                f"{doc}:{line}: unknown snippet mark {word!r} (known: {sorted(MARKS)}, file=NAME)"
+            )
     return frozenset(marks), file
 
 
@@ -221,7 +228,7 @@ class DocRun:
 
     def with_ports(self, block: Block) -> str:
         text = block.text
-        for number in sorted({int(m["port"]) for m in _PORT.finditer(text)}):
+        for number in sorted({int(m["port"]) for m in _PORT.finditer(text)} - SERVICE_PORTS):
             if number not in self.ports:
                 self.ports[number] = free_port()
             text = re.sub(rf"\b{number}\b", str(self.ports[number]), text)
@@ -231,7 +238,15 @@ class DocRun:
         if self.server is not None:
             return
         port = self.ports.setdefault(SERVER_PORT, free_port())
-        argv = [str(BIN / "pulsewire"), "serve", "--demo", "--host", "127.0.0.1", "--port", str(port)]
+        argv = [
+            str(BIN / "pulsewire"),
+            "serve",
+            "--demo",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
         self.server = self.spawn(argv)
         if not wait_for_port(port, self.server, START_TIMEOUT):
             raise SnippetError(block, f"the demo node did not start: {stop(self.server)}")
@@ -347,7 +362,9 @@ class DocRun:
             _build_parser().parse_args(argv)
         except SystemExit as exc:
             if exc.code not in (0, None):
-                raise SnippetError(block, f"`pulsewire {shlex.join(argv)}`: refused by the CLI") from None
+                raise SnippetError(
+                    block, f"`pulsewire {shlex.join(argv)}`: refused by the CLI"
+                ) from None
 
     def toml(self, block: Block, text: str) -> None:
         try:
@@ -361,7 +378,9 @@ class DocRun:
         from pulsewire.server.main import load_settings
 
         try:
-            load_settings(serve_options(_build_parser().parse_args(["serve", "--config", str(path)])))
+            load_settings(
+                serve_options(_build_parser().parse_args(["serve", "--config", str(path)]))
+            )
         except (Exception, SystemExit) as exc:
             raise SnippetError(block, f"refused by the config loader: {exc!r}") from None
 
@@ -385,6 +404,8 @@ class DocRun:
             return  # syntax only, and only where Node.js is installed
         path = self.workdir / f"snippet_{block.line}.mjs"
         path.write_text(text)
-        checked = subprocess.run([node, "--check", str(path)], capture_output=True, timeout=RUN_TIMEOUT)
+        checked = subprocess.run(
+            [node, "--check", str(path)], capture_output=True, timeout=RUN_TIMEOUT
+        )
         if checked.returncode != 0:
             raise SnippetError(block, f"node --check: {checked.stderr.decode()[-2000:]}")

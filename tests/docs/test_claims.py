@@ -1,0 +1,142 @@
+"""What the docs name exists: metric names, configuration keys, example secrets (issue #13).
+
+Read from the docs' text (not only their code blocks): every ``pulsewire_...`` metric name is
+one that ``/metrics`` serves (counters with their ``_total``), every key in the settings
+tables of configuration.md and in the "config" columns of security.md is one that the
+config loader knows, and every example HMAC secret is long enough for PyJWT (32 bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import re
+
+from pulsewire.hub import ChannelOptions, Hub, HubConfig
+from pulsewire.server.app import HubServer
+from pulsewire.server.settings import SERVER_KEYS
+
+from .snippets import ROOT, docs
+
+# `pulsewire_{messages,bytes}_{in,out}_total`: braces with a comma are alternatives, braces
+# without one are labels (`{transport}`) and end the name.
+_METRIC = re.compile(r"pulsewire_(?:[a-z0-9_*]|\{[a-z0-9_]+(?:,[a-z0-9_]+)+\})+")
+NOT_METRICS = {"pulsewire_sticky"}  # the nginx upstream of deploy/nginx/pulsewire.conf
+HUB_KEYS = {f.name for f in dataclasses.fields(HubConfig)}
+CHANNEL_KEYS = {f.name for f in dataclasses.fields(ChannelOptions)}
+
+
+def expand(name: str) -> list[str]:
+    """``a_{b,c}_d`` -> ``a_b_d``, ``a_c_d``."""
+    parts = re.split(r"\{([^}]*)\}", name)
+    choices = [[p] if i % 2 == 0 else p.split(",") for i, p in enumerate(parts)]
+    return ["".join(c) for c in itertools.product(*choices)]
+
+
+def doc_texts() -> dict[str, str]:
+    return {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in docs()}
+
+
+async def served_metric_names(start_hub_server) -> set[str]:
+    # token_jwks_url: the key-fetch metrics exist only when a JWKS is configured.
+    config = HubConfig(token_hmac_secret="s" * 32, token_jwks_url="http://127.0.0.1:9/jwks")
+    server = await start_hub_server(HubServer(Hub(config), "127.0.0.1", 0))
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    text = (await asyncio.wait_for(reader.read(), 10)).decode()
+    writer.close()
+    return {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+
+
+async def test_every_metric_name_in_the_docs_is_served(start_hub_server) -> None:
+    served = await served_metric_names(start_hub_server)
+    assert "pulsewire_connects_total" in served  # the exposition's names, counters with _total
+    wrong = []
+    for doc, text in doc_texts().items():
+        for match in _METRIC.finditer(text):
+            for name in expand(match[0].rstrip("_")):
+                if name in NOT_METRICS:
+                    continue
+                if "*" in name:  # `pulsewire_budget_*`: some metric has that prefix
+                    ok = any(s.startswith(name.split("*")[0]) for s in served)
+                else:
+                    ok = name in served
+                if not ok:
+                    line = text.count("\n", 0, match.start()) + 1
+                    wrong.append(f"{doc}:{line}: {name}")
+    assert not wrong, "not in /metrics:\n" + "\n".join(wrong)
+
+
+def table_rows(text: str, heading: str) -> list[list[str]]:
+    """The cells of the rows of the first table after ``heading``."""
+    section = text[text.index(heading) :]
+    rows, started = [], False
+    for line in section.splitlines()[1:]:
+        if line.startswith("|"):
+            started = True
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not set(cells[0]) <= set("-: "):
+                rows.append(cells)
+        elif started:
+            break
+    return rows[1:]  # without the header
+
+
+def keys(cell: str) -> set[str]:
+    """The setting names in a table cell: backticked snake_case words, no patterns."""
+    return {k for k in re.findall(r"`([a-z][a-z0-9_]*)`", cell)}
+
+
+def test_configuration_tables_name_only_keys_the_loader_knows() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    server = set().union(*(keys(r[0]) for r in table_rows(text, "## `[server]`")))
+    hub = set().union(*(keys(r[0]) for r in table_rows(text, "## `[hub]`")))
+    channel = set().union(*(keys(r[0]) for r in table_rows(text, "## `[channel]`")))
+    assert {"max_connections_per_ip", "bytes_high_per_ip"} <= server  # the tables were read
+    assert server - SERVER_KEYS == set()
+    assert hub - HUB_KEYS == set()
+    assert channel - CHANNEL_KEYS == set()
+
+
+def test_security_config_columns_name_only_keys_the_loader_knows() -> None:
+    text = (ROOT / "docs" / "security.md").read_text(encoding="utf-8")
+    unknown, seen = [], 0
+    for table in re.split(r"\n(?!\|)", text):
+        lines = [line for line in table.splitlines() if line.startswith("|")]
+        if len(lines) < 3:
+            continue
+        header = [c.strip() for c in lines[0].strip("|").split("|")]
+        column = next((i for i, c in enumerate(header) if c.startswith("config")), None)
+        if column is None:
+            continue
+        for line in lines[2:]:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            for key in keys(cells[column]):
+                seen += 1
+                if key not in SERVER_KEYS | HUB_KEYS | {"max_idempotency_keys"}:
+                    unknown.append(f"{key} in: {line[:100]}")
+    assert seen > 10
+    assert not unknown, "\n".join(unknown)
+
+
+# token_hmac_secret = "..." / token_hmac_secret="..." / SECRET = "..." / --token-secret X
+_SECRET = re.compile(
+    r"""(?:(?:token_hmac_secret|SECRET)\s*=\s*["'](?P<value>[^"']*)["'])"""
+    r"""|--token-secret[ =]["']?(?P<flag>[^"'\s]+)"""
+)
+
+
+def test_example_secrets_are_long_enough_for_hs256() -> None:
+    texts = doc_texts()
+    for path in (ROOT / "deploy").rglob("*.toml"):
+        texts[str(path.relative_to(ROOT))] = path.read_text(encoding="utf-8")
+    found, short = 0, []
+    for doc, text in texts.items():
+        for match in _SECRET.finditer(text):
+            found += 1
+            secret = match["value"] if match["value"] is not None else match["flag"]
+            if len(secret.encode()) < 32:  # PyJWT's InsecureKeyLengthWarning
+                short.append(f"{doc}: {match[0]}")
+    assert found >= 5
+    assert not short, "HS256 secrets under 32 bytes:\n" + "\n".join(short)
