@@ -56,6 +56,11 @@ PYTHON = frozenset({"python", "py"})
 SHELL = frozenset({"sh", "bash", "shell"})
 NOT_CODE = frozenset({"text"})  # diagrams, output, file layouts: nothing to check
 
+REPO_DIRS = ("scripts/", "tests/", "deploy/", "docs/", "benchmarks/", "src/")
+MAKE_TARGETS = frozenset(
+    re.findall(r"^([A-Za-z][\w-]*):", (ROOT / "Makefile").read_text(), flags=re.MULTILINE)
+)
+
 _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 _MARK = re.compile(r"^\s*<!--\s*snippet:(?P<body>.*?)-->\s*$")
 _PORT = re.compile(
@@ -208,6 +213,7 @@ class DocRun:
     ports: dict[int, int] = field(default_factory=dict)
     background: list[tuple[Block, subprocess.Popen[bytes]]] = field(default_factory=list)
     server: subprocess.Popen[bytes] | None = None
+    skipped: list[str] = field(default_factory=list)  # checks not made, and why
 
     def __post_init__(self) -> None:
         shims = self.workdir / ".shims"
@@ -339,6 +345,15 @@ class DocRun:
         for argv in command_lines(text):
             if argv[0] == "pulsewire":
                 self.pulsewire_argv(block, argv[1:])
+            elif argv[0] == "make":
+                for target in (a for a in argv[1:] if not a.startswith("-") and "=" not in a):
+                    if target not in MAKE_TARGETS:
+                        raise SnippetError(block, f"`make {target}`: no such target in Makefile")
+            for word in argv:  # a file of the repository that the command names must exist
+                path = word.split("=", 1)[-1]
+                named = path.startswith(REPO_DIRS) and not set("*?$<") & set(path)
+                if named and not (ROOT / path).exists():
+                    raise SnippetError(block, f"{path}: no such file in the repository")
         if block.marks & {"fragment", "no-run"}:
             return
         if block.file:
@@ -400,8 +415,9 @@ class DocRun:
 
     def javascript(self, block: Block, text: str) -> None:
         node = shutil.which("node")
-        if node is None:
-            return  # syntax only, and only where Node.js is installed
+        if node is None:  # syntax only, and only where Node.js is installed
+            self.skipped.append(f"{block.where}: ```{block.lang} block: Node.js is not installed")
+            return
         path = self.workdir / f"snippet_{block.line}.mjs"
         path.write_text(text)
         checked = subprocess.run(
