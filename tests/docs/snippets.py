@@ -409,9 +409,13 @@ class DocRun:
             if i == len(text):
                 return
             try:
-                _, i = decoder.raw_decode(text, i)
+                value, i = decoder.raw_decode(text, i)
             except json.JSONDecodeError as exc:
                 raise SnippetError(block, f"JSON: {exc}") from None
+            if isinstance(value, dict):
+                problem = hub_message_problem(value)
+                if problem:
+                    raise SnippetError(block, f"{json.dumps(value)[:200]}: {problem}")
 
     def javascript(self, block: Block, text: str) -> None:
         node = shutil.which("node")
@@ -425,3 +429,32 @@ class DocRun:
         )
         if checked.returncode != 0:
             raise SnippetError(block, f"node --check: {checked.stderr.decode()[-2000:]}")
+
+
+def hub_message_problem(message: dict[str, object]) -> str | None:
+    """What is wrong with a hub protocol message (docs/protocol.md) a doc shows, if anything.
+
+    A command is parsed by the hub's own request parser (on the demo namespaces); an error
+    reply and a disconnect push must carry a code the protocol defines."""
+    from pulsewire.demos.mode import demo_config
+    from pulsewire.hub import HubConfig
+    from pulsewire.hub.errors import DisconnectCode, ErrorCode, HubError
+    from pulsewire.hub.requests import CLIENT_PARAMS, Command
+
+    if "method" in message and "id" in message:
+        try:
+            command = Command.parse(message)
+            params = CLIENT_PARAMS.get(command.method)
+            if params is None:
+                return f"unknown method {command.method!r}"
+            params.parse(dict(command.params), demo_config(HubConfig()))
+        except HubError as exc:
+            return f"the hub refuses it: {exc!r}"
+        except Exception as exc:  # Disconnect: the hub would end the session
+            return f"the hub ends the session: {exc!r}"
+    error = message.get("error")
+    if "id" in message and isinstance(error, dict) and error.get("code") not in set(ErrorCode):
+        return f"error code {error.get('code')!r} is not one of the protocol's"
+    if message.get("push") == "disconnect" and message.get("code") not in set(DisconnectCode):
+        return f"disconnect code {message.get('code')!r} is not one of the protocol's"
+    return None
