@@ -173,16 +173,15 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> b
     return False
 
 
-def stop(proc: subprocess.Popen[bytes]) -> str:
-    """Stops a process started here (its own process group) and returns its output."""
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stops a process started here (in its own process group, so its children too)."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-    out, _ = proc.communicate()
-    return out.decode(errors="replace")[-3000:]
+            proc.wait(10)
 
 
 def command_lines(script: str) -> Iterator[list[str]]:
@@ -214,6 +213,7 @@ class DocRun:
     background: list[tuple[Block, subprocess.Popen[bytes]]] = field(default_factory=list)
     server: subprocess.Popen[bytes] | None = None
     skipped: list[str] = field(default_factory=list)  # checks not made, and why
+    logs: dict[int, Path] = field(default_factory=dict)  # pid -> output file
 
     def __post_init__(self) -> None:
         shims = self.workdir / ".shims"
@@ -255,17 +255,27 @@ class DocRun:
         ]
         self.server = self.spawn(argv)
         if not wait_for_port(port, self.server, START_TIMEOUT):
-            raise SnippetError(block, f"the demo node did not start: {stop(self.server)}")
+            raise SnippetError(block, f"the demo node did not start: {self.stop(self.server)}")
 
     def spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            argv,
-            cwd=self.workdir,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        """A long-running process; its output goes to a file (a pipe nobody reads fills)."""
+        log = self.workdir / f".process-{len(self.logs)}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                argv,
+                cwd=self.workdir,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.logs[proc.pid] = log
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> str:
+        """Stops ``proc`` and returns the end of its output."""
+        stop(proc)
+        return self.logs[proc.pid].read_text(errors="replace")[-3000:]
 
     def close(self) -> None:
         for _, proc in self.background:
@@ -302,12 +312,13 @@ class DocRun:
         if "background" in block.marks:
             proc = self.spawn(argv)
             self.background.append((block, proc))
-            ports = [self.ports[int(m["port"])] for m in _PORT.finditer(block.text)]
+            named = {int(m["port"]) for m in _PORT.finditer(block.text)} - SERVICE_PORTS
+            ports = [self.ports[n] for n in sorted(named)]
             if not ports:
                 raise SnippetError(block, "a background block must name the port it listens on")
             for port in ports:
                 if not wait_for_port(port, proc, START_TIMEOUT):
-                    raise SnippetError(block, f"never listened on {port}:\n{stop(proc)}")
+                    raise SnippetError(block, f"never listened on {port}:\n{self.stop(proc)}")
             return
         try:
             done = subprocess.run(
