@@ -122,9 +122,9 @@ def parse_marks(doc: str, line: int, body: str) -> tuple[frozenset[str], str | N
     return frozenset(marks), file
 
 
-def blocks(path: Path) -> list[Block]:
+def blocks(path: Path, root: Path = ROOT) -> list[Block]:
     """The fenced blocks of one Markdown file, in order (indented list-item blocks too)."""
-    doc = str(path.relative_to(ROOT))
+    doc = str(path.relative_to(root))
     lines = path.read_text(encoding="utf-8").splitlines()
     found: list[Block] = []
     i = 0
