@@ -161,3 +161,38 @@ def test_example_secrets_are_long_enough_for_hs256() -> None:
                 short.append(f"{doc}: {match[0]}")
     assert found >= 5
     assert not short, "HS256 secrets under 32 bytes:\n" + "\n".join(short)
+
+
+_LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")
+_HEADING = re.compile(r"^#{1,6}\s+(?P<title>.+?)\s*#*\s*$", re.MULTILINE)
+
+
+def anchors(text: str) -> set[str]:
+    """GitHub's anchors for the headings of a Markdown text (code blocks left out)."""
+    text = re.sub(r"^(```|~~~).*?^\1", "", text, flags=re.MULTILINE | re.DOTALL)
+    seen: dict[str, int] = {}
+    found = set()
+    for match in _HEADING.finditer(text):
+        slug = re.sub(r"[^\w\- ]", "", match["title"].lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        found.add(slug if n == 0 else f"{slug}-{n}")
+    return found
+
+
+def test_relative_links_and_their_anchors_exist() -> None:
+    broken = []
+    for doc, text in doc_texts().items():
+        base = (ROOT / doc).parent
+        for match in _LINK.finditer(text):
+            target = match["target"]
+            if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            file = (base / path).resolve() if path else ROOT / doc
+            line = text.count("\n", 0, match.start()) + 1
+            if not file.exists():
+                broken.append(f"{doc}:{line}: {target}: no such file")
+            elif anchor and file.suffix == ".md" and anchor not in anchors(file.read_text()):
+                broken.append(f"{doc}:{line}: {target}: no such heading")
+    assert not broken, "\n".join(broken)
