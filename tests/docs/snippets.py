@@ -1,5 +1,9 @@
 """The code blocks of README.md and docs/**/*.md, found and checked (see docs/README.md).
 
+By language: python runs, sh runs (curl failing on HTTP errors), toml is loaded by the config
+loader, json parsed (hub commands by the hub's parser), js syntax-checked by Node.js,
+console's ``$`` lines and no-run shell checked without running, text left alone.
+
 A block's checker follows from its language and the marks of a ``<!-- snippet: ... -->``
 comment on the last non-blank line before its opening fence:
 
@@ -25,6 +29,7 @@ with ``needs-server``, ``8000`` is the demo node's port.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import re
@@ -297,6 +302,10 @@ class DocRun:
             self.python(block, text)
         elif block.lang in SHELL:
             self.shell(block, text)
+        elif block.lang == "console":  # a session: `$ command` lines and their output
+            commands = [line[2:] for line in text.splitlines() if line.startswith("$ ")]
+            session = dataclasses.replace(block, marks=block.marks | {"no-run"})
+            self.shell(session, "\n".join(commands) + "\n")  # checked, not run
         elif block.lang == "toml":
             self.toml(block, text)
         elif block.lang == "json":

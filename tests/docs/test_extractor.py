@@ -83,6 +83,7 @@ def test_a_failing_block_names_the_doc_line_and_block(tmp_path: Path) -> None:
         ("sh", "make no-such-target\n", ("no-run",), "no such target"),
         ("sh", "cat scripts/no_such_file.py\n", ("no-run",), "no such file"),
         ("sh", "false\n", (), "exit status 1"),
+        ("console", "$ pulsewire echo --no-such-flag\nusage: ...\n", (), "refused by the CLI"),
     ],
 )
 def test_each_checker_refuses_what_is_wrong(
