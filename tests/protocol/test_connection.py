@@ -202,6 +202,14 @@ def test_server_answers_a_close_and_closes_tcp() -> None:
     assert conn.close_sent == Close(1001, "")
 
 
+def test_server_may_echo_the_close_reason() -> None:
+    conn = server(echo_close_reason=True)
+    conn.receive_data(frame(CLOSE, close_payload(4001, "bye now")))
+    (echo,) = sent(conn)
+    assert echo.close == (4001, "bye now")
+    assert conn.close_sent == Close(4001, "bye now")
+
+
 def test_client_answers_a_close_and_waits() -> None:
     conn = client()
     conn.receive_data(frame(CLOSE, close_payload(1000, "bye"), mask=None))

@@ -201,6 +201,7 @@ class ServerConnection(Connection):
             max_frame_size=server.options["max_frame_size"],
             max_fragments=server.options["max_fragments"],
             deflate=codec,
+            echo_close_reason=server.options["echo_close_reason"],
         )
         trailing = handshake.trailing
         self._handshake = None
@@ -292,6 +293,7 @@ class Server:
         reuse_port: bool | None = None,
         backlog: int = 1024,
         budgets: Budgets | None = None,
+        echo_close_reason: bool = False,
     ) -> None:
         if budgets is None:
             budgets = Budgets(BudgetLimits.for_message_size(max_size))
@@ -339,6 +341,7 @@ class Server:
             "open_timeout": open_timeout,
             "close_timeout": close_timeout,
             "extra_headers": list(extra_headers),
+            "echo_close_reason": echo_close_reason,
         }
         self.budgets = budgets
         """What each peer address may make this server hold (shared with the HTTP front door

@@ -83,6 +83,7 @@ class Connection(Writer):
         "max_frame_size",
         "max_fragments",
         "max_inflated_per_read",
+        "echo_close_reason",
         "close_rcvd",
         "close_rcvd_then_sent",
         "failure",
@@ -118,12 +119,15 @@ class Connection(Writer):
         max_inflated_per_read: int | None = None,
         deflate: PerMessageDeflate | None = None,
         mask_key: Callable[[], bytes] | None = None,
+        echo_close_reason: bool = False,
     ) -> None:
         super().__init__(side, deflate=deflate, mask_key=mask_key)
         self.max_message_size = max_message_size
         self.max_frame_size = max_frame_size if max_frame_size is not None else max_message_size
         self.max_fragments = max_fragments
         self.max_inflated_per_read = max_inflated_per_read
+        self.echo_close_reason = echo_close_reason
+        """Answer a Close with its reason too, not only its code (an echo server's choice)."""
         self.close_rcvd: Close | None = None
         self.close_rcvd_then_sent: bool | None = None
         self.failure: ProtocolError | None = None
@@ -412,8 +416,9 @@ class Connection(Writer):
             self.close_rcvd_then_sent = self.state is State.OPEN
             if self.state is State.OPEN:
                 # Echo the code (RFC 6455 5.5.1); an empty Close is answered with an empty one.
-                self.close_sent = Close(close.code, "")
-                self.send_frame(0x88, serialize_close(close.code))
+                reason = close.reason if self.echo_close_reason else ""
+                self.close_sent = Close(close.code, reason)
+                self.send_frame(0x88, serialize_close(close.code, reason))
             self.state = State.CLOSED
             self._drop_input()
             if not self.is_client:
