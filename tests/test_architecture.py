@@ -108,7 +108,9 @@ LAYERS: dict[str, int] = {
     "demos": 4,
     "server": 5,
     "": 6,  # pulsewire/__init__.py, the package's public names
-    "cli": 7,
+    "commands": 7,  # what the pulsewire subcommands run, and their shared conventions
+    "cli": 8,
+    "__main__": 9,  # python -m pulsewire
 }
 
 

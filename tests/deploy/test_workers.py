@@ -126,7 +126,7 @@ async def test_several_workers_refuse_the_memory_engine(serve):
 async def test_zero_workers_is_a_usage_error(serve):
     node = await serve("--workers", "0", "--port", "0")
     assert await node.exit_status(30) == 2
-    assert "workers must be at least 1" in node.output
+    assert "argument --workers: expected a positive integer, got '0'" in node.output
 
 
 async def test_a_worker_that_cannot_start_stops_the_supervisor(serve, tmp_path):

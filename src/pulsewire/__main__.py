@@ -1,0 +1,7 @@
+"""``python -m pulsewire``: the ``pulsewire`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
