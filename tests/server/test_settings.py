@@ -92,11 +92,23 @@ def test_budgets_not_set_follow_the_message_limit(tmp_path: Path) -> None:
         ("send_timeout = -1", "send_timeout must be positive"),
         ("longpoll_idle_timeout = 0", "longpoll_idle_timeout must be positive"),
         ("body_min_rate = -5", "body_min_rate must not be negative"),
+        ('port = "abc"', r'\[server\] port must be an integer, got the string "abc"'),
+        ("port = 65536", r"\[server\] port must be 0 to 65535, got 65536"),
+        ('head_timeout = "4"', r"\[server\] head_timeout must be a number"),
+        ("demo = 1", r"\[server\] demo must be true or false, got 1"),
+        ('max_connections = "10"', r"\[server\] max_connections must be an integer"),
+        ("unknwon = 1", r"unknown \[server\] setting\(s\): unknwon$"),
+        ("idle_timout = 1", r"idle_timout \(did you mean idle_timeout\?\)"),
     ],
 )
 def test_bad_values_are_refused_with_their_name(tmp_path: Path, line: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         settings_from(tmp_path, f"[server]\n{line}\n")
+
+
+def test_server_table_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'pulsewire.toml'}: unknown \[server\]"):
+        settings_from(tmp_path, "[server]\nfoo = 1\n")
 
 
 def test_a_reload_keeps_the_running_limits_and_says_a_restart_is_needed(

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config_types import check_types, field_types, unknown_keys
 from .jwks import check_jwks_url
 
 if sys.version_info >= (3, 11):
@@ -165,26 +166,31 @@ class HubConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _options(table: dict[str, Any], where: str) -> ChannelOptions:
-    names = {f.name for f in dataclasses.fields(ChannelOptions)}
-    unknown = set(table) - names
+def _options(table: Any, where: str) -> ChannelOptions:
+    if not isinstance(table, dict):
+        raise ValueError(f"{where} must be a table")
+    types = field_types(ChannelOptions)
+    unknown = set(table) - set(types)
     if unknown:
-        raise ValueError(f"unknown channel option(s) in {where}: {', '.join(sorted(unknown))}")
+        raise ValueError(f"unknown channel option(s) in {where}: {unknown_keys(unknown, types)}")
+    check_types(table, types, where)
     return ChannelOptions(**table)
 
 
 def config_from_dict(data: dict[str, Any]) -> HubConfig:
-    """Build a HubConfig from the ``[hub]``-level mapping (channel/namespaces included)."""
+    """Build a HubConfig from the ``[hub]``-level mapping (channel/namespaces included);
+    ValueError names a key that is unknown or whose value has the wrong type."""
     data = dict(data)
     channel = _options(data.pop("channel", {}), "[channel]")
-    namespaces = {
-        name: _options(table, f"[namespaces.{name}]")
-        for name, table in data.pop("namespaces", {}).items()
-    }
-    names = {f.name for f in dataclasses.fields(HubConfig)}
-    unknown = set(data) - names
+    tables = data.pop("namespaces", {})
+    if not isinstance(tables, dict):
+        raise ValueError("[namespaces] must be a table of tables ([namespaces.NAME])")
+    namespaces = {name: _options(table, f"[namespaces.{name}]") for name, table in tables.items()}
+    types = field_types(HubConfig)
+    unknown = set(data) - set(types)
     if unknown:
-        raise ValueError(f"unknown hub setting(s): {', '.join(sorted(unknown))}")
+        raise ValueError(f"unknown hub setting(s): {unknown_keys(unknown, types)}")
+    check_types(data, types, "[hub]")
     for name in ("token_rsa_public_key", "token_ecdsa_public_key"):
         key = data.get(name)
         if isinstance(key, str) and "BEGIN" not in key and os.path.exists(key):
@@ -207,12 +213,21 @@ def load_config_tables(path: str) -> tuple[HubConfig, dict[str, dict[str, Any]]]
     """Read a pulsewire.toml: the hub config and each of :data:`SERVER_SECTIONS` (a dict,
     empty when absent) by name."""
     with open(path, "rb") as fh:
-        doc = tomllib.load(fh)
+        try:
+            doc = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: not valid TOML: {exc}") from None
     tables = {name: doc.pop(name, {}) for name in SERVER_SECTIONS}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ValueError(f"{path}: [{name}] must be a table")
     hub = doc.pop("hub", {})
     for key in ("channel", "namespaces"):
         if key in doc:
             hub[key] = doc.pop(key)
     if doc:
         raise ValueError(f"unknown section(s) in {path}: {', '.join(sorted(doc))}")
-    return config_from_dict(hub), tables
+    try:
+        return config_from_dict(hub), tables
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None

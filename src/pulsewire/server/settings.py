@@ -18,6 +18,7 @@ from typing import Any
 
 from ..aio.budget import BudgetLimits
 from ..hub.config import HubConfig, load_config_tables
+from ..hub.config_types import check_types, field_types, unknown_keys
 from .limits import ConnectionLimits
 from .proxy import ProxySettings, proxy_settings
 
@@ -103,24 +104,24 @@ TIMEOUT_KEYS = {
     "longpoll_idle_timeout": 60.0,
 }
 """``[server]`` deadlines (seconds, positive) and their defaults."""
-SERVER_KEYS = frozenset(
-    {
-        "host",
-        "port",
-        "allowed_origins",
-        "demo",
-        "tls_cert",
-        "tls_key",
-        "workers",
-        "drain_timeout",
-        "max_message_size",
-        "body_min_rate",
-        "admin_password",
-        *LIMIT_KEYS,
-        *BUDGET_KEYS,
-        *TIMEOUT_KEYS,
-    }
-)
+SERVER_TYPES: dict[str, Any] = {
+    "host": str,
+    "port": int,
+    "allowed_origins": list[str],
+    "demo": bool,
+    "tls_cert": str,
+    "tls_key": str,
+    "workers": int,
+    "drain_timeout": float,
+    "max_message_size": int,
+    "body_min_rate": int,
+    "admin_password": str,
+    **{key: field_types(ConnectionLimits)[key] for key in LIMIT_KEYS},
+    **dict.fromkeys(BUDGET_KEYS, int),
+    **dict.fromkeys(TIMEOUT_KEYS, float),
+}
+"""The settings of the ``[server]`` table and their types (checked when the file is read)."""
+SERVER_KEYS = frozenset(SERVER_TYPES)
 """The settings of the ``[server]`` table."""
 FRONT_DOOR_FIELDS = (
     "limits",
@@ -168,6 +169,8 @@ class Settings:
     admin_password: str | None = None
     proxy: ProxySettings | None = None
     """The backend proxy (``[proxy]``), or None."""
+    config_file: str | None = None
+    """The config file read (``--config``), or None."""
     generated_secret: bool = field(default=False, compare=False)
     """The demo's token secret was made up here (pin it before starting more processes)."""
 
@@ -178,9 +181,7 @@ def load_settings(options: ServeOptions | Mapping[str, Any]) -> Settings:
     args = options if isinstance(options, ServeOptions) else ServeOptions.from_mapping(options)
     config, tables = load_config_tables(args.config) if args.config else (HubConfig(), {})
     table = tables.get("server", {})
-    unknown = set(table) - SERVER_KEYS
-    if unknown:
-        logger.warning("ignoring unknown [server] setting(s): %s", ", ".join(sorted(unknown)))
+    _check_server_table(table, args.config)
     changes: dict[str, Any] = {}
     if args.engine:
         changes["engine"] = args.engine
@@ -239,7 +240,7 @@ def load_settings(options: ServeOptions | Mapping[str, Any]) -> Settings:
     return Settings(
         config=config,
         admin_password=admin_password,
-        proxy=proxy_settings(tables.get("proxy", {})),
+        proxy=_proxy_settings(tables.get("proxy", {}), args.config),
         limits=limits,
         budget_limits=_budget_limits(table, max_message_size),
         max_message_size=max_message_size,
@@ -253,8 +254,32 @@ def load_settings(options: ServeOptions | Mapping[str, Any]) -> Settings:
         tls_key=args.tls_key or table.get("tls_key"),
         workers=workers,
         drain_timeout=drain_timeout,
+        config_file=args.config,
         generated_secret=generated,
     )
+
+
+def _proxy_settings(table: dict[str, Any], path: str | None) -> ProxySettings | None:
+    try:
+        return proxy_settings(table)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def _check_server_table(table: Any, path: str | None) -> None:
+    """ValueError naming the file and the key: unknown keys, values of the wrong type, a port
+    out of range (like unknown ``[hub]`` keys, before anything starts)."""
+    try:
+        if not isinstance(table, dict):
+            raise ValueError("[server] must be a table")
+        unknown = set(table) - SERVER_KEYS
+        if unknown:
+            raise ValueError(f"unknown [server] setting(s): {unknown_keys(unknown, SERVER_KEYS)}")
+        check_types(table, SERVER_TYPES, "[server]")
+        if not 0 <= table.get("port", 0) <= 65535:
+            raise ValueError(f"[server] port must be 0 to 65535, got {table['port']}")
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def _budget_limits(table: dict[str, Any], max_message_size: int) -> BudgetLimits:
