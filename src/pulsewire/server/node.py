@@ -27,6 +27,7 @@ from .app import HubServer
 from .http import HttpLimits
 from .reload import reload_settings
 from .settings import ServeOptions, Settings, load_settings, pin_generated_secret
+from .summary import log_startup
 
 __all__ = [
     "RESTART_REASON",
@@ -193,6 +194,7 @@ def fail_to_stderr(status: int, message: str) -> None:
 
 
 def print_ready(server: HubServer, settings: Settings) -> None:
+    log_startup(settings)  # on stderr, before the ready line that callers wait for
     if settings.demo:
         print("demo mode: API key from --api-key or 'demo'; tokens from /demo/token", flush=True)
     print(f"listening on {server.url}", flush=True)

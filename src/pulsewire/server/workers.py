@@ -42,6 +42,7 @@ from .app import HubServer
 from .logs import configure_logging
 from .node import check_extras, run_node
 from .settings import ServeOptions, Settings, load_settings, pin_generated_secret
+from .summary import log_startup
 
 __all__ = ["RestartPolicy", "Supervisor", "supervise"]
 
@@ -182,6 +183,7 @@ class Supervisor:
                     self._start(worker)
             if not self.listening and all(w.ready_since is not None for w in self.workers):
                 self.listening = True
+                log_startup(self.settings)
                 if self.settings.demo:
                     print(
                         "demo mode: API key from --api-key or 'demo'; tokens from /demo/token",

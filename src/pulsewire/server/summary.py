@@ -1,0 +1,77 @@
+"""What ``pulsewire serve`` says when it starts (logged, on stderr): the engine, whether the
+HTTP API is on, how clients authenticate, the allowed origins and the config file; and a
+loud warning when no client could ever connect (no token key, no anonymous access, no
+backend to decide)."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from .settings import Settings
+
+__all__ = ["auth_modes", "log_startup", "no_client_can_connect", "startup_summary"]
+
+logger = logging.getLogger("pulsewire.server")
+
+
+def _safe_engine(engine: str) -> str:
+    """The engine URL without a password (``redis://:secret@host`` → ``redis://***@host``)."""
+    parts = urlsplit(engine)
+    if parts.password is None:
+        return engine
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"***@{host}").geturl()
+
+
+def auth_modes(settings: Settings) -> list[str]:
+    """How a client may be admitted, one entry per way (empty: none)."""
+    config = settings.config
+    modes = []
+    if config.token_hmac_secret:
+        modes.append("token secret (HS256)")
+    if config.token_rsa_public_key:
+        modes.append("RSA public key (RS256)")
+    if config.token_ecdsa_public_key:
+        modes.append("EC public key (ES256)")
+    if config.token_jwks_url:
+        modes.append(f"JWKS {config.token_jwks_url}")
+    if config.allow_anonymous:
+        modes.append("anonymous")
+    return modes
+
+
+def no_client_can_connect(settings: Settings) -> str | None:
+    """Why every client would be refused (4503), or None if some could connect."""
+    if auth_modes(settings):
+        return None
+    api = "" if settings.config.api_key else " and the HTTP API is off"
+    return (
+        f"NO CLIENT CAN CONNECT: no token key and no anonymous access{api}, so every "
+        "client is refused (4503). Set --token-secret (or token_hmac_secret, "
+        "token_rsa_public_key, token_ecdsa_public_key, --token-jwks-url in [hub]), or "
+        "--allow-anonymous; see docs/configuration.md"
+    )
+
+
+def startup_summary(settings: Settings) -> list[str]:
+    """The lines :func:`log_startup` logs, e.g. ``engine: memory``."""
+    config = settings.config
+    origins = ", ".join(settings.allowed_origins) or "none besides the node's own"
+    return [
+        f"engine: {_safe_engine(config.engine)}",
+        "HTTP API: "
+        + ("on (/api/, Authorization: apikey)" if config.api_key else "off (no api key set)"),
+        f"auth: {', '.join(auth_modes(settings)) or 'none'}",
+        f"allowed origins: {origins}",
+        f"config file: {settings.config_file or 'none (flags and defaults)'}",
+    ]
+
+
+def log_startup(settings: Settings) -> None:
+    """Log the start-up summary (INFO) and, if no client could connect, a WARNING."""
+    for line in startup_summary(settings):
+        logger.info("%s", line)
+    warning = no_client_can_connect(settings)
+    if warning is not None:
+        logger.warning("%s", warning)
