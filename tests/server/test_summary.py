@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pulsewire.hub.config import HubConfig
+from pulsewire.server.proxy import proxy_settings
 from pulsewire.server.settings import Settings
 from pulsewire.server.summary import auth_modes, no_client_can_connect, startup_summary
 
@@ -34,6 +35,15 @@ def test_any_way_in_silences_the_warning() -> None:
         HubConfig(token_jwks_url="https://id.example/jwks.json"),
     ):
         assert no_client_can_connect(Settings(config=config)) is None
+
+
+def test_a_backend_proxy_deciding_connects_is_a_way_in() -> None:
+    proxy = proxy_settings({"url": "http://127.0.0.1:9000/pw/", "connect": {}})
+    settings = Settings(config=HubConfig(), proxy=proxy)
+    assert auth_modes(settings) == ["backend proxy (http://127.0.0.1:9000/pw/connect)"]
+    assert no_client_can_connect(settings) is None
+    rpc_only = Settings(config=HubConfig(), proxy=proxy_settings({"url": "http://h/", "rpc": {}}))
+    assert no_client_can_connect(rpc_only) is not None
 
 
 def test_the_engine_password_is_not_logged() -> None:

@@ -1,7 +1,7 @@
 """What ``pulsewire serve`` says when it starts (logged, on stderr): the engine, whether the
 HTTP API is on, how clients authenticate, the allowed origins and the config file; and a
 loud warning when no client could ever connect (no token key, no anonymous access, no
-backend to decide)."""
+``[proxy.connect]`` backend to decide)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ def auth_modes(settings: Settings) -> list[str]:
         modes.append("EC public key (ES256)")
     if config.token_jwks_url:
         modes.append(f"JWKS {config.token_jwks_url}")
+    if settings.proxy is not None and "connect" in settings.proxy.routes:
+        modes.append(f"backend proxy ({settings.proxy.routes['connect'].url})")
     if config.allow_anonymous:
         modes.append("anonymous")
     return modes
@@ -49,8 +51,9 @@ def no_client_can_connect(settings: Settings) -> str | None:
     return (
         f"NO CLIENT CAN CONNECT: no token key and no anonymous access{api}, so every "
         "client is refused (4503). Set --token-secret (or token_hmac_secret, "
-        "token_rsa_public_key, token_ecdsa_public_key, --token-jwks-url in [hub]), or "
-        "--allow-anonymous; see docs/configuration.md"
+        "token_rsa_public_key, token_ecdsa_public_key, --token-jwks-url in [hub]), "
+        "--allow-anonymous, or a backend that decides ([proxy.connect]); see "
+        "docs/configuration.md"
     )
 
 
