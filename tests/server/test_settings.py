@@ -155,3 +155,18 @@ def test_settings_load_from_a_plain_mapping(tmp_path: Path) -> None:
     assert settings.budget_limits == BudgetLimits(256 * KiB, 512 * KiB, 2 * MiB, 8 * MiB)
     with pytest.raises(ValueError, match="unknown serve option"):
         load_settings({"prot": 9001})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("server = 5\n", r"\[server\] must be a table"),
+        ("proxy = 5\n", r"\[proxy\] must be a table"),
+        ("[proxy]\nurl = 5\n", r"\[proxy\]"),
+    ],
+)
+def test_server_and_proxy_tables_errors_name_the_file(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'pulsewire.toml'}: .*{message}"):
+        settings_from(tmp_path, text)
