@@ -88,7 +88,7 @@ async def test_static_index(front, http):
         response = await http(server, "GET", target)
         assert response.status == 200
         assert response.header("Content-Type") == "text/html; charset=utf-8"
-        assert response.header("Cache-Control") == "no-cache"
+        assert response.header("Cache-Control") == "max-age=60, must-revalidate"
         assert response.body == expected
     head = await http(server, "HEAD", "/")
     assert head.status == 200

@@ -2,7 +2,8 @@
 
 Routes: ``/connection/websocket`` (the client endpoint), ``/api/*`` (the server API),
 ``/health``, ``/metrics`` (Prometheus), ``/`` and the static pages under ``/demo/`` plus
-``/pulsewire.js`` (the browser client), all served from ``pulsewire/web``.
+``/pulsewire.js`` (the browser client) and ``/pulsewire.d.ts``, all served from
+``pulsewire/web`` (:mod:`pulsewire.server.files`).
 
 One :class:`~pulsewire.aio.budget.Budgets` and one
 :class:`~pulsewire.server.limits.ConnectionLimiter` per server are shared by the front door,
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import mimetypes
 import ssl as ssl_module
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -38,6 +38,7 @@ from ..transports.sse import SseEndpoints
 from ..transports.websocket import SUBPROTOCOLS, serve_hub_session
 from .admin import AdminPages
 from .api import ApiHandler
+from .files import StaticFiles
 from .http import HttpLimits, HttpRequest, HttpResponse, HttpServer, json_response
 from .limits import ConnectionLimiter, ConnectionLimits
 from .stats import FrontDoorStats
@@ -189,7 +190,9 @@ class HubServer:
         self.http.add("/admin", self.admin.page)
         self.http.add("/admin/stats", self.admin.stats)
         hub.metrics.registry.register(_FrontDoorCollector(self))
-        if web_root is not None:
+        self.files = None if web_root is None else StaticFiles(web_root, origins)
+        """The web root's files (ETags, CORS for the allowed origins); None: not served."""
+        if self.files is not None:
             self.http.add("/", self.static, prefix=True)
         self._server: asyncio.base_events.Server | None = None
         self.on_close: list[Callable[[], Awaitable[None]]] = []
@@ -263,22 +266,9 @@ class HubServer:
         return 429, [("Retry-After", str(wait))], reason
 
     async def static(self, request: HttpRequest) -> HttpResponse:
-        assert self.web_root is not None
-        path = request.path
-        if path.endswith("/"):
-            path += "index.html"
-        target = (self.web_root / path.lstrip("/")).resolve()
-        root = self.web_root.resolve()
-        if (root not in target.parents and target != root) or not target.is_file():
-            return HttpResponse(404, f"not found: {request.path}\n")
-        kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-        if kind.startswith("text/") or kind in ("application/javascript",):
-            kind += "; charset=utf-8"
-        if target.suffix in (".js", ".mjs"):
-            kind = "text/javascript; charset=utf-8"
-        return HttpResponse(
-            200, target.read_bytes(), [("Content-Type", kind), ("Cache-Control", "no-cache")]
-        )
+        """A file of the web root (see :mod:`pulsewire.server.files`)."""
+        assert self.files is not None
+        return await self.files(request)
 
 
 class _FrontDoorCollector(Collector):

@@ -5,14 +5,16 @@
     rt = HubASGI(Hub(HubConfig(token_hmac_secret=SECRET, api_key=API_KEY)))
     app = Starlette(routes=[Mount("/realtime", app=rt)], lifespan=rt.lifespan)
 
-Relative to its mount point, :class:`HubASGI` serves what ``pulsewire serve`` serves (static
+Relative to its mount point, :class:`HubASGI` serves what ``pulsewire serve`` serves (the demo
 pages aside): ``connection/websocket``, ``connection/sse``, ``connection/longpoll/*``,
-``api/*``, ``health`` and ``metrics``. The HTTP routes run the very handlers of
-:class:`~pulsewire.server.app.HubServer`; the WebSocket endpoint runs a hub session over the
-ASGI server's WebSocket through :mod:`pulsewire.transports.asgi` (the ASGI transport: a
-client that does not read is disconnected as a slow consumer, 1013). The queues of every session
-(WebSocket, SSE, long-poll) are charged to memory accounts by client address
-(``budget_limits``): the session that takes an address past its hard limit ends with 1013.
+``api/*``, ``health``, ``metrics``, and the browser client ``pulsewire.js`` with its
+``pulsewire.d.ts`` (ETags, CORS for the allowed origins: :mod:`pulsewire.server.files`).
+The HTTP routes run the very handlers of :class:`~pulsewire.server.app.HubServer`; the
+WebSocket endpoint runs a hub session over the ASGI server's WebSocket through
+:mod:`pulsewire.transports.asgi` (the ASGI transport: a client that does not read is
+disconnected as a slow consumer, 1013). The queues of every session (WebSocket, SSE,
+long-poll) are charged to memory accounts by client address (``budget_limits``): the
+session that takes an address past its hard limit ends with 1013.
 Connections themselves (their number, sizes and deadlines) are the ASGI server's business.
 
 The hub must be started: use ``lifespan=rt.lifespan`` (or ``await rt.start()`` / ``await
@@ -45,7 +47,8 @@ from ..transports.asgi import (
     stream_response,
 )
 from ..transports.http_types import HttpRequest, HttpResponse, StreamResponse
-from .app import add_hub_routes
+from .app import WEB_ROOT, add_hub_routes
+from .files import CLIENT_FILES, StaticFiles
 from .http import HttpServer
 
 __all__ = ["HubASGI"]
@@ -62,6 +65,7 @@ class HubASGI:
     largest client message or command body; ``max_body``: the largest request body (413).
     ``close_timeout``: seconds to flush a closing WebSocket before giving up on it.
     ``budget_limits``: what the session queues of one client address may hold together.
+    ``client_files``: serve ``pulsewire.js`` and ``pulsewire.d.ts`` (False: 404).
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class HubASGI:
         max_body: int = 1 << 20,
         close_timeout: float = 5.0,
         budget_limits: BudgetLimits | None = None,
+        client_files: bool = True,
     ) -> None:
         self.hub = hub
         self.budgets = Budgets(budget_limits)
@@ -94,7 +99,7 @@ class HubASGI:
         self.started_at = time.time()
         self._start_lock: asyncio.Lock | None = None
         self._owns_hub = False
-        # The route table of HubServer, minus the WebSocket upgrade and the static pages.
+        # The route table of HubServer, minus the WebSocket upgrade and the demo pages.
         self.http = HttpServer(max_body=max_body)
         self.api, self.sse, self.longpoll = add_hub_routes(
             self.http,
@@ -106,6 +111,10 @@ class HubASGI:
             started_at=self.started_at,
             budgets=self.budgets,
         )
+        if client_files:
+            files = StaticFiles(WEB_ROOT, self.origins, only=CLIENT_FILES)
+            for name in CLIENT_FILES:
+                self.http.add(f"/{name}", files)
 
     # -- lifecycle -------------------------------------------------------------------------
 
