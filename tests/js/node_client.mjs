@@ -1,16 +1,17 @@
 // The npm package in Node (tests/js/test_js_package.py): copied next to a node_modules where
 // the packed tarball was installed, so "pulsewire" resolves as it does for any user.
 //
-//   node [--experimental-websocket] node_client.mjs WS_URL TOKEN CHANNEL
+//   node [--experimental-websocket] node_client.mjs URL TOKEN CHANNEL TRANSPORT
 //
-// Connects with Node's global WebSocket, subscribes to CHANNEL and prints one JSON line per
-// step: {"ready": ...} once subscribed; the first publication (the test publishes it through
+// Connects to the hub at URL (its http:// base) over TRANSPORT ("websocket": Node's global
+// WebSocket; "longpoll": fetch), subscribes to CHANNEL and prints one JSON line per step:
+// {"ready": ...} once subscribed; the first publication (the test publishes it through
 // the HTTP API); then it publishes one itself and prints it as received, with its presence
 // stats and history; then disconnects and exits 0. Anything else: a message on stderr, exit 1.
 
 import { Client, PulsewireError, Subscription } from "pulsewire";
 
-const [url, token, channel] = process.argv.slice(2);
+const [url, token, channel, transport] = process.argv.slice(2);
 const print = (/** @type {object} */ value) => console.log(JSON.stringify(value));
 const fail = (/** @type {unknown} */ error) => {
   console.error("node client failed:", error);
@@ -18,7 +19,7 @@ const fail = (/** @type {unknown} */ error) => {
 };
 setTimeout(() => fail("no result in 20 s"), 20000).unref();
 
-const client = new Client(url, { token, transports: ["websocket"], timeout: 5000 });
+const client = new Client(url, { token, transports: [transport], timeout: 5000 });
 client.on("error", (event) => console.error("client error:", event));
 client.on("disconnected", ({ code, reason }) => console.error("disconnected:", code, reason));
 

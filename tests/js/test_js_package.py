@@ -5,7 +5,7 @@
 * ``check_members.mjs``: ``pulsewire.d.ts`` declares exactly the module's public API;
 * ``npm pack`` of ``src/pulsewire/web``, ``npm install`` of the tarball into a fresh
   project, and ``node_client.mjs`` importing ``{ Client } from "pulsewire"`` there and using
-  it against a real ``pulsewire serve`` over Node's WebSocket.
+  it against a real ``pulsewire serve``, over Node's WebSocket and over long-polling.
 
 TypeScript comes from the npm registry: ``npm ci`` installs ``package-lock.json`` into
 ``tests/js/node_modules`` on first use. Without node and npm the tests are skipped, except
@@ -170,30 +170,46 @@ def api_publish(port: int, channel: str, data: object) -> None:
         assert response.status == 200
 
 
-def test_npm_pack_install_and_use_in_node(node: tuple[str, str], tmp_path: Path, hub: int):
-    node_bin, npm = node
-    packed = run(npm, "pack", "--json", "--pack-destination", str(tmp_path), cwd=PACKAGE_DIR)
+@pytest.fixture(scope="module")
+def installed(node: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh npm project with the packed package installed and node_client.mjs in it."""
+    npm = node[1]
+    tmp = tmp_path_factory.mktemp("npm")
+    packed = run(npm, "pack", "--json", "--pack-destination", str(tmp), cwd=PACKAGE_DIR)
     assert packed.returncode == 0, packed.stderr
-    tarball = tmp_path / json.loads(packed.stdout)[0]["filename"]
+    tarball = tmp / json.loads(packed.stdout)[0]["filename"]
     with tarfile.open(tarball) as tar:
         names = sorted(tar.getnames())
     assert names == ["package/package.json", "package/pulsewire.d.ts", "package/pulsewire.js"]
-
-    app = tmp_path / "app"
+    app = tmp / "app"
     app.mkdir()
     (app / "package.json").write_text('{"name": "app", "private": true, "type": "module"}')
-    installed = run(npm, "install", "--no-audit", "--no-fund", str(tarball), cwd=app)
-    assert installed.returncode == 0, installed.stderr
+    result = run(npm, "install", "--no-audit", "--no-fund", str(tarball), cwd=app)
+    assert result.returncode == 0, result.stderr
     assert (app / "node_modules" / "pulsewire" / "pulsewire.d.ts").is_file()
     shutil.copy(JS_DIR / "node_client.mjs", app)
+    return app
 
+
+@pytest.mark.parametrize("transport", ["websocket", "longpoll"])
+def test_npm_pack_install_and_use_in_node(
+    node: tuple[str, str], installed: Path, hub: int, transport: str
+):
+    node_bin = node[0]
     # Node 22 has a global WebSocket; 20 and 21 behind a flag.
     flags = [] if node_websocket(node_bin) else ["--experimental-websocket"]
     token = jwt.encode({"sub": "node", "exp": time.time() + 600}, SECRET, algorithm="HS256")
-    url = f"ws://{HOST}:{hub}/connection/websocket"
     proc = subprocess.Popen(
-        [node_bin, *flags, "node_client.mjs", url, token, "chat:node"],
-        cwd=app,
+        [
+            node_bin,
+            *flags,
+            "node_client.mjs",
+            f"http://{HOST}:{hub}",
+            token,
+            "chat:node",
+            transport,
+        ],
+        cwd=installed,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -205,7 +221,7 @@ def test_npm_pack_install_and_use_in_node(node: tuple[str, str], tmp_path: Path,
             pytest.fail(f"the node client ended: {proc.communicate(timeout=10)[1]}")
         assert ready == {
             "ready": True,
-            "transport": "websocket",
+            "transport": transport,
             "subscription": True,
             "recoverable": True,
         }
