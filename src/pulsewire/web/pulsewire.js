@@ -1,6 +1,8 @@
 /**
  * pulsewire.js: the browser client of the pulsewire hub (wire protocol v1, JSON).
- * A dependency-free ES module, served by `pulsewire serve` at /pulsewire.js.
+ * A dependency-free ES module, served by `pulsewire serve` at /pulsewire.js; also the npm
+ * package `pulsewire` (package.json beside it), typed by pulsewire.d.ts (keep the two in step:
+ * tests/js checks them). Reference: docs/pulsewire-js.md.
  *
  *   import { Client } from "/pulsewire.js";
  *
