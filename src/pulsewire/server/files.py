@@ -71,22 +71,26 @@ class StaticFiles:
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
         target = self._target(request.path)
+        not_found = HttpResponse(404, f"not found: {request.path}\n")
         if target is None:
-            return HttpResponse(404, f"not found: {request.path}\n")
-        stat = target.stat()
-        key = (target, stat.st_mtime_ns, stat.st_size)
-        etag = self._etags.get(key)
-        data = None
-        if etag is None:
-            data = target.read_bytes()
-            etag = self._remember(key, data)
-        headers = [("ETag", etag), ("Cache-Control", CACHE_CONTROL), *self._cors(request)]
-        if etag_matches(request.headers.get("If-None-Match"), etag):
-            return HttpResponse(304, b"", headers)
-        if data is None:
-            data = target.read_bytes()
-            if len(data) != stat.st_size:  # changed since: the ETag must be the content's
-                headers[0] = ("ETag", self._remember(None, data))
+            return not_found
+        try:
+            stat = target.stat()
+            key = (target, stat.st_mtime_ns, stat.st_size)
+            etag = self._etags.get(key)
+            data = None
+            if etag is None:
+                data = target.read_bytes()
+                etag = self._remember(key, data)
+            headers = [("ETag", etag), ("Cache-Control", CACHE_CONTROL), *self._cors(request)]
+            if etag_matches(request.headers.get("If-None-Match"), etag):
+                return HttpResponse(304, b"", headers)
+            if data is None:
+                data = target.read_bytes()
+                if len(data) != stat.st_size:  # changed since: the ETag must be the content's
+                    headers[0] = ("ETag", self._remember(None, data))
+        except (FileNotFoundError, IsADirectoryError):  # removed or replaced meanwhile
+            return not_found
         headers += [("Content-Type", content_type(target)), ("X-Content-Type-Options", "nosniff")]
         return HttpResponse(200, data, headers)
 
