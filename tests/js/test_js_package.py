@@ -114,6 +114,9 @@ def test_package_json_describes_the_served_files():
     package = json.loads((PACKAGE_DIR / "package.json").read_text())
     assert package["name"] == "pulsewire"
     assert package["version"] == version("pulsewire")  # one version for both packages
+    lock = json.loads((JS_DIR / "package-lock.json").read_text())
+    locked = lock["packages"]["../../src/pulsewire/web"]["version"]
+    assert locked == package["version"], "run `npm install` in tests/js to update its lock"
     assert package["type"] == "module"
     assert package["exports"]["."] == {"types": "./pulsewire.d.ts", "default": "./pulsewire.js"}
     assert package["types"] == "./pulsewire.d.ts"
