@@ -81,12 +81,28 @@ client.on("error", (event: ClientErrorEvent) => {
     case "refresh":
       console.log(event.error);
       break;
+    case "subscribe": {
+      const error: PulsewireError = event.error; // a server-side subscription failed
+      console.log(event.channel, error.code);
+      break;
+    }
     default: {
       const never: never = event; // every kind of error is handled above
       console.log(never);
     }
   }
 });
+// The server-side subscriptions' events (the server subscribed this connection).
+client.on("subscribed", ({ channel, recovering, recovered }) => {
+  const sub: Subscription | null = client.getServerSubscription(channel);
+  console.log(sub?.position, recovering, recovered);
+});
+client.on("publication", (pub: Publication) => console.log(pub.channel, pub.data, pub.offset));
+client.on("join", ({ channel, info }) => console.log(channel, info.user));
+client.on("leave", ({ channel, info }) => console.log(channel, info.client));
+client.on("unsubscribed", ({ channel, code, reason }) => console.log(channel, code, reason));
+for (const [channel, sub] of client.serverSubscriptions) console.log(channel, sub.recoverable);
+client.on("connected", ({ server_subs }) => console.log(Object.keys(server_subs ?? {})));
 // @ts-expect-error: no such event
 client.on("publications", () => {});
 // @ts-expect-error: a "state" listener gets an object

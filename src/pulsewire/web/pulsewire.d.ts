@@ -93,6 +93,9 @@ export interface ConnectedContext {
   expires?: boolean;
   /** Whole seconds until they do. */
   ttl?: number;
+  /** The subscribe results of the server-side subscriptions made at connect, by channel
+   *  (each also reported by the client's events: "subscribed", or "error"). */
+  server_subs?: Record<string, object>;
 }
 
 /** How a connection ended (the "disconnected" event). */
@@ -117,20 +120,32 @@ export interface ServerMessage {
 
 /**
  * The client's "error" event: a transport that could not open (the next one is tried),
- * `getToken` failing, or a token refresh failing (the connection ends when it expires).
+ * `getToken` failing, a token refresh failing (the connection ends when it expires), or a
+ * server-side subscription that failed at connect.
  */
 export type ClientErrorEvent =
   | { type: "transport"; transport: TransportName; reason: string }
   | { type: "token"; error: unknown }
-  | { type: "refresh"; error: unknown };
+  | { type: "refresh"; error: unknown }
+  | { type: "subscribe"; channel: string; error: PulsewireError };
 
-/** The client's events and what their listeners get. */
+/**
+ * The client's events and what their listeners get. "subscribed", "publication", "join",
+ * "leave" and "unsubscribed" are those of the server-side subscriptions (the ones the server
+ * made: token claim `subs`, /api/subscribe), each with its `channel`.
+ */
 export interface ClientEvents {
   state: ClientStateEvent;
   connected: ConnectedContext;
   disconnected: DisconnectInfo;
   message: ServerMessage;
   error: ClientErrorEvent;
+  subscribed: SubscribedContext;
+  publication: Publication;
+  join: JoinLeaveContext;
+  leave: JoinLeaveContext;
+  /** A server-side subscription ended (by the server, or not made again at a reconnect). */
+  unsubscribed: UnsubscribedContext;
 }
 
 /** A publication delivered to a subscription: once each, in offset order. */
@@ -317,6 +332,8 @@ export class Client {
   readonly transport: TransportName | null;
   /** The subscriptions made with `subscribe()`, by channel. */
   readonly subscriptions: ReadonlyMap<string, Subscription>;
+  /** The server-side subscriptions (the server makes and ends them), by channel. */
+  readonly serverSubscriptions: ReadonlyMap<string, Subscription>;
   /** Listens to one of the client's events; returns the function that stops it. */
   on<E extends keyof ClientEvents>(event: E, listener: (value: ClientEvents[E]) => void): Unlisten;
   /** Stops a listener given to `on`. */
@@ -331,6 +348,9 @@ export class Client {
   subscribe<T = unknown>(channel: string, handlers?: SubscriptionHandlers<T>): Subscription<T>;
   /** The subscription to `channel` made with `subscribe()`, or null. */
   getSubscription(channel: string): Subscription | null;
+  /** The server-side subscription to `channel`, or null: its `publish()`, `presence()`,
+   *  `history()`... work as a subscription's; the client cannot unsubscribe it. */
+  getServerSubscription(channel: string): Subscription | null;
   /** Ends the subscription to `channel` (nothing if there is none). */
   unsubscribe(channel: string): void;
   /** Calls the server's `on_rpc` hook; resolves with the data it returned. */
