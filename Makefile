@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test install conformance bench lint typecheck clean vendor-yjs
+.PHONY: run chat test install conformance bench lint typecheck clean vendor-yjs
 
 $(BIN)/.installed: pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ $(BIN)/.installed-run: pyproject.toml setup.py
 
 run: $(BIN)/.installed-run
 	$(BIN)/pulsewire serve --demo --host $(HOST) --port $(PORT)
+
+# The tutorial's chat app (docs/tutorial.md): pulsewire, FastAPI and uvicorn[standard].
+$(BIN)/.installed-chat: pyproject.toml setup.py examples/chat/requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e . -r examples/chat/requirements.txt
+	touch $@
+
+chat: $(BIN)/.installed-chat
+	$(BIN)/uvicorn examples.chat.app:app --host $(HOST) --port $(PORT)
 
 # The whole suite with the C accelerator, then the protocol-level suites and Autobahn
 # categories 1-10 again on the pure-Python path (PULSEWIRE_NO_EXTENSIONS=1).
@@ -46,7 +56,7 @@ bench: install
 	$(BIN)/python benchmarks/fanout_hub.py $(BENCH_ARGS)
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests
 
 typecheck: install
