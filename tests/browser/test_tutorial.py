@@ -172,6 +172,15 @@ def test_two_people_chat_with_the_hub_mounted(
     # Ann leaves: Bob sees her go.
     ann.close()
     bob.wait_for("#people li", ["Bob"])
+    # The app restarts: the page reconnects by itself; the in-memory history is gone.
+    app.stop()
+    bob.page.wait_for_function(
+        "() => document.getElementById('status').textContent === 'connecting'"
+    )
+    app.start()
+    bob.wait_connected()
+    bob.wait_for("#messages li", [])
+    bob.wait_for("#people li", ["Bob"])
     bob.close()
 
 
