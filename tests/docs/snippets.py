@@ -59,7 +59,10 @@ SERVICE_PORTS = frozenset({6379, 4222})  # Redis and NATS: real services, never 
 MARKS = frozenset({"fragment", "no-run", "needs-server", "background"})
 PYTHON = frozenset({"python", "py"})
 SHELL = frozenset({"sh", "bash", "shell"})
-NOT_CODE = frozenset({"text"})  # diagrams, output, file layouts: nothing to check
+# Diagrams, output, file layouts: nothing to check. HTML: a page cannot run here; a page
+# shown in a doc is checked by a browser test where its doc says so (the tutorial's is
+# examples/chat, run in Chromium by tests/browser/test_tutorial.py).
+NOT_CODE = frozenset({"text", "html"})
 
 REPO_DIRS = ("scripts/", "tests/", "deploy/", "docs/", "benchmarks/", "src/")
 MAKE_TARGETS = frozenset(
