@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run chat test install conformance bench lint typecheck clean vendor-yjs
+.PHONY: run chat test install conformance bench lint typecheck clean vendor-yjs docs
 
 $(BIN)/.installed: pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ test: install
 	PULSEWIRE_NO_EXTENSIONS=1 PULSEWIRE_AUTOBAHN_CASES='$(PURE_PYTHON_CASES)' \
 		$(BIN)/python -m pytest -q $(PURE_PYTHON_TESTS) $(PYTEST_ARGS)
 
+# The documentation site into site/ (mkdocs.yml); --strict: a warning (a broken link or
+# anchor, a docstring mkdocstrings cannot render) fails. tests/docs/test_site.py runs the
+# same build in `make test`. NO_MKDOCS_2_WARNING quiets Material's end-of-life banner.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 conformance: install
 	PULSEWIRE_AUTOBAHN_FULL=1 $(BIN)/python -m pytest tests/conformance -v -s
 
@@ -63,4 +69,4 @@ typecheck: install
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info reports test-output
+	rm -rf $(VENV) build *.egg-info src/*.egg-info reports test-output site

@@ -1,0 +1,149 @@
+"""MkDocs hooks of the documentation site (mkdocs.yml ``hooks:``).
+
+- **Links out of docs/.** The pages link to repository files as GitHub shows them
+  (``[nginx.conf](../deploy/nginx/pulsewire.conf)``). Such a link to a file or folder that git
+  tracks is pointed at a copy in the site under ``source/`` (a folder gets a page listing its
+  files), so the link works on the site too; a link to something that is not there is a
+  warning, which fails ``mkdocs build --strict``.
+- **The CLI reference.** ``<!-- cli-help -->`` in a page becomes the ``--help`` of
+  ``pulsewire`` and of each of its commands, as the installed CLI prints it, so the page
+  cannot fall behind the parser.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from mkdocs.config.defaults import MkDocsConfig
+from mkdocs.structure.files import File, Files
+from mkdocs.structure.pages import Page
+
+log = logging.getLogger("mkdocs.hooks.pulsewire")
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = "source"  # where repository files linked from the pages are copied in the site
+CLI_MARKER = "<!-- cli-help -->"
+
+_FENCE = re.compile(r"^ *(`{3,}|~{3,})")
+_OUT_LINK = re.compile(r"\]\((?P<target>\.\./[^)\s#]+)(?P<anchor>#[^)\s]*)?\)")
+_COMMANDS = re.compile(r"^usage: \S+ (?:\[[^\]]*\] )*\{(?P<names>[\w,-]+)\}", re.MULTILINE)
+
+
+def tracked(path: str) -> list[str]:
+    """The files git tracks at ``path`` (a file or a folder), relative to the repository."""
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--", path], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    return sorted(name for name in out.decode().split("\0") if name)
+
+
+def _outside_lines(markdown: str) -> list[tuple[bool, str]]:
+    """Each line of ``markdown`` with whether it is outside a fenced code block."""
+    lines, fence = [], ""
+    for line in markdown.splitlines(keepends=True):
+        match = _FENCE.match(line)
+        if match and not fence:
+            fence = match.group(1)
+            lines.append((False, line))
+        elif match and fence and match.group(1).startswith(fence) and not line.strip(" `~\n"):
+            fence = ""
+            lines.append((False, line))
+        else:
+            lines.append((not fence, line))
+    return lines
+
+
+class RepoLinks:
+    """Links from the pages to repository files, and the copies that make them work."""
+
+    def __init__(self) -> None:
+        self.files: set[str] = set()
+        self.folders: set[str] = set()
+
+    def rewrite(self, markdown: str, page_uri: str) -> str:
+        """``markdown`` with its links out of docs/ pointed at ``source/`` in the site."""
+        page_dir = posixpath.dirname(page_uri)
+        out = []
+        for outside, line in _outside_lines(markdown):
+            if outside:
+                line = _OUT_LINK.sub(lambda m: self._link(m, page_uri, page_dir), line)
+            out.append(line)
+        return "".join(out)
+
+    def _link(self, match: re.Match[str], page_uri: str, page_dir: str) -> str:
+        target = posixpath.normpath(posixpath.join("docs", page_dir, match.group("target")))
+        if target.startswith("docs/"):  # a link between pages: MkDocs checks it
+            return match.group(0)
+        if target.startswith("..") or not tracked(target):
+            log.warning("%s links to %r, which git does not track", page_uri, target)
+            return match.group(0)
+        is_file = tracked(target) == [target]
+        (self.files if is_file else self.folders).add(target)
+        here = f"{SOURCE}/{target}" if is_file else f"{SOURCE}/{target}/index.md"
+        return f"]({posixpath.relpath(here, page_dir or '.')}{match.group('anchor') or ''})"
+
+    def add_to(self, files: Files, config: MkDocsConfig) -> None:
+        """Add the linked files, and a listing page for each linked folder, to the site."""
+        for folder in sorted(self.folders):
+            names = tracked(folder)
+            self.files.update(names)
+            relative = [posixpath.relpath(name, folder) for name in names]
+            items = "\n".join(f"- [{name}]({name})" for name in relative)
+            content = f"# `{folder}/`\n\nThe files of the repository's `{folder}/`:\n\n{items}\n"
+            files.append(File.generated(config, f"{SOURCE}/{folder}/index.md", content=content))
+        for name in sorted(self.files):
+            files.append(File.generated(config, f"{SOURCE}/{name}", abs_src_path=str(ROOT / name)))
+
+
+_links = RepoLinks()
+
+
+def on_files(files: Files, config: MkDocsConfig, **kwargs: Any) -> Files:
+    """Find the links out of docs/ before the pages render, and add their targets."""
+    global _links
+    _links = RepoLinks()
+    for file in files.documentation_pages():
+        _links.rewrite(file.content_string, file.src_uri)
+    _links.add_to(files, config)
+    return files
+
+
+def on_page_markdown(markdown: str, page: Page, **kwargs: Any) -> str:
+    """Point links out of docs/ at their copies; fill in the CLI reference."""
+    if page.file.src_uri.startswith(f"{SOURCE}/"):
+        return markdown
+    markdown = _links.rewrite(markdown, page.file.src_uri)
+    if CLI_MARKER in markdown:
+        markdown = markdown.replace(CLI_MARKER, cli_reference())
+    return markdown
+
+
+def cli_help(*args: str) -> str:
+    """What ``pulsewire ARGS --help`` prints (at 76 columns: the width of the page's column)."""
+    code = "import sys; from pulsewire.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "COLUMNS": "76"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args, "--help"], capture_output=True, text=True, env=env
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"pulsewire {' '.join(args)} --help failed: {done.stderr}")
+    return done.stdout.rstrip()
+
+
+def cli_reference() -> str:
+    """``pulsewire --help`` and each command's, as Markdown sections."""
+    top = cli_help()
+    match = _COMMANDS.search(top)
+    if match is None:
+        raise RuntimeError(f"no command list in pulsewire --help:\n{top}")
+    sections = [f"## `pulsewire`\n\n```text\n{top}\n```\n"]
+    for name in match.group("names").split(","):
+        sections.append(f"## `pulsewire {name}`\n\n```text\n{cli_help(name)}\n```\n")
+    return "\n".join(sections)
