@@ -67,22 +67,24 @@ class RepoLinks:
         self.files: set[str] = set()
         self.folders: set[str] = set()
 
-    def rewrite(self, markdown: str, page_uri: str) -> str:
-        """``markdown`` with its links out of docs/ pointed at ``source/`` in the site."""
+    def rewrite(self, markdown: str, page_uri: str, warn: bool = True) -> str:
+        """``markdown`` with its links out of docs/ pointed at ``source/`` in the site;
+        a warning for each link to something git does not track (when ``warn``)."""
         page_dir = posixpath.dirname(page_uri)
         out = []
         for outside, line in _outside_lines(markdown):
             if outside:
-                line = _OUT_LINK.sub(lambda m: self._link(m, page_uri, page_dir), line)
+                line = _OUT_LINK.sub(lambda m: self._link(m, page_uri, page_dir, warn), line)
             out.append(line)
         return "".join(out)
 
-    def _link(self, match: re.Match[str], page_uri: str, page_dir: str) -> str:
+    def _link(self, match: re.Match[str], page_uri: str, page_dir: str, warn: bool) -> str:
         target = posixpath.normpath(posixpath.join("docs", page_dir, match.group("target")))
         if target.startswith("docs/"):  # a link between pages: MkDocs checks it
             return match.group(0)
         if target.startswith("..") or not tracked(target):
-            log.warning("%s links to %r, which git does not track", page_uri, target)
+            if warn:
+                log.warning("%s links to %r, which git does not track", page_uri, target)
             return match.group(0)
         is_file = tracked(target) == [target]
         (self.files if is_file else self.folders).add(target)
@@ -110,7 +112,7 @@ def on_files(files: Files, config: MkDocsConfig, **kwargs: Any) -> Files:
     global _links
     _links = RepoLinks()
     for file in files.documentation_pages():
-        _links.rewrite(file.content_string, file.src_uri)
+        _links.rewrite(file.content_string, file.src_uri, warn=False)  # the page warns
     _links.add_to(files, config)
     return files
 

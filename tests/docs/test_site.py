@@ -5,14 +5,21 @@ file that is not there, a page missing from the nav, a docstring mkdocstrings ca
 The build runs once (about 10 s); the tests then look at what it made. The hooks of
 ``scripts/docs_hooks.py`` and the docstring rewriting of ``scripts/docs_griffe.py`` are
 tested on their own below, without a build.
+
+The site draws ```` ```mermaid ```` blocks in the browser, as GitHub does, so a diagram
+that does not parse would show only on the page. Every one in README.md and docs/ is parsed
+with mermaid itself, in Node (``tests/docs/mermaid``: ``npm ci`` of its lock on first use,
+about 20 s); without node and npm that test is skipped, failed under ``CI=true``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +29,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MKDOCS = Path(sys.executable).parent / "mkdocs"
+MERMAID_DIR = Path(__file__).resolve().parent / "mermaid"
 
 
 def load_script(name: str) -> ModuleType:
@@ -36,14 +44,16 @@ def load_script(name: str) -> ModuleType:
     return module
 
 
-def needs_mkdocs() -> None:
-    """Skip without the docs extra, or fail on CI where `make test` installs it."""
-    if MKDOCS.exists():
-        return
-    message = f"mkdocs is not installed at {MKDOCS}: pip install -e '.[docs]'"
+def unavailable(message: str) -> None:
+    """Skip the test, or fail it under CI=true, where everything it needs is installed."""
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def needs_mkdocs() -> None:
+    if not MKDOCS.exists():
+        unavailable(f"mkdocs is not installed at {MKDOCS}: pip install -e '.[docs]'")
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +86,11 @@ def test_api_reference_from_docstrings(site: Path) -> None:
     assert 'id="pulsewire.client.sync"' in client
     for name in ("aio", "sync", "protocol"):
         assert f'id="pulsewire.{name}"' in page(site, f"reference/{name}")
-    # reST roles were turned into code spans, not shown as ":class:`Hub`".
+    # reST roles were turned into code spans, not shown as ":class:`Hub`" (which Markdown
+    # makes ":class:<code>Hub</code>").
     for html in (site / "reference").rglob("*.html"):
-        assert not re.search(r":(class|meth|func|attr|mod|data):`", html.read_text()), html
+        shown = re.search(r":(class|meth|func|attr|mod|data|exc):(`|<code>)", html.read_text())
+        assert shown is None, f"{html}: {shown.group(0)}"
 
 
 def test_cli_reference_is_the_parsers_help(site: Path) -> None:
@@ -153,3 +165,72 @@ def test_rest_roles_become_code_spans() -> None:
     text = ":class:`~pulsewire.hub.Hub` and :meth:`Client.close`, :py:func:`run`. For example::"
     assert griffe_ext.markdown(text) == "`Hub` and `Client.close`, `run`. For example:"
     assert griffe_ext.markdown("Usage:\n\n::\n\n    x = 1\n") == "Usage:\n\n\n\n    x = 1\n"
+
+
+# The mermaid diagrams, parsed by mermaid.
+
+
+def mermaid_blocks() -> list[dict[str, str]]:
+    """Every ```mermaid block of README.md and docs/, as {where, text}."""
+    blocks = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        fence, start, lines = "", 0, []
+        for number, line in enumerate(doc.read_text().splitlines(), 1):
+            opening = re.match(r"^ *(`{3,}|~{3,})\s*(\S*)", line)
+            if not fence and opening:
+                fence, start, lines = opening.group(1), number, []
+                is_mermaid = opening.group(2) == "mermaid"
+            elif fence and line.strip() == fence:
+                if is_mermaid:
+                    where = f"{doc.relative_to(ROOT)}:{start}"
+                    blocks.append({"where": where, "text": "\n".join(lines)})
+                fence = ""
+            elif fence:
+                lines.append(line)
+    return blocks
+
+
+@pytest.fixture(scope="module")
+def parse_mermaid() -> list[str]:
+    """The command that parses diagrams: node check.mjs, after npm ci if needed."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        unavailable("node and npm are needed to parse the docs' mermaid diagrams")
+    assert node is not None and npm is not None
+    locked = json.loads((MERMAID_DIR / "package-lock.json").read_text())
+    wanted = locked["packages"]["node_modules/mermaid"]["version"]
+    installed = MERMAID_DIR / "node_modules" / "mermaid" / "package.json"
+    if not installed.exists() or json.loads(installed.read_text())["version"] != wanted:
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"],
+            cwd=MERMAID_DIR,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if done.returncode != 0:
+            unavailable(f"npm ci failed in {MERMAID_DIR}: {done.stderr[-2000:]}")
+    return [node, str(MERMAID_DIR / "check.mjs")]
+
+
+def run_parser(
+    command: list[str], blocks: list[dict[str, str]]
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, input=json.dumps(blocks), capture_output=True, text=True, timeout=60
+    )
+
+
+def test_mermaid_diagrams_parse(parse_mermaid: list[str]) -> None:
+    blocks = mermaid_blocks()
+    assert len([b for b in blocks if b["where"].startswith("docs/flows.md")]) == 3
+    done = run_parser(parse_mermaid, blocks)
+    assert done.returncode == 0, f"diagrams that do not parse:\n{done.stdout}{done.stderr}"
+
+
+def test_a_diagram_that_does_not_parse_is_named(parse_mermaid: list[str]) -> None:
+    good = {"where": "a.md:1", "text": "sequenceDiagram\n    A->>B: hi {x}"}
+    bad = {"where": "b.md:9", "text": "sequenceDiagram\n    A->>: no receiver"}
+    done = run_parser(parse_mermaid, [good, bad])
+    assert done.returncode == 1
+    assert done.stdout.startswith("b.md:9: ") and "a.md" not in done.stdout
