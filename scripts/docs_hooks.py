@@ -5,6 +5,9 @@
   tracks is pointed at a copy in the site under ``source/`` (a folder gets a page listing its
   files), so the link works on the site too; a link to something that is not there is a
   warning, which fails ``mkdocs build --strict``.
+- **Anchors as GitHub makes them.** A heading repeated in a page (``### subscribe`` under
+  Commands and under Pushes) is ``#subscribe-1`` on GitHub, ``#subscribe_1`` in
+  Python-Markdown's toc: the site uses GitHub's, so one link works in both places.
 - **The CLI reference.** ``<!-- cli-help -->`` in a page becomes the ``--help`` of
   ``pulsewire`` and of each of its commands, as the installed CLI prints it, so the page
   cannot fall behind the parser.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import xml.etree.ElementTree as etree
 import posixpath
 import re
 import subprocess
@@ -21,6 +25,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from markdown import Markdown
+from markdown.extensions import Extension
+from markdown.treeprocessors import Treeprocessor
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
@@ -115,6 +122,44 @@ def on_files(files: Files, config: MkDocsConfig, **kwargs: Any) -> Files:
         _links.rewrite(file.content_string, file.src_uri, warn=False)  # the page warns
     _links.add_to(files, config)
     return files
+
+
+class GitHubRepeatedIds(Treeprocessor):
+    """Renames the toc's ids of repeated headings from ``name_1`` to GitHub's ``name-1``."""
+
+    def run(self, root: etree.Element) -> None:
+        renamed, seen = {}, set()
+        for element in root.iter():
+            old = element.get("id")
+            if old is None or element.tag not in {"h1", "h2", "h3", "h4", "h5", "h6"}:
+                continue
+            base, _, number = old.rpartition("_")
+            if base in seen and number.isdigit():
+                renamed[old] = new = f"{base}-{number}"
+                element.set("id", new)
+                for link in element.iter("a"):  # the heading's permalink
+                    if link.get("href") == f"#{old}":
+                        link.set("href", f"#{new}")
+            seen.add(element.get("id", ""))
+        tokens = list(getattr(self.md, "toc_tokens", []))
+        while tokens:
+            token = tokens.pop()
+            token["id"] = renamed.get(token["id"], token["id"])
+            tokens.extend(token["children"])
+
+
+class GitHubAnchors(Extension):
+    """Registers :class:`GitHubRepeatedIds` right after the toc extension (same priority,
+    registered later), before MkDocs collects the page's anchors."""
+
+    def extendMarkdown(self, md: Markdown) -> None:  # noqa: N802 (Python-Markdown's name)
+        md.treeprocessors.register(GitHubRepeatedIds(md), "github_repeated_ids", 5)
+
+
+def on_config(config: MkDocsConfig, **kwargs: Any) -> MkDocsConfig:
+    """Add :class:`GitHubAnchors` after the configured Markdown extensions (toc among them)."""
+    config.markdown_extensions.append(GitHubAnchors())
+    return config
 
 
 def on_page_markdown(markdown: str, page: Page, **kwargs: Any) -> str:

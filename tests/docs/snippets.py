@@ -63,6 +63,7 @@ SHELL = frozenset({"sh", "bash", "shell"})
 # shown in a doc is checked by a browser test where its doc says so (the tutorial's is
 # examples/chat, run in Chromium by tests/browser/test_tutorial.py).
 NOT_CODE = frozenset({"text", "html"})
+CHECKED_ELSEWHERE = frozenset({"mermaid"})  # diagrams: parsed by mermaid in test_site.py
 
 REPO_DIRS = ("scripts/", "tests/", "deploy/", "docs/", "benchmarks/", "src/")
 MAKE_TARGETS = frozenset(
@@ -297,7 +298,7 @@ class DocRun:
         if "needs-server" in block.marks:
             self.start_server(block)
         text = self.with_ports(block)
-        if block.lang in NOT_CODE:
+        if block.lang in NOT_CODE or block.lang in CHECKED_ELSEWHERE:
             return
         if not block.lang:
             raise SnippetError(block, "no language: name it (```text for output or diagrams)")
