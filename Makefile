@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run chat test install conformance bench lint typecheck clean vendor-yjs docs
+.PHONY: run chat test install conformance bench lint typecheck clean vendor-yjs
 
 $(BIN)/.installed: pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,7 @@ test: install
 # The documentation site into site/ (mkdocs.yml); --strict: a warning (a broken link or
 # anchor, a docstring mkdocstrings cannot render) fails. tests/docs/test_site.py runs the
 # same build in `make test`. NO_MKDOCS_2_WARNING quiets Material's end-of-life banner.
+.PHONY: docs
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
