@@ -56,6 +56,7 @@ START_TIMEOUT = 30.0  # a server (a background block or the demo node) to accept
 SERVER_PORT = 8000  # the demo node's port as the docs write it (`make run`)
 SERVICE_PORTS = frozenset({6379, 4222})  # Redis and NATS: real services, never replaced
 
+CHECKED_ELSEWHERE = frozenset({"mermaid"})  # diagrams: parsed by mermaid in test_site.py
 MARKS = frozenset({"fragment", "no-run", "needs-server", "background"})
 PYTHON = frozenset({"python", "py"})
 SHELL = frozenset({"sh", "bash", "shell"})
@@ -63,7 +64,6 @@ SHELL = frozenset({"sh", "bash", "shell"})
 # shown in a doc is checked by a browser test where its doc says so (the tutorial's is
 # examples/chat, run in Chromium by tests/browser/test_tutorial.py).
 NOT_CODE = frozenset({"text", "html"})
-CHECKED_ELSEWHERE = frozenset({"mermaid"})  # diagrams: parsed by mermaid in test_site.py
 
 REPO_DIRS = ("scripts/", "tests/", "deploy/", "docs/", "benchmarks/", "src/")
 MAKE_TARGETS = frozenset(
