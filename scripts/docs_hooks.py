@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import logging
 import os
-import xml.etree.ElementTree as etree
 import posixpath
 import re
 import subprocess
 import sys
+import xml.etree.ElementTree as etree
 from pathlib import Path
 from typing import Any
 
@@ -125,16 +125,18 @@ def on_files(files: Files, config: MkDocsConfig, **kwargs: Any) -> Files:
 
 
 class GitHubRepeatedIds(Treeprocessor):
-    """Renames the toc's ids of repeated headings from ``name_1`` to GitHub's ``name-1``."""
+    """Renames the toc's ids of repeated headings from ``name_1`` to GitHub's ``name-1``
+    (a heading whose own slug is ``name_1`` keeps it)."""
 
     def run(self, root: etree.Element) -> None:
+        toc = self.md.treeprocessors["toc"]
         renamed, seen = {}, set()
         for element in root.iter():
             old = element.get("id")
             if old is None or element.tag not in {"h1", "h2", "h3", "h4", "h5", "h6"}:
                 continue
             base, _, number = old.rpartition("_")
-            if base in seen and number.isdigit():
+            if base in seen and number.isdigit() and toc.slugify(_text(element), toc.sep) != old:
                 renamed[old] = new = f"{base}-{number}"
                 element.set("id", new)
                 for link in element.iter("a"):  # the heading's permalink
@@ -148,11 +150,21 @@ class GitHubRepeatedIds(Treeprocessor):
             tokens.extend(token["children"])
 
 
+def _text(heading: etree.Element) -> str:
+    """A heading's text, without the permalink that toc appends."""
+    parts = [heading.text or ""]
+    for child in heading:
+        if not (child.tag == "a" and "headerlink" in child.get("class", "")):
+            parts.extend(child.itertext())
+        parts.append(child.tail or "")
+    return "".join(parts).strip()
+
+
 class GitHubAnchors(Extension):
     """Registers :class:`GitHubRepeatedIds` right after the toc extension (same priority,
     registered later), before MkDocs collects the page's anchors."""
 
-    def extendMarkdown(self, md: Markdown) -> None:  # noqa: N802 (Python-Markdown's name)
+    def extendMarkdown(self, md: Markdown) -> None:
         md.treeprocessors.register(GitHubRepeatedIds(md), "github_repeated_ids", 5)
 
 

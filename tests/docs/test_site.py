@@ -106,6 +106,13 @@ def test_sequence_diagrams_are_mermaid(site: Path) -> None:
     assert "sequenceDiagram" in flows
 
 
+def test_a_repeated_heading_has_githubs_anchor(site: Path) -> None:
+    # protocol.md has "### subscribe" under Commands and under Pushes; it links #subscribe-1.
+    protocol = page(site, "protocol")
+    assert 'id="subscribe"' in protocol and 'id="subscribe-1"' in protocol
+    assert 'href="#subscribe-1"' in protocol and "subscribe_1" not in protocol
+
+
 def test_links_to_repository_files_work_on_the_site(site: Path) -> None:
     deployment = page(site, "deployment")
     assert 'href="../source/deploy/nginx/pulsewire.conf"' in deployment
@@ -150,6 +157,18 @@ def test_broken_repo_link_is_a_warning(caplog: pytest.LogCaptureFixture) -> None
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2
     assert "deploy/no-such-file.conf" in warnings[0] and "git does not track" in warnings[0]
+
+
+def test_repeated_ids_numbered_as_on_github() -> None:
+    import markdown
+
+    hooks = load_script("docs_hooks")
+    md = markdown.Markdown(extensions=["toc", hooks.GitHubAnchors()])
+    html = md.convert("# a\n## x\n## x_1\n## x\n### y\n")
+    # "x_1" is a heading of its own (kept); the third "x" is toc's x_2, made x-2.
+    assert re.findall(r'id="([^"]+)"', html) == ["a", "x", "x_1", "x-2", "y"]
+    toc_ids = [child["id"] for child in md.toc_tokens[0]["children"]]
+    assert toc_ids == ["x", "x_1", "x-2"]
 
 
 def test_cli_reference_lists_every_command() -> None:
