@@ -143,12 +143,14 @@ def spawn_nodes(
     prefix: str,
     names: list[str],
     hub_extra: str = "",
+    ports: list[int] | None = None,
 ) -> list[Node]:
-    """Start one node per name (engine URL ``engines[i]``) at once; wait for all to listen."""
+    """Start one node per name (engine URL ``engines[i]``, port ``ports[i]`` or any free one)
+    at once; wait for all to listen."""
     directory.mkdir(parents=True, exist_ok=True)
     nodes: list[Node] = []
     try:
-        for name, engine in zip(names, engines, strict=True):
+        for i, (name, engine) in enumerate(zip(names, engines, strict=True)):
             config = write_config(
                 directory / f"{name}.toml",
                 name=name,
@@ -157,9 +159,10 @@ def spawn_nodes(
                 hub_extra=hub_extra,
             )
             out_path, err_path = directory / f"{name}.out", directory / f"{name}.log"
+            port = str(ports[i] if ports else 0)
             with open(out_path, "wb") as out, open(err_path, "wb") as err:
                 proc = subprocess.Popen(
-                    [pulsewire_script(), "serve", "--config", str(config), "--port", "0"],
+                    [pulsewire_script(), "serve", "--config", str(config), "--port", port],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=err,
