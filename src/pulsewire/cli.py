@@ -1,6 +1,7 @@
 """The ``pulsewire`` command line: ``echo`` (a test server), ``connect`` (a wscat-like client),
-``serve`` (the hub). The commands themselves are in :mod:`pulsewire.commands` and
-:mod:`pulsewire.server.main`; this module builds the parser and dispatches."""
+``subscribe`` (prints a hub channel's publications), ``serve`` (the hub). The commands
+themselves are in :mod:`pulsewire.commands` and :mod:`pulsewire.server.main`; this module
+builds the parser and dispatches."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from .commands.args import (
 )
 from .commands.connect import connect as run_connect
 from .commands.echo import echo as run_echo
+from .commands.subscribe import add_arguments as subscribe_arguments
+from .commands.subscribe import subscribe as run_subscribe
 
 if TYPE_CHECKING:
     from .server.settings import ServeOptions
@@ -69,6 +72,12 @@ def _build_parser() -> argparse.ArgumentParser:
         type=non_negative_seconds,
         default=0.5,
         help="after end of input, wait this long for replies before closing (default 0.5 s)",
+    )
+    subscribe_arguments(
+        sub.add_parser(
+            "subscribe",
+            help="print a hub channel's publications as JSON lines (reconnects and recovers)",
+        )
     )
     srv = sub.add_parser(
         "serve", help="run the real-time hub (WebSocket endpoint, HTTP API, demos)"
@@ -154,6 +163,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run(run_echo(args))
     if args.command == "connect":
         return run(run_connect(args))
+    if args.command == "subscribe":
+        return run(run_subscribe(args))
     if args.command == "serve":
         from .server.main import serve_main
 
