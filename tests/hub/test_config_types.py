@@ -16,22 +16,22 @@ from pulsewire.hub.config_types import check_types, field_types, unknown_keys
 @pytest.mark.parametrize(
     ("value", "hint", "expected"),
     [
-        ("10", int, 'must be an integer, got the string "10"'),
-        (True, int, "must be an integer, got true"),
-        (1.5, int, "must be an integer, got 1.5"),
-        ("1", float, 'must be a number, got the string "1"'),
-        (1, bool, "must be true or false, got 1"),
-        (3, str, "must be a string, got 3"),
-        (3, str | None, "must be a string, got 3"),
-        (["a", 1], tuple[str, ...], "must be a list of strings, got ['a', 1]"),
-        ("a", list[str], 'must be a list of strings, got the string "a"'),
-        ({"a": 1}, str, "must be a string, got a table"),
+        ("10", int, 'key must be an integer, got the string "10"'),
+        (True, int, "key must be an integer, got true"),
+        (1.5, int, "key must be an integer, got 1.5"),
+        ("1", float, 'key must be a number, got the string "1"'),
+        (1, bool, "key must be true or false, got 1"),
+        (3, str, "key must be a string, got 3"),
+        (3, str | None, "key must be a string, got 3"),
+        (["a", 1], tuple[str, ...], "key[1] must be a string, got 1"),
+        ("a", list[str], 'key must be a list of strings, got the string "a"'),
+        ({"a": 1}, str, "key must be a string, got a table"),
     ],
 )
 def test_a_value_of_the_wrong_type_is_named(value: Any, hint: Any, expected: str) -> None:
     with pytest.raises(ValueError) as refused:
         check_types({"key": value}, {"key": hint}, "[t]")
-    assert str(refused.value) == f"[t] key {expected}"
+    assert str(refused.value) == f"[t] {expected}"
 
 
 @pytest.mark.parametrize(

@@ -59,13 +59,19 @@ def test_no_table_no_proxy() -> None:
         ({"url": "ftp://h/", "connect": {}}, "[proxy] url must be an http:// or https:// URL"),
         ({"url": "http:///x", "connect": {}}, "[proxy] url must be an http:// or https:// URL"),
         ({"connect": {}}, "[proxy.connect] needs a url, or [proxy] url as the base"),
-        ({"url": "http://h/", "timeout": -1, "connect": {}}, "[proxy] timeout must be positive"),
+        (
+            {"url": "http://h/", "timeout": -1, "connect": {}},
+            "[proxy] timeout must be a number > 0, got -1",
+        ),
         ({"url": "http://h/", "connect": {"timeout": 0}}, "[proxy.connect] timeout must be"),
         ({"url": "http://h/", "rpc": {"timeout": "2"}}, "[proxy.rpc] timeout must be a number"),
         ({"url": "http://h/"}, "[proxy] enables no route"),
         ({"url": "http://h/", "rpc": True}, "[proxy.rpc] must be a table"),
         ({"url": "http://h/", "rpc": {}, "include_headers": "a"}, "include_headers must be a"),
-        ({"url": "http://h/", "rpc": {}, "headers": {"a": 1}}, "headers must be a table"),
+        (
+            {"url": "http://h/", "rpc": {}, "headers": {"a": 1}},
+            "[proxy] headers must be a table of strings",
+        ),
     ],
 )
 def test_bad_values_are_one_line(table: dict[str, Any], message: str) -> None:
@@ -83,7 +89,9 @@ def test_load_settings_reads_the_proxy_table(tmp_path: Path) -> None:
         "subscribe": RouteSettings("http://127.0.0.1:9000/subscribe", 2.0)
     }
     path.write_text('[proxy]\nurl = "http://127.0.0.1:9000/"\n[proxy.subscribe]\ntimeout = -2\n')
-    with pytest.raises(ValueError, match=r"\[proxy.subscribe\] timeout must be positive"):
+    with pytest.raises(
+        ValueError, match=r"\[proxy.subscribe\] timeout must be a number > 0, got -2"
+    ):
         load_settings(ServeOptions(config=str(path)))
 
 

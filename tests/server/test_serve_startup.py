@@ -81,8 +81,11 @@ async def test_the_summary_names_what_was_configured(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ('[server]\nport = "abc"\n', '[server] port must be an integer, got the string "abc"'),
-        ("[server]\nport = 70000\n", "[server] port must be 0 to 65535, got 70000"),
+        (
+            '[server]\nport = "abc"\n',
+            '[server] port must be an integer from 0 to 65535, got the string "abc"',
+        ),
+        ("[server]\nport = 70000\n", "[server] port must be an integer from 0 to 65535, got 70000"),
         ("[server]\nprot = 8000\n", "unknown [server] setting(s): prot (did you mean port?)"),
         (
             '[namespaces.chat]\nhistory_size = "10"\nhistory_ttl = 60\n',

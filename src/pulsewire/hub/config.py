@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config_types import check_types, field_types, unknown_keys
+from .config_types import ConfigError, convert_table, unknown_keys
 from .jwks import check_jwks_url
 
 if sys.version_info >= (3, 11):
@@ -166,37 +166,27 @@ class HubConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _options(table: Any, where: str) -> ChannelOptions:
-    if not isinstance(table, dict):
-        raise ValueError(f"{where} must be a table")
-    types = field_types(ChannelOptions)
-    unknown = set(table) - set(types)
-    if unknown:
-        raise ValueError(f"unknown channel option(s) in {where}: {unknown_keys(unknown, types)}")
-    check_types(table, types, where)
-    return ChannelOptions(**table)
-
-
 def config_from_dict(data: dict[str, Any]) -> HubConfig:
     """Build a HubConfig from the ``[hub]``-level mapping (channel/namespaces included);
-    ValueError names a key that is unknown or whose value has the wrong type."""
+    :class:`~pulsewire.hub.config_types.ConfigError` (a ValueError) names the table and the
+    key that is unknown or whose value has the wrong type."""
     data = dict(data)
-    channel = _options(data.pop("channel", {}), "[channel]")
+    channel = convert_table(data.pop("channel", {}), ChannelOptions, ("channel",))
     tables = data.pop("namespaces", {})
     if not isinstance(tables, dict):
-        raise ValueError("[namespaces] must be a table of tables ([namespaces.NAME])")
-    namespaces = {name: _options(table, f"[namespaces.{name}]") for name, table in tables.items()}
-    types = field_types(HubConfig)
-    unknown = set(data) - set(types)
-    if unknown:
-        raise ValueError(f"unknown hub setting(s): {unknown_keys(unknown, types)}")
-    check_types(data, types, "[hub]")
+        raise ConfigError("[namespaces] must be a table of tables ([namespaces.NAME])")
+    namespaces = {
+        name: convert_table(table, ChannelOptions, ("namespaces", name))
+        for name, table in tables.items()
+    }
+    config = convert_table(data, HubConfig, ("hub",))
+    keys = {}
     for name in ("token_rsa_public_key", "token_ecdsa_public_key"):
-        key = data.get(name)
+        key = getattr(config, name)
         if isinstance(key, str) and "BEGIN" not in key and os.path.exists(key):
             with open(key, encoding="utf-8") as fh:
-                data[name] = fh.read()
-    return HubConfig(channel=channel, namespaces=namespaces, **data)
+                keys[name] = fh.read()
+    return config.replace(channel=channel, namespaces=namespaces, **keys)
 
 
 SERVER_SECTIONS = ("server", "proxy")
@@ -211,23 +201,43 @@ def load_config(path: str) -> tuple[HubConfig, dict[str, Any]]:
 
 def load_config_tables(path: str) -> tuple[HubConfig, dict[str, dict[str, Any]]]:
     """Read a pulsewire.toml: the hub config and each of :data:`SERVER_SECTIONS` (a dict,
-    empty when absent) by name."""
+    empty when absent) by name. ValueError starts with the file's name."""
+    doc = read_toml(path)
+    try:
+        return config_from_document(doc)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    """The TOML document at ``path``; ValueError naming the file if it is not valid TOML."""
     with open(path, "rb") as fh:
         try:
-            doc = tomllib.load(fh)
+            doc: dict[str, Any] = tomllib.load(fh)
+            return doc
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"{path}: not valid TOML: {exc}") from None
+
+
+TABLES = ("hub", "channel", "namespaces", *SERVER_SECTIONS)
+"""The top-level tables of pulsewire.toml."""
+
+
+def config_from_document(doc: dict[str, Any]) -> tuple[HubConfig, dict[str, dict[str, Any]]]:
+    """The hub config and the :data:`SERVER_SECTIONS` tables (unchecked dicts) of a parsed
+    pulsewire.toml; :class:`~pulsewire.hub.config_types.ConfigError` if bad."""
+    doc = dict(doc)
     tables = {name: doc.pop(name, {}) for name in SERVER_SECTIONS}
     for name, table in tables.items():
         if not isinstance(table, dict):
-            raise ValueError(f"{path}: [{name}] must be a table")
+            raise ConfigError(f"[{name}] must be a table", (name,))
     hub = doc.pop("hub", {})
+    if not isinstance(hub, dict):
+        raise ConfigError("[hub] must be a table", ("hub",))
+    hub = dict(hub)
     for key in ("channel", "namespaces"):
         if key in doc:
             hub[key] = doc.pop(key)
     if doc:
-        raise ValueError(f"unknown section(s) in {path}: {', '.join(sorted(doc))}")
-    try:
-        return config_from_dict(hub), tables
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        raise ConfigError(f"unknown table(s): {unknown_keys(doc, TABLES)}")
+    return config_from_dict(hub), tables

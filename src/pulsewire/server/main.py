@@ -61,7 +61,7 @@ def serve_main(options: ServeOptions | Mapping[str, Any]) -> int:
         fail_to_stderr(2, str(exc))
         return 2
     workers = args.workers
-    if workers is None and args.config:
+    if workers is None:  # [server] workers, or PULSEWIRE_WORKERS
         try:
             workers = load_settings(args).workers
         except (ValueError, OSError) as exc:

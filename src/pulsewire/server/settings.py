@@ -14,13 +14,16 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+from msgspec import Meta
 
 from ..aio.budget import BudgetLimits
-from ..hub.config import HubConfig, load_config_tables
-from ..hub.config_types import check_types, field_types, unknown_keys
+from ..hub.config import ChannelOptions, HubConfig, config_from_document, read_toml
+from ..hub.config_types import ConfigError, convert_table, field_types
+from .environment import read_environment
 from .limits import ConnectionLimits
-from .proxy import ProxySettings, proxy_settings
+from .proxy import PROXY_TYPES, ProxySettings, proxy_settings
 
 __all__ = [
     "BUDGET_KEYS",
@@ -28,8 +31,10 @@ __all__ = [
     "FRONT_DOOR_FIELDS",
     "LIMIT_KEYS",
     "SERVER_KEYS",
+    "SERVER_TYPES",
     "TIMEOUT_KEYS",
     "ServeOptions",
+    "ServerTable",
     "Settings",
     "front_door_changes",
     "load_settings",
@@ -104,25 +109,59 @@ TIMEOUT_KEYS = {
     "longpoll_idle_timeout": 60.0,
 }
 """``[server]`` deadlines (seconds, positive) and their defaults."""
-SERVER_TYPES: dict[str, Any] = {
-    "host": str,
-    "port": int,
-    "allowed_origins": list[str],
-    "demo": bool,
-    "tls_cert": str,
-    "tls_key": str,
-    "workers": int,
-    "drain_timeout": float,
-    "max_message_size": int,
-    "body_min_rate": int,
-    "admin_password": str,
-    **{key: field_types(ConnectionLimits)[key] for key in LIMIT_KEYS},
-    **dict.fromkeys(BUDGET_KEYS, int),
-    **dict.fromkeys(TIMEOUT_KEYS, float),
-}
+Seconds = Annotated[float, Meta(gt=0)]
+Count = Annotated[int, Meta(ge=0)]
+
+
+@dataclass(frozen=True)
+class ServerTable:
+    """The ``[server]`` table as written (None: not set, a flag or the default decides),
+    checked by type and range when the file is read (see docs/configuration.md)."""
+
+    host: str | None = None
+    port: Annotated[int, Meta(ge=0, le=65535)] | None = None
+    allowed_origins: tuple[str, ...] | None = None
+    demo: bool | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    workers: Annotated[int, Meta(ge=1)] | None = None
+    drain_timeout: Annotated[float, Meta(ge=0)] | None = None
+    max_message_size: Annotated[int, Meta(gt=0)] | None = None
+    body_min_rate: Count | None = None
+    admin_password: str | None = None
+    max_connections: Count | None = None
+    max_connections_per_ip: Count | None = None
+    connections_per_second_per_ip: float | None = None
+    connections_burst_per_ip: float | None = None
+    bytes_high_per_connection: int | None = None
+    max_bytes_per_connection: int | None = None
+    bytes_high_per_ip: int | None = None
+    max_bytes_per_ip: int | None = None
+    head_timeout: Seconds | None = None
+    body_timeout: Seconds | None = None
+    idle_timeout: Seconds | None = None
+    send_timeout: Seconds | None = None
+    longpoll_timeout: Seconds | None = None
+    longpoll_idle_timeout: Seconds | None = None
+
+    def given(self, *keys: str) -> dict[str, Any]:
+        """The ``keys`` that are set, with their values."""
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+SERVER_TYPES: dict[str, Any] = field_types(ServerTable)
 """The settings of the ``[server]`` table and their types (checked when the file is read)."""
 SERVER_KEYS = frozenset(SERVER_TYPES)
 """The settings of the ``[server]`` table."""
+ENV_TABLES: dict[str, Any] = {
+    "hub": HubConfig,
+    "server": ServerTable,
+    "channel": ChannelOptions,
+    "namespaces": dict[str, ChannelOptions],
+    "proxy": PROXY_TYPES,
+}
+"""The tables of pulsewire.toml that ``PULSEWIRE_*`` variables set (see
+:mod:`pulsewire.server.environment`): ``[hub]`` and ``[server]`` keys by their own names."""
 FRONT_DOOR_FIELDS = (
     "limits",
     "budget_limits",
@@ -171,17 +210,30 @@ class Settings:
     """The backend proxy (``[proxy]``), or None."""
     config_file: str | None = None
     """The config file read (``--config``), or None."""
+    environment: tuple[str, ...] = field(default=(), compare=False)
+    """The ``PULSEWIRE_*`` variables that set a config key (names only: values may be
+    secret)."""
+    unknown_environment: tuple[str, ...] = field(default=(), compare=False)
+    """``PULSEWIRE_*`` variables that set nothing (typos?), for a warning at start."""
     generated_secret: bool = field(default=False, compare=False)
     """The demo's token secret was made up here (pin it before starting more processes)."""
 
 
-def load_settings(options: ServeOptions | Mapping[str, Any]) -> Settings:
-    """``options`` (first), the config file they name, then defaults; raises ValueError or
-    OSError if bad."""
+def load_settings(
+    options: ServeOptions | Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> Settings:
+    """``options`` (first), the ``PULSEWIRE_*`` variables of ``environ`` (default:
+    ``os.environ``), the config file ``options`` name, then defaults; raises ValueError
+    (naming the file or the variable, the table and the key) or OSError if bad."""
     args = options if isinstance(options, ServeOptions) else ServeOptions.from_mapping(options)
-    config, tables = load_config_tables(args.config) if args.config else (HubConfig(), {})
-    table = tables.get("server", {})
-    _check_server_table(table, args.config)
+    env = read_environment(os.environ if environ is None else environ, ENV_TABLES)
+    doc = env.over(read_toml(args.config) if args.config else {})
+    try:
+        config, tables = config_from_document(doc)
+        table = convert_table(tables["server"], ServerTable, ("server",))
+        proxy = proxy_settings(tables["proxy"])
+    except ConfigError as exc:
+        raise ValueError(f"{env.source(exc, args.config)}: {exc}") from None
     changes: dict[str, Any] = {}
     if args.engine:
         changes["engine"] = args.engine
@@ -196,13 +248,10 @@ def load_settings(options: ServeOptions | Mapping[str, Any]) -> Settings:
     if args.allow_anonymous:
         changes["allow_anonymous"] = True
     config = config.replace(**changes)
-    host = args.host or str(table.get("host", "127.0.0.1"))
-    port = args.port if args.port is not None else int(table.get("port", 8000))
-    flag_origins = args.allowed_origins
-    origins = flag_origins if flag_origins is not None else table.get("allowed_origins", [])
-    if isinstance(origins, str) or not all(isinstance(o, str) for o in origins):
-        raise ValueError("[server] allowed_origins must be a list of strings")
-    demo = args.demo or bool(table.get("demo", False))
+    host = args.host or table.host or "127.0.0.1"
+    port = next(p for p in (args.port, table.port, 8000) if p is not None)
+    origins = next(o for o in (args.allowed_origins, table.allowed_origins, ()) if o is not None)
+    demo = args.demo or bool(table.demo)
     generated = False
     if demo:
         if not _is_loopback(host) and not config.api_key:
@@ -215,74 +264,42 @@ def load_settings(options: ServeOptions | Mapping[str, Any]) -> Settings:
         config = demo_config(config)
         if not config.api_key:
             config = config.replace(api_key="demo")
-    workers = args.workers
-    if workers is None and table.get("workers") is not None:
-        workers = int(table["workers"])
+    workers = args.workers if args.workers is not None else table.workers
     if workers is not None and workers < 1:
         raise ValueError("workers must be at least 1")
     drain_timeout = args.drain_timeout
     if drain_timeout is None:
-        drain_timeout = float(table.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT))
+        drain_timeout = (
+            DEFAULT_DRAIN_TIMEOUT if table.drain_timeout is None else table.drain_timeout
+        )
     if drain_timeout < 0:
         raise ValueError("drain_timeout must not be negative")
-    limits = ConnectionLimits(**{k: table[k] for k in LIMIT_KEYS if k in table})
-    max_message_size = int(table.get("max_message_size", 65536))
-    if max_message_size <= 0:
-        raise ValueError("[server] max_message_size must be positive")
-    timeouts = {key: float(table.get(key, default)) for key, default in TIMEOUT_KEYS.items()}
-    for key, value in timeouts.items():
-        if value <= 0:
-            raise ValueError(f"[server] {key} must be positive")
-    body_min_rate = int(table.get("body_min_rate", 1024))
-    if body_min_rate < 0:
-        raise ValueError("[server] body_min_rate must not be negative")
-    admin_password = os.environ.get("PULSEWIRE_ADMIN_PASSWORD") or table.get("admin_password")
+    max_message_size = table.max_message_size or 65536
     return Settings(
         config=config,
-        admin_password=admin_password,
-        proxy=_proxy_settings(tables.get("proxy", {}), args.config),
-        limits=limits,
+        admin_password=table.admin_password,
+        proxy=proxy,
+        limits=ConnectionLimits(**table.given(*LIMIT_KEYS)),
         budget_limits=_budget_limits(table, max_message_size),
         max_message_size=max_message_size,
-        body_min_rate=body_min_rate,
-        **timeouts,
+        body_min_rate=1024 if table.body_min_rate is None else table.body_min_rate,
+        **{**TIMEOUT_KEYS, **table.given(*TIMEOUT_KEYS)},
         host=host,
         port=port,
         allowed_origins=tuple(origins),
         demo=demo,
-        tls_cert=args.tls_cert or table.get("tls_cert"),
-        tls_key=args.tls_key or table.get("tls_key"),
+        tls_cert=args.tls_cert or table.tls_cert,
+        tls_key=args.tls_key or table.tls_key,
         workers=workers,
         drain_timeout=drain_timeout,
         config_file=args.config,
+        environment=env.used,
+        unknown_environment=env.unknown,
         generated_secret=generated,
     )
 
 
-def _proxy_settings(table: dict[str, Any], path: str | None) -> ProxySettings | None:
-    try:
-        return proxy_settings(table)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
-
-
-def _check_server_table(table: Any, path: str | None) -> None:
-    """ValueError naming the file and the key: unknown keys, values of the wrong type, a port
-    out of range (like unknown ``[hub]`` keys, before anything starts)."""
-    try:
-        if not isinstance(table, dict):
-            raise ValueError("[server] must be a table")
-        unknown = set(table) - SERVER_KEYS
-        if unknown:
-            raise ValueError(f"unknown [server] setting(s): {unknown_keys(unknown, SERVER_KEYS)}")
-        check_types(table, SERVER_TYPES, "[server]")
-        if not 0 <= table.get("port", 0) <= 65535:
-            raise ValueError(f"[server] port must be 0 to 65535, got {table['port']}")
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
-
-
-def _budget_limits(table: dict[str, Any], max_message_size: int) -> BudgetLimits:
+def _budget_limits(table: ServerTable, max_message_size: int) -> BudgetLimits:
     """The memory budget settings of ``[server]`` (ValueError, with their names, if bad).
 
     Those not set follow ``max_message_size`` (:meth:`BudgetLimits.for_message_size`: 1 MiB,
@@ -290,7 +307,7 @@ def _budget_limits(table: dict[str, Any], max_message_size: int) -> BudgetLimits
     never makes legal messages stall or be refused."""
     derived = BudgetLimits.for_message_size(max_message_size)
     values = {
-        field: int(table[key]) if key in table else getattr(derived, field)
+        field: getattr(table, key) if getattr(table, key) is not None else getattr(derived, field)
         for key, field in BUDGET_KEYS.items()
     }
     try:

@@ -1,7 +1,8 @@
 """What ``pulsewire serve`` says when it starts (logged, on stderr): the engine, whether the
-HTTP API is on, how clients authenticate, the allowed origins and the config file; and a
-loud warning when no client could ever connect (no token key, no anonymous access, no
-``[proxy.connect]`` backend to decide)."""
+HTTP API is on, how clients authenticate, the allowed origins, the config file and the
+``PULSEWIRE_*`` variables that set something; a warning naming those that set nothing
+(typos?); and a loud warning when no client could ever connect (no token key, no
+anonymous access, no ``[proxy.connect]`` backend to decide)."""
 
 from __future__ import annotations
 
@@ -68,13 +69,18 @@ def startup_summary(settings: Settings) -> list[str]:
         f"auth: {', '.join(auth_modes(settings)) or 'none'}",
         f"allowed origins: {origins}",
         f"config file: {settings.config_file or 'none (flags and defaults)'}",
-    ]
+    ] + ([f"environment: {', '.join(settings.environment)}"] if settings.environment else [])
 
 
 def log_startup(settings: Settings) -> None:
     """Log the start-up summary (INFO) and, if no client could connect, a WARNING."""
     for line in startup_summary(settings):
         logger.info("%s", line)
+    if settings.unknown_environment:
+        logger.warning(
+            "unknown environment variable(s), ignored: %s (see docs/configuration.md)",
+            ", ".join(settings.unknown_environment),
+        )
     warning = no_client_can_connect(settings)
     if warning is not None:
         logger.warning("%s", warning)

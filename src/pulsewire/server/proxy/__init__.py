@@ -8,6 +8,6 @@ application's backend (docs/proxy.md).
 
 from __future__ import annotations
 
-from .settings import ROUTES, ProxySettings, RouteSettings, proxy_settings
+from .settings import PROXY_TYPES, ROUTES, ProxySettings, RouteSettings, proxy_settings
 
-__all__ = ["ROUTES", "ProxySettings", "RouteSettings", "proxy_settings"]
+__all__ = ["PROXY_TYPES", "ROUTES", "ProxySettings", "RouteSettings", "proxy_settings"]

@@ -21,16 +21,51 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-__all__ = ["ROUTES", "ProxySettings", "RouteSettings", "proxy_settings"]
+from msgspec import Meta
+
+from ...hub.config_types import ConfigError, convert_table, field_types
+
+__all__ = [
+    "PROXY_TYPES",
+    "ROUTES",
+    "ProxySettings",
+    "ProxyTable",
+    "RouteSettings",
+    "RouteTable",
+    "proxy_settings",
+]
 
 ROUTES = ("connect", "refresh", "subscribe", "publish", "rpc", "sub_refresh")
 """The routes, each the hook it stands for (``authenticate``, ``on_refresh``, ...)."""
-TOP_KEYS = frozenset({"url", "timeout", "include_headers", "include_cookies", "headers", *ROUTES})
-ROUTE_KEYS = frozenset({"url", "timeout"})
 DEFAULT_TIMEOUT = 2.0
+Seconds = Annotated[float, Meta(gt=0)]
+Name = Annotated[str, Meta(min_length=1)]
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """A ``[proxy.ROUTE]`` table as written (None: not set)."""
+
+    url: str | None = None
+    timeout: Seconds | None = None
+
+
+@dataclass(frozen=True)
+class ProxyTable:
+    """The ``[proxy]`` table as written, without its route tables."""
+
+    url: str | None = None
+    timeout: Seconds = DEFAULT_TIMEOUT
+    include_headers: tuple[Name, ...] = ()
+    include_cookies: tuple[Name, ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+PROXY_TYPES: dict[str, Any] = {**field_types(ProxyTable), **dict.fromkeys(ROUTES, RouteTable)}
+"""The keys of ``[proxy]`` and their types (a route's: :class:`RouteTable`)."""
 
 
 @dataclass(frozen=True)
@@ -55,74 +90,55 @@ class ProxySettings:
 
 
 def proxy_settings(table: Mapping[str, Any]) -> ProxySettings | None:
-    """Settings from the ``[proxy]`` table (``None`` if empty); ValueError names a bad key."""
+    """Settings from the ``[proxy]`` table (``None`` if empty); a ValueError
+    (:class:`~pulsewire.hub.config_types.ConfigError`) names the table and the key."""
     if not table:
         return None
-    unknown = sorted(set(table) - TOP_KEYS)
-    if unknown:
-        raise ValueError(f"unknown [proxy] setting(s): {', '.join(unknown)}")
-    base = table.get("url")
+    top = convert_table({k: v for k, v in table.items() if k not in ROUTES}, ProxyTable, ("proxy",))
+    base = top.url
     if base is not None:
-        _check_url(base, "[proxy] url")
+        _check_url(base, ("proxy",))
         if not base.endswith("/"):
             base += "/"
-    timeout = _timeout(table.get("timeout", DEFAULT_TIMEOUT), "[proxy]")
+    _finite(top.timeout, ("proxy",))
     routes: dict[str, RouteSettings] = {}
     for name in ROUTES:
-        route = table.get(name)
-        if route is None:
+        if table.get(name) is None:
             continue
-        where = f"[proxy.{name}]"
-        if not isinstance(route, Mapping):
-            raise ValueError(f"{where} must be a table")
-        unknown = sorted(set(route) - ROUTE_KEYS)
-        if unknown:
-            raise ValueError(f"unknown {where} setting(s): {', '.join(unknown)}")
-        url = route.get("url")
+        where = ("proxy", name)
+        route = convert_table(table[name], RouteTable, where)
+        url = route.url
         if url is None:
             if base is None:
-                raise ValueError(f"{where} needs a url, or [proxy] url as the base")
+                raise ConfigError(f"[proxy.{name}] needs a url, or [proxy] url as the base", where)
             url = base + name
-        _check_url(url, f"{where} url")
-        routes[name] = RouteSettings(url, _timeout(route.get("timeout", timeout), where))
+        _check_url(url, where)
+        timeout = top.timeout if route.timeout is None else route.timeout
+        routes[name] = RouteSettings(url, _finite(timeout, where))
     if not routes:
-        raise ValueError(
-            f"[proxy] enables no route: add at least one of [proxy.{']/['.join(ROUTES)}]"
+        raise ConfigError(
+            f"[proxy] enables no route: add at least one of [proxy.{']/['.join(ROUTES)}]",
+            ("proxy",),
         )
     return ProxySettings(
         routes=routes,
-        include_headers=tuple(h.lower() for h in _names(table, "include_headers")),
-        include_cookies=_names(table, "include_cookies"),
-        headers=_headers(table.get("headers", {})),
+        include_headers=tuple(h.lower() for h in top.include_headers),
+        include_cookies=top.include_cookies,
+        headers=tuple(top.headers.items()),
     )
 
 
-def _check_url(url: object, where: str) -> None:
-    if not isinstance(url, str):
-        raise ValueError(f"{where} must be a string")
+def _check_url(url: str, table: tuple[str, ...]) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{where} must be an http:// or https:// URL with a host, not {url!r}")
+        raise ConfigError(
+            f"[{'.'.join(table)}] url must be an http:// or https:// URL with a host, not {url!r}",
+            table,
+            "url",
+        )
 
 
-def _timeout(value: object, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where} timeout must be a number of seconds")
-    if not 0 < value < math.inf:
-        raise ValueError(f"{where} timeout must be positive, not {value}")
-    return float(value)
-
-
-def _names(table: Mapping[str, Any], key: str) -> tuple[str, ...]:
-    value = table.get(key, [])
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-        raise ValueError(f"[proxy] {key} must be a list of names")
-    return tuple(value)
-
-
-def _headers(value: object) -> tuple[tuple[str, str], ...]:
-    if not isinstance(value, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise ValueError("[proxy] headers must be a table of strings")
-    return tuple(value.items())
+def _finite(timeout: float, table: tuple[str, ...]) -> float:
+    if not math.isfinite(timeout):
+        raise ConfigError(f"[{'.'.join(table)}] timeout must be finite", table, "timeout")
+    return timeout
