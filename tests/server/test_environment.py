@@ -10,10 +10,13 @@ from typing import Any
 
 import pytest
 
+from pulsewire.hub import Hub
 from pulsewire.hub.config import ChannelOptions, HubConfig
 from pulsewire.hub.config_types import field_types
+from pulsewire.server.app import HubServer
 from pulsewire.server.environment import read_environment
 from pulsewire.server.proxy import ROUTES, RouteSettings
+from pulsewire.server.reload import reload_settings
 from pulsewire.server.settings import (
     ENV_TABLES,
     SERVER_KEYS,
@@ -191,3 +194,20 @@ def test_unknown_variables_are_reported_not_refused() -> None:
         "PULSEWIRE_PROT (did you mean PULSEWIRE_PORT?)",
     )
     assert settings.port == 8000 and settings.environment == ()
+
+
+def test_a_reload_reads_the_file_again_and_the_environment_still_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGHUP re-reads the file; the process's environment is read again too (it does not
+    change while the process runs), so a variable keeps winning over the file."""
+    path = tmp_path / "pulsewire.toml"
+    path.write_text('[hub]\napi_key = "one"\nconnect_timeout = 5\n')
+    monkeypatch.setenv("PULSEWIRE_API_KEY", "from-env")
+    args = ServeOptions(config=str(path))
+    current = load_settings(args)
+    server = HubServer(Hub(current.config))  # not started: a reload only sets things
+    path.write_text('[hub]\napi_key = "two"\nconnect_timeout = 7\n')
+    new = reload_settings(server, args, current)
+    assert (new.config.api_key, new.config.connect_timeout) == ("from-env", 7.0)
+    assert server.hub.config.connect_timeout == 7.0
