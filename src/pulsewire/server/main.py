@@ -1,5 +1,5 @@
-"""``pulsewire serve``: :class:`ServeOptions` (flags over config file over defaults) to one
-node in this process or ``--workers N`` under a supervisor.
+"""``pulsewire serve``: :class:`ServeOptions` (flags over ``PULSEWIRE_*`` variables over the
+config file over defaults) to one node in this process or ``--workers N`` under a supervisor.
 
 The pieces: :mod:`~pulsewire.server.settings` (options and settings),
 :mod:`~pulsewire.server.node` (one node: start, drain on SIGTERM/SIGINT, reload on SIGHUP),

@@ -1,4 +1,6 @@
 """SIGHUP: re-read ``--config`` and apply what can change without dropping a connection.
+The ``PULSEWIRE_*`` variables are read again too and still win over the file (the process's
+environment does not change while it runs).
 
 Live: channel options (``[channel]``, ``[namespaces.*]``), token keys, audience and issuer,
 the API key, allowed origins, anonymous access, timeouts, rate limits (for new

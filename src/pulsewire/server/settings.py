@@ -1,5 +1,7 @@
 """What a node runs with: :class:`ServeOptions` (the command line's options, as a mapping
-or a typed object) resolved with the config file and defaults into :class:`Settings`.
+or a typed object) resolved with the ``PULSEWIRE_*`` environment variables
+(:mod:`pulsewire.server.environment`), the config file (its tables checked by type:
+:mod:`pulsewire.hub.config_types`) and defaults into :class:`Settings`.
 
 ``pulsewire serve`` turns its flags into :class:`ServeOptions` and nothing else: the node
 runner (:mod:`pulsewire.server.node`), the supervisor (:mod:`pulsewire.server.workers`) and
