@@ -14,7 +14,7 @@ from pulsewire.hub import Hub
 from pulsewire.hub.config import ChannelOptions, HubConfig
 from pulsewire.hub.config_types import field_types
 from pulsewire.server.app import HubServer
-from pulsewire.server.environment import read_environment
+from pulsewire.server.environment import config_variables, read_environment
 from pulsewire.server.proxy import ROUTES, RouteSettings
 from pulsewire.server.reload import reload_settings
 from pulsewire.server.settings import (
@@ -211,3 +211,15 @@ def test_a_reload_reads_the_file_again_and_the_environment_still_wins(
     new = reload_settings(server, args, current)
     assert (new.config.api_key, new.config.connect_timeout) == ("from-env", 7.0)
     assert server.hub.config.connect_timeout == 7.0
+
+
+def test_a_file_value_where_a_table_belongs_is_not_hidden_by_a_variable(tmp_path: Path) -> None:
+    path = tmp_path / "pulsewire.toml"
+    path.write_text("server = 5\n")
+    with pytest.raises(ValueError, match=rf"^{path}: \[server\] must be a table$"):
+        load_settings(ServeOptions(config=str(path)), {"PULSEWIRE_PORT": "1"})
+
+
+def test_config_variables_are_named_without_reading_their_values() -> None:
+    environ = {"PULSEWIRE_PORT": "abc", "PULSEWIRE_CHROMIUM": "/x", "PULSEWIRE_NO_UVLOOP": "1"}
+    assert config_variables(environ, ENV_TABLES) == ["PULSEWIRE_PORT"]

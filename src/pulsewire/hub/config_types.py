@@ -88,7 +88,7 @@ def _range(metas: list[Any]) -> str:
     high = high or next((f"< {m.lt}" for m in metas if m.lt is not None), "")
     if low.startswith(">=") and high.startswith("<="):
         return f" from {low[3:]} to {high[3:]}"
-    return "".join(f" {part}" for part in (low, high) if part).replace("  ", " ")
+    return "".join(f" {part}" for part in (low, high) if part)
 
 
 def describe(hint: Any) -> str:

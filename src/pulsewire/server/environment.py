@@ -28,7 +28,7 @@ from typing import Any
 
 from ..hub.config_types import ConfigError, field_types, parse_text
 
-__all__ = ["OTHER_VARIABLES", "PREFIX", "Environment", "read_environment"]
+__all__ = ["OTHER_VARIABLES", "PREFIX", "Environment", "config_variables", "read_environment"]
 
 PREFIX = "PULSEWIRE_"
 OTHER_VARIABLES = frozenset(
@@ -100,8 +100,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = _merge(merged[key], value)
-        else:
+        elif not isinstance(value, dict) or key not in merged:
             merged[key] = value
+        # else: the file has a value where a table belongs: kept, and refused by name
     return merged
 
 
@@ -157,3 +158,14 @@ def read_environment(environ: Mapping[str, str], tables: Mapping[str, Any]) -> E
         table[path[-1]] = value
         sources[path] = var
     return Environment(document, sources, tuple(unknown))
+
+
+def config_variables(environ: Mapping[str, str], tables: Mapping[str, Any]) -> list[str]:
+    """The names of the variables of ``environ`` that set a config key (values unread)."""
+    return [
+        var
+        for var in environ
+        if var.startswith(PREFIX)
+        and var not in OTHER_VARIABLES
+        and not isinstance(_target(var[len(PREFIX) :], tables), list)
+    ]
