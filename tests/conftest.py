@@ -38,6 +38,19 @@ if TYPE_CHECKING:
 HOST = "127.0.0.1"
 
 
+def _without_config_variables() -> None:
+    """A developer's ``PULSEWIRE_PORT``, ``PULSEWIRE_API_KEY``... (config keys, see
+    docs/configuration.md) would change every node the tests start: they are not passed on."""
+    from pulsewire.server.environment import config_variables
+    from pulsewire.server.settings import ENV_TABLES
+
+    for name in config_variables(os.environ, ENV_TABLES):
+        del os.environ[name]
+
+
+_without_config_variables()
+
+
 async def echo_handler(ws: Any) -> None:
     async for message in ws:
         await ws.send(message)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import pulsewire
+from pulsewire.server.environment import OTHER_VARIABLES, PREFIX
 
 SCRIPT = str(Path(sys.executable).parent / "pulsewire")
 START_TIMEOUT = 20.0  # a cold interpreter on a busy machine
@@ -58,8 +59,12 @@ async def api_post(port: int, method: str, params: dict, key: str) -> tuple[int,
     return int(lines[0].split()[1]), json.loads(payload)
 
 
-async def start(*args: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+async def start(*args: str, environ: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    """``pulsewire serve ARGS`` with this environment less the ``PULSEWIRE_*`` variables
+    that set config keys or that a test run may set (a developer's would change what the
+    node does or warns about), plus ``environ``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX) or k in OTHER_VARIABLES}
+    env.update(environ or {}, PYTHONUNBUFFERED="1")
     return await asyncio.create_subprocess_exec(
         SCRIPT,
         "serve",

@@ -15,10 +15,13 @@ from .test_serve_cli import START_TIMEOUT, free_port, start
 pytestmark = pytest.mark.timeout(60)
 
 
-async def serve_until_ready(*args: str, port: bool = True) -> tuple[list[str], list[str]]:
-    """Run ``pulsewire serve ARGS`` (with ``--port`` free unless ``port`` is false) until its
+async def serve_until_ready(
+    *args: str, environ: dict[str, str] | None = None
+) -> tuple[list[str], list[str]]:
+    """Run ``pulsewire serve ARGS`` (with a free ``--port`` unless ARGS has one) until its
     ready line, stop it: (stdout, stderr) lines."""
-    proc = await start(*(("--port", str(free_port())) if port else ()), *args)
+    port = () if "--port" in args else ("--port", str(free_port()))
+    proc = await start(*port, *args, environ=environ)
     assert proc.stdout is not None and proc.stderr is not None
     out: list[str] = []
     try:
@@ -109,9 +112,7 @@ async def test_a_bad_config_is_refused_before_listening(
     assert line.startswith(f"pulsewire serve: {config}: {message}"), line
 
 
-async def test_the_environment_between_the_flags_and_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_the_environment_between_the_flags_and_the_file(tmp_path: Path) -> None:
     """flag > PULSEWIRE_* variable > config file, end to end; unknown variables warned."""
     ports = [free_port() for _ in range(3)]
     config = tmp_path / "pulsewire.toml"
@@ -119,11 +120,15 @@ async def test_the_environment_between_the_flags_and_the_file(
         f'[server]\nport = {ports[0]}\nallowed_origins = ["https://file.example"]\n'
         '[hub]\nengine = "memory"\n'
     )
-    monkeypatch.setenv("PULSEWIRE_PORT", str(ports[1]))
-    monkeypatch.setenv("PULSEWIRE_ALLOWED_ORIGINS", "https://env.example,https://b.example")
-    monkeypatch.setenv("PULSEWIRE_ALLOW_ANONYMOUS", "true")
-    monkeypatch.setenv("PULSEWIRE_PROT", "1")
-    out, err = await serve_until_ready("--config", str(config), "--port", str(ports[2]), port=False)
+    environ = {
+        "PULSEWIRE_PORT": str(ports[1]),
+        "PULSEWIRE_ALLOWED_ORIGINS": "https://env.example,https://b.example",
+        "PULSEWIRE_ALLOW_ANONYMOUS": "true",
+        "PULSEWIRE_PROT": "1",
+    }
+    out, err = await serve_until_ready(
+        "--config", str(config), "--port", str(ports[2]), environ=environ
+    )
     assert out[-1] == f"listening on http://127.0.0.1:{ports[2]}/"
     info = logged(err, "INFO")
     assert "allowed origins: https://env.example, https://b.example" in info
@@ -137,9 +142,8 @@ async def test_the_environment_between_the_flags_and_the_file(
     ]
 
 
-async def test_a_bad_variable_is_refused_before_listening(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PULSEWIRE_MAX_CONNECTIONS", "many")
-    proc = await start("--port", str(free_port()))
+async def test_a_bad_variable_is_refused_before_listening() -> None:
+    proc = await start("--port", str(free_port()), environ={"PULSEWIRE_MAX_CONNECTIONS": "many"})
     out, err = await asyncio.wait_for(proc.communicate(), START_TIMEOUT)
     assert (proc.returncode, out) == (2, b"")
     assert err.decode().splitlines() == [
