@@ -73,7 +73,8 @@ class Environment:
     sources: dict[_Path, str]
     """The variable behind each (table..., key) or table set."""
     unknown: tuple[str, ...] = ()
-    """Variables that set nothing, with a did-you-mean: ``PULSEWIRE_PROT (PULSEWIRE_PORT?)``."""
+    """Variables that set nothing, with a suggestion: ``PULSEWIRE_PROT (did you mean
+    PULSEWIRE_PORT?)``."""
 
     @property
     def used(self) -> tuple[str, ...]:
