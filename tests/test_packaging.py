@@ -18,7 +18,7 @@ from packaging.requirements import Requirement
 import pulsewire
 from pulsewire.extras import EXTRAS, MissingExtra, needs_extra
 
-MINIMAL = {"httptools", "pyjwt", "msgpack", "prometheus-client", "tomli"}
+MINIMAL = {"httptools", "pyjwt", "msgpack", "msgspec", "prometheus-client", "tomli"}
 """The unconditional requirements (tomli only before Python 3.11)."""
 EXTRA_PACKAGES = {
     "redis": "redis",
