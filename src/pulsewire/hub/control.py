@@ -16,7 +16,7 @@ fields take defaults, values are coerced). ``sender`` is the sending node's name
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from .errors import DisconnectCode
 
@@ -88,11 +88,15 @@ class DisconnectControl:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class UnsubscribeControl:
-    """Unsubscribe the sessions of ``user`` (or the session ``client``) from ``channel``."""
+_C = TypeVar("_C", bound="_ChannelControl")
 
-    op: ClassVar[str] = "unsubscribe"
+
+@dataclass(frozen=True, slots=True)
+class _ChannelControl:
+    """A control about one channel for the sessions of ``user`` (or only the session
+    ``client`` of the user, when given); its ``op`` says what to do."""
+
+    op: ClassVar[str]
     user: str | None
     channel: str
     client: str | None = None
@@ -106,7 +110,7 @@ class UnsubscribeControl:
         return _with_sender(out, self.sender)
 
     @classmethod
-    def from_dict(cls, message: dict[str, Any]) -> UnsubscribeControl:
+    def from_dict(cls: type[_C], message: dict[str, Any]) -> _C:
         return cls(
             _optional_str(message.get("user")),
             str(message.get("channel")),
@@ -116,31 +120,18 @@ class UnsubscribeControl:
 
 
 @dataclass(frozen=True, slots=True)
-class SubscribeControl:
+class UnsubscribeControl(_ChannelControl):
+    """Unsubscribe the sessions of ``user`` (or the session ``client``) from ``channel``."""
+
+    op: ClassVar[str] = "unsubscribe"
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeControl(_ChannelControl):
     """Subscribe the sessions of ``user`` (only the session ``client`` of the user, when
     given) to ``channel``: a server-side subscription. Nodes of older versions ignore it."""
 
     op: ClassVar[str] = "subscribe"
-    user: str | None
-    channel: str
-    client: str | None = None
-    sender: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"op": self.op, "user": self.user}
-        if self.client is not None:
-            out["client"] = self.client
-        out["channel"] = self.channel
-        return _with_sender(out, self.sender)
-
-    @classmethod
-    def from_dict(cls, message: dict[str, Any]) -> SubscribeControl:
-        return cls(
-            _optional_str(message.get("user")),
-            str(message.get("channel")),
-            _optional_str(message.get("client")),
-            _sender(message),
-        )
 
 
 @dataclass(frozen=True, slots=True)
