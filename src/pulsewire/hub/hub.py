@@ -118,9 +118,9 @@ class Hub:
         self.fanout = Fanout(
             self.engine,
             self.metrics,
-            spawn=self._spawn,
+            spawn=self.spawn,
             publish_options=lambda name: self._options(name)[1],
-            ended=lambda sub: self._spawn(self.forget_presence(sub)),
+            ended=lambda sub: self.spawn(self.forget_presence(sub)),
             channel_closed=self._channel_closed,
         )
         """The subscription index and live delivery (see :mod:`pulsewire.hub.fanout`)."""
@@ -130,7 +130,7 @@ class Hub:
             self.metrics,
             self.fanout,
             self.node_id,
-            spawn=self._spawn,
+            spawn=self.spawn,
             stats=self._stats,
             clean=lambda: self.presence_keeper.clean,
             push_event=self._push_event,
@@ -138,7 +138,7 @@ class Hub:
         )
         """Announcements, the other nodes, dead-node cleanup, rejoining."""
         self.presence_keeper = PresenceKeeper(
-            self.config, self.engine, self.metrics, self.fanout, self.node_watch, spawn=self._spawn
+            self.config, self.engine, self.metrics, self.fanout, self.node_watch, spawn=self.spawn
         )
         """Presence entries of this node's subscribers."""
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -196,9 +196,6 @@ class Hub:
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Run ``coro`` in a task of the node (awaited a while by :meth:`close`; failures
         logged)."""
-        self._spawn(coro)
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -256,10 +253,10 @@ class Hub:
             if not users:
                 del self.users[session.user]
         for sub in self.fanout.remove_all(session):
-            self._spawn(self.forget_presence(sub))
+            self.spawn(self.forget_presence(sub))
         if was_connected and self.on_disconnect is not None:
             try:
-                self._spawn(call_hook(self.on_disconnect, session, code, reason))
+                self.spawn(call_hook(self.on_disconnect, session, code, reason))
             except Exception:
                 logger.exception("on_disconnect hook failed")
 
@@ -505,7 +502,7 @@ class Hub:
             targets = list(self.users.get(control.user, ()))
         for session in targets:
             if isinstance(control, SubscribeControl):
-                self._spawn(make_until_done(session, {"channel": control.channel}))
+                self.spawn(make_until_done(session, {"channel": control.channel}))
             elif isinstance(control, DisconnectControl):
                 session.disconnect(control.code, control.reason)
             elif isinstance(control, UnsubscribeControl):
