@@ -65,6 +65,7 @@ SECRET = "bench-secret-0123456789abcdef0123456789"
 API_KEY = "bench-api-key"
 PER_IP = 100  # connections per loopback source address (the server admits 200 at once)
 BUSY_PERCENT = 25.0  # other_cpu_percent above this: the numbers are flagged as disturbed
+IDLE_SETTLE = 1.0  # seconds before reading the server's resident memory
 WS_PATH = "/connection/websocket"
 _LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)/")
 
@@ -112,6 +113,17 @@ def wait_seconds(pid: int) -> float:
         return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
     except (OSError, IndexError, ValueError):
         return float("nan")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (VmRSS), 0 if it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def machine_cpu_seconds() -> float:
@@ -741,6 +753,8 @@ def run_fanout(settings: Settings, directory: Path) -> dict[str, Any]:
     clients: list[Proc] = []
     with stopping([server]):
         try:
+            time.sleep(IDLE_SETTLE)
+            rss_before = rss_bytes(server.pid)
             first_ip = 0
             channel = "fan:bench"
             for i, count in enumerate(counts):
@@ -759,6 +773,9 @@ def run_fanout(settings: Settings, directory: Path) -> dict[str, Any]:
             ready = [lines.take(i, "READY", 180) for i in range(procs)]
             connect_seconds = time.monotonic() - started
             assert sum(int(r.split()[1]) for r in ready) == settings.subscribers
+            time.sleep(IDLE_SETTLE)
+            # the server's resident memory grown by the connected, subscribed, idle clients
+            rss_subscribed = rss_bytes(server.pid)
             api = ApiClient(port)
             pids = {"server": [server.pid], "clients": [c.pid for c in clients]}
             load_before = loadavg()
@@ -805,6 +822,18 @@ def run_fanout(settings: Settings, directory: Path) -> dict[str, Any]:
         "rounds": settings.rounds,
         "warmup_rounds": settings.warmup_rounds,
         "connect_subscribe_seconds": round(connect_seconds, 2),
+        "server_rss_mib_before": round(rss_before / 2**20, 1),
+        "server_rss_mib_subscribed": round(rss_subscribed / 2**20, 1),
+        # what one more subscribed idle connection costs the node
+        "memory_per_connection_kib": round(
+            (rss_subscribed - rss_before) / 1024 / settings.subscribers, 1
+        ),
+        # the node's CPU per delivered message (the median round's CPU over its deliveries;
+        # CPU time, so it holds on a busy machine where the latencies do not)
+        "server_cpu_us_per_delivery": round(
+            statistics.median(r["server_cpu_ms"] for r in rounds) * 1000 / settings.subscribers,
+            2,
+        ),
         "first_subscriber_ms": summary([r["first_ms"] for r in rounds]),
         "median_subscriber_ms": summary([r["median_ms"] for r in rounds]),
         "last_subscriber_ms": summary([r["last_ms"] for r in rounds]),
@@ -866,6 +895,14 @@ def run_cross_node(settings: Settings, directory: Path, namespace: str) -> dict[
             **cpu,
         }
     )
+    # CPU per publication (CPU time: it holds on a busy machine where rates do not): node B
+    # receives each one from Redis and delivers it to one subscriber; node A also parses the
+    # client's publish and answers it; Redis runs the publish (script) and its PUBLISH.
+    rate = result.get("delivered_per_second") or 0
+    for name in ("node_a", "node_b", "redis"):
+        percent = result.get(f"{name}_cpu_percent")
+        if rate and percent is not None:
+            result[f"{name}_cpu_us_per_publication"] = round(percent / 100 / rate * 1e6, 1)
     return result
 
 
@@ -963,21 +1000,29 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"| {ms(fanout['first_subscriber_ms'])} | {ms(fanout['median_subscriber_ms'])} "
         f"| {ms(fanout['last_subscriber_ms'])} | {ms(fanout['server_cpu_ms_per_round'])} |",
         "",
-        f"Connecting and subscribing all of them took {fanout['connect_subscribe_seconds']} s.",
+        f"Connecting and subscribing all of them took {fanout['connect_subscribe_seconds']} s. "
+        f"The node's resident memory grew by {fanout['memory_per_connection_kib']} KiB per "
+        f"subscribed idle connection; it spent {fanout['server_cpu_us_per_delivery']} µs of CPU "
+        "per delivered message (the median round's CPU over its deliveries).",
         "",
         "## Across nodes on Redis",
         "",
         "Publishers on node A (WebSocket clients), subscribers on node B, for "
         f"{results['settings']['duration']} s:",
         "",
-        "| channel | delivered / s | publish-to-receive p50 / p99 |",
-        "|---|---|---|",
+        "| channel | delivered / s | publish-to-receive p50 / p99 "
+        "| CPU µs per publication: node A / node B / Redis |",
+        "|---|---|---|---|",
     ]
     for name, label in (("plain", "without history"), ("hist", "with history (offsets)")):
         part = results["cross_node_redis"].get(name, {})
+        cpu = " / ".join(
+            str(part.get(f"{node}_cpu_us_per_publication", "?"))
+            for node in ("node_a", "node_b", "redis")
+        )
         lines.append(
             f"| {label} | {part.get('delivered_per_second', '?'):,} | "
-            f"{ms(part.get('latency_ms', {}))} |"
+            f"{ms(part.get('latency_ms', {}))} | {cpu} |"
         )
     if results.get("warning"):
         lines += ["", f"Note: {results['warning']}."]

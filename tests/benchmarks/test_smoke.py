@@ -47,4 +47,11 @@ def test_echo_benchmark_smoke(tmp_path: Path) -> None:
 def test_hub_fanout_benchmark_smoke(tmp_path: Path) -> None:
     results = load("fanout_hub").run_smoke(tmp_path / "hub_fanout.json")
     assert (tmp_path / "hub_fanout.json").exists()
-    assert results
+    fanout = results["fanout"]
+    # the capacity plan (docs/scaling.md) is built on these two figures: they must be real
+    assert fanout["server_rss_mib_subscribed"] > fanout["server_rss_mib_before"] > 0
+    assert fanout["memory_per_connection_kib"] > 0
+    assert fanout["server_cpu_us_per_delivery"] >= 0
+    for part in results["cross_node_redis"].values():
+        assert part["delivered_per_second"] > 0
+        assert part["redis_cpu_us_per_publication"] >= 0
