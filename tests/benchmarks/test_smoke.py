@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -55,3 +56,21 @@ def test_hub_fanout_benchmark_smoke(tmp_path: Path) -> None:
     for part in results["cross_node_redis"].values():
         assert part["delivered_per_second"] > 0
         assert part["redis_cpu_us_per_publication"] >= 0
+
+
+def test_redis_costs_benchmark_smoke() -> None:
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not installed"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    results = load("redis_costs").run(smoke=True)
+    rows = results["rows"]
+    assert {(r["history"], r["subscribed_nodes"]) for r in rows} == {
+        (True, 1),
+        (True, 2),
+        (False, 1),
+        (False, 2),
+    }
+    for row in rows:
+        assert row["redis_cpu_us_per_publication"] > 0
