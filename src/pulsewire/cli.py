@@ -85,7 +85,10 @@ def _build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     srv.add_argument("--port", type=port, default=None, help="port (default 8000)")
     srv.add_argument(
-        "--engine", default=None, help="memory (default), redis://HOST:PORT/DB or nats://HOST:PORT"
+        "--engine",
+        default=None,
+        help="memory (default), redis://HOST:PORT/DB, "
+        "redis+shards://HOST:PORT,HOST:PORT[,...][/DB] or nats://HOST:PORT",
     )
     srv.add_argument(
         "--config", help="a pulsewire.toml file ([server], [hub], [channel], [namespaces.*])"

@@ -34,7 +34,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from .channels import ChannelName
-from .engines.base import Engine, EngineUnavailable
+from .engines.base import ChannelFilter, Engine, EngineUnavailable
 from .errors import ErrorCode, HubError, UnsubscribeCode
 from .messages import publication_push, unsubscribe_push
 from .metrics import HubMetrics
@@ -284,11 +284,14 @@ class Fanout:
             )
         self._deliver(channel, subs, publication)
 
-    def resync(self) -> int:
-        """The engine is back: fill the gaps of every channel with a known position from
-        history (what was published meanwhile). Returns how many channels."""
+    def resync(self, channels: ChannelFilter | None = None) -> int:
+        """The engine (or the part of it holding the channels ``channels`` accepts) is back:
+        fill the gaps of every such channel with a known position from history (what was
+        published meanwhile). Returns how many channels."""
         count = 0
         for channel, position in list(self._positions.items()):
+            if channels is not None and not channels(channel):
+                continue
             if channel in self._channels and channel not in self._syncing:
                 self._syncing[channel] = []
                 self._spawn(self._fill_gap(channel, position))

@@ -41,6 +41,7 @@ from .control import (
 )
 from .engines import create_engine
 from .engines.base import (
+    ChannelFilter,
     Engine,
     EngineOutcomeUnknown,
     EngineUnavailable,
@@ -145,6 +146,7 @@ class Hub:
         self._presence_task: asyncio.Task[None] | None = None
         self._started = False
         self.closing = False
+        self._engine_heard = True
 
     # ---------------------------------------------------------------------- lifecycle
 
@@ -516,15 +518,18 @@ class Hub:
             else:
                 session.push(message_push(control.data))
 
-    def on_engine_state(self, available: bool) -> None:
-        self.metrics.engine_up.set(1 if available else 0)
+    def on_engine_state(self, available: bool, channels: ChannelFilter | None = None) -> None:
+        heard = available if channels is None else self.engine.available  # a shard: any up?
+        if channels is None or heard != self._engine_heard:
+            self._engine_heard = heard
+            self.metrics.engine_up.set(1 if heard else 0)
+            self.node_watch.engine_state(heard)  # deaf meanwhile: judges nobody
+        what = f"engine {self.engine.name}" + ("" if channels is None else " (one shard)")
         if available:
-            self.node_watch.engine_state(True)  # deaf until now: everybody just heard from
-            count = self.fanout.resync()
-            logger.info("engine %s is back: filling gaps in %d channels", self.engine.name, count)
+            count = self.fanout.resync(channels)
+            logger.info("%s is back: filling gaps in %d channels", what, count)
         else:
-            self.node_watch.engine_state(False)  # hearing nobody says nothing about them
-            logger.warning("engine %s is unavailable; serving local clients", self.engine.name)
+            logger.warning("%s is unavailable; serving local clients", what)
 
     # ------------------------------------------------------------------ subscribe helpers
 

@@ -2,6 +2,8 @@
 
 * ``redis_url``: the Redis at 127.0.0.1:6379; the test is skipped when it does not answer
   (failed instead when ``CI=true``).
+* ``redis_shards``: three private ``redis-server`` processes (tests/hub/redis_servers.py),
+  started once per session, for the ``redis+shards`` kind.
 * ``cluster``: parametrised over :data:`ENGINE_KINDS`; ``await cluster.add_engine()`` starts
   one more node (another process, as far as the engine can tell) on a per-test key prefix;
   for single-process engines (memory) a second node skips the test. Teardown closes the
@@ -23,15 +25,17 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from pulsewire.hub.engines.base import Engine
+from pulsewire.hub.engines.base import ChannelFilter, Engine
 from pulsewire.hub.engines.memory import MemoryEngine
 from pulsewire.hub.types import ClientInfo, Publication
+
+from ..redis_servers import RedisServers
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -88,6 +92,8 @@ class Recorder:
         self.leaves: list[tuple[str, ClientInfo]] = []
         self.controls: list[dict[str, Any]] = []
         self.states: list[bool] = []
+        self.state_filters: list[ChannelFilter | None] = []
+        """The ``channels`` of each state report, in the same order (None: the engine)."""
         self._changed = asyncio.Event()
 
     def on_publication(self, channel: str, publication: Publication) -> None:
@@ -107,8 +113,9 @@ class Recorder:
         self.controls.append(message)
         self._changed.set()
 
-    def on_engine_state(self, available: bool) -> None:
+    def on_engine_state(self, available: bool, channels: ChannelFilter | None = None) -> None:
         self.states.append(available)
+        self.state_filters.append(channels)
         self._changed.set()
 
     def pubs(self, channel: str) -> list[Publication]:
@@ -217,9 +224,28 @@ def _make_redis(url: str, prefix: str, _clock: FakeClock | None) -> Engine:
     return RedisEngine(url, prefix, ping_interval=0.5)
 
 
+@pytest.fixture(scope="session")
+def redis_shards() -> Iterator[list[str]]:
+    """Three independent redis-servers of our own (ports 7200-7299): their URLs."""
+    with RedisServers(3) as servers:
+        yield servers.urls
+
+
+def _make_redis_shards(urls: list[str], prefix: str, _clock: FakeClock | None) -> Engine:
+    from pulsewire.hub.engines.redis_shards import ShardedRedisEngine
+
+    return ShardedRedisEngine(urls, prefix, ping_interval=0.5)
+
+
+async def delete_shards_keys(urls: list[str], prefix: str) -> None:
+    for url in urls:
+        await delete_redis_keys(url, prefix)
+
+
 ENGINE_KINDS: dict[str, EngineKind] = {
     "memory": EngineKind(_make_memory, multi_node=False, fake_clock=True),
     "redis": EngineKind(_make_redis, "redis_url", cleanup=delete_redis_keys),
+    "redis+shards": EngineKind(_make_redis_shards, "redis_shards", cleanup=delete_shards_keys),
     "nats": EngineKind(_make_nats, "nats_service", cleanup=delete_nats_streams),
 }
 

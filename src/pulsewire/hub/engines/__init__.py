@@ -30,9 +30,15 @@ __all__ = [
 
 
 def create_engine(spec: str, *, prefix: str = "pulsewire") -> Engine:
-    """``memory``, ``redis://host:port/db`` or ``nats://host:port`` to an engine instance."""
+    """``memory``, ``redis://host:port/db``, ``redis+shards://host:port,host:port/db`` or
+    ``nats://host:port`` to an engine instance; ValueError for a bad or unknown URL."""
     if spec in ("", "memory"):
         return MemoryEngine()
+    if spec.startswith("redis+shards://"):
+        with needs_extra("redis", "the sharded redis engine"):
+            from .redis_shards import ShardedRedisEngine
+
+        return ShardedRedisEngine.from_url(spec, prefix=prefix)
     if spec.startswith(("redis://", "rediss://", "unix://")):
         with needs_extra("redis", "the redis engine"):
             from .redis import RedisEngine
@@ -44,5 +50,6 @@ def create_engine(spec: str, *, prefix: str = "pulsewire") -> Engine:
 
         return NatsEngine(spec, prefix=prefix)
     raise ValueError(
-        f"unknown engine {spec!r}: use memory, redis://host:port/db or nats://host:port"
+        f"unknown engine {spec!r}: use memory, redis://host:port/db, "
+        "redis+shards://host:port,host:port/db or nats://host:port"
     )

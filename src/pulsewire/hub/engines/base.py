@@ -18,6 +18,9 @@ When the backing service goes away an engine keeps trying to reconnect (with bac
 reports ``on_engine_state(False)``, fails calls with :class:`EngineUnavailable`, and on
 return resubscribes to its channels and reports ``on_engine_state(True)``; the hub then
 fills gaps from history.
+An engine spread over independent services (shards) reports each one's loss and return
+with a ``channels`` predicate (only that shard's channels are concerned, see
+:meth:`EngineHandler.on_engine_state`), and is :attr:`Engine.available` while any is up.
 
 A failed call says whether it may have been applied: :class:`EngineUnavailable` means the
 command never reached the service or was refused by it (nothing was done, a retry is safe);
@@ -48,6 +51,7 @@ from ..types import ClientInfo, HistoryResult, Publication, PublishOptions, Stre
 
 __all__ = [
     "Broker",
+    "ChannelFilter",
     "Engine",
     "EngineHandler",
     "EngineOutcomeUnknown",
@@ -58,6 +62,10 @@ __all__ = [
     "PresenceManager",
     "PublishOnce",
 ]
+
+
+ChannelFilter = Callable[[str], bool]
+"""True for the channels concerned (see :meth:`EngineHandler.on_engine_state`)."""
 
 
 class EngineUnavailable(Exception):
@@ -125,10 +133,16 @@ class EngineHandler(Protocol):
     def on_control(self, message: dict[str, Any]) -> None:
         """A control message from :meth:`Broker.publish_control` on any node."""
 
-    def on_engine_state(self, available: bool) -> None:
+    def on_engine_state(self, available: bool, channels: ChannelFilter | None = None) -> None:
         """The service was lost (False) or is back and every channel is subscribed again
         (True): publications may have been missed in between. Not called by ``start`` or
-        ``close``."""
+        ``close``.
+
+        ``channels``: None when the whole engine is concerned (control messages included).
+        An engine made of independent parts (shards) passes a predicate instead, true for
+        the channels of the part that was lost or is back: only those missed publications
+        and need their gaps filled; the others, and control messages, still flow while
+        :attr:`Engine.available` is True."""
 
 
 class Broker(abc.ABC):
