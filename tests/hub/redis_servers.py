@@ -107,8 +107,10 @@ class RedisServers:
         workdir = self._dir / str(port)
         workdir.mkdir(exist_ok=True)
         self._procs[index] = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", HOST, "--save", ""]
-            + ["--appendonly", "no", "--protected-mode", "no", "--dir", str(workdir)],
+            [
+                *("redis-server", "--port", str(port), "--bind", HOST, "--save", ""),
+                *("--appendonly", "no", "--protected-mode", "no", "--dir", str(workdir)),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
