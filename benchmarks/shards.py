@@ -129,7 +129,9 @@ async def run_case(
     ports: list[int], *, seconds: float, channels: int, concurrency: int
 ) -> dict[str, Any]:
     engine = ShardedRedisEngine(
-        [f"redis://{HOST}:{p}/0" for p in ports], f"bench-{uuid.uuid4().hex[:8]}"
+        [f"redis://{HOST}:{p}/0" for p in ports],
+        f"bench-{uuid.uuid4().hex[:8]}",
+        max_connections=max(64, concurrency),  # one connection per task in flight
     )
     counter = Counter()
     engine.bind(counter, "bench")
