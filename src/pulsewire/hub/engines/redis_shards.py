@@ -16,13 +16,15 @@ both (each shard's connection delivers in order).
 Availability is reported per shard, through the contract's ``channels`` predicate of
 :meth:`EngineHandler.on_engine_state`: only the channels of the shard that went away (or
 came back) are concerned, and the hub fills only their gaps. :attr:`available` is True
-while any shard is up (control messages still flow).
+while any shard is up (control messages still flow). A node starts while any shard answers;
+the others are started in the background once they do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -116,6 +118,10 @@ class ShardedRedisEngine(Engine):
         self.urls = list(urls)
         self.shards = [RedisEngine(url, prefix, **redis_options) for url in self.urls]
         self._seen = _SeenIds(control_dedup_window)
+        # The same backoff as the shards' own reconnection (RedisEngine's defaults).
+        self._backoff_min = float(redis_options.get("backoff_min", 0.05))
+        self._backoff_max = float(redis_options.get("backoff_max", 2.0))
+        self._starting: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_url(cls, spec: str, prefix: str = "pulsewire", **options: Any) -> ShardedRedisEngine:
@@ -139,8 +145,10 @@ class ShardedRedisEngine(Engine):
         return any(shard.available for shard in self.shards)
 
     async def start(self) -> None:
-        """Start every shard; raises EngineUnavailable naming the first that cannot be
-        reached (all of them must answer at start-up: nothing is left running then)."""
+        """Start every shard. A shard that cannot be reached is retried in the background
+        (with the shards' backoff) while the others serve: its channels fail with
+        EngineUnavailable until it answers, then it is reported back. Raises
+        EngineUnavailable only when no shard can be reached (nothing is left running)."""
         if not self.node_id:
             self.node_id = secrets.token_hex(6)
         for index, shard in enumerate(self.shards):
@@ -148,14 +156,43 @@ class ShardedRedisEngine(Engine):
         results = await asyncio.gather(
             *(shard.start() for shard in self.shards), return_exceptions=True
         )
-        for url, result in zip(self.urls, results, strict=True):
-            if isinstance(result, BaseException):
+        failed: list[tuple[int, EngineUnavailable]] = []
+        for index, result in enumerate(results):
+            if isinstance(result, EngineUnavailable):
+                failed.append((index, result))
+            elif isinstance(result, BaseException):
                 await self.close()
-                if isinstance(result, EngineUnavailable):
-                    raise EngineUnavailable(f"shard {url}: {result}") from result
                 raise result
+        if len(failed) == len(self.shards):
+            await self.close()
+            index, error = failed[0]
+            raise EngineUnavailable(f"no shard can be reached: {self.urls[index]}: {error}")
+        for index, error in failed:
+            logger.warning(
+                "redis shard %s cannot be reached, retrying: %s", self.urls[index], error
+            )
+            self._starting.add(asyncio.create_task(self._start_later(index)))
+
+    async def _start_later(self, index: int) -> None:
+        """Retry starting shard ``index`` until it answers, then report it available (its
+        engine subscribes the channels wanted meanwhile as it starts)."""
+        backoff = self._backoff_min
+        while True:
+            await asyncio.sleep(random.uniform(backoff / 2, backoff))
+            backoff = min(backoff * 2, self._backoff_max)
+            try:
+                await self.shards[index].start()
+            except EngineUnavailable as exc:
+                logger.debug("redis shard %s: still unreachable: %s", self.urls[index], exc)
+                continue
+            self.shard_state(index, True)
+            return
 
     async def close(self) -> None:
+        starting, self._starting = self._starting, set()
+        for task in starting:
+            task.cancel()
+        await asyncio.gather(*starting, return_exceptions=True)
         await asyncio.gather(*(shard.close() for shard in self.shards))
 
     def shard_state(self, index: int, available: bool) -> None:
