@@ -1,5 +1,8 @@
 """Issue #14, check 3: two ``pulsewire serve`` nodes on three independent Redis servers.
 
+(And one test one layer down, an in-process hub on the same servers: the engine counts as
+up while any shard is.)
+
 Three private ``redis-server`` processes (tests/hub/redis_servers.py, no persistence) and two
 nodes (``spawn_nodes`` of test_cluster.py) on ``redis+shards://`` over them; one channel per
 shard (``room``: history kept), a ``pulsewire.client`` on each node subscribed to the three.
@@ -28,6 +31,7 @@ import pytest
 
 import pulsewire.client
 from pulsewire.client import Event, Publication, Subscribed
+from pulsewire.hub.engines.redis_shards import ShardedRedisEngine
 from pulsewire.hub.engines.sharding import shard_index
 
 from .conftest import encode_token
@@ -222,3 +226,26 @@ async def test_a_dead_shard_affects_only_its_channels_and_they_recover(
     acked[dead].append("after-a")
     await publish_acked(b, dead, "after-b")
     await everyone_got_everything()
+
+
+async def test_the_engine_counts_as_up_while_any_shard_is(
+    servers: RedisServers, local_hub: Any
+) -> None:
+    """One layer down (an in-process hub): ``pulsewire_engine_up`` and the node watch follow
+    the whole engine (any shard up), not each shard."""
+    engine = ShardedRedisEngine(
+        servers.urls, f"pwsh-{uuid.uuid4().hex[:8]}", ping_interval=0.2, backoff_max=0.3
+    )
+    hub = await local_hub(engine=engine)
+
+    def engine_up() -> float | None:
+        return hub.metrics.registry.get_sample_value("pulsewire_engine_up")
+
+    for index in (0, 1):
+        servers.kill(index)
+        await eventually(lambda i=index: not engine.shards[i].available, f"shard {index} down")
+        assert engine_up() == 1.0
+    servers.kill(2)
+    await eventually(lambda: engine_up() == 0.0, "the engine counted down", TIMEOUT)
+    servers.restart(2)
+    await eventually(lambda: engine_up() == 1.0, "the engine counted up again", TIMEOUT)
