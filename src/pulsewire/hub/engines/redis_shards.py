@@ -29,6 +29,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..types import ClientInfo, HistoryResult, Publication, PublishOptions, StreamPosition
 from .base import ChannelFilter, Engine, EngineUnavailable, PresenceAdd, PublishOnce
@@ -41,6 +42,12 @@ logger = logging.getLogger(__name__)
 
 _CONTROL_ID = "shard_control"
 _CONTROL_BODY = "m"
+
+
+def _address(url: str) -> str:
+    """``host:port`` of a Redis URL, without credentials."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 6379}"
 
 
 class _SeenIds:
@@ -116,6 +123,8 @@ class ShardedRedisEngine(Engine):
             raise ValueError("a sharded engine needs at least one shard")
         self.prefix = prefix
         self.urls = list(urls)
+        #: ``host:port`` of each shard, for logs and errors (the URLs may hold a password).
+        self.addresses = [_address(url) for url in self.urls]
         self.shards = [RedisEngine(url, prefix, **redis_options) for url in self.urls]
         self._seen = _SeenIds(control_dedup_window)
         # The same backoff as the shards' own reconnection (RedisEngine's defaults).
@@ -135,7 +144,7 @@ class ShardedRedisEngine(Engine):
         return shard_index(channel, len(self.shards))
 
     def _engine(self, channel: str) -> RedisEngine:
-        return self.shards[shard_index(channel, len(self.shards))]
+        return self.shards[self.shard_of(channel)]
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -166,12 +175,14 @@ class ShardedRedisEngine(Engine):
         if len(failed) == len(self.shards):
             await self.close()
             index, error = failed[0]
-            raise EngineUnavailable(f"no shard can be reached: {self.urls[index]}: {error}")
+            raise EngineUnavailable(f"no shard can be reached: {self.addresses[index]}: {error}")
         for index, error in failed:
             logger.warning(
-                "redis shard %s cannot be reached, retrying: %s", self.urls[index], error
+                "redis shard %s cannot be reached, retrying: %s", self.addresses[index], error
             )
-            self._starting.add(asyncio.create_task(self._start_later(index)))
+            task = asyncio.create_task(self._start_later(index))
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
 
     async def _start_later(self, index: int) -> None:
         """Retry starting shard ``index`` until it answers, then report it available (its
@@ -183,7 +194,7 @@ class ShardedRedisEngine(Engine):
             try:
                 await self.shards[index].start()
             except EngineUnavailable as exc:
-                logger.debug("redis shard %s: still unreachable: %s", self.urls[index], exc)
+                logger.debug("redis shard %s: still unreachable: %s", self.addresses[index], exc)
                 continue
             self.shard_state(index, True)
             return
@@ -205,7 +216,7 @@ class ShardedRedisEngine(Engine):
             logging.INFO if available else logging.WARNING,
             "redis shard %d (%s) is %s",
             index,
-            self.urls[index],
+            self.addresses[index],
             "back" if available else "unavailable",
         )
         handler.on_engine_state(available, lambda channel: shard_index(channel, count) == index)

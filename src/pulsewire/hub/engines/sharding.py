@@ -10,7 +10,6 @@ list, or removing a shard other than the last, moves most channels.
 from __future__ import annotations
 
 import hashlib
-from urllib.parse import quote
 
 __all__ = ["SCHEME", "jump_hash", "parse_shards_url", "shard_index"]
 
@@ -52,9 +51,9 @@ def parse_shards_url(spec: str) -> list[str]:
     hosts, _, db = rest.partition("/")
     auth = ""
     if "@" in hosts:
+        # The same credentials for every shard, kept URL-encoded as given (redis-py decodes).
         userinfo, hosts = hosts.rsplit("@", 1)
-        user, _, password = userinfo.partition(":")
-        auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "") + "@"
+        auth = userinfo + "@"
     if db and not (db.isdigit() and db.isascii()):
         raise ValueError(f"engine {spec!r}: the database {db!r} is not a number")
     if not hosts:
