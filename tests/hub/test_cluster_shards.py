@@ -62,6 +62,12 @@ async def publish(node: Node, channel: str, data: Any) -> tuple[int, dict[str, A
     return status, body
 
 
+async def presence_stats(node: Node, channel: str) -> tuple[int, Any]:
+    """``(HTTP status, body)`` of ``presence_stats`` through ``node``'s API (its result)."""
+    status, body = await http_json(node.port, "POST", "/api/presence_stats", {"channel": channel})
+    return status, body.get("result", body)
+
+
 async def metrics(node: Node) -> str:
     """The node's ``/metrics`` text."""
     reader, writer = await asyncio.open_connection(HOST, node.port)
@@ -201,6 +207,10 @@ async def test_a_dead_shard_affects_only_its_channels_and_they_recover(
         )
         assert (await health(node))["engine_available"] is True
         assert "\npulsewire_engine_up 1.0\n" in await metrics(node)
+        for channel in alive:  # presence of the live shards' channels: both listeners
+            assert await presence_stats(node, channel) == (200, {"num_clients": 2, "num_users": 2})
+        status, body = await presence_stats(node, dead)
+        assert status != 200 and body["error"]["code"] == 108, body
 
     # 3. it comes back, empty: each node fills the gap of the shard's channel, finds the
     # history gone, and its subscribers are told (they resubscribe: recovered false)
@@ -226,6 +236,8 @@ async def test_a_dead_shard_affects_only_its_channels_and_they_recover(
     acked[dead].append("after-a")
     await publish_acked(b, dead, "after-b")
     await everyone_got_everything()
+    for node in nodes:  # written again on the empty server (the listeners resubscribed)
+        assert await presence_stats(node, dead) == (200, {"num_clients": 2, "num_users": 2})
 
 
 async def test_the_engine_counts_as_up_while_any_shard_is(
