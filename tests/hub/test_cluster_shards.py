@@ -1,7 +1,7 @@
 """Issue #14, check 3: two ``pulsewire serve`` nodes on three independent Redis servers.
 
-(And one test one layer down, an in-process hub on the same servers: the engine counts as
-up while any shard is.)
+Two tests one layer down (an in-process hub on the same servers): the engine counts as up
+while any shard is, and a shard coming back has only its own channels' gaps filled.
 
 Three private ``redis-server`` processes (tests/hub/redis_servers.py, no persistence) and two
 nodes (``spawn_nodes`` of test_cluster.py) on ``redis+shards://`` over them; one channel per
@@ -46,12 +46,10 @@ TIMEOUT = 15.0  # generous: the machine is shared
 OUTAGE = 3.0  # at least: the nodes' reconnection backoff reaches its 2 s maximum
 
 
-def channel_on(shard: int) -> str:
-    return next(
-        c
-        for c in (f"room:{uuid.uuid4().hex[:12]}" for _ in range(1000))
-        if shard_index(c, 3) == shard
-    )
+def channel_on(shard: int, namespace: str = "room") -> str:
+    """A channel of ``namespace`` placed on ``shard``."""
+    names = (f"{namespace}:{uuid.uuid4().hex[:12]}" for _ in range(1000))
+    return next(c for c in names if shard_index(c, SHARDS) == shard)
 
 
 async def publish(node: Node, channel: str, data: Any) -> tuple[int, dict[str, Any]]:
@@ -261,3 +259,34 @@ async def test_the_engine_counts_as_up_while_any_shard_is(
     await eventually(lambda: engine_up() == 0.0, "the engine counted down", TIMEOUT)
     servers.restart(2)
     await eventually(lambda: engine_up() == 1.0, "the engine counted up again", TIMEOUT)
+
+
+async def test_a_shard_back_refills_only_its_own_channels(
+    servers: RedisServers, local_hub: Any, local_client: Any
+) -> None:
+    """One layer down: with two shards dead, the one that comes back has its channels'
+    gaps filled (empty: 2500, resubscribe) and the other's channels are left alone until it
+    is back too (a whole-engine resync would bounce their subscribers while it is dead)."""
+    engine = ShardedRedisEngine(
+        servers.urls, f"pwsh-{uuid.uuid4().hex[:8]}", ping_interval=0.2, backoff_max=0.3
+    )
+    hub = await local_hub(engine=engine)
+    client = await local_client(hub, "u")
+    first, second = channel_on(0, "hist"), channel_on(1, "hist")
+    for channel in (first, second):
+        await client.subscribe(channel)
+        await hub.publish(channel, "before")
+        await client.wait_push("publication", channel, TIMEOUT)
+    for index in (0, 1):
+        servers.kill(index)
+    await eventually(
+        lambda: not (engine.shards[0].available or engine.shards[1].available), "both down"
+    )
+    servers.restart(1)
+    push = await client.wait_push("unsubscribe", second, TIMEOUT)
+    assert (push["code"], push["resubscribe"]) == (2500, True)
+    await client.sync()
+    assert client.take("unsubscribe", first) == []  # shard 0 is still down: left alone
+    servers.restart(0)
+    push = await client.wait_push("unsubscribe", first, TIMEOUT)
+    assert (push["code"], push["resubscribe"]) == (2500, True)
