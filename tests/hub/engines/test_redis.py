@@ -109,7 +109,9 @@ async def test_key_layout_ttls_and_channel_names(
     ]
     (entry_id, fields), *_ = await admin.xrange(keys["stream"])
     assert entry_id == "1-0" and '"offset":1' in fields["p"]
-    assert await admin.hgetall(keys["meta"]) == {"epoch": position.epoch, "offset": "1"}
+    run_id = (await admin.info("server"))["run_id"]
+    meta = {"epoch": position.epoch, "offset": "1", "run": run_id}
+    assert await admin.hgetall(keys["meta"]) == meta, "run: the server that wrote it (fencing)"
     assert 59_000 < await admin.pttl(keys["stream"]) <= 60_000
     assert 119_000 < await admin.pttl(keys["meta"]) <= 120_000
     for key in (keys["presence"], keys["presence_exp"]):

@@ -3,7 +3,8 @@
 * Fan-out: Redis pub/sub on one dedicated connection per engine (``{prefix}.ch.<channel>``,
   control messages on ``{prefix}.control``), see :mod:`.redis_pubsub`.
 * History: per channel a stream (``{prefix}:{<channel>}:stream``, entry id ``<offset>-0``) and
-  a meta hash (``...:meta``: ``epoch``, ``offset``), written by one Lua script that also
+  a meta hash (``...:meta``: ``epoch``, ``offset``, ``run``: the run_id of the Redis server
+  that last wrote it, for fencing), written by one Lua script that also
   PUBLISHes the publication, so every node receives a channel's publications in offset order.
 * Presence: a hash (client id -> ClientInfo JSON), a sorted set (client id -> expiry, in
   Redis time), a hash (client id -> owning instance) and a sorted set of tombstones per
@@ -27,16 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import logging
 import re
 import secrets
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -52,6 +51,7 @@ from .base import (
     PresenceAdd,
     PublishOnce,
 )
+from .redis_connection import PoolFactory, get_connection, server_run_id, url_pool_factory
 from .redis_pubsub import REDIS_ERRORS, RedisPubSub, unavailable
 
 __all__ = ["RedisEngine"]
@@ -67,22 +67,6 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-_NAMED_GET: dict[type, bool] = {}
-
-
-async def _get_connection(pool: aioredis.ConnectionPool) -> AbstractConnection:
-    """A connected connection from ``pool`` (redis-py < 5.3 wants a command name, later
-    versions warn when given one)."""
-    get: Any = pool.get_connection
-    named = _NAMED_GET.get(type(pool))
-    if named is None:
-        param = inspect.signature(get).parameters.get("command_name")
-        named = _NAMED_GET[type(pool)] = (
-            param is not None and param.default is inspect.Parameter.empty
-        )
-    return cast(AbstractConnection, await (get("_") if named else get()))
-
-
 class RedisEngine(Engine):
     """History, presence and fan-out through Redis (5 or later; Cluster-friendly keys).
 
@@ -90,6 +74,9 @@ class RedisEngine(Engine):
     long the pub/sub connection may stay silent before it is pinged (a lost connection is
     noticed within two intervals); ``backoff_min``/``backoff_max`` shape reconnection;
     ``max_connections`` bounds the command connections (the pub/sub one comes on top).
+    ``pool_factory`` makes the command pool (default: one server, from ``url``); the
+    pub/sub connection is made by the same pool's connection class, so it follows the
+    same server (e.g. the master Sentinel names, asked again on each reconnection).
     """
 
     name = "redis"
@@ -106,9 +93,11 @@ class RedisEngine(Engine):
         backoff_max: float = 2.0,
         max_connections: int = 64,
         client_name: str | None = None,
+        pool_factory: PoolFactory | None = None,
     ) -> None:
         super().__init__()
         self.url = url
+        self._pool_factory = pool_factory or url_pool_factory(url)
         self.prefix = prefix
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
@@ -155,8 +144,7 @@ class RedisEngine(Engine):
         name = self._client_name or re.sub(r"[^\w.:-]", "_", f"pulsewire-{self.node_id}")
         # A bounded pool: a burst of calls waits for a connection (at most command_timeout)
         # instead of opening hundreds. No retries: a failed call raises EngineUnavailable.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.url,
+        pool = self._pool_factory(
             max_connections=self._max_connections,
             timeout=self._command_timeout,
             socket_timeout=self._command_timeout,
@@ -266,19 +254,22 @@ class RedisEngine(Engine):
         out["origin"] = self.node_id
         return _dumps(out)
 
-    async def _send_once(self, *command: Any) -> Any:
+    async def _send_once(self, *command: Any, fenced: bool = False) -> Any:
         """Run one command on a pooled connection, without retry, and say how it failed:
         :class:`EngineUnavailable` when it was not sent (no connection could be had: refused,
         handshake failed or timed out, pool exhausted) or Redis refused it with an error reply;
         :class:`EngineOutcomeUnknown` when it was sent and no reply came (read timeout,
         connection lost), since Redis may run it anyway (a stopped server runs what is queued
-        on its sockets when it resumes). :class:`NoScriptError` is raised as is."""
+        on its sockets when it resumes). :class:`NoScriptError` is raised as is. ``fenced``:
+        the run_id of the server the connection reaches is appended to the command."""
         pool = self._client().connection_pool
         try:
-            conn = await _get_connection(pool)
+            conn = await get_connection(pool)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             raise EngineUnavailable(f"redis: not sent: {exc}") from exc
         try:
+            if fenced:
+                command = (*command, server_run_id(conn))
             # Both calls disconnect the connection when they fail or are cancelled, so a late
             # reply can never be read as the answer to another command.
             await conn.send_command(*command, check_health=False)
@@ -294,13 +285,17 @@ class RedisEngine(Engine):
         finally:
             await pool.release(conn)
 
-    async def _eval_once(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """A publish script through :meth:`_send_once` (EVAL when Redis lost the script)."""
+    async def _eval_once(
+        self, script: str, keys: Sequence[str], args: Sequence[Any], *, fenced: bool = False
+    ) -> Any:
+        """A script through :meth:`_send_once` (EVAL when Redis lost the script); ``fenced``
+        appends the server's run_id to ``args``."""
         lua = self._scripts[script]
+        command = (len(keys), *keys, *args)
         try:
-            return await self._send_once("EVALSHA", lua.sha, len(keys), *keys, *args)
+            return await self._send_once("EVALSHA", lua.sha, *command, fenced=fenced)
         except NoScriptError:  # refused before running: nothing was done
-            return await self._send_once("EVAL", lua.script, len(keys), *keys, *args)
+            return await self._send_once("EVAL", lua.script, *command, fenced=fenced)
 
     async def publish(
         self, channel: str, publication: Publication, options: PublishOptions
@@ -331,11 +326,12 @@ class RedisEngine(Engine):
             _ms(max(options.history_meta_ttl, options.history_ttl)),
             secrets.token_hex(4),
             self._pubsub_name(channel),
+            0,
         ]
         if key is not None:
             keys.append(self._key(channel, f"idem:{key}"))
-            args.append(_ms(window))
-        offset, epoch, seen = await self._eval_once("publish", keys, args)
+            args[-1] = _ms(window)
+        offset, epoch, seen = await self._eval_once("publish", keys, args, fenced=True)
         return StreamPosition(int(offset), epoch.decode()), bool(seen)
 
     async def publish_once(
@@ -394,7 +390,7 @@ class RedisEngine(Engine):
         reverse: bool = False,
         options: PublishOptions,
     ) -> HistoryResult:
-        offset, epoch, items = await self._script(
+        offset, epoch, items = await self._eval_once(
             "history",
             [self._key(channel, "stream"), self._key(channel, "meta")],
             [
@@ -405,6 +401,7 @@ class RedisEngine(Engine):
                 secrets.token_hex(4),
                 _ms(max(options.history_meta_ttl, options.history_ttl)),
             ],
+            fenced=True,
         )
         publications = [Publication.from_dict(json.loads(item)) for item in items]
         return HistoryResult(publications, StreamPosition(int(offset), epoch.decode()))

@@ -1,5 +1,16 @@
 """Lua scripts of the Redis engine.
 
+Fencing: Redis replicates asynchronously, so a replica promoted by a failover (or a server
+restarted without persistence, or from an older snapshot) may lack publications the old
+server acknowledged, and would hand their offsets out again to other publications. Each
+channel's meta hash therefore records (field ``run``) the ``run_id`` of the server that last
+wrote it, and the engine passes the run_id of the server each script runs on (learnt per
+connection, see :mod:`.redis_connection`). When they differ, the scripts start a new epoch
+(the stream and offset start again from 0), so subscribers are told (``recovered: false``,
+a resubscribe) instead of being given reused offsets. Conservative: after a failover every
+channel starts a new epoch on its next write or history read, lost writes or not. A meta
+without ``run`` (written before fencing existed) is adopted by the first server that sees it.
+
 Each script touches the keys of one channel only (they share a hash tag), so the engine works
 on Redis Cluster too. Times come from Redis (``TIME``) so that nodes with skewed clocks agree
 on presence expiry. Stream entry ids are ``<offset>-0``: the offset is the id, which makes
@@ -22,7 +33,8 @@ __all__ = [
 
 #: KEYS: stream, meta, and for a keyed publish the idempotency key (same hash tag).
 #: ARGV: publication JSON without offset/prev/epoch, history size, stream TTL (ms), meta TTL
-#: (ms), epoch to use if the stream is new, pub/sub channel, idempotency window (ms).
+#: (ms), epoch to use if the stream is new, pub/sub channel, idempotency window (ms, 0 without
+#: a key), run_id of this server (fencing, see the module doc).
 #: Returns {offset, epoch, 1 if the key was seen (nothing written) else 0}. The PUBLISH happens
 #: inside the script, so pub/sub delivery order is offset order on every node; the key is
 #: checked and set in the same script, so a retry can never write twice. The key stores the
@@ -35,11 +47,19 @@ if KEYS[3] then
     return {tonumber(string.sub(seen, 1, comma - 1)), string.sub(seen, comma + 1), 1}
   end
 end
-local epoch = redis.call('hget', KEYS[2], 'epoch')
+local meta = redis.call('hmget', KEYS[2], 'epoch', 'run')
+local epoch = meta[1]
+if epoch and meta[2] ~= ARGV[8] then
+  if meta[2] then
+    epoch = false
+  else
+    redis.call('hset', KEYS[2], 'run', ARGV[8])
+  end
+end
 if not epoch then
   epoch = ARGV[5]
   redis.call('del', KEYS[1], KEYS[2])
-  redis.call('hset', KEYS[2], 'epoch', epoch)
+  redis.call('hset', KEYS[2], 'epoch', epoch, 'run', ARGV[8])
 end
 local offset = redis.call('hincrby', KEYS[2], 'offset', 1)
 local body = string.format('{"offset":%d,"prev":%d,"epoch":%s,', offset, offset - 1,
@@ -65,17 +85,24 @@ return 0
 """
 
 #: KEYS: stream, meta. ARGV: since offset ('' = from the start), limit (negative = all),
-#: '1' = newest first, '1' = create the meta if missing, new epoch, meta TTL (ms).
+#: '1' = newest first, '1' = create the meta if missing, new epoch, meta TTL (ms), run_id of
+#: this server (fencing, see the module doc).
 #: Returns {offset, epoch, {publication JSON, ...}}, read atomically.
 HISTORY = """
-local meta = redis.call('hmget', KEYS[2], 'offset', 'epoch')
+local meta = redis.call('hmget', KEYS[2], 'offset', 'epoch', 'run')
 local offset, epoch = tonumber(meta[1]) or 0, meta[2]
+if epoch and meta[3] ~= ARGV[7] then
+  if meta[3] then
+    epoch = false
+  else
+    redis.call('hset', KEYS[2], 'run', ARGV[7])
+  end
+end
 if not epoch then
   if ARGV[4] ~= '1' then return {0, '', {}} end
   epoch, offset = ARGV[5], 0
   redis.call('del', KEYS[1], KEYS[2])
-  redis.call('hset', KEYS[2], 'epoch', epoch)
-  redis.call('hset', KEYS[2], 'offset', 0)
+  redis.call('hset', KEYS[2], 'epoch', epoch, 'offset', 0, 'run', ARGV[7])
   redis.call('pexpire', KEYS[2], ARGV[6])
 end
 local out = {}
