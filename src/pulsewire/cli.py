@@ -88,7 +88,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--engine",
         default=None,
         help="memory (default), redis://HOST:PORT/DB, "
-        "redis+shards://HOST:PORT,HOST:PORT[,...][/DB] or nats://HOST:PORT",
+        "redis+shards://HOST:PORT,HOST:PORT[,...][/DB], "
+        "redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB] or nats://HOST:PORT",
     )
     srv.add_argument(
         "--config", help="a pulsewire.toml file ([server], [hub], [channel], [namespaces.*])"

@@ -67,7 +67,8 @@ class HubConfig:
 
     node_name: str = ""
     engine: str = "memory"
-    """``memory``, ``redis://host:port/db`` or ``nats://host:port``."""
+    """``memory``, ``redis://host:port/db``, ``redis+sentinel://host:port,.../master/db`` or
+    ``nats://host:port``."""
     engine_prefix: str = "pulsewire"
     """Key/subject prefix, so several hubs (or tests) can share one Redis or NATS."""
     token_hmac_secret: str | None = None

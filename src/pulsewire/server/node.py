@@ -52,7 +52,9 @@ def check_extras(settings: Settings) -> None:
     """Raise :class:`~pulsewire.extras.MissingExtra` if ``settings`` need an extra that is not
     installed (the engine's, the demo's): before starting anything, workers included."""
     engine = settings.config.engine
-    if engine.startswith(("redis://", "rediss://", "unix://", "redis+shards://")):
+    if engine.startswith(
+        ("redis://", "rediss://", "unix://", "redis+shards://", "redis+sentinel://")
+    ):
         with needs_extra("redis", "the redis engine"):
             importlib.import_module("redis")
     elif engine.startswith(("nats://", "tls://")):

@@ -7,7 +7,7 @@ anonymous access, no ``[proxy.connect]`` backend to decide)."""
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from .settings import Settings
 
@@ -17,12 +17,16 @@ logger = logging.getLogger("pulsewire.server")
 
 
 def _safe_engine(engine: str) -> str:
-    """The engine URL without a password (``redis://:secret@host`` → ``redis://***@host``)."""
+    """The engine URL without a password (``redis://:secret@host`` → ``redis://***@host``,
+    ``?password=secret`` → ``?password=***``)."""
     parts = urlsplit(engine)
-    if parts.password is None:
-        return engine
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"***@{host}").geturl()
+    if parts.password is not None:
+        parts = parts._replace(netloc=f"***@{parts.netloc.rpartition('@')[2]}")
+    if "password" in parts.query:
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        masked = [(k, "***" if "password" in k else v) for k, v in query]
+        parts = parts._replace(query=urlencode(masked, safe="*"))
+    return parts.geturl()
 
 
 def auth_modes(settings: Settings) -> list[str]:

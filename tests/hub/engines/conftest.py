@@ -4,6 +4,8 @@
   (failed instead when ``CI=true``).
 * ``redis_shards``: three private ``redis-server`` processes (tests/hub/redis_servers.py),
   started once per session, for the ``redis+shards`` kind.
+* ``sentinel_service``: a Sentinel topology of our own (tests/hub/sentinel_topology.py),
+  started once per session for the ``redis+sentinel`` kind.
 * ``cluster``: parametrised over :data:`ENGINE_KINDS`; ``await cluster.add_engine()`` starts
   one more node (another process, as far as the engine can tell) on a per-test key prefix;
   for single-process engines (memory) a second node skips the test. Teardown closes the
@@ -36,6 +38,7 @@ from pulsewire.hub.engines.memory import MemoryEngine
 from pulsewire.hub.types import ClientInfo, Publication
 
 from ..redis_servers import RedisServers
+from ..sentinel_topology import SentinelTopology, redis_server_missing
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -242,10 +245,33 @@ async def delete_shards_keys(urls: list[str], prefix: str) -> None:
         await delete_redis_keys(url, prefix)
 
 
+@pytest.fixture(scope="session")
+def sentinel_service() -> Iterator[SentinelTopology]:
+    """A master, a replica and three sentinels of our own for the whole session (never
+    failed over: tests/hub/test_sentinel.py kills masters of its own topology)."""
+    redis_server_missing()
+    topology = SentinelTopology().start()
+    try:
+        yield topology
+    finally:
+        topology.stop()
+
+
+def _make_sentinel(topology: SentinelTopology, prefix: str, _clock: FakeClock | None) -> Engine:
+    from pulsewire.hub.engines.redis_sentinel import RedisSentinelEngine
+
+    return RedisSentinelEngine(topology.url, prefix, ping_interval=0.5)
+
+
+async def _delete_sentinel_keys(topology: SentinelTopology, prefix: str) -> None:
+    await delete_redis_keys(f"redis://127.0.0.1:{topology.master_port()}/0", prefix)
+
+
 ENGINE_KINDS: dict[str, EngineKind] = {
     "memory": EngineKind(_make_memory, multi_node=False, fake_clock=True),
     "redis": EngineKind(_make_redis, "redis_url", cleanup=delete_redis_keys),
     "redis+shards": EngineKind(_make_redis_shards, "redis_shards", cleanup=delete_shards_keys),
+    "redis+sentinel": EngineKind(_make_sentinel, "sentinel_service", cleanup=_delete_sentinel_keys),
     "nats": EngineKind(_make_nats, "nats_service", cleanup=delete_nats_streams),
 }
 

@@ -1,4 +1,5 @@
-"""Engines: in-memory (default), Redis and NATS. :func:`create_engine` picks one by URL."""
+"""Engines: in-memory (default), Redis (one server, sharded, or through Sentinel) and NATS.
+:func:`create_engine` picks one by URL."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ __all__ = [
 
 
 def create_engine(spec: str, *, prefix: str = "pulsewire") -> Engine:
-    """``memory``, ``redis://host:port/db``, ``redis+shards://host:port,host:port/db`` or
-    ``nats://host:port`` to an engine instance; ValueError for a bad or unknown URL."""
+    """``memory``, ``redis://host:port/db``, ``redis+shards://host:port,host:port/db``,
+    ``redis+sentinel://host:port,.../master/db`` or ``nats://host:port`` to an engine
+    instance; ValueError for a bad or unknown URL."""
     if spec in ("", "memory"):
         return MemoryEngine()
     if spec.startswith("redis+shards://"):
@@ -39,6 +41,11 @@ def create_engine(spec: str, *, prefix: str = "pulsewire") -> Engine:
             from .redis_shards import ShardedRedisEngine
 
         return ShardedRedisEngine.from_url(spec, prefix=prefix)
+    if spec.startswith("redis+sentinel://"):
+        with needs_extra("redis", "the redis+sentinel engine"):
+            from .redis_sentinel import RedisSentinelEngine
+
+        return RedisSentinelEngine(spec, prefix=prefix)
     if spec.startswith(("redis://", "rediss://", "unix://")):
         with needs_extra("redis", "the redis engine"):
             from .redis import RedisEngine
@@ -51,5 +58,6 @@ def create_engine(spec: str, *, prefix: str = "pulsewire") -> Engine:
         return NatsEngine(spec, prefix=prefix)
     raise ValueError(
         f"unknown engine {spec!r}: use memory, redis://host:port/db, "
-        "redis+shards://host:port,host:port/db or nats://host:port"
+        "redis+shards://host:port,host:port/db, redis+sentinel://host:port/master or "
+        "nats://host:port"
     )
