@@ -113,7 +113,8 @@ class RedisSentinelEngine(RedisEngine):
         config = self.sentinel_url
         # The sentinels are asked on every new connection: the same bounded timeouts, and no
         # retries (redis-py's default would back off for seconds per unreachable sentinel).
-        self._sentinel = Sentinel(
+        make_sentinel: Any = Sentinel  # untyped in redis-py
+        self._sentinel = make_sentinel(
             list(config.sentinels),
             sentinel_kwargs={
                 "socket_timeout": options["socket_timeout"],
@@ -123,7 +124,8 @@ class RedisSentinelEngine(RedisEngine):
                 "protocol": 2,
             },
         )
-        return _BlockingSentinelPool(
+        make_pool: Any = _BlockingSentinelPool  # untyped in redis-py
+        pool: aioredis.ConnectionPool = make_pool(
             config.master,
             self._sentinel,
             connection_class=fenced_connection_class(SentinelManagedConnection),
@@ -131,6 +133,7 @@ class RedisSentinelEngine(RedisEngine):
             password=config.password,
             **options,
         )
+        return pool
 
     async def close(self) -> None:
         await super().close()
