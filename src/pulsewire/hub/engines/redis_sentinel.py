@@ -100,14 +100,21 @@ class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionP
 
 class RedisSentinelEngine(RedisEngine):
     """:class:`~.redis.RedisEngine` on the master that Redis Sentinel names (see the module
-    doc); the keyword options are the Redis engine's."""
+    doc); the keyword options are the Redis engine's. ``backoff_max`` defaults to 0.5 s
+    (2 s for one server): each pub/sub reconnection attempt asks the sentinels, which answer
+    the new master as soon as it is promoted, so retrying often shortens the time a node
+    spends without fan-out after a failover."""
 
     name = "redis+sentinel"
 
-    def __init__(self, url: str, prefix: str = "pulsewire", **options: Any) -> None:
+    def __init__(
+        self, url: str, prefix: str = "pulsewire", *, backoff_max: float = 0.5, **options: Any
+    ) -> None:
         self.sentinel_url = parse_sentinel_url(url)
         self._sentinel: Sentinel | None = None
-        super().__init__(url, prefix, pool_factory=self._create_pool, **options)
+        super().__init__(
+            url, prefix, pool_factory=self._create_pool, backoff_max=backoff_max, **options
+        )
 
     def _create_pool(self, **options: Any) -> aioredis.ConnectionPool:
         config = self.sentinel_url

@@ -1,0 +1,258 @@
+"""Redis Sentinel failover under load (issue #14, "what must show" 1).
+
+A master, a replica and three sentinels (tests/hub/sentinel_topology.py), two
+``pulsewire serve`` nodes on ``redis+sentinel://``, one ``pulsewire.client`` subscribed on
+each node to a ``room`` channel (history on), publications through the HTTP API every 20 ms
+(alternating nodes, each ack recorded), then the master is SIGKILLed. Asserted:
+
+* publishing succeeds again within :data:`PUBLISH_BACK_WITHIN` seconds of the kill;
+* each subscriber gets every acknowledged publication once and in order, or is told
+  (``recovered: false``, a new epoch) that it must reload: never a silent gap (within one
+  epoch, the offsets it receives are contiguous and every acknowledged one after its
+  starting point arrives) and never a reused offset (an offset it receives in an epoch is
+  the publication acknowledged with that offset and epoch).
+
+The unavailability window (first failed publish to first acknowledged one after the kill)
+is printed and written to ``sentinel-window.json`` in the test's tmp directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import pulsewire.client
+from pulsewire.client import Event, Publication, Subscribed
+
+from .conftest import encode_token
+from .sentinel_topology import (
+    DOWN_AFTER_MS,
+    SentinelTopology,
+    redis_server_missing,
+)
+from .test_cluster import HOST, Node, eventually, http_json, spawn_nodes, stop_nodes
+
+pytestmark = pytest.mark.timeout(90)
+
+PERIOD = 0.02  # a publication every 20 ms
+#: The documented bound: down-after (1 s) + quorum + election + promotion take ~2.5 s here;
+#: the rest is slack for a loaded 2-core machine.
+PUBLISH_BACK_WITHIN = 15.0
+
+
+@pytest.fixture
+def topology() -> Iterator[SentinelTopology]:
+    redis_server_missing()
+    topology = SentinelTopology().start()
+    try:
+        yield topology
+    finally:
+        topology.stop()
+
+
+@pytest.fixture
+def nodes(topology: SentinelTopology, tmp_path: Path) -> Iterator[list[Node]]:
+    prefix = f"pwsent-{uuid.uuid4().hex[:8]}"
+    started = spawn_nodes(
+        tmp_path / "nodes",
+        engines=[topology.url] * 2,
+        prefix=prefix,
+        names=[f"{prefix}-a", f"{prefix}-b"],
+    )
+    try:
+        yield started
+    finally:
+        stop_nodes(started)
+
+
+@dataclass
+class Ack:
+    n: int
+    offset: int
+    epoch: str
+
+
+@dataclass
+class Publisher:
+    """Publishes ``{"n": i}`` through the nodes' APIs in turn, one at a time, every 20 ms."""
+
+    nodes: list[Node]
+    channel: str
+    acks: list[Ack] = field(default_factory=list)
+    #: (monotonic time, succeeded) of every attempt.
+    attempts: list[tuple[float, bool]] = field(default_factory=list)
+    stopped: bool = False
+
+    async def run(self) -> None:
+        n = 0
+        while not self.stopped:
+            n += 1
+            node = self.nodes[n % len(self.nodes)]
+            started = time.monotonic()
+            try:
+                status, body = await http_json(
+                    node.port, "POST", "/api/publish", {"channel": self.channel, "data": {"n": n}}
+                )
+            except (OSError, asyncio.TimeoutError):
+                status, body = 0, None
+            ok = status == 200 and "result" in body
+            self.attempts.append((started, ok))
+            if ok:
+                self.acks.append(Ack(n, body["result"]["offset"], body["result"]["epoch"]))
+            await asyncio.sleep(max(0.0, PERIOD - (time.monotonic() - started)))
+
+    def window(self, killed_at: float) -> tuple[float, float]:
+        """(first failure after the kill -> first success after it, kill -> that success)."""
+        failed = next((t for t, ok in self.attempts if t >= killed_at and not ok), killed_at)
+        back = next(t for t, ok in self.attempts if t > failed and ok)
+        return back - failed, back - killed_at
+
+
+@dataclass
+class Watcher:
+    """Every event of one client's subscription."""
+
+    name: str
+    events: list[Event] = field(default_factory=list)
+
+    async def run(self, url: str, channel: str, ready: asyncio.Event) -> None:
+        async with pulsewire.client.connect(
+            url,
+            token=encode_token(f"watcher-{self.name}"),
+            min_reconnect_delay=0.05,
+            max_reconnect_delay=0.5,
+        ) as client:
+            sub = await client.subscribe(channel)
+            async for event in sub.events():
+                if isinstance(event, (Subscribed, Publication)):
+                    self.events.append(event)
+                    ready.set()
+
+    def count_from(self, n: int) -> int:
+        """How many publications numbered ``n`` or more were received."""
+        return sum(1 for _, _, m in self.received() if m >= n)
+
+    def received(self) -> list[tuple[str, int, int]]:
+        """(epoch, offset, n) of each publication, the epoch from the last Subscribed."""
+        out, epoch = [], ""
+        for event in self.events:
+            if isinstance(event, Subscribed):
+                if event.position is not None and not event.recovered:
+                    epoch = event.position.epoch
+            else:
+                assert event.offset is not None
+                out.append((epoch, event.offset, event.data["n"]))
+        return out
+
+    def check(self, acks: list[Ack]) -> dict[str, int]:
+        """Assert the guarantees; returns counts for the report."""
+        acked = {(a.epoch, a.offset): a.n for a in acks}
+        assert len(acked) == len(acks), "the engine acknowledged one offset twice"
+        received = self.received()
+        numbers = [n for _, _, n in received]
+        assert numbers == sorted(set(numbers)), f"{self.name}: not once and in order: {numbers}"
+        for epoch, offset, n in received:
+            if (epoch, offset) in acked:
+                assert acked[epoch, offset] == n, f"{self.name}: offset {offset} reused"
+        # Segments: a Subscribed without recovery starts a new one (the client was told to
+        # reload state); within one, offsets follow each other with no gap.
+        starts: list[tuple[str, int]] = []
+        last: tuple[str, int] | None = None
+        for event in self.events:
+            if isinstance(event, Subscribed):
+                if event.position is not None and not event.recovered:
+                    last = (event.position.epoch, event.position.offset)
+                    starts.append(last)
+            elif last is not None:
+                assert event.offset == last[1] + 1, f"{self.name}: gap after {last}"
+                last = (last[0], event.offset)
+        # Every acknowledged publication of the last epoch after the last starting point
+        # arrived; the others belong to an epoch (or a part of one) the client was told about.
+        final_epoch, final_start = starts[-1]
+        got = {(e, o) for e, o, _ in received}
+        missing = [
+            a
+            for a in acks
+            if a.epoch == final_epoch and a.offset > final_start and (a.epoch, a.offset) not in got
+        ]
+        assert not missing, f"{self.name}: acknowledged but never delivered: {missing[:5]}"
+        told_of = {a.epoch for a in acks} - {final_epoch}
+        told = starts[1:]
+        assert not told_of or told, f"{self.name}: epochs {told_of} ended silently"
+        return {"received": len(received), "told": len(told)}
+
+
+async def test_master_killed_under_load(
+    topology: SentinelTopology, nodes: list[Node], tmp_path: Path
+) -> None:
+    channel = f"room:{uuid.uuid4().hex[:10]}"
+    watchers = [Watcher("a"), Watcher("b")]
+    readies = [asyncio.Event(), asyncio.Event()]
+    tasks = [
+        asyncio.create_task(w.run(f"ws://{HOST}:{n.port}/connection/websocket", channel, r))
+        for w, n, r in zip(watchers, nodes, readies, strict=True)
+    ]
+    publisher = Publisher(nodes, channel)
+    publishing = asyncio.create_task(publisher.run())
+    try:
+        for ready in readies:
+            await asyncio.wait_for(ready.wait(), 10)
+        await eventually(lambda: len(publisher.acks) >= 30, "30 publications before the kill")
+
+        killed_at = time.monotonic()
+        await asyncio.to_thread(topology.kill_master)
+        await eventually(
+            lambda: any(ok for t, ok in publisher.attempts if t > killed_at + 0.2),
+            "publishing to succeed again",
+            timeout=PUBLISH_BACK_WITHIN,
+        )
+        window, since_kill = publisher.window(killed_at)
+        # Publishing goes on until each subscriber, told or not, gets live publications
+        # again (its node's pub/sub connection is back and the channel resynced).
+        first_back = publisher.acks[-1].n
+        await eventually(
+            lambda: all(w.count_from(first_back) >= 10 for w in watchers),
+            lambda: f"10 live publications on each node: {[w.events[-3:] for w in watchers]}",
+            timeout=20,
+        )
+        publisher.stopped = True
+        await publishing
+        last = publisher.acks[-1]
+        for w in watchers:
+            await eventually(
+                lambda w=w: any(n == last.n for _, _, n in w.received()),
+                lambda w=w: (
+                    f"watcher {w.name} to get publication {last.n}, got: "
+                    f"{w.events[-5:]} (acks: {publisher.acks[-3:]})\n{nodes[1].log()[-4000:]}"
+                ),
+                timeout=15,
+            )
+        counts = {w.name: w.check(publisher.acks) for w in watchers}
+    finally:
+        publisher.stopped = True
+        for task in [*tasks, publishing]:
+            task.cancel()
+        await asyncio.gather(*tasks, publishing, return_exceptions=True)
+
+    failed = sum(1 for _, ok in publisher.attempts if not ok)
+    report = {
+        "unavailable_s": round(window, 3),
+        "kill_to_first_ack_s": round(since_kill, 3),
+        "down_after_ms": DOWN_AFTER_MS,
+        "acknowledged": len(publisher.acks),
+        "failed_attempts": failed,
+        "epochs": len({a.epoch for a in publisher.acks}),
+        "watchers": counts,
+    }
+    (tmp_path / "sentinel-window.json").write_text(json.dumps(report))
+    print(f"\nsentinel failover: {json.dumps(report)}")
+    assert report["epochs"] == 2, "a failover starts a new epoch (fencing)"
+    for node in nodes:
+        assert node.alive() and "Traceback" not in node.log(), node.log()[-3000:]
