@@ -118,6 +118,8 @@ class RedisProcess:
             command = [
                 *("redis-server", "--port", str(self.port), "--bind", HOST),
                 *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
+                # A replica syncs at once (Redis 7 waits 5 s for more replicas by default).
+                *("--repl-diskless-sync-delay", "0"),
                 *self.args,
             ]
         with log:
