@@ -32,6 +32,8 @@ __all__ = [
     "DOWN_AFTER_MS",
     "FAILOVER_TIMEOUT_MS",
     "MASTER_NAME",
+    "SENTINEL_PORTS",
+    "SERVER_PORTS",
     "RedisProcess",
     "SentinelTopology",
     "free_port",

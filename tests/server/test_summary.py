@@ -49,3 +49,11 @@ def test_a_backend_proxy_deciding_connects_is_a_way_in() -> None:
 def test_the_engine_password_is_not_logged() -> None:
     settings = Settings(config=HubConfig(engine="redis://:hunter2@10.0.0.5:6379/0"))
     assert startup_summary(settings)[0] == "engine: redis://***@10.0.0.5:6379/0"
+
+
+def test_sentinel_passwords_are_not_logged() -> None:
+    engine = "redis+sentinel://:pw1@s1:1,s2:2/m/0?password=pw2&sentinel_password=pw3"
+    settings = Settings(config=HubConfig(engine=engine))
+    assert startup_summary(settings)[0] == (
+        "engine: redis+sentinel://***@s1:1,s2:2/m/0?password=***&sentinel_password=***"
+    )

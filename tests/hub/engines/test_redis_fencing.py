@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
-from pulsewire.hub.engines import create_engine
+from pulsewire.hub.engines import EngineUnavailable, create_engine
 from pulsewire.hub.engines.redis import RedisEngine
 from pulsewire.hub.engines.redis_connection import parse_run_id
 from pulsewire.hub.engines.redis_sentinel import (
@@ -27,7 +28,13 @@ from pulsewire.hub.engines.redis_sentinel import (
 )
 from pulsewire.hub.types import Publication, PublishOptions, StreamPosition
 
-from ..sentinel_topology import SERVER_PORTS, RedisProcess, free_port, redis_server_missing
+from ..sentinel_topology import (
+    SENTINEL_PORTS,
+    SERVER_PORTS,
+    RedisProcess,
+    free_port,
+    redis_server_missing,
+)
 
 HISTORY = PublishOptions(history_size=100, history_ttl=60.0)
 
@@ -210,3 +217,16 @@ async def test_the_same_server_keeps_the_epoch_and_old_metas_are_adopted(
         await admin.aclose()
     history = await two.history("ch", options=HISTORY)
     assert history.position.epoch != first.epoch and history.position.offset == 0
+
+
+async def test_start_without_a_sentinel_fails_fast_in_one_line() -> None:
+    port = free_port(SENTINEL_PORTS)  # nothing listens there
+    engine = create_engine(f"redis+sentinel://127.0.0.1:{port}/nomaster")
+    started = time.monotonic()
+    with pytest.raises(EngineUnavailable) as caught:
+        await engine.start()
+    assert time.monotonic() - started < 5
+    assert str(caught.value) == (
+        f"redis+sentinel: no sentinel of 127.0.0.1:{port} names a usable master 'nomaster' "
+        "(sentinels unreachable, or the master is down)"
+    )

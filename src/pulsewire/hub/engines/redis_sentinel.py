@@ -19,9 +19,15 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+)
 from redis.backoff import NoBackoff
 
+from .base import EngineUnavailable
 from .redis import RedisEngine
 from .redis_connection import fenced_connection_class
 from .redis_pubsub import REDIS_ERRORS
@@ -115,6 +121,19 @@ class RedisSentinelEngine(RedisEngine):
         super().__init__(
             url, prefix, pool_factory=self._create_pool, backoff_max=backoff_max, **options
         )
+
+    async def start(self) -> None:
+        try:
+            await super().start()
+        except EngineUnavailable as exc:
+            if not isinstance(exc.__cause__, MasterNotFoundError):
+                raise
+            # redis-py's message embeds the repr of every sentinel client: say it in a line.
+            hosts = ",".join(f"{host}:{port}" for host, port in self.sentinel_url.sentinels)
+            raise EngineUnavailable(
+                f"redis+sentinel: no sentinel of {hosts} names a usable master "
+                f"{self.sentinel_url.master!r} (sentinels unreachable, or the master is down)"
+            ) from None
 
     def _create_pool(self, **options: Any) -> aioredis.ConnectionPool:
         config = self.sentinel_url
