@@ -12,13 +12,17 @@ each node to a ``room`` channel (history on), publications through the HTTP API 
   starting point arrives) and never a reused offset (an offset it receives in an epoch is
   the publication acknowledged with that offset and epoch).
 
-The unavailability window (first failed publish to first acknowledged one after the kill)
-is printed and written to ``sentinel-window.json`` in the test's tmp directory.
+Also measured: the unavailability window (first failed publish to first acknowledged one
+after the kill), how long each node was without fan-out (its log), and how many of 20 idle
+channels (one publication before the kill, one after) started a new epoch although they lost
+nothing (all: the fencing is conservative). Printed, and written to ``sentinel-window.json``
+in the test's tmp directory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import time
 import uuid
@@ -45,6 +49,31 @@ PERIOD = 0.02  # a publication every 20 ms
 #: The documented bound: down-after (1 s) + quorum + election + promotion take ~2.5 s here;
 #: the rest is slack for a loaded 2-core machine.
 PUBLISH_BACK_WITHIN = 15.0
+
+
+IDLE_CHANNELS = 20
+
+
+async def publish(node: Node, channel: str) -> tuple[int, str]:
+    """Publish through ``node``'s API; (offset, epoch)."""
+    status, body = await http_json(
+        node.port, "POST", "/api/publish", {"channel": channel, "data": 0}
+    )
+    assert status == 200, body
+    return body["result"]["offset"], body["result"]["epoch"]
+
+
+def fanout_down(node: Node) -> float | None:
+    """Seconds between the node's "engine unavailable" and "available" log lines."""
+    times = {}
+    for line in node.log().splitlines():
+        for state in ("unavailable", "available"):
+            if line.endswith(f"redis engine {state}") and state not in times:
+                stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+                times[state] = stamp.timestamp()
+    if len(times) < 2:
+        return None
+    return round(times["available"] - times["unavailable"], 3)
 
 
 @pytest.fixture
@@ -206,6 +235,11 @@ async def test_master_killed_under_load(
             await asyncio.wait_for(ready.wait(), 10)
         await eventually(lambda: len(publisher.acks) >= 30, "30 publications before the kill")
 
+        # Idle channels (one publication each before the kill, one after): how many start a
+        # new epoch although none of their writes was lost (the conservative fencing).
+        idle = [f"room:idle-{uuid.uuid4().hex[:6]}-{i}" for i in range(IDLE_CHANNELS)]
+        before = [await publish(nodes[0], name) for name in idle]
+
         killed_at = time.monotonic()
         await asyncio.to_thread(topology.kill_master)
         await eventually(
@@ -235,6 +269,7 @@ async def test_master_killed_under_load(
                 timeout=15,
             )
         counts = {w.name: w.check(publisher.acks) for w in watchers}
+        after = [await publish(nodes[1], name) for name in idle]
     finally:
         publisher.stopped = True
         for task in [*tasks, publishing]:
@@ -249,10 +284,15 @@ async def test_master_killed_under_load(
         "acknowledged": len(publisher.acks),
         "failed_attempts": failed,
         "epochs": len({a.epoch for a in publisher.acks}),
+        "idle_channels_new_epoch": sum(b[1] != a[1] for b, a in zip(before, after, strict=True)),
+        "idle_channels": IDLE_CHANNELS,
+        "fanout_down_s": [fanout_down(node) for node in nodes],
         "watchers": counts,
     }
     (tmp_path / "sentinel-window.json").write_text(json.dumps(report))
     print(f"\nsentinel failover: {json.dumps(report)}")
     assert report["epochs"] == 2, "a failover starts a new epoch (fencing)"
+    assert report["idle_channels_new_epoch"] == IDLE_CHANNELS, "every channel, lost writes or not"
+    assert all(offset == 1 for offset, _ in after)
     for node in nodes:
         assert node.alive() and "Traceback" not in node.log(), node.log()[-3000:]
