@@ -233,6 +233,21 @@ class SentinelTopology:
         assert self.master is not None
         self.master.kill()
 
+    def replica_offset(self, meta_key: str) -> int:
+        """A channel's offset on the replica once its link to the (dead) master is down:
+        what the replica kept of the channel."""
+        assert self.replica is not None
+        client = _client(self.replica.port)
+        try:
+            wait_until(
+                lambda: client.info("replication")["master_link_status"] == "down",
+                "the replica to see its master gone",
+                10,
+            )
+            return int(client.hget(meta_key, "offset") or 0)
+        finally:
+            client.close()
+
     def wait_promoted(self, timeout: float = 30.0) -> None:
         """Wait until every sentinel names the replica and the replica is a master."""
         assert self.replica is not None
