@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -230,3 +231,25 @@ async def test_start_without_a_sentinel_fails_fast_in_one_line() -> None:
         f"redis+sentinel: no sentinel of 127.0.0.1:{port} names a usable master 'nomaster' "
         "(sentinels unreachable, or the master is down)"
     )
+
+
+async def test_a_pool_without_run_ids_is_refused_before_writing(
+    servers: Callable[..., RedisProcess],
+) -> None:
+    server = servers()
+
+    def plain_pool(**options: Any) -> aioredis.ConnectionPool:
+        return aioredis.BlockingConnectionPool.from_url(server.url, **options)
+
+    engine = RedisEngine(server.url, "fence", pool_factory=plain_pool)
+    await engine.start()
+    try:
+        with pytest.raises(EngineUnavailable, match="run_id"):
+            await engine.publish("ch", Publication(1), HISTORY)
+    finally:
+        await engine.close()
+    admin = aioredis.Redis.from_url(server.url)
+    try:
+        assert await admin.keys("fence:*") == []
+    finally:
+        await admin.aclose()

@@ -269,7 +269,13 @@ class RedisEngine(Engine):
             raise EngineUnavailable(f"redis: not sent: {exc}") from exc
         try:
             if fenced:
-                command = (*command, server_run_id(conn))
+                run_id = server_run_id(conn)
+                if not run_id:  # '' would make every script start a new epoch
+                    raise EngineUnavailable(
+                        "redis: the connection does not know its server's run_id (a pool "
+                        "factory must use redis_connection.fenced_connection_class)"
+                    )
+                command = (*command, run_id)
             # Both calls disconnect the connection when they fail or are cancelled, so a late
             # reply can never be read as the answer to another command.
             await conn.send_command(*command, check_health=False)
