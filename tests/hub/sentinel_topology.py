@@ -228,6 +228,14 @@ class SentinelTopology:
                 client.close()
         raise RuntimeError("no sentinel answers")
 
+    def planned_failover(self) -> None:
+        """``SENTINEL FAILOVER``: the replica is promoted, the old master stays up."""
+        client = _client(self.sentinels[0].port)
+        try:
+            client.execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+        finally:
+            client.close()
+
     def kill_master(self) -> None:
         """SIGKILL the master."""
         assert self.master is not None

@@ -182,6 +182,14 @@ class RedisEngine(Engine):
             with contextlib.suppress(*REDIS_ERRORS):
                 await client.aclose()
 
+    async def reconnect(self) -> None:
+        """Close every connection, in use or not (calls on them fail, a publish with an
+        unknown outcome): the next ones are made afresh, e.g. to a new master."""
+        if self._redis is not None:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._redis.connection_pool.disconnect(inuse_connections=True)
+        await self._pubsub.reconnect()
+
     def _on_state(self, available: bool) -> None:
         if self.handler is not None:
             self.handler.on_engine_state(available)

@@ -139,6 +139,14 @@ class RedisPubSub:
                 fut.set_exception(EngineUnavailable("engine closed"))
         self._sub_waiters = []
 
+    async def reconnect(self) -> None:
+        """Close the connection: the reader reconnects (with its backoff) and resubscribes,
+        reporting the connection lost, then back."""
+        session = self._session
+        if session is not None:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await session.conn.disconnect(nowait=True)
+
     async def _open_session(self) -> _Session:
         """Connect the pub/sub connection and (re)subscribe to every wanted channel."""
         pool = self._pool
