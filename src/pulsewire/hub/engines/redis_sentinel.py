@@ -8,8 +8,9 @@ the pub/sub connection reach the promoted replica, never the dead address again.
 sentinels name no usable master (it is down and not yet replaced) calls fail fast with
 :class:`~.base.EngineUnavailable`. A master that stays up while demoted (a planned failover,
 a partition healing) would keep the connections already open to it: the engine listens to
-the sentinels' ``+switch-master`` announcements and then drops every connection. Publications the old master acknowledged but did not
-replicate are caught by the fencing of :mod:`.redis_scripts` (a new epoch per channel).
+the sentinels' ``+switch-master`` announcements and then drops every connection.
+Publications the old master acknowledged but did not replicate are caught by the fencing of
+:mod:`.redis_scripts` (a new epoch per channel).
 """
 
 from __future__ import annotations
