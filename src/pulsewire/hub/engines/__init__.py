@@ -32,8 +32,9 @@ __all__ = [
 
 def create_engine(spec: str, *, prefix: str = "pulsewire") -> Engine:
     """``memory``, ``redis://host:port/db``, ``redis+shards://host:port,host:port/db``,
-    ``redis+sentinel://host:port,.../master/db`` or ``nats://host:port`` to an engine
-    instance; ValueError for a bad or unknown URL."""
+    ``redis+sentinel://host:port,.../master/db``, ``nats://host:port`` or a NATS cluster's
+    ``nats://h1:p1,h2:p2,h3:p3?replicas=3`` to an engine instance; ValueError for a bad or
+    unknown URL."""
     if spec in ("", "memory"):
         return MemoryEngine()
     if spec.startswith("redis+shards://"):
@@ -59,5 +60,5 @@ def create_engine(spec: str, *, prefix: str = "pulsewire") -> Engine:
     raise ValueError(
         f"unknown engine {spec!r}: use memory, redis://host:port/db, "
         "redis+shards://host:port,host:port/db, redis+sentinel://host:port/master or "
-        "nats://host:port"
+        "nats://host:port[,host:port...]"
     )

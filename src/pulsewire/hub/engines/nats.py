@@ -79,6 +79,7 @@ from .nats_link import (
     pub_from,
 )
 from .nats_presence import NatsPresence
+from .nats_url import check_replicas, parse_nats_url
 
 __all__ = ["NatsEngine", "decode_token", "encode_token"]
 
@@ -90,9 +91,12 @@ _PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+")
 class NatsEngine(Engine):
     """Fan-out, history, presence and control over NATS with JetStream (server 2.9+).
 
-    Calls time out after ``timeout`` seconds; ``start()`` gives up after ``connect_timeout``;
-    a lost connection is retried every ``reconnect_wait`` seconds forever, and a silent one
-    is noticed within about two ``ping_interval``. The engine does the connection and the
+    ``url`` names one server or a cluster's (``nats://h1:p1,h2:p2,h3:p3?replicas=3``, see
+    :mod:`.nats_url`); ``replicas``, if given, overrides the URL's. Calls time out after
+    ``timeout`` seconds; ``start()`` gives up after ``connect_timeout`` per server; a lost
+    connection moves to another server of the cluster (those given and those the servers
+    announce), retried every ``reconnect_wait`` seconds forever, and a silent one is
+    noticed within about two ``ping_interval``. The engine does the connection and the
     fan-out; history is :class:`~.nats_history.NatsHistory`'s, presence
     :class:`~.nats_presence.NatsPresence`'s.
     """
@@ -108,20 +112,27 @@ class NatsEngine(Engine):
         connect_timeout: float = 2.0,
         reconnect_wait: float = 0.5,
         ping_interval: int = 2,
-        replicas: int = 1,
+        replicas: int | None = None,
         memory_storage: bool = False,
     ) -> None:
         super().__init__()
         if not _PREFIX_RE.fullmatch(prefix):
             raise ValueError("prefix must match [A-Za-z0-9_-]+")
+        target = parse_nats_url(url)
         self.url = url
+        #: The servers given (the client also uses those the cluster announces).
+        self.servers = list(target.servers)
+        #: JetStream replicas of the streams this engine creates.
+        self.replicas = target.replicas if replicas is None else check_replicas(replicas)
         self.prefix = prefix
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._reconnect_wait = reconnect_wait
         self._ping_interval = ping_interval
         storage = StorageType.MEMORY if memory_storage else StorageType.FILE
-        self._link = NatsLink(prefix, timeout=timeout, storage=storage, replicas=replicas)
+        self._link = NatsLink(
+            prefix, timeout=timeout, storage=storage, replicas=self.replicas
+        )
         self._history_part = NatsHistory(self._link)
         self._presence_part = NatsPresence(self._link, self.publish_leave)
         self._subs: dict[str, Subscription] = {}
@@ -141,8 +152,12 @@ class NatsEngine(Engine):
         try:
             await asyncio.wait_for(
                 nc.connect(
-                    self.url,
+                    self.servers,
+                    name=f"pulsewire {self.node_id}" if self.node_id else "pulsewire",
                     connect_timeout=max(1, math.ceil(self._connect_timeout)),
+                    # Several servers: the initial connect tries each in turn (nats-py
+                    # shuffles them, and adds those the cluster announces), and so does every
+                    # reconnect, forever.
                     reconnect_time_wait=self._reconnect_wait,  # type: ignore[arg-type]
                     max_reconnect_attempts=-1,
                     ping_interval=self._ping_interval,
@@ -153,7 +168,7 @@ class NatsEngine(Engine):
                     reconnected_cb=self._on_reconnected,
                     closed_cb=self._on_closed,
                 ),
-                self._connect_timeout,
+                self._connect_timeout * len(self.servers),
             )
             js = nc.jetstream(timeout=self._timeout)
             await js.account_info()  # fails when JetStream is not enabled

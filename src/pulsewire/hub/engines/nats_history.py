@@ -43,7 +43,6 @@ from .nats_link import (
     EXPECTED_LAST,
     MAX_ATTEMPTS,
     MSG_ID,
-    NAME_IN_USE,
     NO_STREAM,
     WRONG_LAST,
     NatsLink,
@@ -237,11 +236,7 @@ class NatsHistory:
             duplicate_window=window,
             republish=RePublish(src=f"{subject}.>", dest=f"{self._link.prefix}.c.>"),
         )
-        try:
-            await js.add_stream(config)  # a no-op when it exists as configured
-        except nats.js.errors.APIError as exc:
-            if exc.err_code != NAME_IN_USE:
-                raise
+        if await self._link.create_stream(config) is None:  # a no-op when so configured
             try:  # e.g. made by another version: republish and limits can be updated
                 await js.update_stream(config)
             except nats.js.errors.APIError:

@@ -19,7 +19,14 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RePublish, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    RePublish,
+    StreamConfig,
+    StreamInfo,
+)
 
 from ..types import Publication
 from .base import EngineOutcomeUnknown, EngineUnavailable
@@ -39,6 +46,7 @@ __all__ = [
     "msg_id",
     "pub_dict",
     "pub_from",
+    "same_config",
 ]
 
 _SAFE = frozenset(chr(c) for c in range(0x21, 0x7F)) - set(".*>%")
@@ -60,7 +68,10 @@ _NOT_SENT = (
 WRONG_LAST = 10071  # JetStream error codes
 NAME_IN_USE = 10058
 NO_STREAM = 10059
+_JS_NOT_READY = 10008  # "JetStream system temporarily unavailable" (e.g. no meta leader yet)
 MAX_ATTEMPTS = 64
+_CREATE_TIMEOUTS = 4  # stream creation and its leader: given up after this many timeouts
+_DURATIONS = frozenset({"max_age", "duplicate_window"})  # nanoseconds in as_dict()
 _CONSUME_POLL = 0.25  # a consumer's next message not there in this time: is one still due?
 
 
@@ -101,6 +112,21 @@ def pub_from(d: dict[str, Any]) -> Publication:
     if d.get("b64"):
         pub = replace(pub, data=base64.b64decode(pub.data))
     return pub
+
+
+def same_config(want: StreamConfig, have: StreamConfig) -> bool:
+    """Whether the stream configuration ``have`` (as the server reports it, defaults filled
+    in) has every field ``want`` sets. Durations come back as float seconds from
+    nanoseconds: compared to the microsecond."""
+    have_dict = have.as_dict()
+    for key, value in want.as_dict().items():
+        other = have_dict.get(key)
+        if isinstance(value, int) and isinstance(other, int) and key in _DURATIONS:
+            if abs(value - other) > 1000:
+                return False
+        elif other != value:
+            return False
+    return True
 
 
 @contextlib.contextmanager
@@ -171,13 +197,56 @@ class NatsLink:
             discard=DiscardPolicy.OLD,
             republish=RePublish(src=subjects, dest=f"{self.prefix}.c.>") if kind == "I" else None,
         )
-        try:
-            await js.add_stream(config)
-        except nats.js.errors.APIError as exc:
-            if exc.err_code != NAME_IN_USE:
-                raise
+        if await self.create_stream(config) is None:
             await js.update_stream(config)
         self._keyed_windows[name] = window
+
+    async def create_stream(self, config: StreamConfig) -> StreamInfo | None:
+        """Create the stream ``config`` describes (a no-op if it exists so configured) and
+        wait until it has a leader; None when it exists with another configuration (the
+        caller updates it, or keeps it).
+
+        On a cluster, several nodes may create the same stream at once and the meta leader
+        may be busy or being elected: "name in use" for a stream configured the same is
+        success, and timeouts or "JetStream not ready" are retried for a few timeouts.
+        Without waiting for the stream's own leader the first publish could find no one to
+        store it (a new replicated stream elects its leader after its creation is
+        answered)."""
+        _, js = self.conn()
+        deadline = time.monotonic() + _CREATE_TIMEOUTS * self.timeout
+        pause = 0.05
+        while True:
+            try:
+                info = await js.add_stream(config)
+                break
+            except nats.js.errors.APIError as exc:
+                if exc.err_code == NAME_IN_USE:
+                    info = await js.stream_info(config.name or "")
+                    if not same_config(config, info.config):
+                        return None
+                    break
+                if exc.err_code != _JS_NOT_READY or time.monotonic() > deadline:
+                    raise
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                if time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
+        await self.wait_leader(config.name or "", info, deadline)
+        return info
+
+    async def wait_leader(self, name: str, info: StreamInfo, deadline: float) -> None:
+        """Poll the stream's info until it names a leader (EngineUnavailable at
+        ``deadline``). A single server's streams need no election: they have one at once."""
+        _, js = self.conn()
+        pause = 0.02
+        while info.cluster is None or not info.cluster.leader:
+            if time.monotonic() > deadline:
+                raise EngineUnavailable(f"NATS stream {name} has no leader")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.25)
+            with contextlib.suppress(nats.errors.TimeoutError):
+                info = await js.stream_info(name)
 
     async def consume(self, stream: str, config: ConsumerConfig, stop: int = 0) -> list[Msg]:
         """Messages of an ephemeral push consumer, up to stream sequence ``stop`` if set."""

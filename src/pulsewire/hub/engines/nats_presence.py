@@ -29,7 +29,6 @@ from .base import EngineUnavailable, IndexedChannels, PresenceAdd
 from .nats_link import (
     EXPECTED_LAST,
     MAX_ATTEMPTS,
-    NAME_IN_USE,
     NO_STREAM,
     WRONG_LAST,
     NatsLink,
@@ -76,11 +75,8 @@ class NatsPresence:
             num_replicas=self._link.replicas,
             discard=DiscardPolicy.OLD,
         )
-        try:
-            info = await js.add_stream(config)
-        except nats.js.errors.APIError as exc:
-            if exc.err_code != NAME_IN_USE:
-                raise
+        info = await self._link.create_stream(config)
+        if info is None:  # another max_age (or made by another version)
             info = await js.stream_info(config.name or "")
             if (info.config.max_age or 0) < ttl:  # grow only
                 info = await js.update_stream(info.config.evolve(max_age=ttl))
