@@ -26,7 +26,10 @@ HOST = "127.0.0.1"
 CLIENT_BASE, ROUTE_BASE, MONITOR_BASE = 4300, 6300, 8300
 RANGE = 100  # each base's range: ports base .. base + 99
 SIZE = 3
-READY_TIMEOUT = 30.0  # a loaded 2-core machine: JetStream and the meta group take a while
+READY_TIMEOUT = 30.0
+#: The first nats-server whose compare-and-set (Nats-Expected-Last-Subject-Sequence) holds on
+#: replicated streams under concurrent appends (nats-server issue #4320).
+CAS_FIXED_IN = (2, 9, 21)  # a loaded 2-core machine: JetStream and the meta group take a while
 
 
 def nats_server() -> str | None:
@@ -117,9 +120,9 @@ class NatsCluster:
                 )
             )
 
-    def url(self, replicas: int = SIZE) -> str:
-        """The engine URL: every server, and the replica count."""
-        hosts = ",".join(f"{HOST}:{s.port}" for s in self.servers)
+    def url(self, replicas: int = SIZE, servers: list[Server] | None = None) -> str:
+        """The engine URL: ``servers`` (default: all), and the replica count."""
+        hosts = ",".join(f"{HOST}:{s.port}" for s in servers or self.servers)
         return f"nats://{hosts}?replicas={replicas}"
 
     def _spawn(self, server: Server) -> None:

@@ -1,5 +1,7 @@
 """Engine fixtures: a cluster of engine nodes of one kind, each bound to a recording handler.
 
+* ``nats_cluster_service``: a three-server NATS cluster started for the session (kind
+  ``nats-cluster``, R3 streams); skipped without ``nats-server`` (failed when ``CI=true``).
 * ``redis_url``: the Redis at 127.0.0.1:6379; the test is skipped when it does not answer
   (failed instead when ``CI=true``).
 * ``redis_shards``: three private ``redis-server`` processes (tests/hub/redis_servers.py),
@@ -177,6 +179,9 @@ class EngineKind:
     #: Whether the engine takes a clock (``make`` then gets the cluster's fake clock):
     #: False when time is the service's, and tests sleep.
     fake_clock: bool = False
+    #: Why concurrent compare-and-set appends may both succeed on this kind ("" if they
+    #: cannot): the tests that race them are expected to fail (not strictly).
+    racy_cas: str = ""
 
 
 NATS_HOST, NATS_PORT = "127.0.0.1", 4222
@@ -198,10 +203,33 @@ def nats_service() -> str:
     return f"nats://{NATS_HOST}:{NATS_PORT}"
 
 
+@pytest.fixture(scope="session")
+def nats_cluster_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A three-server NATS cluster of this session's own (tests/hub/nats_cluster.py): its
+    engine URL with R3 streams. Skips without ``nats-server`` (fails when ``CI=true``)."""
+    from hub.nats_cluster import NatsCluster, nats_server
+
+    if nats_server() is None:
+        service_missing("nats-server is not installed")
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats-cluster"))
+    cluster.start()
+    try:
+        # One seed server: every node connects to it, so a node's subscription is known
+        # where the others publish when subscribe() returns (interest reaches the other
+        # servers over the routes a little later: docs/scaling.md, NATS cluster). The R3
+        # streams' leaders are spread over the three servers, so appends, reads and the
+        # republished fan-out do cross the routes.
+        yield cluster.url(replicas=3, servers=cluster.servers[:1])
+    finally:
+        cluster.stop()
+
+
 async def delete_nats_streams(url: str, prefix: str) -> None:
     import nats
 
-    nc = await nats.connect(url)
+    from pulsewire.hub.engines.nats_url import parse_nats_url
+
+    nc = await nats.connect(servers=list(parse_nats_url(url).servers))
     try:
         js = nc.jetstream()
         for info in await js.streams_info():
@@ -209,6 +237,21 @@ async def delete_nats_streams(url: str, prefix: str) -> None:
                 await js.delete_stream(info.config.name)
     finally:
         await nc.close()
+
+
+def _racy_cas() -> str:
+    """Why compare-and-set is racy on this nats-server's replicated streams, or ""."""
+    from hub.nats_cluster import CAS_FIXED_IN, server_version
+
+    version = server_version()
+    if version == (0, 0, 0) or version >= CAS_FIXED_IN:
+        return ""
+    found = ".".join(map(str, version))
+    return (
+        f"nats-server {found} < 2.9.21: Nats-Expected-Last-Subject-Sequence is racy on "
+        "replicated (R3) streams (nats-server issue #4320), two concurrent appends can both "
+        "succeed"
+    )
 
 
 def _make_memory(_service: None, _prefix: str, clock: FakeClock | None) -> Engine:
@@ -273,6 +316,11 @@ ENGINE_KINDS: dict[str, EngineKind] = {
     "redis+shards": EngineKind(_make_redis_shards, "redis_shards", cleanup=delete_shards_keys),
     "redis+sentinel": EngineKind(_make_sentinel, "sentinel_service", cleanup=_delete_sentinel_keys),
     "nats": EngineKind(_make_nats, "nats_service", cleanup=delete_nats_streams),
+    # Three servers, R3 streams: the same contract on a cluster (the nodes connect to any
+    # of the servers, so their writes go through routes and the streams' leaders).
+    "nats-cluster": EngineKind(
+        _make_nats, "nats_cluster_service", cleanup=delete_nats_streams, racy_cas=_racy_cas()
+    ),
 }
 
 

@@ -262,7 +262,11 @@ async def test_remove_history_keeps_the_position(engine: Engine) -> None:
     assert await engine.publish("h", pub(4), HISTORY) == StreamPosition(4, positions[0].epoch)
 
 
-async def test_concurrent_publishers_keep_offset_order(cluster: Cluster, engine: Engine) -> None:
+async def test_concurrent_publishers_keep_offset_order(
+    cluster: Cluster, engine: Engine, request: pytest.FixtureRequest
+) -> None:
+    if cluster.kind.racy_cas:
+        request.applymarker(pytest.mark.xfail(reason=cluster.kind.racy_cas, strict=False))
     nodes = await cluster.up_to(2)
     for node in nodes:
         await node.subscribe("h")
@@ -539,11 +543,13 @@ async def test_a_tombstone_lasts_its_ttl(cluster: Cluster, engine: Engine) -> No
 
 
 async def test_the_owner_removing_while_a_survivor_cleans_up_pushes_one_leave(
-    cluster: Cluster, engine: Engine
+    cluster: Cluster, engine: Engine, request: pytest.FixtureRequest
 ) -> None:
     """A node's client leaving while another node declares it dead: the leave is pushed by
     exactly one of them, whichever way the race goes (the owner's removal is started later
     and later, to land before, during and after the survivor's)."""
+    if cluster.kind.racy_cas:  # the survivor's compare-and-set races the owner's purge
+        request.applymarker(pytest.mark.xfail(reason=cluster.kind.racy_cas, strict=False))
     survivor = (await cluster.up_to(2))[-1]
     outcomes: list[bool] = []
 

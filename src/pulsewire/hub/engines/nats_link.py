@@ -232,12 +232,13 @@ class NatsLink:
                     raise
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.5)
-        await self.wait_leader(config.name or "", info, deadline)
+        if (config.num_replicas or 1) > 1:  # only a cluster takes them: a leader is elected
+            await self.wait_leader(config.name or "", info, deadline)
         return info
 
     async def wait_leader(self, name: str, info: StreamInfo, deadline: float) -> None:
-        """Poll the stream's info until it names a leader (EngineUnavailable at
-        ``deadline``). A single server's streams need no election: they have one at once."""
+        """Poll the replicated stream's info until it names a leader (EngineUnavailable at
+        ``deadline``). A creation's answer may come before the election, without one."""
         _, js = self.conn()
         pause = 0.02
         while info.cluster is None or not info.cluster.leader:
