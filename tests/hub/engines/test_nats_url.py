@@ -7,6 +7,7 @@ import pytest
 from pulsewire.hub.engines import create_engine
 from pulsewire.hub.engines.nats_url import NatsTarget, parse_nats_url
 
+
 @pytest.mark.parametrize(
     ("spec", "servers", "replicas"),
     [
@@ -51,7 +52,7 @@ def test_urls(spec: str, servers: tuple[str, ...], replicas: int) -> None:
     ],
 )
 def test_bad_urls_name_the_problem(spec: str, problem: str) -> None:
-    with pytest.raises(ValueError, match="^NATS URL .*") as info:
+    with pytest.raises(ValueError, match=r"^NATS URL ") as info:
         parse_nats_url(spec)
     message = str(info.value)
     assert problem in message and "\n" not in message
@@ -69,7 +70,7 @@ def test_the_engine_takes_the_servers_and_replicas() -> None:
     assert isinstance(plain, NatsEngine)
     assert (plain.servers, plain.replicas) == (["nats://127.0.0.1:4222"], 1)
     assert NatsEngine("nats://h1:1?replicas=3", replicas=1).replicas == 1  # the argument wins
-    with pytest.raises(ValueError, match="^replicas must be 1 to 5, got 9$"):
+    with pytest.raises(ValueError, match=r"^replicas must be 1 to 5, got 9$"):
         NatsEngine("nats://h1:1", replicas=9)
-    with pytest.raises(ValueError, match="^NATS URL 'nats://h1:1,,h2': a server is missing"):
+    with pytest.raises(ValueError, match=r"^NATS URL 'nats://h1:1,,h2': a server is missing"):
         create_engine("nats://h1:1,,h2")

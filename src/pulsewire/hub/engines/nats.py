@@ -130,9 +130,7 @@ class NatsEngine(Engine):
         self._reconnect_wait = reconnect_wait
         self._ping_interval = ping_interval
         storage = StorageType.MEMORY if memory_storage else StorageType.FILE
-        self._link = NatsLink(
-            prefix, timeout=timeout, storage=storage, replicas=self.replicas
-        )
+        self._link = NatsLink(prefix, timeout=timeout, storage=storage, replicas=self.replicas)
         self._history_part = NatsHistory(self._link)
         self._presence_part = NatsPresence(self._link, self.publish_leave)
         self._subs: dict[str, Subscription] = {}

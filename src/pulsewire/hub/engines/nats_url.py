@@ -70,7 +70,8 @@ def _options(spec: str, query: str) -> int:
             raise ValueError(f"NATS URL {spec!r}: option {key!r} given twice")
         seen.add(key)
         if not value.isdigit():
-            raise ValueError(f"NATS URL {spec!r}: replicas must be 1 to {MAX_REPLICAS}, got {value!r}")
+            problem = f"replicas must be 1 to {MAX_REPLICAS}, got {value!r}"
+            raise ValueError(f"NATS URL {spec!r}: {problem}")
         replicas = int(value)
     try:
         return check_replicas(replicas)
