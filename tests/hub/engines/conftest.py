@@ -1,6 +1,6 @@
 """Engine fixtures: a cluster of engine nodes of one kind, each bound to a recording handler.
 
-* ``nats_cluster_service``: a three-server NATS cluster started for the session (kind
+* ``nats_cluster``: a three-server NATS cluster started for the session (kind
   ``nats-cluster``, R3 streams); skipped without ``nats-server`` (failed when ``CI=true``).
 * ``redis_url``: the Redis at 127.0.0.1:6379; the test is skipped when it does not answer
   (failed instead when ``CI=true``).
@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -41,6 +41,9 @@ from pulsewire.hub.types import ClientInfo, Publication
 
 from ..redis_servers import RedisServers
 from ..sentinel_topology import SentinelTopology, redis_server_missing
+
+if TYPE_CHECKING:
+    from hub.nats_cluster import NatsCluster
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -204,9 +207,9 @@ def nats_service() -> str:
 
 
 @pytest.fixture(scope="session")
-def nats_cluster_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A three-server NATS cluster of this session's own (tests/hub/nats_cluster.py): its
-    engine URL with R3 streams. Skips without ``nats-server`` (fails when ``CI=true``)."""
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """A three-server NATS cluster of this session's own (tests/hub/nats_cluster.py).
+    Skips without ``nats-server`` (fails when ``CI=true``)."""
     from hub.nats_cluster import NatsCluster, nats_server
 
     if nats_server() is None:
@@ -214,14 +217,30 @@ def nats_cluster_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
     cluster = NatsCluster(tmp_path_factory.mktemp("nats-cluster"))
     cluster.start()
     try:
-        # One seed server: every node connects to it, so a node's subscription is known
-        # where the others publish when subscribe() returns (interest reaches the other
-        # servers over the routes a little later: docs/scaling.md, NATS cluster). The R3
-        # streams' leaders are spread over the three servers, so appends, reads and the
-        # republished fan-out do cross the routes.
-        yield cluster.url(replicas=3, servers=cluster.servers[:1])
+        yield cluster
     finally:
         cluster.stop()
+
+
+def nats_seed_url(cluster: NatsCluster) -> str:
+    """The ``nats-cluster`` kind's engine URL: R3 streams, one seed server.
+
+    Every node connects to the seed, so a node's subscription is known where the others
+    publish when subscribe() returns (interest reaches the other servers over the routes a
+    little later: see the scaling notes, NATS cluster). The R3 streams' leaders are spread
+    over the three servers, so appends, reads and the republished fan-out cross the routes.
+    """
+    return cluster.url(replicas=3, servers=cluster.servers[:1])
+
+
+def _make_nats_cluster(cluster: NatsCluster, prefix: str, _clock: FakeClock | None) -> Engine:
+    from pulsewire.hub.engines.nats import NatsEngine
+
+    return NatsEngine(nats_seed_url(cluster), prefix)
+
+
+async def _delete_nats_cluster_streams(cluster: NatsCluster, prefix: str) -> None:
+    await delete_nats_streams(nats_seed_url(cluster), prefix)
 
 
 async def delete_nats_streams(url: str, prefix: str) -> None:
@@ -319,7 +338,10 @@ ENGINE_KINDS: dict[str, EngineKind] = {
     # Three servers, R3 streams: the same contract on a cluster (the nodes connect to any
     # of the servers, so their writes go through routes and the streams' leaders).
     "nats-cluster": EngineKind(
-        _make_nats, "nats_cluster_service", cleanup=delete_nats_streams, racy_cas=_racy_cas()
+        _make_nats_cluster,
+        "nats_cluster",
+        cleanup=_delete_nats_cluster_streams,
+        racy_cas=_racy_cas(),
     ),
 }
 

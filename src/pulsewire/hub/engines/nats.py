@@ -145,6 +145,12 @@ class NatsEngine(Engine):
         nc = self._link.nc
         return nc is not None and nc.is_connected
 
+    def connected_url(self) -> str | None:
+        """The server the engine is connected to now (``nats://host:port``), if any."""
+        nc = self._link.nc
+        url = nc.connected_url if nc is not None and nc.is_connected else None
+        return f"{url.scheme}://{url.netloc}" if url is not None else None
+
     async def start(self) -> None:
         nc = Client()
         try:
