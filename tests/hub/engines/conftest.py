@@ -222,6 +222,9 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsClust
         cluster.stop()
 
 
+CLUSTER_TIMEOUT = 3.0  # the nats-cluster kind's engine timeout
+
+
 def nats_seed_url(cluster: NatsCluster) -> str:
     """The ``nats-cluster`` kind's engine URL: R3 streams, one seed server.
 
@@ -236,7 +239,9 @@ def nats_seed_url(cluster: NatsCluster) -> str:
 def _make_nats_cluster(cluster: NatsCluster, prefix: str, _clock: FakeClock | None) -> Engine:
     from pulsewire.hub.engines.nats import NatsEngine
 
-    return NatsEngine(nats_seed_url(cluster), prefix)
+    # R3 writes wait for a quorum of three servers sharing this loaded machine's 2 cores: a
+    # more generous timeout than the engine's default 1.5 s.
+    return NatsEngine(nats_seed_url(cluster), prefix, timeout=CLUSTER_TIMEOUT)
 
 
 async def _delete_nats_cluster_streams(cluster: NatsCluster, prefix: str) -> None:

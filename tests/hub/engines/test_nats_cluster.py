@@ -16,7 +16,7 @@ from pulsewire.hub.engines.base import EngineUnavailable
 from pulsewire.hub.engines.nats_link import same_config
 from pulsewire.hub.types import ClientInfo, Publication, PublishOptions
 
-from .conftest import Recorder, delete_nats_streams
+from .conftest import CLUSTER_TIMEOUT, Recorder, delete_nats_streams
 
 if TYPE_CHECKING:
     from hub.nats_cluster import NatsCluster
@@ -37,7 +37,7 @@ async def engines(nats_cluster: NatsCluster) -> AsyncIterator[Callable[..., Any]
     made: list[NatsEngine] = []
 
     async def make(url: str) -> NatsEngine:
-        engine = NatsEngine(url, prefix)
+        engine = NatsEngine(url, prefix, timeout=CLUSTER_TIMEOUT)
         engine.bind(Recorder(f"n{len(made)}"), f"{prefix}-{len(made)}")
         await engine.start()
         made.append(engine)
