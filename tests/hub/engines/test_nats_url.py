@@ -49,13 +49,15 @@ def test_urls(spec: str, servers: tuple[str, ...], replicas: int) -> None:
         ("nats://h1:1/path", "unexpected 'h1:1/path'"),
         ("nats://h1:1,redis://h2:2", "server scheme 'redis' is not nats or tls"),
         ("http://h1:1", "must start with nats:// or tls://"),
+        ("nats://user:secret@h1:port", "bad port in 'h1:port'"),
     ],
 )
 def test_bad_urls_name_the_problem(spec: str, problem: str) -> None:
-    with pytest.raises(ValueError, match=r"^NATS URL ") as info:
+    with pytest.raises(ValueError, match=r"^NATS engine URL: ") as info:
         parse_nats_url(spec)
     message = str(info.value)
     assert problem in message and "\n" not in message
+    assert "secret" not in message
 
 
 def test_the_engine_takes_the_servers_and_replicas() -> None:
@@ -72,5 +74,12 @@ def test_the_engine_takes_the_servers_and_replicas() -> None:
     assert NatsEngine("nats://h1:1?replicas=3", replicas=1).replicas == 1  # the argument wins
     with pytest.raises(ValueError, match=r"^replicas must be 1 to 5, got 9$"):
         NatsEngine("nats://h1:1", replicas=9)
-    with pytest.raises(ValueError, match=r"^NATS URL 'nats://h1:1,,h2': a server is missing"):
+    with pytest.raises(ValueError, match=r"^NATS engine URL: a server is missing"):
         create_engine("nats://h1:1,,h2")
+
+
+def test_redact_drops_the_password() -> None:
+    from pulsewire.hub.engines.nats_url import redact
+
+    assert redact("nats://u:secret@h1:4222") == "nats://h1:4222"
+    assert redact("tls://h1:4222") == "tls://h1:4222"

@@ -79,7 +79,7 @@ from .nats_link import (
     pub_from,
 )
 from .nats_presence import NatsPresence
-from .nats_url import check_replicas, parse_nats_url
+from .nats_url import check_replicas, parse_nats_url, redact
 
 __all__ = ["NatsEngine", "decode_token", "encode_token"]
 
@@ -181,7 +181,8 @@ class NatsEngine(Engine):
         except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
             self._closing = True
             await nc.close()
-            raise EngineUnavailable(f"cannot use NATS at {self.url}: {exc!r}") from exc
+            where = ",".join(redact(server) for server in self.servers)
+            raise EngineUnavailable(f"cannot use NATS at {where}: {exc!r}") from exc
         self._link.nc, self._link.js = nc, js
         self._up, self._closing = True, False
 

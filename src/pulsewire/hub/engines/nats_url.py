@@ -18,7 +18,14 @@ from __future__ import annotations
 import urllib.parse
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_PORT", "MAX_REPLICAS", "NatsTarget", "check_replicas", "parse_nats_url"]
+__all__ = [
+    "DEFAULT_PORT",
+    "MAX_REPLICAS",
+    "NatsTarget",
+    "check_replicas",
+    "parse_nats_url",
+    "redact",
+]
 
 DEFAULT_PORT = 4222
 MAX_REPLICAS = 5  # JetStream's own limit on a stream's replicas
@@ -46,10 +53,11 @@ def check_replicas(replicas: int) -> int:
 
 
 def parse_nats_url(spec: str) -> NatsTarget:
-    """The servers and replica count of ``spec``; ValueError naming what is wrong."""
+    """The servers and replica count of ``spec``; ValueError naming what is wrong (in one
+    line, without the URL, which may hold passwords)."""
     scheme, sep, rest = spec.strip().partition("://")
     if not sep or scheme.lower() not in _SCHEMES:
-        raise ValueError(f"NATS URL {spec!r} must start with nats:// or tls://")
+        raise ValueError("NATS engine URL: must start with nats:// or tls://")
     body, _, query = rest.partition("?")
     replicas = _options(spec, query)
     servers = tuple(_server(spec, scheme.lower(), item) for item in body.split(","))
@@ -61,22 +69,22 @@ def _options(spec: str, query: str) -> int:
     try:
         pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
-        raise ValueError(f"NATS URL {spec!r}: cannot read the options {query!r}") from None
+        raise ValueError(f"NATS engine URL: cannot read the options {query!r}") from None
     seen: set[str] = set()
     for key, value in pairs:
         if key not in _OPTIONS:
-            raise ValueError(f"NATS URL {spec!r}: unknown option {key!r} (known: replicas)")
+            raise ValueError(f"NATS engine URL: unknown option {key!r} (known: replicas)")
         if key in seen:
-            raise ValueError(f"NATS URL {spec!r}: option {key!r} given twice")
+            raise ValueError(f"NATS engine URL: option {key!r} given twice")
         seen.add(key)
         if not value.isdigit():
             problem = f"replicas must be 1 to {MAX_REPLICAS}, got {value!r}"
-            raise ValueError(f"NATS URL {spec!r}: {problem}")
+            raise ValueError(f"NATS engine URL: {problem}")
         replicas = int(value)
     try:
         return check_replicas(replicas)
     except ValueError as exc:
-        raise ValueError(f"NATS URL {spec!r}: {exc}") from None
+        raise ValueError(f"NATS engine URL: {exc}") from None
 
 
 def _server(spec: str, scheme: str, item: str) -> str:
@@ -86,17 +94,24 @@ def _server(spec: str, scheme: str, item: str) -> str:
         scheme, _, item = item.partition("://")
         scheme = scheme.lower()
         if scheme not in _SCHEMES:
-            raise ValueError(f"NATS URL {spec!r}: server scheme {scheme!r} is not nats or tls")
+            raise ValueError(f"NATS engine URL: server scheme {scheme!r} is not nats or tls")
     if not item:
-        raise ValueError(f"NATS URL {spec!r}: a server is missing (empty between commas)")
+        raise ValueError("NATS engine URL: a server is missing (empty between commas)")
+    shown = item.rpartition("@")[2]  # errors never show a password
     parts = urllib.parse.urlsplit(f"{scheme}://{item}")
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"NATS URL {spec!r}: bad port in {item!r}") from None
+        raise ValueError(f"NATS engine URL: bad port in {shown!r}") from None
     if not parts.hostname:
-        raise ValueError(f"NATS URL {spec!r}: no host in {item!r}")
+        raise ValueError(f"NATS engine URL: no host in {shown!r}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"NATS URL {spec!r}: unexpected {item!r} (only host:port)")
+        raise ValueError(f"NATS engine URL: unexpected {shown!r} (only host:port)")
     netloc = parts.netloc if port is not None else f"{parts.netloc}:{DEFAULT_PORT}"
     return f"{scheme}://{netloc}"
+
+
+def redact(server: str) -> str:
+    """``server`` (one of :attr:`NatsTarget.servers`) without its ``user:password@``."""
+    scheme, _, rest = server.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
