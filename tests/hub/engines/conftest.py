@@ -43,7 +43,7 @@ from ..redis_servers import RedisServers
 from ..sentinel_topology import SentinelTopology, redis_server_missing
 
 if TYPE_CHECKING:
-    from hub.nats_cluster import NatsCluster
+    from ..nats_cluster import NatsCluster
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -210,7 +210,7 @@ def nats_service() -> str:
 def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
     """A three-server NATS cluster of this session's own (tests/hub/nats_cluster.py).
     Skips without ``nats-server`` (fails when ``CI=true``)."""
-    from hub.nats_cluster import NatsCluster, nats_server
+    from ..nats_cluster import NatsCluster, nats_server
 
     if nats_server() is None:
         service_missing("nats-server is not installed")
@@ -265,7 +265,7 @@ async def delete_nats_streams(url: str, prefix: str) -> None:
 
 def _racy_cas() -> str:
     """Why compare-and-set is racy on this nats-server's replicated streams, or ""."""
-    from hub.nats_cluster import CAS_FIXED_IN, server_version
+    from ..nats_cluster import CAS_FIXED_IN, server_version
 
     version = server_version()
     if version == (0, 0, 0) or version >= CAS_FIXED_IN:
@@ -340,8 +340,7 @@ ENGINE_KINDS: dict[str, EngineKind] = {
     "redis+shards": EngineKind(_make_redis_shards, "redis_shards", cleanup=delete_shards_keys),
     "redis+sentinel": EngineKind(_make_sentinel, "sentinel_service", cleanup=_delete_sentinel_keys),
     "nats": EngineKind(_make_nats, "nats_service", cleanup=delete_nats_streams),
-    # Three servers, R3 streams: the same contract on a cluster (the nodes connect to any
-    # of the servers, so their writes go through routes and the streams' leaders).
+    # Three servers, R3 streams: the same contract on a cluster (see nats_seed_url).
     "nats-cluster": EngineKind(
         _make_nats_cluster,
         "nats_cluster",

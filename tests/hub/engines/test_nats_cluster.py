@@ -19,8 +19,9 @@ from pulsewire.hub.types import ClientInfo, Publication, PublishOptions
 from .conftest import CLUSTER_TIMEOUT, Recorder, delete_nats_streams
 
 if TYPE_CHECKING:
-    from hub.nats_cluster import NatsCluster
     from pulsewire.hub.engines.nats import NatsEngine
+
+    from ..nats_cluster import NatsCluster
 
 pytestmark = pytest.mark.timeout(60)
 
