@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    DeliverPolicy,
     DiscardPolicy,
     RePublish,
     StreamConfig,
@@ -249,8 +250,24 @@ class NatsLink:
             with contextlib.suppress(nats.errors.TimeoutError):
                 info = await js.stream_info(name)
 
+    async def last_seq(self, stream: str, subject: str) -> int:
+        """The stream sequence of the newest message on ``subject`` (wildcards allowed), 0 if
+        none; asked of the stream's leader, so it counts every acknowledged write."""
+        _, js = self.conn()
+        try:
+            return (await js.get_last_msg(stream, subject)).seq or 0
+        except nats.js.errors.NotFoundError as exc:
+            if exc.err_code == NO_STREAM:
+                raise
+            return 0
+
     async def consume(self, stream: str, config: ConsumerConfig, stop: int = 0) -> list[Msg]:
-        """Messages of an ephemeral push consumer, up to stream sequence ``stop`` if set."""
+        """Messages of an ephemeral push consumer, up to stream sequence ``stop`` if set.
+
+        On a cluster the consumer may sit on a replica that has not stored the newest writes
+        yet (they are acknowledged once a majority has them): with ``stop`` (a sequence read
+        from the leader) it waits, within the timeout, until that replica delivers a message
+        at or after ``stop``, so a read after an acknowledged write sees it."""
         nc, js = self.conn()
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
@@ -264,23 +281,30 @@ class NatsLink:
             info = await js.add_consumer(stream, config)
             msgs: list[Msg] = []
             pending = info.num_pending or 0
+            reached = not stop
             deadline = time.monotonic() + self.timeout
-            while pending:
+            while pending or not reached:
                 try:
                     msg = await sub.next_msg(timeout=min(self.timeout, _CONSUME_POLL))
                 except nats.errors.TimeoutError:
                     # A message counted as pending may have been removed since (purged, or
-                    # replaced by a presence tombstone): ask the server what is left.
-                    if time.monotonic() > deadline:
-                        raise
+                    # replaced by a presence tombstone): ask the server what is left. The
+                    # message at ``stop`` may have been purged too: past the deadline with
+                    # nothing pending, what came is the answer.
                     info = await js.consumer_info(stream, info.name)
                     pending = info.num_pending or 0
+                    if time.monotonic() > deadline:
+                        if pending:
+                            raise
+                        break
                     continue
                 deadline = time.monotonic() + self.timeout
                 msgs.append(msg)
                 pending = msg.metadata.num_pending
                 if stop and msg.metadata.sequence.stream >= stop:
-                    break
+                    if config.deliver_policy != DeliverPolicy.LAST_PER_SUBJECT:
+                        break  # everything up to ``stop`` is here
+                    reached = True  # the newest is here; the others in pending
             return msgs
         finally:
             with contextlib.suppress(nats.errors.Error):

@@ -215,12 +215,22 @@ class NatsPresence:
         with errors():
             await self._presence_stream(ttl)
             try:
-                msgs = await self._link.consume(f"{self._link.prefix}_P", config)
+                msgs = await self._newest(config)
             except nats.js.errors.NotFoundError:
                 return []
             for start in range(0, len(msgs), 64):
                 await asyncio.gather(*(tombstone(msg) for msg in msgs[start : start + 64]))
         return removed
+
+    async def _newest(self, config: ConsumerConfig) -> list[Msg]:
+        """The last message of each subject matching ``config``'s filter, as of now: up to
+        the newest one the stream's leader has (a consumer on a lagging replica waits for
+        it), none without asking for a consumer when there is nothing."""
+        stream = f"{self._link.prefix}_P"
+        stop = await self._link.last_seq(stream, config.filter_subject or ">")
+        if not stop:
+            return []
+        return await self._link.consume(stream, config, stop=stop)
 
     def index_subject(self, node: str, channel: str | None = None) -> str:
         token = "*" if channel is None else encode_token(channel)
@@ -234,7 +244,7 @@ class NatsPresence:
         )
         with errors():
             try:
-                msgs = await self._link.consume(f"{self._link.prefix}_P", config)
+                msgs = await self._newest(config)
             except nats.js.errors.NotFoundError:
                 return []
         now = time.time()
@@ -253,7 +263,7 @@ class NatsPresence:
         )
         with errors():
             try:
-                msgs = await self._link.consume(f"{self._link.prefix}_P", config)
+                msgs = await self._newest(config)
             except nats.js.errors.NotFoundError:
                 return {}
         now = time.time()
