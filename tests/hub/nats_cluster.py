@@ -196,12 +196,12 @@ class NatsCluster:
             server.proc.send_signal(signal.SIGKILL)
             server.proc.wait(10)
 
-    def restart(self, index: int) -> None:
+    def restart(self, index: int, timeout: float = READY_TIMEOUT) -> None:
         """Start server ``index`` again (same ports, same store); wait until it is ready."""
         server = self.servers[index]
         assert not server.alive(), f"{server.name} is still running"
         self._spawn(server)
-        self.wait_ready([server])
+        self.wait_ready([server], timeout)
 
     def index_of(self, name: str) -> int:
         return next(i for i, s in enumerate(self.servers) if s.name == name)
