@@ -89,7 +89,8 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="memory (default), redis://HOST:PORT/DB, "
         "redis+shards://HOST:PORT,HOST:PORT[,...][/DB], "
-        "redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB] or nats://HOST:PORT",
+        "redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB] or "
+        "nats://HOST:PORT[,HOST:PORT...][?replicas=N]",
     )
     srv.add_argument(
         "--config", help="a pulsewire.toml file ([server], [hub], [channel], [namespaces.*])"
