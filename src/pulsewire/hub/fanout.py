@@ -7,10 +7,12 @@ subscribe in progress with the engine. Every subscription is added by :meth:`Fan
 and removed by :meth:`Fanout.remove`, nowhere else.
 
 The way of one publication is one way down: the engine hands it to the node
-(``Hub.on_publication``), the node to :meth:`Fanout.on_publication`, which checks its order,
-encodes the push once per codec in use (a :class:`~pulsewire.hub.types.PreparedMessage`,
-created inside the delivery loop the first time a subscriber with that codec comes up) and
-hands the prepared message to each subscriber, which hands it to its transport.
+(``Hub.on_publication``), the node to :meth:`Fanout.on_publication`, which checks its order
+and hands it to the channel's :class:`~pulsewire.hub.delivery.Delivery`: that encodes the
+push once per codec in use (a :class:`~pulsewire.hub.types.PreparedMessage`) and hands it to
+each subscriber, which hands it to its transport, in chunks (the first at once, the next
+after yielding to the loop so that the transports write the previous one), keeping arrival
+order per channel.
 
 Ordering: live publications of history channels carry ``offset`` and ``prev``. One whose
 ``prev`` is past the last one delivered here means something was missed (e.g. while the engine
@@ -27,61 +29,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 from .channels import ChannelName
+from .delivery import CHUNK, Delivery
 from .engines.base import ChannelFilter, Engine, EngineUnavailable
 from .errors import ErrorCode, HubError, UnsubscribeCode
-from .messages import publication_push, unsubscribe_push
+from .messages import unsubscribe_push
 from .metrics import HubMetrics
-from .types import ClientInfo, PreparedMessage, Publication, PublishOptions, StreamPosition
-from .wire import Codec
+from .subscription import Subscriber, Subscription
+from .types import Publication, PublishOptions, StreamPosition
 
+# Subscriber and Subscription are defined in .subscription (shared with .delivery).
 __all__ = ["Fanout", "Subscriber", "Subscription", "first_follows"]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-
-
-@dataclass(slots=True, eq=False)
-class Subscription:
-    """One subscriber's subscription to one channel, as the fan-out keeps it."""
-
-    channel: ChannelName
-    info: ClientInfo
-    recovering: bool = False
-    """Being positioned (history read): live publications are held in ``buffer``."""
-    buffer: list[Publication] = field(default_factory=list)
-    offset: int = 0
-    """The last offset this subscriber was given (or told about): older ones are skipped."""
-    epoch: str = ""
-    server: bool = False
-    """A server-side subscription: the server made it (the client may not end it), and
-    the server makes it again when the stream cannot be kept whole (insufficient state)."""
-
-
-class Subscriber(Protocol):
-    """What the fan-out needs from a subscriber (a hub session). Hashable by identity."""
-
-    @property
-    def codec(self) -> Codec:
-        """The wire encoding of this subscriber's pushes."""
-
-    def send_publication(self, prepared: PreparedMessage, sub: Subscription) -> None:
-        """Send one publication push, already encoded with this subscriber's codec."""
-
-    def push(self, message: dict[str, Any]) -> None:
-        """Encode and send one push (unsubscribe...)."""
-
-    def send_prepared(self, prepared: PreparedMessage) -> None:
-        """Send one push (join, leave) already encoded with this subscriber's codec."""
-
-    def resubscribe(self, sub: Subscription) -> None:
-        """The server-side subscription ``sub`` was removed for insufficient state: make it
-        again, recovering from its last position (``sub.offset``, ``sub.epoch``)."""
 
 
 def first_follows(publication: Publication, offset: int) -> bool:
@@ -97,7 +61,8 @@ class Fanout:
     ``spawn`` runs a background coroutine for the node; ``publish_options`` gives a channel's
     history options (raising :class:`HubError` for an unknown namespace); ``ended`` is called
     with each subscription the fan-out itself ends (the node forgets its presence);
-    ``channel_closed`` when a channel loses its last local subscriber.
+    ``channel_closed`` when a channel loses its last local subscriber; ``chunk`` how many
+    subscribers get an item before delivery yields to the loop (:mod:`.delivery`).
     """
 
     def __init__(
@@ -109,6 +74,7 @@ class Fanout:
         publish_options: Callable[[str], PublishOptions],
         ended: Callable[[Subscription], None],
         channel_closed: Callable[[str], None],
+        chunk: int = CHUNK,
     ) -> None:
         self._engine = engine
         self._metrics = metrics
@@ -121,6 +87,7 @@ class Fanout:
         self._positions: dict[str, StreamPosition] = {}
         self._syncing: dict[str, list[Publication]] = {}
         self._subscribing: dict[str, asyncio.Future[None]] = {}
+        self._delivery = Delivery(self._channels, metrics, chunk=chunk)
         self._closing = False
 
     def close(self) -> None:
@@ -215,6 +182,7 @@ class Fanout:
         if not subs:
             del self._channels[channel]
             self._positions.pop(channel, None)
+            self._delivery.drop(channel)
             self._metrics.channels.set(len(self._channels))
             self._channel_closed(channel)
             if not self._closing:
@@ -282,7 +250,7 @@ class Fanout:
             self._positions[channel] = StreamPosition(
                 publication.offset, publication.epoch or (position.epoch if position else "")
             )
-        self._deliver(channel, subs, publication)
+        self._delivery.publication(channel, publication)
 
     def resync(self, channels: ChannelFilter | None = None) -> int:
         """The engine (or the part of it holding the channels ``channels`` accepts) is back:
@@ -309,64 +277,16 @@ class Fanout:
                 sub.recovering = False
                 buffered, sub.buffer = sub.buffer, []
                 name = sub.channel.name
-                for publication in buffered:
+                for publication in buffered:  # only what passes brought it: overtakes nothing
                     if self.subscription(subscriber, name) is not sub:
                         break
-                    self._deliver(name, {subscriber: sub}, publication, count=False)
+                    self._delivery.to_one(subscriber, sub, publication)
 
     def push_event(self, channel: str, message: dict[str, Any]) -> None:
         """Push ``message`` (join, leave) to every local subscriber of ``channel``, encoded
-        once per codec in use."""
-        subs = self._channels.get(channel)
-        if not subs:
-            return
-        prepared: dict[str, PreparedMessage] = {}
-        for subscriber in list(subs):
-            codec = subscriber.codec
-            encoded = prepared.get(codec.name)
-            if encoded is None:
-                encoded = prepared[codec.name] = PreparedMessage(codec.encode(message))
-            subscriber.send_prepared(encoded)
-
-    def _deliver(
-        self,
-        channel: str,
-        subs: dict[Subscriber, Subscription],
-        publication: Publication,
-        count: bool = True,
-    ) -> None:
-        # A snapshot of the keys only (delivering may disconnect a slow consumer): with 10,000
-        # subscribers, list(subs.items()) would allocate 10,000 tuples per publication, enough
-        # short-lived survivors to trigger a full garbage collection every few publications.
-        offset = publication.offset
-        epoch = publication.epoch
-        body: dict[str, Any] | None = None
-        prepared: dict[str, PreparedMessage] = {}  # by codec name: encoded once per codec
-        for subscriber in list(subs):
-            sub = subs.get(subscriber)
-            if sub is None:
-                continue
-            if sub.recovering:
-                sub.buffer.append(publication)
-                continue
-            if offset:
-                if epoch and sub.epoch and epoch != sub.epoch:
-                    continue  # the subscriber is told to resubscribe on epoch changes
-                if offset <= sub.offset:
-                    continue  # delivered already (recovered, or a duplicate)
-                sub.offset = offset
-            codec = subscriber.codec
-            message = prepared.get(codec.name)
-            if message is None:
-                if body is None:
-                    body = publication_push(channel, publication)
-                message = prepared[codec.name] = PreparedMessage(codec.encode(body))
-            subscriber.send_publication(message, sub)
-        if not count:  # held back during recovery: counted when it came
-            return
-        self._metrics.deliveries.inc(len(subs))
-        if publication.published_at:
-            self._metrics.latency.observe(max(0.0, time.time() - publication.published_at))
+        once per codec in use, in order with the channel's publications."""
+        if channel in self._channels:
+            self._delivery.push(channel, message)
 
     async def _fill_gap(self, channel: str, since: StreamPosition) -> None:
         """Deliver what was missed after ``since`` from history, then what arrived meanwhile."""
@@ -390,7 +310,6 @@ class Fanout:
             self._metrics.gap_fills.inc()
             buffered = self._syncing.get(channel, [])
             last = since.offset
-            subs = self._channels.get(channel, {})
             for publication in sorted([*publications, *buffered], key=lambda p: p.offset):
                 if publication.offset <= last or (
                     publication.epoch and publication.epoch != since.epoch
@@ -400,8 +319,8 @@ class Fanout:
                 if not publication.epoch:
                     publication = dataclasses.replace(publication, epoch=since.epoch)
                 self._positions[channel] = StreamPosition(last, since.epoch)
-                if subs:
-                    self._deliver(channel, subs, publication)
+                if channel in self._channels:
+                    self._delivery.publication(channel, publication)
         finally:
             self._syncing.pop(channel, None)
 
