@@ -16,6 +16,7 @@ import pytest
 
 from pulsewire.hub.channels import parse_channel
 from pulsewire.hub.config import HubConfig
+from pulsewire.hub.delivery import CHUNK
 from pulsewire.hub.errors import UnsubscribeCode
 from pulsewire.hub.fanout import Fanout, Subscription
 from pulsewire.hub.metrics import HubMetrics
@@ -104,7 +105,7 @@ class FakeEngine:
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, chunk: int = CHUNK) -> None:
         self.engine = FakeEngine()
         self.metrics = HubMetrics()
         self.tasks: list[asyncio.Future[Any]] = []
@@ -117,6 +118,7 @@ class Harness:
             publish_options=lambda name: PublishOptions(100, 60.0),
             ended=self.ended.append,
             channel_closed=self.closed.append,
+            chunk=chunk,
         )
 
     async def subscribe(

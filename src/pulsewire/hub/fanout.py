@@ -131,6 +131,10 @@ class Fanout:
         """Channels with local subscribers."""
         return len(self._channels)
 
+    def delivering(self, channel: str) -> bool:
+        """True while items for ``channel`` are being delivered (more chunks to come)."""
+        return self._delivery.busy(channel)
+
     async def add(self, subscriber: Subscriber, sub: Subscription) -> None:
         """Register ``sub`` for live publications; returns once this node receives the channel
         from the engine (so a history read after it misses nothing). On failure (108 when the
