@@ -27,7 +27,9 @@ falls on every arm alike:
    ``--publications`` publications through the HTTP API (after one warm-up publication per
    arm): the time until the first and the last subscriber had it, and deliveries per second
    (subscribers / time until the last one had it); the round's value is the median over its
-   publications.
+   publications. And the node's CPU time per delivery over the round's publications (from
+   ``/proc/PID/task/*/schedstat``, in nanoseconds: it holds on a busy machine where the
+   latencies do not).
 
 Prints a markdown table (median over the rounds and the range, after/before of the medians,
 the range of the per-round after/before ratios, A2/A) and writes it with every raw value to
@@ -243,6 +245,16 @@ class Settings:
     nice: int = 0
 
 
+def on_cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of ``pid`` so far: ``schedstat`` counts nanoseconds, where
+    ``/proc/PID/stat`` counts 10 ms ticks (too coarse for one round of publications)."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int(stat.read_text().split()[0])
+    return total / 1e9
+
+
 class OtherCpu:
     """CPU used by processes other than ``ours`` since construction, in % of one core."""
 
@@ -395,6 +407,9 @@ def fanout_phase(
         "deliveries_per_s": Metric(
             "fanout deliveries_per_s", "hub fan-out: deliveries", "deliveries/s", True
         ),
+        "cpu_us": Metric(
+            "fanout server_cpu_us_per_delivery", "hub fan-out: node CPU per delivery", "µs", False
+        ),
     }
     nodes: list[HubNode] = []
     try:
@@ -412,9 +427,14 @@ def fanout_phase(
             for arm in round_order(arms, number):
                 node = by_label[arm.label]
                 results = []
+                cpu0 = on_cpu_seconds(node.node.pid)
                 for _ in range(settings.publications):
                     results.append(node.publish_and_wait(settings.subscribers))
                     time.sleep(0.1)
+                cpu = on_cpu_seconds(node.node.pid) - cpu0
+                deliveries = settings.publications * settings.subscribers
+                for r in results:
+                    r["cpu_us"] = cpu * 1e6 / deliveries  # the round's mean
                 for key, metric in metrics.items():
                     metric.add(arm.label, statistics.median(r[key] for r in results))
                 log(

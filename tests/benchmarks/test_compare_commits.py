@@ -93,6 +93,7 @@ def test_a_tiny_aa_run(tmp_path: Path) -> None:
         "fanout first_ms",
         "fanout last_ms",
         "fanout deliveries_per_s",
+        "fanout server_cpu_us_per_delivery",
     }
     for per_arm in values.values():
         assert set(per_arm) == {"A", "B"}
