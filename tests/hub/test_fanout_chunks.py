@@ -355,3 +355,23 @@ async def test_publications_without_history_keep_arrival_order_across_chunks() -
     await drain(h)
     for s in subscribers:
         assert [json.loads(p.data)["data"]["n"] for p in s.prepared] == [0, 1, 2]
+
+
+async def test_a_failure_in_the_first_chunk_reaches_the_caller_and_the_channel_goes_on() -> None:
+    log: Log = []
+    h = Harness(chunk=2)
+    subscribers = peers(5, log)
+    await subscribe_all(h, subscribers)
+    flaky = subscribers[1]
+
+    def broken_once(prepared: PreparedMessage, sub: Subscription) -> None:
+        del flaky.send_publication  # the class's method again
+        raise RuntimeError("broken transport")
+
+    flaky.send_publication = broken_once  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="broken transport"):  # as it did without chunks
+        h.fanout.on_publication(CHANNEL, pub(1))
+    assert not h.fanout.delivering(CHANNEL)
+    h.fanout.on_publication(CHANNEL, pub(2))
+    await drain(h)
+    assert [s.offsets_of(CHANNEL) for s in subscribers] == [[1, 2], [2], [2], [2], [2]]
