@@ -131,6 +131,20 @@ async def test_the_chunk_boundary(count: int) -> None:
     assert sent_to(log) == [f"s{i}" for i in range(count)]
 
 
+async def test_chunks_start_small_and_double_up_to_the_largest() -> None:
+    log: Log = []
+    h = Harness(chunk=8, first_chunk=2)
+    await subscribe_all(h, peers(30, log))
+    h.fanout.on_publication(CHANNEL, pub(1))
+    handed = [len(sent_to(log))]
+    while h.fanout.delivering(CHANNEL):
+        await asyncio.sleep(0)
+        handed.append(len(sent_to(log)))
+    assert handed == [2, 6, 14, 22, 30]
+    h.fanout.on_publication(CHANNEL, pub(2))  # a new pass starts small again
+    assert len(sent_to(log)) == 32
+
+
 async def test_a_publication_arriving_mid_delivery_waits_for_the_earlier_one() -> None:
     log: Log = []
     h = Harness(chunk=2)

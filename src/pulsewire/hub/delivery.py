@@ -5,8 +5,10 @@ Why chunks: a transport writes what it was given at the end of the loop iteratio
 per connection for everything queued meanwhile, see :mod:`pulsewire.aio.sending`). Handing a
 publication to 10,000 subscribers in one go therefore wrote nothing until the last of them had
 it: the first subscriber waited for O(N) work (34 ms at 10,000). A *pass* hands the items to
-``chunk`` subscribers, then yields to the loop once (their bytes are written meanwhile) before
-the next chunk: the same work, plus one loop iteration per chunk.
+a chunk of subscribers, then yields to the loop once (their bytes are written meanwhile) before
+the next chunk: the same work, plus one loop iteration per chunk. The first chunk is small
+(``first_chunk``: the first bytes leave after a few deliveries' work), and each next one twice
+the size of the one before, up to ``chunk`` (few loop iterations per pass).
 
 Order: a channel has at most one pass in progress. Whatever arrives for the channel meanwhile
 (publications, join/leave pushes) waits in the channel's queue, and the next pass hands all of
@@ -34,14 +36,16 @@ from .metrics import HubMetrics
 from .subscription import Subscriber, Subscription
 from .types import PreparedMessage, Publication
 
-__all__ = ["CHUNK", "Delivery"]
+__all__ = ["CHUNK", "FIRST_CHUNK", "Delivery"]
 
 logger = logging.getLogger("pulsewire.hub")
 
+FIRST_CHUNK = 16
+"""Subscribers handed an item before the first yield to the loop (tens of µs of work)."""
 CHUNK = 128
-"""Subscribers handed an item before yielding to the loop. About 0.1-0.3 ms of work: small
-enough for the first bytes to leave within a millisecond, large enough that the loop
-iteration between chunks (a few µs) costs nothing measurable per delivery."""
+"""The largest chunk: 0.1-0.5 ms of work, so that what comes in meanwhile (other channels'
+publications, commands) waits no longer than that, while the loop iteration between chunks
+(a few µs) costs little per delivery."""
 
 
 class _Item:
@@ -58,10 +62,14 @@ class _Item:
 class _Pass:
     """One delivery of ``items`` to the subscriptions ``channel`` had when it started."""
 
-    __slots__ = ("channel", "done", "items", "subscribers", "subscriptions")
+    __slots__ = ("channel", "done", "items", "size", "subscribers", "subscriptions")
 
     def __init__(
-        self, channel: str, items: list[_Item], subs: Mapping[Subscriber, Subscription]
+        self,
+        channel: str,
+        items: list[_Item],
+        subs: Mapping[Subscriber, Subscription],
+        size: int,
     ) -> None:
         self.channel = channel
         self.items = items
@@ -71,13 +79,15 @@ class _Pass:
         self.subscribers = list(subs)
         self.subscriptions = list(subs.values())
         self.done = 0  # subscribers handed every item so far
+        self.size = size  # of the next chunk
 
 
 class Delivery:
     """Delivery to local subscribers (see the module docstring).
 
     ``channels`` is the fan-out's index (channel → subscriber → subscription), read when a
-    pass starts and at each chunk; ``chunk`` the subscribers per loop iteration.
+    pass starts and at each chunk; ``first_chunk`` and ``chunk`` the subscribers of a pass's
+    first chunk and of its largest.
     """
 
     def __init__(
@@ -86,12 +96,14 @@ class Delivery:
         metrics: HubMetrics,
         *,
         chunk: int = CHUNK,
+        first_chunk: int = FIRST_CHUNK,
     ) -> None:
-        if chunk < 1:
-            raise ValueError(f"chunk must be at least 1, not {chunk}")
+        if min(chunk, first_chunk) < 1:
+            raise ValueError(f"chunks must be at least 1, not {min(chunk, first_chunk)}")
         self._channels = channels
         self._metrics = metrics
         self._chunk = chunk
+        self._first_chunk = min(first_chunk, chunk)
         self._passes: dict[str, _Pass] = {}
         self._waiting: dict[str, list[_Item]] = {}
 
@@ -107,7 +119,7 @@ class Delivery:
         """Deliver ``publication`` to one subscriber now, uncounted (a recovering subscriber's
         buffer: only items that passes already brought to it, so nothing is overtaken)."""
         one = {subscriber: sub}
-        self._hand(_Pass(sub.channel.name, [_Item(publication, None)], one), one, 0, 1)
+        self._hand(_Pass(sub.channel.name, [_Item(publication, None)], one, 1), one, 0, 1)
 
     def busy(self, channel: str) -> bool:
         """True while a pass for ``channel`` is in progress."""
@@ -131,7 +143,7 @@ class Delivery:
             subs = self._channels.get(channel)
             if not subs:
                 return
-            current = self._passes[channel] = _Pass(channel, items, subs)
+            current = self._passes[channel] = _Pass(channel, items, subs, self._first_chunk)
             if not self._run(current):
                 return  # the rest of it comes from the loop
             waiting = self._waiting.pop(channel, None)
@@ -145,7 +157,8 @@ class Delivery:
         channel = current.channel
         total = len(current.subscribers)
         start = current.done
-        stop = min(start + self._chunk, total)
+        stop = min(start + current.size, total)
+        current.size = min(2 * current.size, self._chunk)
         try:
             subs = self._channels.get(channel)
             if subs:

@@ -34,7 +34,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .channels import ChannelName
-from .delivery import CHUNK, Delivery
+from .delivery import CHUNK, FIRST_CHUNK, Delivery
 from .engines.base import ChannelFilter, Engine, EngineUnavailable
 from .errors import ErrorCode, HubError, UnsubscribeCode
 from .messages import unsubscribe_push
@@ -61,8 +61,9 @@ class Fanout:
     ``spawn`` runs a background coroutine for the node; ``publish_options`` gives a channel's
     history options (raising :class:`HubError` for an unknown namespace); ``ended`` is called
     with each subscription the fan-out itself ends (the node forgets its presence);
-    ``channel_closed`` when a channel loses its last local subscriber; ``chunk`` how many
-    subscribers get an item before delivery yields to the loop (:mod:`.delivery`).
+    ``channel_closed`` when a channel loses its last local subscriber; ``first_chunk`` and
+    ``chunk``: how many subscribers get an item before delivery first yields to the loop, and
+    at most between two yields (:mod:`.delivery`).
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class Fanout:
         ended: Callable[[Subscription], None],
         channel_closed: Callable[[str], None],
         chunk: int = CHUNK,
+        first_chunk: int = FIRST_CHUNK,
     ) -> None:
         self._engine = engine
         self._metrics = metrics
@@ -87,7 +89,7 @@ class Fanout:
         self._positions: dict[str, StreamPosition] = {}
         self._syncing: dict[str, list[Publication]] = {}
         self._subscribing: dict[str, asyncio.Future[None]] = {}
-        self._delivery = Delivery(self._channels, metrics, chunk=chunk)
+        self._delivery = Delivery(self._channels, metrics, chunk=chunk, first_chunk=first_chunk)
         self._closing = False
 
     def close(self) -> None:
