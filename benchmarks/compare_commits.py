@@ -27,9 +27,9 @@ falls on every arm alike:
    ``--publications`` publications through the HTTP API (after one warm-up publication per
    arm): the time until the first and the last subscriber had it, and deliveries per second
    (subscribers / time until the last one had it); the round's value is the median over its
-   publications. And the node's CPU time per delivery over the round's publications (from
-   ``/proc/PID/task/*/schedstat``, in nanoseconds: it holds on a busy machine where the
-   latencies do not).
+   publications. And the node's CPU time per delivery, from each publication to its last
+   receipt (from ``/proc/PID/task/*/schedstat``, in nanoseconds: it holds on a busy machine
+   where the latencies do not).
 
 Prints a markdown table (median over the rounds and the range, after/before of the medians,
 the range of the per-round after/before ratios, A2/A) and writes it with every raw value to
@@ -427,14 +427,14 @@ def fanout_phase(
             for arm in round_order(arms, number):
                 node = by_label[arm.label]
                 results = []
-                cpu0 = on_cpu_seconds(node.node.pid)
                 for _ in range(settings.publications):
-                    results.append(node.publish_and_wait(settings.subscribers))
+                    # from the publication to the last receipt: the node's keepalive and
+                    # presence timers in the pauses between publications are not counted
+                    cpu0 = on_cpu_seconds(node.node.pid)
+                    result = node.publish_and_wait(settings.subscribers)
+                    cpu = on_cpu_seconds(node.node.pid) - cpu0
+                    results.append({**result, "cpu_us": cpu * 1e6 / settings.subscribers})
                     time.sleep(0.1)
-                cpu = on_cpu_seconds(node.node.pid) - cpu0
-                deliveries = settings.publications * settings.subscribers
-                for r in results:
-                    r["cpu_us"] = cpu * 1e6 / deliveries  # the round's mean
                 for key, metric in metrics.items():
                     metric.add(arm.label, statistics.median(r[key] for r in results))
                 log(
