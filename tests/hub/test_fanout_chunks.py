@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from pulsewire.hub.delivery import GROWTH
 from pulsewire.hub.fanout import Subscription
 from pulsewire.hub.types import HistoryResult, PreparedMessage, Publication, StreamPosition
 from pulsewire.hub.wire import JSON, MsgpackCodec
@@ -131,18 +132,18 @@ async def test_the_chunk_boundary(count: int) -> None:
     assert sent_to(log) == [f"s{i}" for i in range(count)]
 
 
-async def test_chunks_start_small_and_double_up_to_the_largest() -> None:
+async def test_chunks_start_small_and_grow_up_to_the_largest() -> None:
     log: Log = []
-    h = Harness(chunk=8, first_chunk=2)
-    await subscribe_all(h, peers(30, log))
+    h = Harness(chunk=32, first_chunk=1)
+    await subscribe_all(h, peers(100, log))
     h.fanout.on_publication(CHANNEL, pub(1))
     handed = [len(sent_to(log))]
     while h.fanout.delivering(CHANNEL):
         await asyncio.sleep(0)
         handed.append(len(sent_to(log)))
-    assert handed == [2, 6, 14, 22, 30]
+    assert handed == [1, 1 + GROWTH, 41, 73, 100]  # chunks of 1, 8, 32, 32, 27
     h.fanout.on_publication(CHANNEL, pub(2))  # a new pass starts small again
-    assert len(sent_to(log)) == 32
+    assert len(sent_to(log)) == 101
 
 
 async def test_a_publication_arriving_mid_delivery_waits_for_the_earlier_one() -> None:
