@@ -246,18 +246,39 @@ async def test_a_channel_emptied_mid_delivery_starts_afresh() -> None:
     assert again.offsets_of(CHANNEL) == [3]
 
 
-async def test_a_subscriber_added_mid_delivery_starts_with_the_next_one() -> None:
+async def test_a_subscriber_added_mid_delivery_gets_it_if_added_before_the_rest_is_listed() -> None:
     log: Log = []
     h = Harness(chunk=2)
-    subscribers = peers(4, log)
+    subscribers = peers(6, log)
     await subscribe_all(h, subscribers)
-    h.fanout.on_publication(CHANNEL, pub(1))
+    h.fanout.on_publication(CHANNEL, pub(1))  # s0 and s1 now, the rest listed next iteration
+    early = Peer("early", log)
+    await h.subscribe(early)
+    await asyncio.sleep(0)  # listed (early too), s2 and s3 handed
     late = Peer("late", log)
     await h.subscribe(late)
     h.fanout.on_publication(CHANNEL, pub(2))
     await drain(h)
+    assert early.offsets_of(CHANNEL) == [1, 2]
     assert late.offsets_of(CHANNEL) == [2]
     assert all(s.offsets_of(CHANNEL) == [1, 2] for s in subscribers)
+
+
+async def test_a_first_chunk_subscriber_back_before_the_listing_gets_it_once() -> None:
+    log: Log = []
+    h = Harness(chunk=2)
+    subscribers = peers(6, log)
+    await subscribe_all(h, subscribers)
+    s0, s1 = subscribers[:2]
+    h.fanout.on_publication(CHANNEL, pub(1))  # s0 and s1 have it
+    h.fanout.remove(s0, CHANNEL)
+    await h.subscribe(s0)  # back, last in the index, with a new subscription
+    h.fanout.remove(s1, CHANNEL)  # gone
+    await drain(h)
+    assert [s.offsets_of(CHANNEL) for s in subscribers] == [[1]] * 6
+    h.fanout.on_publication(CHANNEL, pub(2))
+    await drain(h)
+    assert s0.offsets_of(CHANNEL) == [1, 2] and s1.offsets_of(CHANNEL) == [1]
 
 
 @pytest.mark.parametrize("recovered_to", [0, 1])
