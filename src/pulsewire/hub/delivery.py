@@ -241,17 +241,18 @@ class Delivery:
         """Hand every item of the pass to its subscribers ``start:stop`` that ``subs`` (the
         channel's subscriptions now) still has; item by item, so each subscriber gets them
         in order."""
-        subscribers = current.subscribers
-        subscriptions = current.subscriptions
+        # zip over slices: faster per subscriber than indexing both lists (the slices are
+        # C copies of at most one chunk; zip reuses its tuple)
+        subscribers = current.subscribers[start:stop]
+        subscriptions = current.subscriptions[start:stop]
         for item in current.items:
             prepared = item.prepared
             publication = item.publication
             if publication is None:  # a push to every subscriber
                 message = item.message
                 assert message is not None
-                for i in range(start, stop):
-                    subscriber = subscribers[i]
-                    if subs.get(subscriber) is not subscriptions[i]:
+                for subscriber, sub in zip(subscribers, subscriptions, strict=True):
+                    if subs.get(subscriber) is not sub:
                         continue
                     codec = subscriber.codec
                     encoded = prepared.get(codec.name)
@@ -261,11 +262,9 @@ class Delivery:
                 continue
             offset = publication.offset
             epoch = publication.epoch
-            for i in range(start, stop):
-                subscriber = subscribers[i]
-                sub = subscriptions[i]
+            for subscriber, sub in zip(subscribers, subscriptions, strict=True):
                 if subs.get(subscriber) is not sub:
-                    continue  # removed since the pass started
+                    continue  # removed since the pass listed it
                 if sub.recovering:
                     sub.buffer.append(publication)
                     continue
