@@ -21,7 +21,7 @@ SUBSCRIBERS = 600  # three chunks: 16, 128, 456
 BATCH = 100
 
 
-async def test_the_first_subscribers_have_it_while_the_node_still_delivers(
+async def test_the_first_subscribers_have_it_iterations_before_the_last(
     hub_server: Any, hub_client: Any, api: Any, uniq: Any
 ) -> None:
     limits = ConnectionLimits(
