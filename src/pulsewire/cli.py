@@ -89,7 +89,8 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="memory (default), redis://HOST:PORT/DB, "
         "redis+shards://HOST:PORT,HOST:PORT[,...][/DB], "
-        "redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB] or "
+        "redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB], "
+        "redis+cluster://HOST:PORT[,HOST:PORT...] or "
         "nats://HOST:PORT[,HOST:PORT...][?replicas=N]",
     )
     srv.add_argument(

@@ -53,7 +53,14 @@ def check_extras(settings: Settings) -> None:
     installed (the engine's, the demo's): before starting anything, workers included."""
     engine = settings.config.engine
     if engine.startswith(
-        ("redis://", "rediss://", "unix://", "redis+shards://", "redis+sentinel://")
+        (
+            "redis://",
+            "rediss://",
+            "unix://",
+            "redis+shards://",
+            "redis+sentinel://",
+            "redis+cluster://",
+        )
     ):
         with needs_extra("redis", "the redis engine"):
             importlib.import_module("redis")

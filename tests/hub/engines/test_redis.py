@@ -145,7 +145,8 @@ async def test_presence_owners_tombstones_and_node_index_layout(
     for kind in ("presence", "presence_exp", "presence_node"):
         assert not await admin.exists(keys[kind])
 
-    # The index is best effort: a failed write does not fail the add, and is retried.
+    # The index is written first (another slot on a Cluster): when that fails the add fails
+    # and writes nothing, so no entry is ever left where a dead-node cleanup cannot find it.
     script = engine._script  # type: ignore[attr-defined]
 
     async def index_down(name: str, keys: Any, args: Any) -> Any:
@@ -155,10 +156,12 @@ async def test_presence_owners_tombstones_and_node_index_layout(
 
     monkeypatch.setattr(engine, "_script", index_down)
     info = ClientInfo("c3", "u")
-    assert await engine.add_presence("room:2", info, 30.0, "inst-1") is PresenceAdd.CREATED
+    with pytest.raises(EngineUnavailable):
+        await engine.add_presence("room:2", info, 30.0, "inst-1")
+    assert await engine.presence("room:2") == {}
     assert await engine.node_presence_channels("inst-1") == ["room:1"]
     monkeypatch.setattr(engine, "_script", script)
-    assert await engine.add_presence("room:2", info, 30.0, "inst-1") is PresenceAdd.REFRESHED
+    assert await engine.add_presence("room:2", info, 30.0, "inst-1") is PresenceAdd.CREATED
     assert sorted(await engine.node_presence_channels("inst-1")) == ["room:1", "room:2"]
 
 

@@ -32,9 +32,9 @@ __all__ = [
 
 def create_engine(spec: str, *, prefix: str = "pulsewire") -> Engine:
     """``memory``, ``redis://host:port/db``, ``redis+shards://host:port,host:port/db``,
-    ``redis+sentinel://host:port,.../master/db``, ``nats://host:port`` or a NATS cluster's
-    ``nats://h1:p1,h2:p2,h3:p3?replicas=3`` to an engine instance; ValueError for a bad or
-    unknown URL."""
+    ``redis+sentinel://host:port,.../master/db``, ``redis+cluster://host:port[,host:port...]``,
+    ``nats://host:port`` or a NATS cluster's ``nats://h1:p1,h2:p2,h3:p3?replicas=3`` to an
+    engine instance; ValueError for a bad or unknown URL."""
     if spec in ("", "memory"):
         return MemoryEngine()
     if spec.startswith("redis+shards://"):
@@ -47,6 +47,11 @@ def create_engine(spec: str, *, prefix: str = "pulsewire") -> Engine:
             from .redis_sentinel import RedisSentinelEngine
 
         return RedisSentinelEngine(spec, prefix=prefix)
+    if spec.startswith("redis+cluster://"):
+        with needs_extra("redis", "the redis cluster engine"):
+            from .redis_cluster import RedisClusterEngine
+
+        return RedisClusterEngine(spec, prefix=prefix)
     if spec.startswith(("redis://", "rediss://", "unix://")):
         with needs_extra("redis", "the redis engine"):
             from .redis import RedisEngine
@@ -59,6 +64,6 @@ def create_engine(spec: str, *, prefix: str = "pulsewire") -> Engine:
         return NatsEngine(spec, prefix=prefix)
     raise ValueError(
         f"unknown engine {spec!r}: use memory, redis://host:port/db, "
-        "redis+shards://host:port,host:port/db, redis+sentinel://host:port/master or "
-        "nats://host:port[,host:port...]"
+        "redis+shards://host:port,host:port/db, redis+sentinel://host:port/master, "
+        "redis+cluster://host:port[,host:port...] or nats://host:port[,host:port...]"
     )

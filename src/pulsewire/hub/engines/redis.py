@@ -44,6 +44,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from ..types import ClientInfo, HistoryResult, Publication, PublishOptions, StreamPosition
 from . import redis_scripts
 from .base import (
+    ChannelFilter,
     Engine,
     EngineOutcomeUnknown,
     EngineUnavailable,
@@ -52,7 +53,7 @@ from .base import (
     PublishOnce,
 )
 from .redis_connection import PoolFactory, get_connection, server_run_id, url_pool_factory
-from .redis_pubsub import REDIS_ERRORS, RedisPubSub, unavailable
+from .redis_pubsub import REDIS_ERRORS, PubSubLike, RedisPubSub, unavailable
 
 __all__ = ["RedisEngine"]
 
@@ -80,6 +81,9 @@ class RedisEngine(Engine):
     """
 
     name = "redis"
+    #: The command fanning a publication out (``SPUBLISH`` on a Cluster, see
+    #: :mod:`.redis_cluster`).
+    publish_command = "PUBLISH"
 
     def __init__(
         self,
@@ -107,9 +111,26 @@ class RedisEngine(Engine):
         self._ch_prefix_b = self._ch_prefix.encode()
         self._control = f"{prefix}.control"
         self._control_b = self._control.encode()
-        self._redis: aioredis.Redis | None = None
+        self._redis: Any = None  # aioredis.Redis, or RedisCluster (same command methods)
         self._scripts: dict[str, AsyncScript] = {}
-        self._pubsub = RedisPubSub(
+        self._pubsub: PubSubLike = self._new_pubsub(
+            command_timeout=command_timeout,
+            ping_interval=ping_interval,
+            backoff_min=backoff_min,
+            backoff_max=backoff_max,
+        )
+        self._indexed = IndexedChannels()
+
+    def _new_pubsub(
+        self,
+        *,
+        command_timeout: float,
+        ping_interval: float,
+        backoff_min: float,
+        backoff_max: float,
+    ) -> PubSubLike:
+        """The pub/sub connection(s) delivering to :meth:`_dispatch`."""
+        return RedisPubSub(
             control=self._control,
             ch_prefix=self._ch_prefix,
             command_timeout=command_timeout,
@@ -119,7 +140,6 @@ class RedisEngine(Engine):
             on_message=self._dispatch,
             on_state=self._on_state,
         )
-        self._indexed = IndexedChannels()
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -128,6 +148,32 @@ class RedisEngine(Engine):
 
     def _pubsub_name(self, channel: str) -> str:
         return self._ch_prefix + channel
+
+    def _channel_of(self, name: bytes) -> str | None:
+        """The channel of a pub/sub channel name (None if it is not one)."""
+        if not name.startswith(self._ch_prefix_b):
+            return None
+        return name[len(self._ch_prefix_b) :].decode()
+
+    def _make_client(self, name: str) -> Any:
+        """The command client (not connected yet); ``name`` is its CLIENT SETNAME."""
+        # A bounded pool: a burst of calls waits for a connection (at most command_timeout)
+        # instead of opening hundreds. No retries: a failed call raises EngineUnavailable.
+        pool = self._pool_factory(
+            max_connections=self._max_connections,
+            timeout=self._command_timeout,
+            socket_timeout=self._command_timeout,
+            socket_connect_timeout=self._connect_timeout,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),
+            client_name=name,
+            protocol=2,
+        )
+        return aioredis.Redis.from_pool(pool)
+
+    def _lua(self, source: str) -> str:
+        """A script's source as this engine runs it."""
+        return source
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -142,34 +188,14 @@ class RedisEngine(Engine):
         if not self.node_id:
             self.node_id = secrets.token_hex(6)
         name = self._client_name or re.sub(r"[^\w.:-]", "_", f"pulsewire-{self.node_id}")
-        # A bounded pool: a burst of calls waits for a connection (at most command_timeout)
-        # instead of opening hundreds. No retries: a failed call raises EngineUnavailable.
-        pool = self._pool_factory(
-            max_connections=self._max_connections,
-            timeout=self._command_timeout,
-            socket_timeout=self._command_timeout,
-            socket_connect_timeout=self._connect_timeout,
-            socket_keepalive=True,
-            retry=Retry(NoBackoff(), 0),
-            client_name=name,
-            protocol=2,
-        )
-        self._redis = aioredis.Redis.from_pool(pool)
+        self._redis = client = self._make_client(name)
         self._scripts = {
-            "publish": self._redis.register_script(redis_scripts.PUBLISH),
-            "publish_once": self._redis.register_script(redis_scripts.PUBLISH_ONCE),
-            "history": self._redis.register_script(redis_scripts.HISTORY),
-            "presence_add": self._redis.register_script(redis_scripts.PRESENCE_ADD),
-            "presence_get": self._redis.register_script(redis_scripts.PRESENCE_GET),
-            "presence_remove": self._redis.register_script(redis_scripts.PRESENCE_REMOVE),
-            "presence_remove_node": self._redis.register_script(redis_scripts.PRESENCE_REMOVE_NODE),
-            "node_index": self._redis.register_script(redis_scripts.NODE_INDEX),
-            "node_channels": self._redis.register_script(redis_scripts.NODE_CHANNELS),
+            k: client.register_script(self._lua(v)) for k, v in redis_scripts.SCRIPTS.items()
         }
         try:
             with unavailable():
-                await self._redis.ping()
-                await self._pubsub.start(pool, name)
+                await client.ping()
+                await self._pubsub.start(client, name)
         except BaseException:
             await self.close()
             raise
@@ -190,9 +216,9 @@ class RedisEngine(Engine):
                 await self._redis.connection_pool.disconnect(inuse_connections=True)
         await self._pubsub.reconnect()
 
-    def _on_state(self, available: bool) -> None:
+    def _on_state(self, available: bool, channels: ChannelFilter | None = None) -> None:
         if self.handler is not None:
-            self.handler.on_engine_state(available)
+            self.handler.on_engine_state(available, channels)
 
     def _deliver_local(self, channel: str, publication: Publication) -> None:
         """Hand an unkeyed publication without history to this node's handler (if the
@@ -210,10 +236,8 @@ class RedisEngine(Engine):
                 if isinstance(message, dict):
                     handler.on_control(message)
                 return
-            if not name.startswith(self._ch_prefix_b):
-                return
-            channel = name[len(self._ch_prefix_b) :].decode()
-            if channel not in self._pubsub.wanted:
+            channel = self._channel_of(name)
+            if channel is None or channel not in self._pubsub.wanted:
                 return
             envelope = json.loads(data)
             kind = envelope.pop("t", None)
@@ -243,7 +267,7 @@ class RedisEngine(Engine):
         """Stop delivering ``channel`` at once; the UNSUBSCRIBE goes out with the next batch."""
         await self._pubsub.unsubscribe(channel)
 
-    def _client(self) -> aioredis.Redis:
+    def _client(self) -> Any:
         if self._redis is None:
             raise EngineUnavailable("redis engine is not started")
         return self._redis
@@ -319,7 +343,8 @@ class RedisEngine(Engine):
             # This node's subscribers get it at once, whatever Redis does (its echo is
             # skipped); the other nodes at most once.
             self._deliver_local(channel, publication)
-            await self._send_once("PUBLISH", self._pubsub_name(channel), '{"t":"p",' + body[1:])
+            name = self._pubsub_name(channel)
+            await self._send_once(self.publish_command, name, '{"t":"p",' + body[1:])
             return None
         position, _ = await self._publish_history(channel, options, body)
         return position
@@ -380,7 +405,9 @@ class RedisEngine(Engine):
             envelope["o"] = node
         client = self._client()
         with unavailable():
-            await client.publish(self._pubsub_name(channel), _dumps(envelope))
+            await client.execute_command(
+                self.publish_command, self._pubsub_name(channel), _dumps(envelope)
+            )
 
     async def publish_join(self, channel: str, info: ClientInfo, node: str = "") -> None:
         await self._publish_event(channel, "j", info, node)
@@ -391,7 +418,7 @@ class RedisEngine(Engine):
     async def publish_control(self, message: dict[str, Any]) -> None:
         client = self._client()
         with unavailable():
-            await client.publish(self._control, _dumps(message))
+            await client.execute_command(self.publish_command, self._control, _dumps(message))
 
     # -- history ---------------------------------------------------------------------------
 
@@ -442,25 +469,23 @@ class RedisEngine(Engine):
     async def add_presence(
         self, channel: str, info: ClientInfo, ttl: float, node: str = ""
     ) -> PresenceAdd:
+        if node and self._indexed.due(node, channel):
+            # The index is another key (another slot in a Cluster): a second call, made once
+            # a third of the ttl per channel, not on every refresh, and made first: should
+            # the entry then fail to be written, the index only names a channel where a
+            # dead-node cleanup finds nothing; the other way round, a failure would leave an
+            # entry no cleanup finds. A failure here fails the add (nothing written).
+            await self._script(
+                "node_index",
+                [self._node_key(node)],
+                [channel, _ms(IndexedChannels.INDEX_TTL_FACTOR * ttl)],
+            )
+            self._indexed.written(node, channel, ttl)
         outcome = await self._script(
             "presence_add",
             self._presence_keys(channel),
             [info.client, _dumps(info.to_dict()), _ms(ttl), node],
         )
-        if node and self._indexed.due(node, channel):
-            # The index is another key (another slot in a Cluster): a second call, made once
-            # a third of the ttl per channel, not on every refresh. Best effort: the entry is
-            # written, failing the add for it would leave it behind; retried next refresh.
-            try:
-                await self._script(
-                    "node_index",
-                    [self._node_key(node)],
-                    [channel, _ms(IndexedChannels.INDEX_TTL_FACTOR * ttl)],
-                )
-            except EngineUnavailable as exc:
-                logger.debug("redis engine: presence index of %s not written: %s", node, exc)
-            else:
-                self._indexed.written(node, channel, ttl)
         return PresenceAdd(int(outcome))
 
     async def remove_presence(self, channel: str, client_id: str) -> bool:

@@ -16,7 +16,7 @@ import logging
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from .base import EngineUnavailable
 
-__all__ = ["REDIS_ERRORS", "RedisPubSub", "unavailable"]
+__all__ = ["REDIS_ERRORS", "PubSubLike", "RedisPubSub", "unavailable"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,25 @@ def unavailable() -> Iterator[None]:
         raise
     except (RedisError, OSError, asyncio.TimeoutError) as exc:
         raise EngineUnavailable(f"redis: {exc}") from exc
+
+
+class PubSubLike(Protocol):
+    """What the Redis engine needs from its pub/sub side (one server, or a Cluster's shards)."""
+
+    wanted: set[str]
+
+    @property
+    def available(self) -> bool: ...
+
+    async def start(self, client: Any, name: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def reconnect(self) -> None: ...
+
+    async def subscribe(self, channel: str) -> None: ...
+
+    async def unsubscribe(self, channel: str) -> None: ...
 
 
 @dataclass(eq=False)
@@ -114,10 +133,11 @@ class RedisPubSub:
         """Connected and every wanted channel subscribed."""
         return self._available
 
-    async def start(self, pool: aioredis.ConnectionPool, name: str) -> None:
-        """Connect, subscribe, and start the reader task (``name`` names it); raises when
-        the connection or the subscriptions fail (call :meth:`close` then)."""
-        self._pool = pool
+    async def start(self, client: aioredis.Redis, name: str) -> None:
+        """Connect (with ``client``'s settings), subscribe, and start the reader task
+        (``name`` names it); raises when the connection or the subscriptions fail (call
+        :meth:`close` then)."""
+        self._pool = client.connection_pool
         session = await self._open_session()
         await asyncio.wait_for(self._serve(session, until_synced=True), self._command_timeout)
         self._reader = asyncio.create_task(self._run(session), name=f"redis-engine-{name}")

@@ -29,7 +29,16 @@ __all__ = [
     "PRESENCE_REMOVE_NODE",
     "PUBLISH",
     "PUBLISH_ONCE",
+    "SCRIPTS",
+    "sharded",
 ]
+
+
+def sharded(script: str) -> str:
+    """``script`` with ``SPUBLISH`` for ``PUBLISH`` (Redis Cluster, sharded pub/sub): the
+    shard channel carries the channel's hash tag, so it is in the slot of the script's keys."""
+    return script.replace("redis.call('publish',", "redis.call('spublish',")
+
 
 #: KEYS: stream, meta, and for a keyed publish the idempotency key (same hash tag).
 #: ARGV: publication JSON without offset/prev/epoch, history size, stream TTL (ms), meta TTL
@@ -257,3 +266,16 @@ end
 return {#values, n}
 """
 )
+
+#: Every script by name.
+SCRIPTS: dict[str, str] = {
+    "publish": PUBLISH,
+    "publish_once": PUBLISH_ONCE,
+    "history": HISTORY,
+    "presence_add": PRESENCE_ADD,
+    "presence_get": PRESENCE_GET,
+    "presence_remove": PRESENCE_REMOVE,
+    "presence_remove_node": PRESENCE_REMOVE_NODE,
+    "node_index": NODE_INDEX,
+    "node_channels": NODE_CHANNELS,
+}
