@@ -15,7 +15,7 @@ from redis.crc import key_slot
 from pulsewire.hub.engines import create_engine
 from pulsewire.hub.engines.base import Engine, EngineOutcomeUnknown, EngineUnavailable
 from pulsewire.hub.engines.redis_cluster import RedisClusterEngine, parse_cluster_url
-from pulsewire.hub.types import Publication, PublishOptions
+from pulsewire.hub.types import Publication, PublishOptions, StreamPosition
 
 from ..redis_cluster_topology import HOST, ClusterTopology, cli
 
@@ -98,8 +98,8 @@ def asking_calls(port: int) -> int:
 async def test_a_slot_migrated_while_publishing(cluster: Cluster, engine: Engine) -> None:
     """Publications go on while their slot moves to another master (the publisher follows
     ASK/TRYAGAIN/MOVED, nothing published twice), the subscriber is moved to the new owner
-    (reported unavailable then available: the hub fills the gap from history), and the
-    stream comes out whole."""
+    (only that channel reported unavailable then available: the hub fills the gap), and the
+    channel starts a new epoch on the new master (fencing: another server writes it)."""
     topology: ClusterTopology = cluster.service
     subscriber = await cluster.add_engine()
     channel = f"mig-{uuid.uuid4().hex[:8]}"
@@ -116,7 +116,7 @@ async def test_a_slot_migrated_while_publishing(cluster: Cluster, engine: Engine
     asking_before = asking_calls(target)
     await subscriber.subscribe(channel)
     rec = recorder(subscriber)
-    published: list[int] = []
+    published: list[StreamPosition] = []
     unknown = 0
     stop = asyncio.Event()
 
@@ -135,7 +135,7 @@ async def test_a_slot_migrated_while_publishing(cluster: Cluster, engine: Engine
                 continue
             else:
                 assert position is not None
-                published.append(position.offset)
+                published.append(position)
             await asyncio.sleep(0.005)
 
     task = asyncio.create_task(publish())
@@ -148,7 +148,11 @@ async def test_a_slot_migrated_while_publishing(cluster: Cluster, engine: Engine
         await rec.wait_for(lambda: rec.states[-1:] == [True], 10, "the subscriber back")
         count = len(published)
         await rec.wait_for(
-            lambda: bool(rec.pubs(channel)) and rec.pubs(channel)[-1].offset >= count,
+            lambda: (
+                bool(rec.pubs(channel))
+                and rec.pubs(channel)[-1].epoch == published[-1].epoch
+                and rec.pubs(channel)[-1].offset >= published[count - 1].offset
+            ),
             10,
             "delivery on the new owner",
         )
@@ -156,19 +160,28 @@ async def test_a_slot_migrated_while_publishing(cluster: Cluster, engine: Engine
         stop.set()
         await task
     assert unknown == 0
-    assert published == list(range(1, len(published) + 1)), "each published once, in order"
-    offsets = [p.offset for p in rec.pubs(channel)]
-    assert offsets == sorted(set(offsets)), "delivered in order, once"
-    if offsets != list(range(1, offsets[-1] + 1)):
-        assert False in rec.states, "a gap in delivery is reported (the hub fills it)"
+    # Fencing: the new master is another server than the one that wrote the channel, so the
+    # channel starts a new epoch there (once: at the first publish it runs, under ASK).
+    epochs = list(dict.fromkeys(p.epoch for p in published))
+    assert len(epochs) == 2, epochs
+    for epoch in epochs:
+        offsets = [p.offset for p in published if p.epoch == epoch]
+        assert offsets == list(range(1, len(offsets) + 1)), "each published once, in order"
+        delivered = [p.offset for p in rec.pubs(channel) if p.epoch == epoch]
+        assert delivered == sorted(set(delivered)), "delivered in order, once"
+        if delivered != offsets[: len(delivered)]:
+            assert False in rec.states, "a gap in delivery is reported (the hub fills it)"
     # Only the moved channel was reported (not the whole engine, nor the bystander).
     assert rec.states and all(f is not None for f in rec.state_filters), rec.state_filters
     assert all(f(channel) and not f(bystander) for f in rec.state_filters if f is not None)
     assert subscriber.available
     history = await subscriber.history(channel, options=HISTORY)
-    assert [p.offset for p in history.publications] == published
+    assert history.position.epoch == epochs[1]
+    assert [p.offset for p in history.publications] == [
+        p.offset for p in published if p.epoch == epochs[1]
+    ]
     assert asking_calls(target) > asking_before, "publishes followed ASK to the new owner"
     assert cli(target, "XLEN", f"{cluster.prefix}:{{{channel}}}:stream").strip() == str(
-        len(published)
+        len(history.publications)
     )
     print(f"migration: {len(published)} published, states {rec.states}")

@@ -23,7 +23,9 @@ import re
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
@@ -39,6 +41,7 @@ from . import redis_scripts
 from .base import EngineOutcomeUnknown, EngineUnavailable
 from .redis import RedisEngine
 from .redis_cluster_pubsub import ShardedPubSub
+from .redis_connection import fenced_connection_class, server_run_id
 from .redis_pubsub import PubSubLike
 
 __all__ = ["RedisClusterEngine", "parse_cluster_url"]
@@ -68,6 +71,10 @@ def parse_cluster_url(url: str) -> list[tuple[str, int]]:
     return seeds
 
 
+def _no_pool(**_options: Any) -> aioredis.ConnectionPool:
+    raise TypeError("the redis cluster engine has no single-server pool")
+
+
 class RedisClusterEngine(RedisEngine):
     """History, presence and sharded fan-out on a Redis Cluster; options as
     :class:`.RedisEngine` (``max_connections`` bounds the command connections per master)."""
@@ -82,7 +89,8 @@ class RedisClusterEngine(RedisEngine):
                 f"redis cluster engine: the prefix {prefix!r} must not contain braces "
                 "(each channel's name is the hash tag of its keys)"
             )
-        super().__init__(url, prefix, **options)
+        # No single-server pool: _make_client builds the cluster client instead.
+        super().__init__(url, prefix, pool_factory=_no_pool, **options)
         self._ch_open = self._ch_prefix + "{"
         self._ch_open_b = self._ch_open.encode()
         self._refreshing: asyncio.Task[None] | None = None
@@ -119,7 +127,7 @@ class RedisClusterEngine(RedisEngine):
         return redis_scripts.sharded(source)
 
     def _make_client(self, name: str) -> RedisCluster:
-        return RedisCluster(
+        client = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in self.seeds],
             max_connections=self._max_connections,
             socket_timeout=self._command_timeout,
@@ -131,6 +139,14 @@ class RedisClusterEngine(RedisEngine):
             client_name=name,
             protocol=2,
         )
+        # Fencing needs the run_id of the master each script runs on: connections that learn
+        # it when they connect. RedisCluster takes no connection class, but builds every node
+        # from these (public) connection kwargs: the seeds now, the others on discovery.
+        fenced = cast(type[Connection], fenced_connection_class(Connection))
+        client.nodes_manager.connection_kwargs["connection_class"] = fenced
+        for node in client.nodes_manager.startup_nodes.values():
+            node.connection_class = fenced
+        return client
 
     async def close(self) -> None:
         if self._refreshing is not None:
@@ -149,11 +165,12 @@ class RedisClusterEngine(RedisEngine):
         except (RedisError, OSError, asyncio.TimeoutError, EngineUnavailable):
             pass  # the next failed publish tries again
 
-    async def _send_once(self, *command: Any) -> Any:
+    async def _send_once(self, *command: Any, fenced: bool = False) -> Any:
         """:meth:`.RedisEngine._send_once` on the master serving the command's slot (that of
         a script's first key, or of the shard channel of ``SPUBLISH``). Written by hand
         because RedisCluster cannot say whether a failed command was sent; error replies
-        that mean "not run here" (MOVED, ASK, TRYAGAIN) are followed."""
+        that mean "not run here" (MOVED, ASK, TRYAGAIN) are followed. ``fenced``: the run_id
+        of the master that runs it is appended (each master is fenced on its own)."""
         route = command[3] if command[0] in ("EVAL", "EVALSHA") else command[1]
         client: RedisCluster = self._client()
         asking: ClusterNode | None = None
@@ -172,9 +189,13 @@ class RedisClusterEngine(RedisEngine):
                 except (RedisError, OSError, asyncio.TimeoutError) as exc:
                     self._refresh_slots()
                     raise EngineUnavailable(f"redis cluster: not sent: {exc}") from exc
+                run_id = server_run_id(conn) if fenced else ""
+                if fenced and not run_id:  # '' would make every script start a new epoch
+                    raise EngineUnavailable("redis cluster: connection without its run_id")
                 try:
                     # Both calls disconnect the connection when they fail or are cancelled.
-                    commands = [("ASKING",), command] if asking else [command]
+                    sent = (*command, run_id) if fenced else command
+                    commands = [("ASKING",), sent] if asking else [sent]
                     await conn.send_packed_command(conn.pack_commands(commands), False)
                     if asking is not None:
                         asking = None

@@ -41,6 +41,9 @@ __all__ = ["ShardedPubSub"]
 
 logger = logging.getLogger(__name__)
 
+#: The longest pause between two attempts to subscribe lost channels again (seconds).
+_REPAIR_BACKOFF_MAX = 0.5
+
 
 @dataclass(eq=False)
 class _Barrier:
@@ -93,7 +96,10 @@ class ShardedPubSub:
         self._command_timeout = command_timeout
         self._ping_interval = ping_interval
         self._backoff_min = backoff_min
-        self._backoff_max = backoff_max
+        # A failover takes a few seconds and publishing resumes as soon as the slot map is
+        # re-read: retry at least twice a second, so subscriptions do not lag far behind
+        # (each retry is one CLUSTER SLOTS to one node and a few SSUBSCRIBEs).
+        self._backoff_max = min(backoff_max, _REPAIR_BACKOFF_MAX)
         self._on_message = on_message
         self._on_state = on_state
         self._client: RedisCluster | None = None
@@ -130,14 +136,15 @@ class ShardedPubSub:
         """Stop the readers and the repair, close every connection."""
         self._started = False
         self._available = False
+        shards = list(self._shards.values())
+        for shard in shards:  # its reader stops too, even if a cancel is lost (see _serve)
+            await self._drop(shard, "engine closed")
         tasks = [t for t in (self._repair, *self._tasks) if t is not None]
-        tasks += [s.reader for s in self._shards.values() if s.reader is not None]
+        tasks += [s.reader for s in shards if s.reader is not None]
         self._repair = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for shard in list(self._shards.values()):
-            await self._drop(shard, "engine closed")
         self._placed.clear()
 
     async def reconnect(self) -> None:
@@ -286,6 +293,7 @@ class ShardedPubSub:
         and repair."""
         try:
             await self._serve(shard)
+            return  # dropped: closed, or no longer used
         except asyncio.CancelledError:
             raise
         except REDIS_ERRORS as exc:
@@ -298,7 +306,9 @@ class ShardedPubSub:
 
     async def _serve(self, shard: _Shard) -> None:
         conn = shard.conn
-        while True:
+        # Until the shard is dropped, not only until cancelled: redis-py turns a cancel that
+        # lands as its read timeout expires into a timeout (None), losing the cancel.
+        while self._shards.get(shard.node) is shard:
             try:
                 response = await conn.read_response(timeout=self._ping_interval)
             except ResponseError as exc:
