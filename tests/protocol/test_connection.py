@@ -545,7 +545,7 @@ def test_pending_bytes_stay_bounded(chunk: int) -> None:
     peak = 0
     for i in range(0, len(data), chunk):
         conn.receive_data(data[i : i + chunk])
-        peak = max(peak, len(conn._pending))
+        peak = max(peak, conn._input.held)
     assert conn.failure is None
     assert peak <= MAX_PENDING
     if chunk > 100:
@@ -558,10 +558,10 @@ def test_pending_bytes_for_the_largest_control_frame_header() -> None:
     conn = server()
     for i in range(len(data) - 1):
         conn.receive_data(data[i : i + 1])
-        assert len(conn._pending) <= MAX_PENDING
-    assert len(conn._pending) == MAX_PENDING - 1
+        assert conn._input.held <= MAX_PENDING
+    assert conn._input.held == MAX_PENDING - 1
     conn.receive_data(data[-1:])
-    assert conn._pending == b""
+    assert conn._input.held == 0
     assert len(conn.events_received()) == 1
 
 

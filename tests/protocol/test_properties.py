@@ -195,7 +195,7 @@ def test_any_split_gives_the_same_events(
         events += server_split.events_received()
     assert server_split.failure is None
     assert events == server_at_once.events_received()
-    assert len(server_split._pending) <= 14 + 125
+    assert server_split._input.held <= 14 + 125
 
 
 # ------------------------------------------------------------------------------- garbage

@@ -20,8 +20,14 @@ Input is parsed as it arrives. A frame header is validated the moment it is comp
 reserved bits and opcodes, control-frame rules, size limits), and a data frame's payload is
 consumed chunk by chunk, so text is UTF-8 validated and compressed data inflated as bytes
 arrive. The only bytes ever held back are an incomplete header (at most 14 bytes) or an
-incomplete control frame (at most 139 bytes), or a binary frame of at most 64 KiB that is
-taken whole once complete (cheaper than streaming it): buffering is bounded by design.
+incomplete control frame (at most 139 bytes), or a binary frame of at most 1 MiB (and the frame
+limit) that is taken whole once complete, unmasked in one pass from where it was read (cheaper
+than streaming it): buffering is bounded by design.
+
+Bytes come in either as ``bytes`` (:meth:`Connection.receive_data`) or written straight into
+the connection's memory (:meth:`Connection.get_buffer`, then
+:meth:`Connection.buffer_updated`: the ``asyncio.BufferedProtocol`` way, see
+:mod:`.receiving`); both give the same events for the same bytes, however they are split.
 Complete messages are assembled up to ``max_message_size`` and no further, and compressed data
 is inflated in bounded pieces (see :mod:`.deflate`): a decompression bomb costs at most the
 limit plus one piece. A message that fails (1007, 1009, ...) is dropped at once.
@@ -53,6 +59,7 @@ from .frames import (
     parse_close,
     scan_messages,
 )
+from .receiving import InputBuffer
 from .state import InvalidState, Side, State
 from .utf8 import Utf8Decoder, decode_text
 from .writing import Writer
@@ -64,7 +71,7 @@ _NO_MESSAGE = 0
 _TEXT = 1
 _BINARY = 2
 _LARGE_PAYLOAD = 16384  # from this size, header and payload are queued separately (no copy)
-_WHOLE_FRAME = 65536  # binary frames up to this size are buffered whole, not streamed
+_WHOLE_FRAME = 2**20  # binary frames up to this size are buffered whole, not streamed
 
 
 class Connection(Writer):
@@ -91,7 +98,8 @@ class Connection(Writer):
         "buffered_in",
         "input_held_back",
         "_events",
-        "_pending",
+        "_input",
+        "_need",
         "_discard_input",
         # current incoming frame, while its payload is streaming in
         "_frame_left",
@@ -133,14 +141,16 @@ class Connection(Writer):
         self.failure: ProtocolError | None = None
         self.close_transport = False
         self.buffered_in = 0
-        """Bytes the input side holds after the last :meth:`receive_data`: unparsed input plus
-        the message being assembled (complete messages waiting in :meth:`events_received` are
-        not counted)."""
+        """Bytes the input side holds after the last :meth:`receive_data` or
+        :meth:`buffer_updated`: the memory kept for unparsed input (with room for the rest of
+        an incomplete frame, when reading into :meth:`get_buffer`) plus the message being
+        assembled (complete messages waiting in :meth:`events_received` are not counted)."""
         self.input_held_back = False
         """:meth:`receive_data` stopped before the end of its input (``max_inflated_per_read``):
         take the events, then call ``receive_data(b"")`` to go on."""
         self._events: list[Event] = []
-        self._pending = b""
+        self._input = InputBuffer()
+        self._need = 0  # bytes from the first unparsed one that parsing waits for
         self._discard_input = False
         self._frame_left = 0
         self._frame_fin = True
@@ -165,18 +175,46 @@ class Connection(Writer):
         self.input_held_back = False
         if self._discard_input:
             return
-        if self._pending:
-            data = self._pending + data
-            self._pending = b""
+        inp = self._input
+        if inp.held:
+            view, pos = inp.append(data)
+            self._receive(view, pos, False)
+        elif data:
+            self._receive(data, 0, False)
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Memory to read the next bytes from the network into (never empty), without a
+        ``bytes`` object per read; then call :meth:`buffer_updated` with how many were written.
+
+        Made for ``asyncio.BufferedProtocol.get_buffer`` and ``socket.recv_into``; ``sizehint``
+        is ignored. The memory may be shared by the connections of this thread, so nothing
+        else may ask a connection of the thread for a buffer before :meth:`buffer_updated`,
+        and the view must not be used after it."""
+        return self._input.get_buffer(self._need)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were written at the start of the last :meth:`get_buffer`: parse them,
+        as :meth:`receive_data` would (the same events, :attr:`input_held_back` included)."""
+        self.input_held_back = False
+        if self._discard_input:
+            return
+        view, pos = self._input.filled(nbytes)
+        self._receive(view, pos, True)
+
+    def _receive(self, data: bytes | memoryview, pos: int, reading: bool) -> None:
+        """Parse ``data`` from ``pos`` and keep what is left (in the connection's own memory:
+        ``data`` may be a view of a buffer reused by the next read); ``reading``: the caller
+        reads into :meth:`get_buffer`, so keep room for the rest of an incomplete frame."""
         self._read_inflated = 0
         try:
-            pos = self._parse(data)
+            pos = self._parse(data, pos)
         except ProtocolError as exc:
             self.fail(exc.code, exc.reason, exc)
             return
-        if pos < len(data) and not self._discard_input:
-            self._pending = data[pos:]
-        self.buffered_in = len(self._pending) + self._msg_held
+        if not self._discard_input:
+            inp = self._input
+            inp.keep(data, pos, self._need, reading)
+            self.buffered_in = inp.memory + self._msg_held
 
     def receive_eof(self) -> None:
         """The peer closed the TCP connection (or it broke)."""
@@ -190,7 +228,8 @@ class Connection(Writer):
         self._discard_input = True
         self.input_held_back = False
         self.buffered_in = 0
-        self._pending = b""
+        self._input.clear()
+        self._need = 0
         self._frame_left = 0
         self._msg_type = _NO_MESSAGE
         self._msg_compressed = False
@@ -207,9 +246,13 @@ class Connection(Writer):
             self._events = []
         return events
 
-    def _parse(self, data: bytes) -> int:
-        """Consume as much of ``data`` as possible; return how many bytes were used."""
-        pos = 0
+    def _parse(self, data: bytes | memoryview, pos: int) -> int:
+        """Consume as much of ``data`` from ``pos`` as possible; return where it stopped, and
+        set ``_need`` to the bytes from there that parsing waits for (0: any).
+
+        ``data`` may be a view of memory the next read reuses: every payload taken from it is
+        copied (``bytes()`` of a ``bytes`` slice is the same object, no second copy)."""
+        self._need = 0
         end = len(data)
         events = self._events
         client = self.is_client
@@ -228,7 +271,7 @@ class Connection(Writer):
             if self._frame_left:
                 # Stream the payload of the current data frame.
                 take = min(self._frame_left, end - pos)
-                chunk = data[pos : pos + take]
+                view = data[pos : pos + take]
                 pos += take
                 self._frame_left -= take
                 mask = self._frame_mask
@@ -236,8 +279,10 @@ class Connection(Writer):
                     phase = self._frame_phase
                     if phase:
                         mask = mask[phase:] + mask[:phase]
-                    chunk = apply_mask(chunk, mask)
+                    chunk = apply_mask(view, mask)
                     self._frame_phase = (phase + take) & 3
+                else:
+                    chunk = bytes(view)
                 self._on_data(chunk, self._frame_left == 0)
                 cap = self.max_inflated_per_read
                 if cap is not None and self._read_inflated >= cap and not self._msg_type:
@@ -248,6 +293,7 @@ class Connection(Writer):
                 continue
 
             if end - pos < 2:
+                self._need = 2
                 break
             b0 = data[pos]
             b1 = data[pos + 1]
@@ -256,11 +302,13 @@ class Connection(Writer):
                 hlen = 2
             elif length == 126:
                 if end - pos < 4:
+                    self._need = 4
                     break
                 length = int.from_bytes(data[pos + 2 : pos + 4], "big")
                 hlen = 4
             else:
                 if end - pos < 10:
+                    self._need = 10
                     break
                 length = int.from_bytes(data[pos + 2 : pos + 10], "big")
                 if length >> 63:
@@ -287,11 +335,14 @@ class Connection(Writer):
                 if length > MAX_CONTROL_PAYLOAD:
                     raise ProtocolError("control frame payload longer than 125 bytes")
                 if end - pos < hlen + length:
-                    break  # wait for the whole control frame (<= 139 bytes)
+                    self._need = hlen + length  # wait for the whole control frame (<= 139)
+                    break
                 start = pos + hlen
                 payload = data[start : start + length]
                 if masked:
-                    payload = apply_mask(payload, data[start - 4 : start])
+                    payload = apply_mask(payload, bytes(data[start - 4 : start]))
+                else:
+                    payload = bytes(payload)
                 pos = start + length
                 self._on_control(opcode, payload)
                 if self._discard_input:
@@ -305,6 +356,7 @@ class Connection(Writer):
             elif not self._msg_type:
                 raise ProtocolError("continuation frame outside a fragmented message")
             if end - pos < hlen:
+                self._need = hlen
                 break
             rsv1 = b0 & 0x40
             # Compressed data may be larger than what it inflates to (incompressible data):
@@ -324,13 +376,15 @@ class Connection(Writer):
                 # Fast path: a whole single-frame uncompressed message is in the buffer.
                 payload = data[start : start + length]
                 if masked:
-                    payload = apply_mask(payload, data[start - 4 : start])
+                    payload = apply_mask(payload, bytes(data[start - 4 : start]))
                 pos = start + length
-                events.append(decode_text(payload) if opcode == 1 else payload)
+                events.append(decode_text(payload) if opcode == 1 else bytes(payload))
                 continue
             if fin and opcode == 2 and not rsv1 and length <= _WHOLE_FRAME and not self._msg_type:
-                # A small binary message not all here yet: wait for the rest and take it in one
-                # pass (one unmasking copy) rather than streaming it through three copies.
+                # A binary message not all here yet: wait for the rest (read in behind it, see
+                # .receiving) and take it in one pass, one unmasking copy, rather than as
+                # pieces copied once more to be joined.
+                self._need = hlen + length
                 break
             # General path: a fragment, a compressed message, or a payload not all here yet.
             if opcode:
@@ -345,7 +399,7 @@ class Connection(Writer):
                     CloseCode.POLICY_VIOLATION,
                 )
             self._frame_fin = bool(fin)
-            self._frame_mask = data[start - 4 : start] if masked else None
+            self._frame_mask = bytes(data[start - 4 : start]) if masked else None
             self._frame_phase = 0
             self._frame_left = length
             pos = start

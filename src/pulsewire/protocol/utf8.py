@@ -19,10 +19,10 @@ __all__ = ["Utf8Decoder", "decode_text"]
 _new_decoder = codecs.getincrementaldecoder("utf-8")
 
 
-def decode_text(data: bytes) -> str:
+def decode_text(data: bytes | memoryview) -> str:
     """Decode a complete text payload; raises ProtocolError(1007) when it is not UTF-8."""
     try:
-        return data.decode("utf-8")
+        return str(data, "utf-8")
     except UnicodeDecodeError as exc:
         raise ProtocolError(
             f"invalid UTF-8 in text message: {exc.reason}", CloseCode.INVALID_DATA
