@@ -1,8 +1,10 @@
-"""The asyncio connection: an ``asyncio.Protocol`` that feeds the Sans-I/O core.
+"""The asyncio connection: an ``asyncio.BufferedProtocol`` that feeds the Sans-I/O core.
 
 One object per connection is both the transport's protocol and the user's handle, so the
-per-message path is short: ``data_received`` -> ``Connection.receive_data`` -> messages into a
-deque (or straight into a waiting ``recv``), or to a :class:`Listener`'s callbacks. This module
+per-message path is short: the transport reads into ``Connection.get_buffer()`` (memory of the
+core, reused from read to read: no ``bytes`` per read), ``buffer_updated`` ->
+``Connection.buffer_updated`` -> messages into a deque (or straight into a waiting ``recv``),
+or to a :class:`Listener`'s callbacks. This module
 is the reading side, keepalive and the closing handshake; the writing side, batching and flow
 control are its base class's (:mod:`.sending`).
 
@@ -23,6 +25,7 @@ import asyncio
 import collections
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -44,6 +47,19 @@ logger = logging.getLogger("pulsewire")
 
 _OBJECT = 48
 """Bytes a str or bytes object costs besides its characters (CPython: 33 to 80)."""
+
+
+_HANDSHAKE_READ = 16 * 1024
+_local = threading.local()
+
+
+def _handshake_buffer() -> memoryview:
+    """Where the opening handshake is read, before the core exists: one buffer per thread,
+    copied out at once (a connection waiting for its handshake holds no read buffer)."""
+    view: memoryview | None = getattr(_local, "view", None)
+    if view is None:
+        view = _local.view = memoryview(bytearray(_HANDSHAKE_READ))
+    return view
 
 
 def _queue_size(messages: collections.deque[Data]) -> int:
@@ -201,15 +217,35 @@ class Connection(Sender):
             raise self._closed_error()
         return message
 
-    # asyncio.Protocol callbacks ---------------------------------------------------------
+    # asyncio.BufferedProtocol callbacks -------------------------------------------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        proto = self._proto
+        if proto is None:
+            return _handshake_buffer()
+        return proto.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        proto = self._proto
+        if proto is None:
+            self._handshake_data(bytes(_handshake_buffer()[:nbytes]))
+            return
+        proto.buffer_updated(nbytes)
+        self._received(proto)
 
     def data_received(self, data: bytes) -> None:
+        """Bytes read elsewhere: after the handshake's last bytes, from an HTTP server that
+        handed the connection over, or ``b""`` to go on with input the core held back."""
         proto = self._proto
         if proto is None:
             self._handshake_data(data)
             return
+        proto.receive_data(data)
+        self._received(proto)
+
+    def _received(self, proto: CoreConnection) -> None:
+        """The core parsed a read: deliver its events, write, report, maybe close."""
         while True:
-            proto.receive_data(data)
             events = proto.events_received()
             dispatched = False
             if events:
@@ -222,7 +258,7 @@ class Connection(Sender):
             # (then _resume() picks it up).
             if not proto.input_held_back or self._paused_reading:
                 break
-            data = b""
+            proto.receive_data(b"")
         if proto.out_bytes:
             self._schedule_flush()
         account = self._account

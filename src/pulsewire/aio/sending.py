@@ -88,7 +88,7 @@ def flush_queue(loop: asyncio.AbstractEventLoop) -> FlushQueue:
     return queue
 
 
-class Sender(asyncio.Protocol):
+class Sender(asyncio.BufferedProtocol):
     """The transport, the protocol core and the writing side of a connection."""
 
     _pause_while_writing = False
@@ -460,6 +460,11 @@ class Sender(asyncio.Protocol):
             # Parsed input is waiting in the core; not from here (maybe another
             # connection's report, or recv()), but from the loop.
             self.loop.call_soon(self._parse_held_back)
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes read elsewhere, or ``b""`` to go on with input the core held back (the
+        reading side, :class:`~pulsewire.aio.connection.Connection`, parses them)."""
+        raise NotImplementedError
 
     def _parse_held_back(self) -> None:
         proto = self._proto
