@@ -1,8 +1,9 @@
 """The asyncio connection: an ``asyncio.BufferedProtocol`` that feeds the Sans-I/O core.
 
 One object per connection is both the transport's protocol and the user's handle, so the
-per-message path is short: the transport reads into ``Connection.get_buffer()`` (memory of the
-core, reused from read to read: no ``bytes`` per read), ``buffer_updated`` ->
+per-message path is short: the transport reads into ``Connection.get_buffer()`` (one buffer
+per event loop, shared by its connections, or the core's own memory for the rest of a frame
+that takes several reads: no ``bytes`` per read), ``buffer_updated`` ->
 ``Connection.buffer_updated`` -> messages into a deque (or straight into a waiting ``recv``),
 or to a :class:`Listener`'s callbacks. This module
 is the reading side, keepalive and the closing handshake; the writing side, batching and flow
@@ -25,8 +26,8 @@ import asyncio
 import collections
 import logging
 import os
-import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Sequence
 
 from ..protocol.close import Close, CloseCode
@@ -38,7 +39,7 @@ from ..protocol.errors import (
 )
 from ..protocol.events import CloseReceived, Ping, Pong
 from ..protocol.handshake import Headers, Request
-from .budget import INFLATED_PER_READ
+from .budget import INFLATED_PER_READ, READ_SIZE
 from .sending import PAUSE_BUDGET, PAUSE_QUEUE, Data, Sender
 
 __all__ = ["ConcurrencyError", "Connection", "Data", "Listener"]
@@ -49,16 +50,18 @@ _OBJECT = 48
 """Bytes a str or bytes object costs besides its characters (CPython: 33 to 80)."""
 
 
-_HANDSHAKE_READ = 16 * 1024
-_local = threading.local()
+_read_buffers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, memoryview] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _handshake_buffer() -> memoryview:
-    """Where the opening handshake is read, before the core exists: one buffer per thread,
-    copied out at once (a connection waiting for its handshake holds no read buffer)."""
-    view: memoryview | None = getattr(_local, "view", None)
+def read_buffer(loop: asyncio.AbstractEventLoop) -> memoryview:
+    """The memory every connection of ``loop`` reads into when it holds no partial frame
+    (``READ_SIZE``, asyncio's and uvloop's own read size): a loop runs one read callback at
+    a time, and the core copies out what it leaves unparsed before the callback returns."""
+    view = _read_buffers.get(loop)
     if view is None:
-        view = _local.view = memoryview(bytearray(_HANDSHAKE_READ))
+        view = _read_buffers[loop] = memoryview(bytearray(READ_SIZE))
     return view
 
 
@@ -105,6 +108,7 @@ class Connection(Sender):
         "_listener",
         "_messages",
         "_pings",
+        "_read_buffer",
         "_recv_waiter",
         "extensions",
         "id",
@@ -130,6 +134,7 @@ class Connection(Sender):
         self._messages: collections.deque[Data] = collections.deque()
         self._recv_waiter: asyncio.Future[Data | None] | None = None  # None: closed
         self._listener: Listener | None = None
+        self._read_buffer = read_buffer(self.loop)
         # Each ping's waiter (its result is the round-trip time, None if closed) and send time.
         self._pings: dict[bytes, tuple[asyncio.Future[float | None], float]] | None = None
         self._keepalive: asyncio.TimerHandle | None = None
@@ -222,13 +227,13 @@ class Connection(Sender):
     def get_buffer(self, sizehint: int) -> memoryview:
         proto = self._proto
         if proto is None:
-            return _handshake_buffer()
-        return proto.get_buffer(sizehint)
+            return self._read_buffer
+        return proto.get_buffer(self._read_buffer)
 
     def buffer_updated(self, nbytes: int) -> None:
         proto = self._proto
         if proto is None:
-            self._handshake_data(bytes(_handshake_buffer()[:nbytes]))
+            self._handshake_data(bytes(self._read_buffer[:nbytes]))
             return
         proto.buffer_updated(nbytes)
         self._received(proto)

@@ -100,6 +100,7 @@ class Connection(Writer):
         "_events",
         "_input",
         "_need",
+        "_shared",
         "_discard_input",
         # current incoming frame, while its payload is streaming in
         "_frame_left",
@@ -151,6 +152,7 @@ class Connection(Writer):
         self._events: list[Event] = []
         self._input = InputBuffer()
         self._need = 0  # bytes from the first unparsed one that parsing waits for
+        self._shared: memoryview | None = None  # the last get_buffer() gave the caller's memory
         self._discard_input = False
         self._frame_left = 0
         self._frame_fin = True
@@ -176,30 +178,47 @@ class Connection(Writer):
         if self._discard_input:
             return
         inp = self._input
-        if inp.held:
+        if inp.own is not None:
             view, pos = inp.append(data)
-            self._receive(view, pos, False)
+            if len(view) - pos >= self._need:  # else the frame awaited is still incomplete
+                self._receive(view, pos, False)
         elif data:
             self._receive(data, 0, False)
 
-    def get_buffer(self, sizehint: int = -1) -> memoryview:
-        """Memory to read the next bytes from the network into (never empty), without a
-        ``bytes`` object per read; then call :meth:`buffer_updated` with how many were written.
+    def get_buffer(self, shared: memoryview) -> memoryview:
+        """Where to read the next bytes from the network (never empty): then call
+        :meth:`buffer_updated` with how many were written at its start. No ``bytes`` object
+        per read, and a frame that takes several reads is read in behind its first bytes.
 
-        Made for ``asyncio.BufferedProtocol.get_buffer`` and ``socket.recv_into``; ``sizehint``
-        is ignored. The memory may be shared by the connections of this thread, so nothing
-        else may ask a connection of the thread for a buffer before :meth:`buffer_updated`,
-        and the view must not be used after it."""
-        return self._input.get_buffer(self._need)
+        ``shared`` is memory the caller reuses for every read of every connection (one
+        buffer per event loop, say): it is returned unless this connection holds part of a
+        frame, which then goes on in the connection's own memory. Nothing may write into
+        ``shared`` between this call and :meth:`buffer_updated`, which copies out whatever
+        it does not parse. Made for ``asyncio.BufferedProtocol`` and ``socket.recv_into``."""
+        inp = self._input
+        if inp.own is None:
+            self._shared = shared
+            return shared
+        self._shared = None
+        return inp.room(self._need)
 
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` were written at the start of the last :meth:`get_buffer`: parse them,
         as :meth:`receive_data` would (the same events, :attr:`input_held_back` included)."""
         self.input_held_back = False
+        shared = self._shared
         if self._discard_input:
+            self._shared = None
             return
-        view, pos = self._input.filled(nbytes)
-        self._receive(view, pos, True)
+        if shared is not None:
+            self._shared = None
+            self._receive(shared[:nbytes], 0, True)
+        else:
+            view, pos = self._input.filled(nbytes)
+            if len(view) - pos >= self._need:
+                self._receive(view, pos, True)
+            else:  # the frame awaited is still incomplete; get_buffer() may have grown it
+                self.buffered_in = self._input.memory + self._msg_held
 
     def _receive(self, data: bytes | memoryview, pos: int, reading: bool) -> None:
         """Parse ``data`` from ``pos`` and keep what is left (in the connection's own memory:
@@ -211,8 +230,12 @@ class Connection(Writer):
         except ProtocolError as exc:
             self.fail(exc.code, exc.reason, exc)
             return
-        if not self._discard_input:
-            inp = self._input
+        if self._discard_input:
+            return
+        inp = self._input
+        if pos == len(data) and inp.own is None:  # the common case: everything parsed
+            self.buffered_in = self._msg_held
+        else:
             inp.keep(data, pos, self._need, reading)
             self.buffered_in = inp.memory + self._msg_held
 
@@ -230,6 +253,7 @@ class Connection(Writer):
         self.buffered_in = 0
         self._input.clear()
         self._need = 0
+        self._shared = None
         self._frame_left = 0
         self._msg_type = _NO_MESSAGE
         self._msg_compressed = False
