@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pulsewire.protocol import Connection, PerMessageDeflate, Ping, Side
+from pulsewire.protocol import Connection, PerMessageDeflate, Ping, Side, receiving
 from pulsewire.protocol.receiving import GROWTH, MIN_OWN
 
 from .helpers import BINARY, CONT, PING, TEXT, failed_with, frame, server
@@ -288,3 +288,25 @@ def test_failures_are_the_same_as_with_receive_data() -> None:
     # Reads after a failure are taken and dropped.
     read_into(conn, b"anything")
     assert conn.events_received() == []
+
+
+def test_reused_buffers_are_never_shared(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Buffers let go with equal contents, then taken again by two connections at once: each
+    # must get its own (bytearrays compare by content, not identity).
+    monkeypatch.setattr(receiving, "_spare", [])
+    monkeypatch.setattr(receiving, "_spare_bytes", 0)
+    same = frame(BINARY, bytes(40 * KiB))
+    first, second = server(), server()
+    for conn in (first, second):
+        read_into(conn, same[: 30 * KiB])
+    for conn in (first, second):
+        read_into(conn, same[30 * KiB :])
+        assert conn.events_received() == [bytes(40 * KiB)]
+    payloads = [random.Random(i).randbytes(40 * KiB) for i in range(2)]
+    wires = [frame(BINARY, p) for p in payloads]
+    conns = [server(), server()]
+    for conn, wire in zip(conns, wires, strict=True):
+        read_into(conn, wire[: 30 * KiB])
+    for conn, wire, payload in zip(conns, wires, payloads, strict=True):
+        read_into(conn, wire[30 * KiB :])
+        assert conn.events_received() == [payload]

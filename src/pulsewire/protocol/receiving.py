@@ -25,6 +25,8 @@ that takes two reads.
 
 from __future__ import annotations
 
+import threading
+
 __all__ = ["GROWTH", "MIN_OWN", "InputBuffer"]
 
 MIN_OWN = 16 * 1024
@@ -38,33 +40,34 @@ SPARE_BYTES = 4 * 1024 * 1024
 """The most memory the process keeps in own buffers let go, for reuse."""
 _MAX_AHEAD = 256 * 1024  # the most room kept ahead for bytes fed in small pieces
 
-# Own buffers let go, for reuse: list.pop()/append() are atomic, so threads may share it.
+# Own buffers let go, for reuse by any connection of any thread (hence the lock).
 _spare: list[bytearray] = []
-_spare_bytes = [0]
+_spare_bytes = 0
+_spare_lock = threading.Lock()
 
 
 def _allocate(size: int) -> bytearray:
     """A bytearray of at least ``size`` bytes (at most twice: what is kept is counted)."""
-    for i in range(len(_spare) - 1, -1, -1):
-        try:
-            buf = _spare[i]
-        except IndexError:  # another thread took one meanwhile
-            break
-        if size <= len(buf) <= 2 * size:
-            try:
-                _spare.remove(buf)
-            except ValueError:
-                continue
-            _spare_bytes[0] -= len(buf)
-            return buf
+    global _spare_bytes
+    if _spare:
+        with _spare_lock:
+            for i in range(len(_spare) - 1, -1, -1):  # the last let go: likely still cached
+                buf = _spare[i]
+                if size <= len(buf) <= 2 * size:
+                    del _spare[i]  # by position: bytearrays compare by content
+                    _spare_bytes -= len(buf)
+                    return buf
     return bytearray(size)
 
 
 def _release(buf: bytearray) -> None:
     """``buf`` is no longer used: keep it for reuse if there is room."""
-    if len(buf) >= MIN_OWN and _spare_bytes[0] + len(buf) <= SPARE_BYTES:
-        _spare_bytes[0] += len(buf)
-        _spare.append(buf)
+    global _spare_bytes
+    if len(buf) >= MIN_OWN and _spare_bytes + len(buf) <= SPARE_BYTES:
+        with _spare_lock:
+            if _spare_bytes + len(buf) <= SPARE_BYTES:
+                _spare_bytes += len(buf)
+                _spare.append(buf)
 
 
 def _capacity(held: int, need: int) -> int:
