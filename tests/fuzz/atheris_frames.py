@@ -86,7 +86,7 @@ def TestOneInput(data: bytes) -> None:
     for cut in [*cuts, len(stream)]:
         conn.receive_data(stream[start:cut])  # must never raise
         start = max(start, cut)
-        assert len(conn._pending) <= MAX_PENDING
+        assert conn._input.held <= MAX_PENDING
         for event in conn.events_received():
             if isinstance(event, (bytes, str)) and limit is not None:
                 size = len(event.encode()) if isinstance(event, str) else len(event)
