@@ -67,7 +67,7 @@ PER_IP = 100  # connections per loopback source address (the server admits 200 a
 BUSY_PERCENT = 25.0  # other_cpu_percent above this: the numbers are flagged as disturbed
 IDLE_SETTLE = 1.0  # seconds before reading the server's resident memory
 WS_PATH = "/connection/websocket"
-_LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)/")
+LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)/")
 
 
 @dataclass(frozen=True)
@@ -265,7 +265,7 @@ def start_node(
     proc = Proc(name, popen, log)
     deadline = time.monotonic() + 60
     while True:
-        match = _LISTENING.search(out.read_text(errors="replace"))
+        match = LISTENING.search(out.read_text(errors="replace"))
         if match:
             return proc, int(match.group(1))
         if popen.poll() is not None or time.monotonic() > deadline:
@@ -428,7 +428,20 @@ class HubConn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.transport.write(handshake(self.port))  # type: ignore[union-attr]
+        self.transport.write(self.request())  # type: ignore[union-attr]
+
+    def request(self) -> bytes:
+        """The WebSocket upgrade request (subclasses speaking another protocol override it)."""
+        return handshake(self.port)
+
+    def text(self, payload: bytes, now: float) -> None:
+        """A text frame: the reply to the connect command, then publications."""
+        if self.ready.done():
+            self.owner.message(self, payload, now)
+        elif b'"error"' in payload:
+            self.ready.set_exception(RuntimeError(payload.decode()))
+        else:
+            self.ready.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
@@ -473,12 +486,7 @@ class HubConn(asyncio.Protocol):
             payload = buf[pos + head : pos + head + length]
             pos += head + length
             if opcode == 1:
-                if self.ready.done():
-                    self.owner.message(self, payload, now)
-                elif b'"error"' in payload:
-                    self.ready.set_exception(RuntimeError(payload.decode()))
-                else:
-                    self.ready.set_result(None)
+                self.text(payload, now)
             elif opcode == 9:
                 assert self.transport is not None
                 self.transport.write(control_frame(0xA, payload))
@@ -496,9 +504,10 @@ async def open_conns(
     addresses: list[str],
     tags: list[int] | None = None,
     parallel: int = 100,
+    conn_class: type[HubConn] = HubConn,
 ) -> list[HubConn]:
     """Open one connection per hello (``PER_IP`` per source address), ``parallel`` at once;
-    returns them once every one is connected and subscribed."""
+    returns them once every one is connected and subscribed (``conn_class``: the protocol)."""
     loop = asyncio.get_running_loop()
     limit = asyncio.Semaphore(parallel)
     conns: list[HubConn] = []
@@ -507,7 +516,7 @@ async def open_conns(
         async with limit:
             tag = tags[i] if tags else i
             _, conn = await loop.create_connection(
-                lambda: HubConn(owner, port, hellos[i], tag),
+                lambda: conn_class(owner, port, hellos[i], tag),
                 HOST,
                 port,
                 local_addr=(addresses[i // PER_IP], 0),
@@ -545,8 +554,10 @@ def say(line: str) -> None:
 class FanoutSwarm:
     """Holds the subscribers of one process and reports each round once all have it."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, decode: Any = None) -> None:
         self.count = count
+        # a publication's payload -> its data (``{"round", "t0"}``); default: a hub push
+        self.decode = decode or (lambda payload: json.loads(payload)["data"])
         self.receipts: dict[int, list[float]] = {}
         self.sent_at: dict[int, float] = {}
         self.closed = 0
@@ -560,7 +571,7 @@ class FanoutSwarm:
         receipts = self.receipts.get(number)
         if receipts is None:
             receipts = self.receipts[number] = []
-            data = json.loads(payload)["data"]  # once per round and process
+            data = self.decode(payload)  # once per round and process
             self.sent_at[number] = data["t0"]
             if data["round"] != number:
                 say(f"ERROR round {data['round']} arrived as publication {number}")

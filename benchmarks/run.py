@@ -44,6 +44,7 @@ LOADGEN = BUILD / "loadgen"
 C_ECHO = BUILD / "c_echo"
 HOST = "127.0.0.1"
 SERVER_CORE, LOADGEN_CORE = "0", "1"
+NODE_PACKAGES = ("ws", "socket.io")  # benchmarks/node/package.json
 PYTHON_PEERS = ("websockets", "aiohttp", "picows", "uvloop", "matplotlib")
 TIMES, MICRO = "\u00d7", "\u00b5"  # multiplication sign, micro sign
 
@@ -279,8 +280,10 @@ def ensure_python_peers() -> None:
 
 
 def ensure_node_peers() -> None:
-    """npm install ws + bufferutil into benchmarks/node (node_modules is gitignored)."""
-    if (NODE_DIR / "node_modules" / "ws").exists() or not shutil.which("npm"):
+    """npm install benchmarks/node's packages (ws, bufferutil, socket.io; node_modules is
+    gitignored) unless they are there."""
+    installed = all((NODE_DIR / "node_modules" / p).exists() for p in NODE_PACKAGES)
+    if installed or not shutil.which("npm"):
         return
     log("npm install in benchmarks/node")
     cmd = ["npm", "ci" if (NODE_DIR / "package-lock.json").exists() else "install"]
