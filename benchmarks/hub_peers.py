@@ -65,9 +65,11 @@ class Settings:
     round_pause: float = 0.2
     pin: bool = True
     smoke: bool = False
+    timeout: float = 120.0  # for the subscribers to be ready, and again for each round
 
 
-SMOKE = Settings(subscribers=100, client_procs=1, rounds=2, smoke=True)
+# a lost round fails the smoke test in seconds, not minutes
+SMOKE = Settings(subscribers=100, client_procs=1, rounds=2, smoke=True, timeout=15.0)
 
 
 # ---------------------------------------------------------------- the Socket.IO client
@@ -226,7 +228,7 @@ def measure(
             clients.append(spawn_client(protocol, args, settings, directory / f"{name}-{i}.log"))
         lines = hub.LineReader(clients)
         started = time.monotonic()
-        ready = [lines.take(i, "READY", 180) for i in range(procs)]
+        ready = [lines.take(i, "READY", settings.timeout) for i in range(procs)]
         connect_seconds = time.monotonic() - started
         assert sum(int(r.split()[1]) for r in ready) == settings.subscribers
         time.sleep(hub.IDLE_SETTLE)
@@ -245,7 +247,9 @@ def measure(
             api.post("publish", {"channel": CHANNEL, "data": {"round": number, "t0": t0}})
             deltas: list[float] = []
             for i in range(procs):
-                deltas.extend(json.loads(lines.take(i, f"ROUND {number} ", 60).split(" ", 2)[2]))
+                deltas.extend(
+                    json.loads(lines.take(i, f"ROUND {number} ", settings.timeout).split(" ", 2)[2])
+                )
             wall = time.monotonic() - t0
             cpu1 = hub.cpu_seconds(server.pid)
             driver1 = sum(hub.cpu_seconds(p) for p in client_pids)
