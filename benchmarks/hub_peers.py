@@ -66,10 +66,14 @@ class Settings:
     pin: bool = True
     smoke: bool = False
     timeout: float = 120.0  # for the subscribers to be ready, and again for each round
+    ping_interval: float = 0.0  # Socket.IO pings (and ping timeout), seconds; 0: the default
 
 
-# a lost round fails the smoke test in seconds, not minutes
-SMOKE = Settings(subscribers=100, client_procs=1, rounds=2, smoke=True, timeout=15.0)
+# a lost round fails the smoke test in seconds, not minutes; pings every 0.5 s check that the
+# driver answers them (a client that does not is dropped before the rounds)
+SMOKE = Settings(
+    subscribers=100, client_procs=1, rounds=2, smoke=True, timeout=15.0, ping_interval=0.5
+)
 
 
 # ---------------------------------------------------------------- the Socket.IO client
@@ -143,15 +147,16 @@ def hub_settings(settings: Settings) -> "hub.Settings":
     return hub.Settings(pin=settings.pin)
 
 
-def peer_command(name: str) -> list[str] | str:
+def peer_command(name: str, settings: Settings) -> list[str] | str:
     """The command line of a peer server, or why it cannot run."""
+    ping = ["--ping-interval", str(settings.ping_interval)] if settings.ping_interval else []
     if name == "python-socketio":
         try:
             import socketio  # type: ignore[import-untyped]  # noqa: F401
             import uvicorn  # noqa: F401
         except ImportError as exc:
             return f"python-socketio / uvicorn not installed ({exc}): pip install -e '.[dev]'"
-        return [sys.executable, str(SERVERS / "socketio_hub.py"), "--port", "0"]
+        return [sys.executable, str(SERVERS / "socketio_hub.py"), "--port", "0", *ping]
     node = shutil.which("node")
     if node is None:
         return "node is not installed"
@@ -162,7 +167,7 @@ def peer_command(name: str) -> list[str] | str:
             run.ensure_node_peers()
     if not (NODE_DIR / "node_modules" / "socket.io").exists():
         return "socket.io is not installed in benchmarks/node (npm ci there; needs npm)"
-    return [node, str(SERVERS / "node_socketio_hub.js"), "--port", "0"]
+    return [node, str(SERVERS / "node_socketio_hub.js"), "--port", "0", *ping]
 
 
 def start_peer(
@@ -193,7 +198,7 @@ def start_server(directory: Path, name: str, settings: Settings) -> tuple[hub.Pr
     """One of PEERS started, with its port; or why it cannot run."""
     if name == "pulsewire":
         return hub.start_node(directory, name, "memory", "bench", hub_settings(settings))
-    command = peer_command(name)
+    command = peer_command(name, settings)
     if isinstance(command, str):
         return command
     return start_peer(directory, name, command, settings)

@@ -1,5 +1,5 @@
 // Node Socket.IO 4 hub peer for benchmarks/hub_peers.py, installed in ../node/.
-// Usage: node node_socketio_hub.js [--host 127.0.0.1] [--port 0]
+// Usage: node node_socketio_hub.js [--host 127.0.0.1] [--port 0] [--ping-interval SECONDS]
 // WebSocket transport only. A client joins a room by emitting `join` with its name (acknowledged
 // with "ok"); POST /api/publish {"channel": ROOM, "data": ...} emits `pub` to that room and
 // answers {"result": {}}, like pulsewire's HTTP API. Prints `listening on http://HOST:PORT/`.
@@ -12,10 +12,12 @@ const { createRequire } = require('module');
 const nodeRequire = createRequire(path.join(__dirname, '..', 'node', 'package.json'));
 const { Server } = nodeRequire('socket.io');
 
-const args = { host: '127.0.0.1', port: 0 };
+// --ping-interval S: ping every S seconds, drop a client silent S more (default 25 + 20)
+const args = { host: '127.0.0.1', port: 0, pingInterval: 0 };
 for (let i = 2; i < process.argv.length; i++) {
   if (process.argv[i] === '--host') args.host = process.argv[++i];
   else if (process.argv[i] === '--port') args.port = Number(process.argv[++i]);
+  else if (process.argv[i] === '--ping-interval') args.pingInterval = Number(process.argv[++i]) * 1000;
   else throw new Error(`unknown argument ${process.argv[i]}`);
 }
 
@@ -38,7 +40,9 @@ const server = http.createServer((req, res) => {
 });
 server.keepAliveTimeout = 600000;
 
-const io = new Server(server, { transports: ['websocket'], serveClient: false });
+const options = { transports: ['websocket'], serveClient: false };
+if (args.pingInterval) Object.assign(options, { pingInterval: args.pingInterval, pingTimeout: args.pingInterval });
+const io = new Server(server, options);
 io.on('connection', (socket) => {
   socket.on('join', (room, ack) => {
     socket.join(room);

@@ -4,7 +4,8 @@ Socket.IO over the WebSocket transport only. A client joins a room by emitting `
 the room's name (acknowledged with ``"ok"``); ``POST /api/publish`` with
 ``{"channel": ROOM, "data": ...}`` emits ``pub`` with the data to that room and answers
 ``{"result": {}}``, like pulsewire's HTTP API. Prints ``listening on http://HOST:PORT/`` once
-it listens (``--port 0``: any free port).
+it listens (``--port 0``: any free port). ``--ping-interval S``: Engine.IO pings every S seconds
+(and drops a client that has not answered S seconds later; default: python-socketio's 25 + 20).
 
     python benchmarks/servers/socketio_hub.py --port 0
 """
@@ -54,19 +55,20 @@ async def respond(send: Any, status: int, answer: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-app = socketio.ASGIApp(sio, other_asgi_app=publish_api)
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--ping-interval", type=float, help="seconds (default: 25, timeout 20)")
     args = parser.parse_args()
+    if args.ping_interval:
+        sio.eio.ping_interval = sio.eio.ping_timeout = args.ping_interval
     # our own listening socket, so that --port 0 can announce the port it got
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     sock.listen(4096)
+    app = socketio.ASGIApp(sio, other_asgi_app=publish_api)
     config = uvicorn.Config(app, log_level="warning", access_log=False, backlog=4096)
     server = uvicorn.Server(config)
     print(f"listening on http://{args.host}:{sock.getsockname()[1]}/", flush=True)
