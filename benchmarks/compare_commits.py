@@ -354,14 +354,8 @@ def start_hub(arm: Arm, settings: Settings, directory: Path) -> HubNode:
     started = HubNode(arm, node, port, [], None)
     try:
         arm.check_identity(node.log.read_text(errors="replace"), f"hub {arm.label}")
-        procs = min(hub_settings.client_procs, settings.subscribers)
-        counts = [
-            settings.subscribers // procs + (i < settings.subscribers % procs) for i in range(procs)
-        ]
-        first_ip = 0
-        for i, count in enumerate(counts):
-            addresses = hub.source_addresses(first_ip, count)
-            first_ip += len(addresses)
+        shares = hub.client_shares(settings.subscribers, hub_settings.client_procs)
+        for i, (count, addresses) in enumerate(shares):
             args = [
                 f"--port={port}",
                 f"--count={count}",

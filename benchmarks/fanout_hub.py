@@ -377,6 +377,30 @@ def source_addresses(first: int, count: int) -> list[str]:
     return [f"127.{(first + i) // 250 + 1}.{(first + i) % 250 + 1}.1" for i in range(needed)]
 
 
+def client_shares(total: int, procs: int) -> list[tuple[int, list[str]]]:
+    """``total`` connections over at most ``procs`` client processes, as evenly as possible:
+    per process its count and its own loopback source addresses."""
+    procs = min(procs, total)
+    shares: list[tuple[int, list[str]]] = []
+    first_ip = 0
+    for i in range(procs):
+        count = total // procs + (i < total % procs)
+        addresses = source_addresses(first_ip, count)
+        first_ip += len(addresses)
+        shares.append((count, addresses))
+    return shares
+
+
+def run_loop(coroutine: Any) -> None:
+    """Run a client's main coroutine on uvloop where it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coroutine)
+    else:
+        uvloop.run(coroutine)
+
+
 # ----------------------------------------------------------------- the client protocol
 
 
@@ -757,20 +781,15 @@ class ApiClient:
 
 def run_fanout(settings: Settings, directory: Path) -> dict[str, Any]:
     server, port = start_node(directory, "fanout", "memory", "bench", settings)
-    procs = min(settings.client_procs, settings.subscribers)
-    counts = [
-        settings.subscribers // procs + (i < settings.subscribers % procs) for i in range(procs)
-    ]
+    shares = client_shares(settings.subscribers, settings.client_procs)
+    procs = len(shares)
     clients: list[Proc] = []
     with stopping([server]):
         try:
             time.sleep(IDLE_SETTLE)
             rss_before = rss_bytes(server.pid)
-            first_ip = 0
             channel = "fan:bench"
-            for i, count in enumerate(counts):
-                addresses = source_addresses(first_ip, count)
-                first_ip += len(addresses)
+            for i, (count, addresses) in enumerate(shares):
                 args = [
                     f"--port={port}",
                     f"--count={count}",
@@ -1060,12 +1079,7 @@ def client_main(argv: list[str]) -> int:
     parser.add_argument("--addresses", required=True)
     args = parser.parse_args(argv)
     main = fanout_client if args.client == "fanout" else throughput_client
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main(args))
-    else:
-        uvloop.run(main(args))
+    run_loop(main(args))
     return 0
 
 

@@ -212,18 +212,13 @@ def measure(
 ) -> dict[str, Any]:
     """Fan-out rounds against one running server."""
     protocol = "pulsewire" if name == "pulsewire" else "socketio"
-    procs = min(settings.client_procs, settings.subscribers)
-    counts = [
-        settings.subscribers // procs + (i < settings.subscribers % procs) for i in range(procs)
-    ]
+    shares = hub.client_shares(settings.subscribers, settings.client_procs)
+    procs = len(shares)
     time.sleep(hub.IDLE_SETTLE)
     rss_before = hub.rss_bytes(server.pid)
     clients: list[hub.Proc] = []
     try:
-        first_ip = 0
-        for i, count in enumerate(counts):
-            addresses = hub.source_addresses(first_ip, count)
-            first_ip += len(addresses)
+        for i, (count, addresses) in enumerate(shares):
             args = [
                 f"--port={port}",
                 f"--count={count}",
@@ -454,12 +449,7 @@ def client_main(argv: list[str]) -> int:
     parser.add_argument("--token", required=True)
     parser.add_argument("--addresses", required=True)
     args = parser.parse_args(argv)
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(subscribers_client(args))
-    else:
-        uvloop.run(subscribers_client(args))
+    hub.run_loop(subscribers_client(args))
     return 0
 
 
