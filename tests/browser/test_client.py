@@ -215,3 +215,24 @@ def test_server_side_subscriptions(
     hub.api("unsubscribe", {"user": user, "channel": mine})
     page.wait("(c) => h.events.some((e) => e[0] === 'unsubscribed' && e[1] === c)", mine)
     assert page.eval("() => h.client.serverSubscriptions.size") == 0
+
+
+def test_a_refused_subscription_rejects_ready_with_the_servers_code(
+    hub: HubProcess, open_page: Callable[..., Page]
+) -> None:
+    """An unknown namespace is refused with 102: ``sub.ready()`` rejects with that code (not
+    code 0, "connection lost"), the subscription's state event carries the error, and the
+    client stays connected."""
+    page = open_page(hub, f"refused-{uuid.uuid4().hex[:8]}", [])
+    outcome = page.eval(
+        """async () => {
+            const states = [];
+            const sub = h.client.subscribe("nope:x");
+            sub.on("state", ({ state, error }) => states.push([state, error?.code ?? null]));
+            const ready = await sub.ready().then(() => "ready", (e) => [e.code, e.message]);
+            return { ready, states, client: h.client.state };
+        }"""
+    )
+    assert outcome["ready"][0] == 102
+    assert outcome["states"][-1] == ["unsubscribed", 102]
+    assert outcome["client"] == "connected"

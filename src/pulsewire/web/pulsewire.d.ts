@@ -193,6 +193,8 @@ export interface SubscriptionStateEvent {
   channel: string;
   state: SubscriptionState;
   reason?: string;
+  /** Set when the server refused the subscription ("unsubscribed"): its code and message. */
+  error?: PulsewireError;
 }
 
 /** A subscription's events and what their listeners get. */

@@ -176,10 +176,12 @@ function waitForState(emitter, good, bad, timeout) {
     const timer = setTimeout(() => {
       finish(() => reject(new PulsewireError(ERROR_TIMEOUT, `not ${good} in time`)));
     }, timeout);
-    const off = emitter.on("state", (/** @type {any} */ { state, reason }) => {
+    const off = emitter.on("state", (/** @type {any} */ { state, reason, error }) => {
       if (state === good) finish(resolve);
       const why = reason ?? `became ${bad}`;
-      if (state === bad) finish(() => reject(new PulsewireError(ERROR_CONNECTION_LOST, why)));
+      // The server's error when it refused (e.g. 103 for a subscribe), else connection lost.
+      const failure = error ?? new PulsewireError(ERROR_CONNECTION_LOST, why);
+      if (state === bad) finish(() => reject(failure));
     });
   });
 }
@@ -523,11 +525,14 @@ export class Subscription {
     this.client.unsubscribe(this.channel);
   }
 
-  /** @param {SubscriptionState} state @param {string} [reason] */
-  _setState(state, reason) {
+  /**
+   * @param {SubscriptionState} state @param {string} [reason]
+   * @param {PulsewireError} [error] why the server refused the subscription
+   */
+  _setState(state, reason, error) {
     if (this.state === state) return;
     this.state = state;
-    this._events.emit("state", { channel: this.channel, state, reason });
+    this._events.emit("state", { channel: this.channel, state, reason, error });
   }
 
   /** The subscribe command's parameters: recover from the last position when there is one. */
@@ -951,7 +956,7 @@ export class Client {
       return;
     }
     this.subscriptions.delete(sub.channel);
-    sub._setState("unsubscribed", error.message);
+    sub._setState("unsubscribed", error.message, error);
     sub._emit("error", error);
   }
 
