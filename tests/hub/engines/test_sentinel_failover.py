@@ -13,11 +13,19 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 
+from pulsewire.hub.engines.base import EngineOutcomeUnknown, EngineUnavailable
 from pulsewire.hub.engines.redis_sentinel import RedisSentinelEngine
 from pulsewire.hub.types import Publication, PublishOptions
 
-from ..sentinel_topology import SentinelTopology, redis_server_missing
+from ..sentinel_topology import (
+    HOST,
+    SERVER_PORTS,
+    SentinelTopology,
+    free_port,
+    redis_server_missing,
+)
 from .conftest import Recorder
 
 HISTORY = PublishOptions(history_size=100, history_ttl=60.0)
@@ -84,5 +92,30 @@ async def test_a_dead_sentinel_is_skipped(
         position = await engine.publish("ch", Publication(1), HISTORY)
         assert position is not None and position.offset == 1
         await engine.subscribe("ch")
+    finally:
+        await engine.close()
+
+
+async def test_a_demoted_master_refuses_publishes_as_not_published(
+    topology: SentinelTopology, recorder_class: type[Recorder]
+) -> None:
+    """A master demoted under open connections answers writes with READONLY: nothing ran, so
+    the publish fails as "not published" (108, retry at once), not "outcome unknown" (114),
+    and the connection is dropped (the next one asks the sentinels again)."""
+    engine = RedisSentinelEngine(topology.url, "demoted", ping_interval=0.5)
+    engine.bind(recorder_class("a"), "node-a")
+    await engine.start()
+    try:
+        assert await engine.publish("ch", Publication(0), HISTORY) is not None
+        assert topology.master is not None
+        master = redis.Redis(HOST, topology.master.port)
+        try:  # a replica of nobody reachable: it stays read-only; the sentinels still name it
+            master.execute_command("REPLICAOF", HOST, str(free_port(SERVER_PORTS)))
+        finally:
+            master.close()
+        with pytest.raises(EngineUnavailable) as refused:
+            await engine.publish("ch", Publication(1), HISTORY)
+        assert not isinstance(refused.value, EngineOutcomeUnknown)
+        assert "read only replica" in str(refused.value)
     finally:
         await engine.close()

@@ -33,13 +33,20 @@ from redis.asyncio.sentinel import (
     SentinelManagedConnection,
 )
 from redis.backoff import NoBackoff
+from redis.exceptions import ReadOnlyError
 
 from .base import EngineUnavailable
 from .redis import RedisEngine
 from .redis_connection import fenced_connection_class
 from .redis_pubsub import REDIS_ERRORS
 
-__all__ = ["SCHEME", "RedisSentinelEngine", "SentinelURL", "parse_sentinel_url"]
+__all__ = [
+    "SCHEME",
+    "RedisSentinelEngine",
+    "SentinelConnection",
+    "SentinelURL",
+    "parse_sentinel_url",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +113,27 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         password = query["password"][-1] or None
     sentinel_password = query.get("sentinel_password", [""])[-1] or None
     return SentinelURL(sentinels, path[0], db, password, sentinel_password)
+
+
+class SentinelConnection(SentinelManagedConnection):
+    """A connection to the master Sentinel names, on which a ``READONLY`` error reply stays
+    an error reply.
+
+    redis-py's :class:`SentinelManagedConnection` drops the connection on ``READONLY`` (the
+    master it reached was demoted: the next connection asks the sentinels again) and raises
+    ``ConnectionError``, which the engine must read as "sent, no answer" (114, the outcome
+    unknown). But ``READONLY`` is a refusal: the server ran nothing. This class drops the
+    connection the same way and raises the :class:`ReadOnlyError` itself, which the engine
+    reads as "refused, not published" (108), so a publisher knows it can retry at once."""
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            # Past SentinelManagedConnection's own read_response, to the plain connection's.
+            return await super(SentinelManagedConnection, self).read_response(*args, **kwargs)
+        except ReadOnlyError:
+            if self.connection_pool.is_master:
+                await self.disconnect()
+            raise
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
@@ -303,7 +331,7 @@ class RedisSentinelEngine(RedisEngine):
         pool: aioredis.ConnectionPool = make_pool(
             config.master,
             self._sentinel,
-            connection_class=fenced_connection_class(SentinelManagedConnection),
+            connection_class=fenced_connection_class(SentinelConnection),
             db=config.db,
             password=config.password,
             **options,
