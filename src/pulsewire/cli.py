@@ -145,6 +145,22 @@ def _build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM/SIGINT, clients are told to reconnect elsewhere (WebSocket close "
         "1012); connections still open after this long are aborted (default 10)",
     )
+    srv.add_argument(
+        "--overload-lag",
+        type=non_negative_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="backpressure: when a node is this far behind on delivery, publishers to what it "
+        "is behind on wait (0: off) (default 0.5)",
+    )
+    srv.add_argument(
+        "--overload-wait",
+        type=non_negative_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="backpressure: a publish waits at most this long for a node to catch up, then "
+        "is refused with error 115 (default 2)",
+    )
     return parser
 
 
@@ -200,6 +216,8 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         log_level=args.log_level,
         workers=args.workers,
         drain_timeout=args.drain_timeout,
+        overload_lag=args.overload_lag,
+        overload_wait=args.overload_wait,
     )
 
 

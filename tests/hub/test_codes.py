@@ -37,6 +37,7 @@ def test_codes_keep_their_values() -> None:
         "METHOD_NOT_FOUND": 104, "ALREADY_SUBSCRIBED": 105, "LIMIT_EXCEEDED": 106,
         "BAD_REQUEST": 107, "NOT_AVAILABLE": 108, "TOKEN_EXPIRED": 109,
         "TOO_MANY_REQUESTS": 111, "NOT_SUBSCRIBED": 113, "OUTCOME_UNKNOWN": 114,
+        "OVERLOADED": 115,
     }  # fmt: skip
     assert {c.name: int(c) for c in DisconnectCode} == {
         "SHUTDOWN": 4000, "TOKEN_EXPIRED": 4002, "STALE": 4003, "KEYS_UNAVAILABLE": 4004,

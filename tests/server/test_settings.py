@@ -173,3 +173,19 @@ def test_server_and_proxy_tables_errors_name_the_file(
 ) -> None:
     with pytest.raises(ValueError, match=rf"^{tmp_path / 'pulsewire.toml'}: .*{message}"):
         settings_from(tmp_path, text)
+
+
+def test_backpressure_settings_come_from_flags_environment_and_file(tmp_path: Path) -> None:
+    path = tmp_path / "pulsewire.toml"
+    path.write_text("[hub]\noverload_lag = 0.25\noverload_wait = 1.5\n")
+    from_file = load_settings({"config": str(path)}, environ={}).config
+    assert (from_file.overload_lag, from_file.overload_wait) == (0.25, 1.5)
+    environ = {"PULSEWIRE_OVERLOAD_LAG": "0.75", "PULSEWIRE_OVERLOAD_WAIT": "0"}
+    from_env = load_settings({"config": str(path)}, environ=environ).config
+    assert (from_env.overload_lag, from_env.overload_wait) == (0.75, 0.0)
+    argv = ["serve", "--config", str(path), "--overload-lag", "0", "--overload-wait", "3"]
+    from_flags = load_settings(serve_options(_build_parser().parse_args(argv)), environ).config
+    assert (from_flags.overload_lag, from_flags.overload_wait) == (0.0, 3.0)  # 0: off
+    path.write_text("[hub]\noverload_lag = -1\n")
+    with pytest.raises(ValueError, match="overload_lag"):
+        load_settings({"config": str(path)}, environ={})

@@ -133,6 +133,13 @@ class HubConfig:
     node_announce_interval: float = 5.0
     """Seconds between a node's announcements to the others; a node silent for 3 intervals
     is declared dead (its presence removed, leave pushed for its clients)."""
+    overload_lag: float = 0.5
+    """Seconds a node may be behind on delivery (the oldest publication not yet handed to
+    every local subscriber, or its event loop running late) before publishers are held back
+    (backpressure, :mod:`pulsewire.hub.overload`); 0 turns backpressure off."""
+    overload_wait: float = 2.0
+    """Seconds a publish waits for a node behind on its channel to catch up before it is
+    refused with error 115 (0: refused at once)."""
 
     def __post_init__(self) -> None:
         if self.rate_limit_policy not in ("disconnect", "drop"):
@@ -146,6 +153,10 @@ class HubConfig:
         )
         if not 0 < self.node_announce_interval < float("inf"):
             raise ValueError("node_announce_interval must be a positive number of seconds")
+        if not 0 <= self.overload_lag < float("inf"):
+            raise ValueError("overload_lag must be a number of seconds >= 0 (0: off)")
+        if not 0 <= self.overload_wait < float("inf"):
+            raise ValueError("overload_wait must be a number of seconds >= 0")
         if self.token_jwks_url is not None:
             check_jwks_url(self.token_jwks_url)
         if not (self.token_jwks_ttl > 0 and self.token_jwks_timeout > 0):

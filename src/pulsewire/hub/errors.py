@@ -53,6 +53,9 @@ class ErrorCode(_Code):
     OUTCOME_UNKNOWN = 114
     """A publish was sent to the engine and no answer came: it may have been published.
     Retry with the same idempotency key (safe within the window); 108 means not published."""
+    OVERLOADED = 115
+    """A node is behind on delivering the channel's publications (backpressure): not
+    published; retry later, with the same idempotency key if one was given."""
 
 
 class DisconnectCode(_Code):

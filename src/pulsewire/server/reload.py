@@ -41,6 +41,8 @@ RESTART_HUB = (
     "engine_prefix",
     "node_name",
     "client_queue_max_bytes",
+    "overload_lag",  # the probe and the gate are set up at start
+    "overload_wait",
     # The failed-authentication guard keeps its counts across reloads, so its settings too.
     "auth_failures_burst",
     "auth_failures_refill",

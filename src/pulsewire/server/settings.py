@@ -68,6 +68,8 @@ class ServeOptions:
     log_level: str | None = None
     workers: int | None = None
     drain_timeout: float | None = None
+    overload_lag: float | None = None
+    overload_wait: float | None = None
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> ServeOptions:
@@ -249,6 +251,10 @@ def load_settings(
         changes["token_jwks_url"] = args.token_jwks_url
     if args.allow_anonymous:
         changes["allow_anonymous"] = True
+    if args.overload_lag is not None:
+        changes["overload_lag"] = args.overload_lag
+    if args.overload_wait is not None:
+        changes["overload_wait"] = args.overload_wait
     config = config.replace(**changes)
     host = args.host or table.host or "127.0.0.1"
     port = next(p for p in (args.port, table.port, 8000) if p is not None)
