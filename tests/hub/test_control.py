@@ -17,6 +17,7 @@ from pulsewire.hub.control import (
     NodeAnnounce,
     NodeDead,
     NodeGone,
+    NodeLoad,
     SubscribeControl,
     UnsubscribeControl,
     parse_control,
@@ -67,6 +68,39 @@ WIRE = [
         NodeGone("i1", True, sender="n1"),
         {"op": "node_gone", "instance": "i1", "clean": True, "from": "n1"},
     ),
+    (
+        NodeLoad("n1", "i1", True, 0.75, ("chat:a", "chat:b")),
+        {
+            "op": "load",
+            "from": "n1",
+            "instance": "i1",
+            "overloaded": True,
+            "lag": 0.75,
+            "channels": ["chat:a", "chat:b"],
+        },
+    ),
+    (
+        NodeLoad("n1", "i1", True, 1.5, "all"),
+        {
+            "op": "load",
+            "from": "n1",
+            "instance": "i1",
+            "overloaded": True,
+            "lag": 1.5,
+            "channels": "all",
+        },
+    ),
+    (
+        NodeLoad("n1", "i1", False),
+        {
+            "op": "load",
+            "from": "n1",
+            "instance": "i1",
+            "overloaded": False,
+            "lag": 0.0,
+            "channels": [],
+        },
+    ),
 ]
 
 
@@ -104,6 +138,18 @@ def test_read_as_leniently_as_before() -> None:
         parse_control({"op": "disconnect", "user": "u", "code": "soon"})
 
 
+def test_a_load_message_is_read_leniently_and_refused_when_it_cannot_be_meant() -> None:
+    assert parse_control({"op": "load", "from": "n", "instance": "i"}) == NodeLoad("n", "i", False)
+    # channels are kept sorted, whatever order they came in
+    message = {"op": "load", "from": "n", "instance": "i", "overloaded": 1, "lag": "0.5",
+               "channels": ["b", "a"]}  # fmt: skip
+    assert parse_control(message) == NodeLoad("n", "i", True, 0.5, ("a", "b"))
+    for bad in ({"lag": "soon"}, {"lag": -1}, {"lag": float("nan")}, {"lag": 10**400},
+                {"channels": "some"}, {"channels": {"a": 1}}):  # fmt: skip
+        with pytest.raises(ValueError):
+            parse_control({"op": "load", "overloaded": True, **bad})
+
+
 def test_unknown_ops_are_ignored() -> None:
     assert parse_control({"op": "from-a-newer-version", "user": "u"}) is None
     assert parse_control({}) is None
@@ -118,9 +164,8 @@ json_values = st.recursive(
     max_leaves=8,
 )
 ops = st.sampled_from([c.op for c, _ in WIRE] + ["other"])
-fields = st.sampled_from(
-    ["from", "user", "client", "code", "reason", "channel", "data", "instance", "info", "node"]
-)
+FIELDS = "from user client code reason channel data instance info node overloaded lag channels"
+fields = st.sampled_from(FIELDS.split())
 
 
 @settings(max_examples=300, deadline=None)
@@ -130,7 +175,7 @@ def test_garbage_raises_nothing_but_value_error(op: str, rest: dict[str, Any]) -
     try:
         parsed = parse_control(message)
     except ValueError:
-        assert op == "disconnect"
+        assert op in ("disconnect", "load")
         return
     if parsed is None:
         assert op == "other"

@@ -10,11 +10,14 @@ fields take defaults, values are coerced). ``sender`` is the sending node's name
   :class:`DisconnectControl`,
   :class:`UnsubscribeControl`, :class:`SubscribeControl`, :class:`MessageControl`;
 * node liveness (:mod:`pulsewire.hub.nodes`): :class:`NodeAnnounce` every few seconds,
-  :class:`NodeDead` when a node is declared dead, :class:`NodeGone` when one stops.
+  :class:`NodeDead` when a node is declared dead, :class:`NodeGone` when one stops;
+* backpressure (:mod:`pulsewire.hub.backpressure`): :class:`NodeLoad` when a node's overload
+  state changes, and every second while it is overloaded.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -28,6 +31,7 @@ __all__ = [
     "NodeAnnounce",
     "NodeDead",
     "NodeGone",
+    "NodeLoad",
     "SubscribeControl",
     "UnsubscribeControl",
     "parse_control",
@@ -217,6 +221,51 @@ class NodeGone:
         return cls(_instance(message), bool(message.get("clean")), _sender(message))
 
 
+@dataclass(frozen=True, slots=True)
+class NodeLoad:
+    """The node ``sender`` (instance ``instance``) is ``overloaded`` (or no longer), behind on
+    delivery by ``lag`` seconds, on ``channels`` (names) or on every channel (``"all"``)."""
+
+    op: ClassVar[str] = "load"
+    sender: str
+    instance: str
+    overloaded: bool
+    lag: float = 0.0
+    channels: tuple[str, ...] | str = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        channels = self.channels if isinstance(self.channels, str) else list(self.channels)
+        return {
+            "op": self.op,
+            "from": self.sender,
+            "instance": self.instance,
+            "overloaded": self.overloaded,
+            "lag": self.lag,
+            "channels": channels,
+        }
+
+    @classmethod
+    def from_dict(cls, message: dict[str, Any]) -> NodeLoad:
+        """Raises ValueError for a lag that is not a number or channels that are neither
+        ``"all"`` nor a list."""
+        try:
+            lag = float(message.get("lag") or 0.0)
+        except (TypeError, ValueError, OverflowError):
+            lag = math.nan
+        if not 0 <= lag < math.inf:
+            raise ValueError(f"bad load lag {message.get('lag')!r}")
+        raw = message.get("channels") or ()
+        channels: tuple[str, ...] | str
+        if raw == "all":
+            channels = "all"
+        elif isinstance(raw, (list, tuple)):
+            channels = tuple(sorted(str(name) for name in raw))
+        else:
+            raise ValueError(f"bad load channels {raw!r}")
+        overloaded = bool(message.get("overloaded"))
+        return cls(_sender(message), _instance(message), overloaded, lag, channels)
+
+
 Control = (
     DisconnectControl
     | UnsubscribeControl
@@ -225,6 +274,7 @@ Control = (
     | NodeAnnounce
     | NodeDead
     | NodeGone
+    | NodeLoad
 )
 """Any control message."""
 
@@ -238,10 +288,11 @@ _KINDS: dict[str, Any] = {
         NodeAnnounce,
         NodeDead,
         NodeGone,
+        NodeLoad,
     )
 }
 
-NODE_OPS = frozenset({NodeAnnounce.op, NodeDead.op, NodeGone.op})
+NODE_OPS = frozenset({NodeAnnounce.op, NodeDead.op, NodeGone.op, NodeLoad.op})
 """The ops about nodes (the others are commands for sessions)."""
 
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from itertools import islice
 from typing import Any
 
@@ -61,14 +61,18 @@ publications, commands) waits no longer than that."""
 
 
 class _Item:
-    """One publication, or one push to every subscriber, with its encodings by codec name."""
+    """One publication, or one push to every subscriber, with its encodings by codec name
+    and when it was queued (``time.monotonic()``)."""
 
-    __slots__ = ("message", "prepared", "publication")
+    __slots__ = ("message", "prepared", "publication", "queued")
 
-    def __init__(self, publication: Publication | None, message: dict[str, Any] | None) -> None:
+    def __init__(
+        self, publication: Publication | None, message: dict[str, Any] | None, queued: float
+    ) -> None:
         self.publication = publication
         self.message = message  # a publication's push: built when first needed
         self.prepared: dict[str, PreparedMessage] = {}
+        self.queued = queued
 
 
 class _Pass:
@@ -124,7 +128,8 @@ class Delivery:
 
     ``channels`` is the fan-out's index (channel → subscriber → subscription), read when a
     pass starts and at each chunk; ``first_chunk`` and ``chunk`` the subscribers of a pass's
-    first chunk and of its largest.
+    first chunk and of its largest; ``clock`` (``time.monotonic`` but in tests) dates each
+    item as it is queued, for :meth:`lags`.
     """
 
     def __init__(
@@ -134,6 +139,7 @@ class Delivery:
         *,
         chunk: int = CHUNK,
         first_chunk: int = FIRST_CHUNK,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if min(chunk, first_chunk) < 1:
             raise ValueError(f"chunks must be at least 1, not {min(chunk, first_chunk)}")
@@ -141,26 +147,41 @@ class Delivery:
         self._metrics = metrics
         self._chunk = chunk
         self._first_chunk = min(first_chunk, chunk)
+        self._clock = clock
         self._passes: dict[str, _Pass] = {}
         self._waiting: dict[str, list[_Item]] = {}
 
     def publication(self, channel: str, publication: Publication) -> None:
         """Deliver ``publication`` to the channel's subscribers, after what came before it."""
-        self._add(channel, _Item(publication, None))
+        self._add(channel, _Item(publication, None, self._clock()))
 
     def push(self, channel: str, message: dict[str, Any]) -> None:
         """Push ``message`` (join, leave) to every subscriber, after what came before it."""
-        self._add(channel, _Item(None, message))
+        self._add(channel, _Item(None, message, self._clock()))
 
     def to_one(self, subscriber: Subscriber, sub: Subscription, publication: Publication) -> None:
         """Deliver ``publication`` to one subscriber now, uncounted (a recovering subscriber's
         buffer: only items that passes already brought to it, so nothing is overtaken)."""
         one = {subscriber: sub}
-        self._hand(_Pass(sub.channel.name, [_Item(publication, None)], one, 1), one, 0, 1)
+        self._hand(_Pass(sub.channel.name, [_Item(publication, None, 0.0)], one, 1), one, 0, 1)
 
     def busy(self, channel: str) -> bool:
         """True while a pass for ``channel`` is in progress."""
         return channel in self._passes
+
+    def lags(self, now: float) -> dict[str, float]:
+        """The channels with items not yet handed to every subscriber, and the age (seconds
+        at ``now``, a ``time.monotonic()`` value) of the oldest of them; only the channels
+        with a pass in progress or a queue are looked at."""
+        lags = {channel: now - current.items[0].queued for channel, current in self._passes.items()}
+        for channel, items in self._waiting.items():
+            if channel not in lags and items:
+                lags[channel] = now - items[0].queued
+        return lags
+
+    def lag(self, now: float) -> float:
+        """The age of the oldest item not yet handed to every subscriber (0 when none)."""
+        return max(self.lags(now).values(), default=0.0)
 
     def drop(self, channel: str) -> None:
         """The channel has no local subscriber left: forget its pass and queue."""

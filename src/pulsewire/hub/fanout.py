@@ -137,6 +137,11 @@ class Fanout:
         """True while items for ``channel`` are being delivered (more chunks to come)."""
         return self._delivery.busy(channel)
 
+    def delivery_lags(self, now: float) -> dict[str, float]:
+        """Channels whose delivery is behind, and by how many seconds at ``now`` (a
+        ``time.monotonic()`` value): see :meth:`Delivery.lags`."""
+        return self._delivery.lags(now)
+
     async def add(self, subscriber: Subscriber, sub: Subscription) -> None:
         """Register ``sub`` for live publications; returns once this node receives the channel
         from the engine (so a history read after it misses nothing). On failure (108 when the

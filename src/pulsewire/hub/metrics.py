@@ -108,6 +108,41 @@ class HubMetrics:
             "Times this node learned it had been declared dead and rejoined under a new id",
             registry=r,
         )
+        self.delivery_lag = Gauge(
+            "pulsewire_delivery_lag_seconds",
+            "Age of the oldest publication not yet handed to every local subscriber",
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            "pulsewire_loop_lag_seconds", "How late the event loop ran a periodic timer", registry=r
+        )
+        self.overloaded = Gauge(
+            "pulsewire_overloaded",
+            "1 while this node is behind on delivery by more than overload_lag (backpressure)",
+            registry=r,
+        )
+        self.overloaded_nodes = Gauge(
+            "pulsewire_overloaded_nodes",
+            "Nodes of the cluster (this one included) known to be behind on delivery",
+            registry=r,
+        )
+        self.publish_overloaded = Counter(
+            "pulsewire_publish_overloaded",
+            "Publishes refused with error 115: a node stayed behind for overload_wait",
+            registry=r,
+        )
+        self.publish_wait = Histogram(
+            "pulsewire_publish_wait_seconds",
+            "Time publishes waited for a node behind on their channel (those that waited)",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
+            registry=r,
+        )
+        self.delivery_overflows = Counter(
+            "pulsewire_delivery_overflows",
+            "Channel queues over the delivery cap: their local subscribers were told to"
+            " resubscribe (2500)",
+            registry=r,
+        )
         self.traffic: dict[str, list[int]] = {}
         """Per transport: [messages in, bytes in, messages out, bytes out], plain ints bumped
         on the per-message path and turned into counters only when /metrics is scraped."""

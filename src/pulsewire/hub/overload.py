@@ -1,0 +1,141 @@
+"""How far behind on delivery a node is, and which nodes of the cluster are: the measures
+behind backpressure (:mod:`pulsewire.hub.backpressure` acts on them).
+
+A node is *behind* by the larger of two lags:
+
+* the delivery lag: the age of the oldest publication (or push) that the node's
+  :class:`~pulsewire.hub.delivery.Delivery` has not yet handed to every local subscriber of
+  its channel (measured per channel: only the channels with a pass in progress count);
+* the loop lag: how late a periodic timer of the node's event loop fires (everything the
+  node does waits that long, whatever the channel).
+
+:class:`OverloadDetector` turns these into one state: *overloaded* once the lag is over
+``bound`` seconds, and again *clear* only once it is under half of it (hysteresis: a node at
+the edge does not flap), with the channels it is behind on, or :data:`ALL` when its loop is.
+It takes the time as an argument and keeps no clock of its own.
+
+:class:`LoadTable` is what one node knows of the cluster's load: an entry per overloaded node
+instance (its own included), each expiring ``ttl`` seconds after its last refresh, so a lost
+"clear" or a dead node never holds publishers back for long. :meth:`LoadTable.blocks` says
+whether a publication to a channel should wait.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = ["ALL", "LoadEntry", "LoadState", "LoadTable", "OverloadDetector"]
+
+ALL = "all"
+"""In place of a list of channels: the node is behind on every channel (its loop is late)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadState:
+    """A node's state: ``overloaded``, by ``lag`` seconds, on ``channels`` (a sorted tuple of
+    names) or on every channel (``ALL``)."""
+
+    overloaded: bool
+    lag: float
+    channels: tuple[str, ...] | str = ()
+
+    def covers(self, channel: str) -> bool:
+        """True if a publication to ``channel`` should wait for this node."""
+        return self.overloaded and (self.channels == ALL or channel in self.channels)
+
+
+CLEAR = LoadState(False, 0.0)
+
+
+class OverloadDetector:
+    """One node's overload state with hysteresis (see the module docstring): overloaded when
+    a lag is over ``bound``, clear again when every lag is under ``bound / 2``. While
+    overloaded, the channels it is behind on are those whose delivery lag is at least
+    ``bound / 2`` (:data:`ALL` when the loop lag is)."""
+
+    def __init__(self, bound: float) -> None:
+        if not bound > 0:
+            raise ValueError(f"the lag bound must be positive, not {bound}")
+        self.bound = bound
+        self.state = CLEAR
+
+    def update(self, delivery: dict[str, float], loop_lag: float) -> bool:
+        """Feed the current lags: ``delivery`` by channel (the channels with a backlog),
+        ``loop_lag`` in seconds. Returns True when the state changed (overloaded or not, or
+        the channels it is behind on); the lag alone changing is not a change."""
+        worst = max(loop_lag, max(delivery.values(), default=0.0))
+        old = self.state
+        if not old.overloaded and worst <= self.bound:
+            return False
+        clear = self.bound / 2
+        if worst < clear:
+            self.state = CLEAR
+            return True
+        channels: tuple[str, ...] | str
+        if loop_lag >= clear:
+            channels = ALL
+        else:
+            channels = tuple(sorted(name for name, lag in delivery.items() if lag >= clear))
+        self.state = LoadState(True, worst, channels)
+        return not old.overloaded or old.channels != channels
+
+
+@dataclass(frozen=True, slots=True)
+class LoadEntry:
+    """An overloaded node instance as last heard: its ``node`` name, its ``state``, and
+    until when (``expires``, on the table's clock) it counts without a refresh."""
+
+    node: str
+    state: LoadState
+    expires: float
+
+
+class LoadTable:
+    """The overloaded nodes of the cluster, by instance id; times are on the caller's clock
+    (``time.monotonic()`` in the hub). Entries last ``ttl`` seconds after their last
+    refresh."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, LoadEntry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def set(self, instance: str, node: str, state: LoadState, now: float) -> bool:
+        """Record what ``instance`` (of the node ``node``) said; a clear state removes it.
+        Returns True if publishers waiting may now go (an entry went or shrank)."""
+        old = self._entries.pop(instance, None)
+        if state.overloaded:
+            self._entries[instance] = LoadEntry(node, state, now + self.ttl)
+        if old is None:
+            return False
+        return not state.overloaded or (old.state.channels != state.channels)
+
+    def drop(self, instances: Iterable[str] = (), node: str | None = None) -> bool:
+        """Forget ``instances`` and every instance of ``node`` (declared dead, or gone);
+        True if an entry went."""
+        gone = set(instances)
+        if node is not None:
+            gone |= {i for i, entry in self._entries.items() if entry.node == node}
+        return any([self._entries.pop(instance, None) is not None for instance in gone])
+
+    def expire(self, now: float) -> bool:
+        """Forget the entries not refreshed in time; True if one went."""
+        old = [i for i, entry in self._entries.items() if entry.expires <= now]
+        for instance in old:
+            del self._entries[instance]
+        return bool(old)
+
+    def blocks(self, channel: str, now: float) -> bool:
+        """True if a node (not expired at ``now``) is behind on ``channel`` or on all."""
+        return any(e.expires > now and e.state.covers(channel) for e in self._entries.values())
+
+    def next_expiry(self) -> float | None:
+        """When the next entry expires (on the table's clock), or None when there is none."""
+        return min((entry.expires for entry in self._entries.values()), default=None)
+
+    def entries(self) -> dict[str, LoadEntry]:
+        """The entries by instance (a copy)."""
+        return dict(self._entries)
