@@ -15,17 +15,16 @@ through :mod:`pulsewire.hub.node_watch` (announcements, dead nodes, rejoining).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
 
-import msgpack
-
 from .auth import AuthGuard, Credentials, TokenVerifier
+from .backpressure import Backpressure
 from .channels import ChannelName, parse_channel
+from .checks import check_data, check_idempotency_key
 from .config import ChannelOptions, HubConfig
 from .contracts import Hook
 from .control import (
@@ -35,6 +34,7 @@ from .control import (
     NodeAnnounce,
     NodeDead,
     NodeGone,
+    NodeLoad,
     SubscribeControl,
     UnsubscribeControl,
     parse_control,
@@ -142,6 +142,17 @@ class Hub:
             self.config, self.engine, self.metrics, self.fanout, self.node_watch, spawn=self.spawn
         )
         """Presence entries of this node's subscribers."""
+        self.backpressure = Backpressure(
+            self.config,
+            self.engine,
+            self.metrics,
+            self.fanout,
+            self.node_id,
+            instance=lambda: self.node_watch.instance,
+            is_own=self.node_watch.is_own,
+            spawn=self.spawn,
+        )
+        """This node's delivery lag, the cluster's, and the publish gate (error 115)."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._presence_task: asyncio.Task[None] | None = None
         self._started = False
@@ -161,6 +172,7 @@ class Hub:
         self._started = True
         self._presence_task = asyncio.create_task(self.presence_keeper.refresh_forever())
         self.node_watch.start()
+        self.backpressure.start()
 
     @property
     def instance(self) -> str:
@@ -188,6 +200,7 @@ class Hub:
         if self._presence_task is not None:
             self._presence_task.cancel()
         self.node_watch.stop()
+        self.backpressure.stop()
         self.tokens.close()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2)
@@ -306,6 +319,11 @@ class Hub:
         * 106 (LIMIT_EXCEEDED): the in-memory engine holds as many keys as it may: not
           published, retry later.
 
+        While a node is behind on delivering ``channel`` (or every channel) by more than
+        ``config.overload_lag``, the publish first waits for it to catch up, at most
+        ``config.overload_wait`` seconds; then it raises 115 (OVERLOADED): **not published**,
+        retry later (see :mod:`pulsewire.hub.backpressure`).
+
         Without a key, a publication to a channel without history is delivered to this node's
         subscribers at once and sent to the other nodes at most once: an engine failure is
         not raised (it is counted in ``pulsewire_engine_errors_total``). With a key it reaches
@@ -313,9 +331,10 @@ class Hub:
         """
         chan, options = self._options(channel)
         channel = chan.name
-        _check_data(data)
+        check_data(data)
         if idempotency_key is not None:
-            _check_idempotency_key(idempotency_key)
+            check_idempotency_key(idempotency_key)
+        await self.backpressure.admit(channel)
         publication = Publication(
             data, info=info, tags=tags, origin=self.node_id, published_at=time.time()
         )
@@ -366,7 +385,7 @@ class Hub:
         retrying a broadcast with the same key publishes only to the channels that did not
         get it yet, and returns the first results of the others. A bad key raises 107."""
         if idempotency_key is not None:
-            _check_idempotency_key(idempotency_key)
+            check_idempotency_key(idempotency_key)
         results: list[StreamPosition | HubError | None] = []
         for channel in channels:
             try:
@@ -442,7 +461,7 @@ class Hub:
         """Push ``data`` as a ``message`` to one connection or to every connection of a user."""
         if (user is None) == (client is None):
             raise ValueError("give exactly one of user= or client=")
-        _check_data(data)
+        check_data(data)
         await self._control(MessageControl(user, client, data, sender=self.node_id))
 
     async def _control(self, control: Control) -> None:
@@ -492,8 +511,12 @@ class Hub:
             return
         if control is None:
             return  # an op of a newer version
+        if isinstance(control, (NodeDead, NodeGone, NodeLoad)):
+            self.backpressure.on_control(control)  # a dead or departed node's load goes
         if isinstance(control, (NodeAnnounce, NodeDead, NodeGone)):
             self.node_watch.on_control(control)
+            return
+        if isinstance(control, NodeLoad):
             return
         targets: list[Session] = []
         if control.client is not None:
@@ -570,31 +593,3 @@ class Hub:
         """A subscription ended: remove its presence entry and push its leave, as configured
         (engine failures only counted)."""
         await self.presence_keeper.forget(sub)
-
-
-#: Longest ``idempotency_key``, in characters.
-IDEMPOTENCY_KEY_MAX = 256
-
-
-def _check_idempotency_key(key: object) -> None:
-    if not isinstance(key, str) or not 0 < len(key) <= IDEMPOTENCY_KEY_MAX:
-        raise HubError(
-            ErrorCode.BAD_REQUEST,
-            f"idempotency_key must be a non-empty string of at most {IDEMPOTENCY_KEY_MAX} "
-            "characters",
-        )
-
-
-_json_check = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
-_msgpack_check = msgpack.Packer(use_bin_type=True).pack
-
-
-def _check_data(data: Any) -> None:
-    """Publications travel and are stored as JSON and reach MessagePack subscribers too:
-    refuse what either cannot represent (bytes, NaN, integers beyond 64 bits...)."""
-    try:
-        _json_check(data)
-        _msgpack_check(data)
-    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        message = f"data must be representable as JSON: {exc}"
-        raise HubError(ErrorCode.BAD_REQUEST, message) from None

@@ -5,7 +5,8 @@ Every call is ``POST /api/<method>`` with a JSON object body and the header
 ``{"error": {"code", "message"}}`` with a status that says what went wrong (400 bad input,
 401/403 authentication, 404 unknown method or namespace, 429 too many failed keys from the
 address (with ``Retry-After``) or too many idempotency keys, 503 engine unavailable: not
-published, 504 engine did not answer: maybe published, retry with the same idempotency_key).
+published, 504 engine did not answer: maybe published, retry with the same idempotency_key;
+503 with ``Retry-After`` also for 115: a node is behind on delivery, not published).
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ _STATUS: dict[int, int] = {
     ErrorCode.OUTCOME_UNKNOWN: 504,
     ErrorCode.LIMIT_EXCEEDED: 429,
     ErrorCode.TOO_MANY_REQUESTS: 429,
+    ErrorCode.OVERLOADED: 503,
 }
+OVERLOADED_RETRY_AFTER = "1"
+"""Seconds a publisher refused with 115 is told to wait (``Retry-After``)."""
 
 
 def _error(
@@ -120,6 +124,10 @@ class ApiHandler:
         try:
             result = await handler(params)
         except HubError as exc:
+            if exc.code == ErrorCode.OVERLOADED:
+                return _error(
+                    exc.code, exc.message, headers=[("Retry-After", OVERLOADED_RETRY_AFTER)]
+                )
             return _error(exc.code, exc.message)
         except ValueError as exc:
             return _error(ErrorCode.BAD_REQUEST, str(exc))
