@@ -16,7 +16,7 @@ import pytest
 
 from pulsewire.hub.channels import parse_channel
 from pulsewire.hub.config import HubConfig
-from pulsewire.hub.delivery import CHUNK, FIRST_CHUNK
+from pulsewire.hub.delivery import CHUNK, FIRST_CHUNK, MAX_QUEUED
 from pulsewire.hub.errors import UnsubscribeCode
 from pulsewire.hub.fanout import Fanout, Subscription
 from pulsewire.hub.metrics import HubMetrics
@@ -105,7 +105,9 @@ class FakeEngine:
 
 
 class Harness:
-    def __init__(self, chunk: int = CHUNK, first_chunk: int = FIRST_CHUNK) -> None:
+    def __init__(
+        self, chunk: int = CHUNK, first_chunk: int = FIRST_CHUNK, max_queued: int = MAX_QUEUED
+    ) -> None:
         self.engine = FakeEngine()
         self.metrics = HubMetrics()
         self.tasks: list[asyncio.Future[Any]] = []
@@ -120,6 +122,7 @@ class Harness:
             channel_closed=self.closed.append,
             chunk=chunk,
             first_chunk=first_chunk,
+            max_queued=max_queued,
         )
 
     async def subscribe(

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from pulsewire.hub.delivery import GROWTH
+from pulsewire.hub.errors import UnsubscribeCode
 from pulsewire.hub.fanout import Subscription
 from pulsewire.hub.types import HistoryResult, PreparedMessage, Publication, StreamPosition
 from pulsewire.hub.wire import JSON, MsgpackCodec
@@ -411,3 +412,30 @@ async def test_a_failure_in_the_first_chunk_reaches_the_caller_and_the_channel_g
     h.fanout.on_publication(CHANNEL, pub(2))
     await drain(h)
     assert [s.offsets_of(CHANNEL) for s in subscribers] == [[1, 2], [2], [2], [2], [2]]
+
+
+async def test_a_channel_too_far_behind_is_given_up_and_its_subscribers_resubscribe() -> None:
+    """Past ``max_queued`` items waiting behind the pass in progress, the channel's queue is
+    dropped (memory does not grow) and its subscribers are told insufficient state: they
+    resubscribe and recover from history; a server-side subscription is made again."""
+    h = Harness(max_queued=3)
+    log: Log = []
+    clients = peers(40, log)  # more than the first chunk: the first pass stays in progress
+    await subscribe_all(h, clients)
+    server = Peer("server", log)
+    server_sub = await h.subscribe(server, server=True)
+    for offset in range(1, 5):  # 1 is being delivered, 2-4 wait
+        h.fanout.on_publication(CHANNEL, pub(offset))
+    assert h.metrics.registry.get_sample_value("pulsewire_delivery_overflows_total") == 0
+    h.fanout.on_publication(CHANNEL, pub(5))  # one too many
+    assert h.metrics.registry.get_sample_value("pulsewire_delivery_overflows_total") == 1
+    assert not h.fanout.has_subscribers(CHANNEL)
+    assert not h.fanout.delivering(CHANNEL)
+    for client in clients:
+        assert [(p["push"], p["code"], p["resubscribe"]) for p in client.pushes] == [
+            ("unsubscribe", UnsubscribeCode.INSUFFICIENT_STATE, True)
+        ]
+    assert server.resubscribed == [server_sub] and server.pushes == []
+    await drain(h)
+    # nothing of what waited was delivered; at most the first publication, to the first chunk
+    assert all(peer.offsets_of(CHANNEL) in ([], [1]) for peer in [*clients, server])

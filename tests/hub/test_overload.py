@@ -112,7 +112,9 @@ async def test_the_delivery_lag_is_the_age_of_the_oldest_item_not_handed_to_ever
     channel = parse_channel("news", CONFIG)
     subs = {FakeSubscriber(): Subscription(channel, ClientInfo(f"c{i}", "u")) for i in range(40)}
     index = {"news": subs}
-    delivery = Delivery(index, HubMetrics(), first_chunk=4, chunk=8, clock=clock)
+    delivery = Delivery(
+        index, HubMetrics(), first_chunk=4, chunk=8, clock=clock, overflow=pytest.fail
+    )
     assert delivery.lags(clock()) == {} and delivery.lag(clock()) == 0.0
     delivery.publication("news", pub(1))  # a pass starts: 4 subscribers served, 36 to go
     clock.advance(0.25)

@@ -47,7 +47,7 @@ from .metrics import HubMetrics
 from .subscription import Subscriber, Subscription
 from .types import PreparedMessage, Publication
 
-__all__ = ["CHUNK", "FIRST_CHUNK", "GROWTH", "Delivery"]
+__all__ = ["CHUNK", "FIRST_CHUNK", "GROWTH", "MAX_QUEUED", "Delivery"]
 
 logger = logging.getLogger("pulsewire.hub")
 
@@ -58,6 +58,11 @@ GROWTH = 8
 CHUNK = 1024
 """The largest chunk, a few ms of work: what comes in meanwhile (other channels'
 publications, commands) waits no longer than that."""
+MAX_QUEUED = 10_000
+"""Items a channel may have waiting behind its pass in progress. One more and the node gives
+up on the channel's stream rather than grow its memory: what was waiting is dropped, and the
+channel's subscribers are told insufficient state (they resubscribe and recover from
+history). Backpressure (:mod:`.backpressure`) should hold publishers back long before."""
 
 
 class _Item:
@@ -129,7 +134,8 @@ class Delivery:
     ``channels`` is the fan-out's index (channel → subscriber → subscription), read when a
     pass starts and at each chunk; ``first_chunk`` and ``chunk`` the subscribers of a pass's
     first chunk and of its largest; ``clock`` (``time.monotonic`` but in tests) dates each
-    item as it is queued, for :meth:`lags`.
+    item as it is queued, for :meth:`lags`. ``overflow(channel)`` is called when a channel has
+    more than ``max_queued`` items waiting: they are dropped, and it tells the subscribers.
     """
 
     def __init__(
@@ -140,9 +146,15 @@ class Delivery:
         chunk: int = CHUNK,
         first_chunk: int = FIRST_CHUNK,
         clock: Callable[[], float] = time.monotonic,
+        max_queued: int = MAX_QUEUED,
+        overflow: Callable[[str], None],
     ) -> None:
         if min(chunk, first_chunk) < 1:
             raise ValueError(f"chunks must be at least 1, not {min(chunk, first_chunk)}")
+        if max_queued < 1:
+            raise ValueError(f"max_queued must be at least 1, not {max_queued}")
+        self._max_queued = max_queued
+        self._overflow = overflow
         self._channels = channels
         self._metrics = metrics
         self._chunk = chunk
@@ -170,30 +182,43 @@ class Delivery:
         return channel in self._passes
 
     def lags(self, now: float) -> dict[str, float]:
-        """The channels with items not yet handed to every subscriber, and the age (seconds
-        at ``now``, a ``time.monotonic()`` value) of the oldest of them; only the channels
-        with a pass in progress or a queue are looked at."""
-        lags = {channel: now - current.items[0].queued for channel, current in self._passes.items()}
-        for channel, items in self._waiting.items():
-            if channel not in lags and items:
-                lags[channel] = now - items[0].queued
-        return lags
+        """The channels with a pass in progress, and the age (seconds at ``now``, a
+        ``time.monotonic()`` value) of the oldest item not yet handed to every subscriber:
+        the pass's first (what waits behind the pass is younger)."""
+        return {channel: now - current.items[0].queued for channel, current in self._passes.items()}
 
     def lag(self, now: float) -> float:
         """The age of the oldest item not yet handed to every subscriber (0 when none)."""
         return max(self.lags(now).values(), default=0.0)
 
     def drop(self, channel: str) -> None:
-        """The channel has no local subscriber left: forget its pass and queue."""
+        """Forget the channel's pass and queue (it has no local subscriber left, or its
+        queue overflowed)."""
         self._passes.pop(channel, None)
         self._waiting.pop(channel, None)
 
     def _add(self, channel: str, item: _Item) -> None:
         if channel in self._passes:
-            self._waiting.setdefault(channel, []).append(item)
+            queue = self._waiting.setdefault(channel, [])
+            if len(queue) >= self._max_queued:
+                self._overflowed(channel)
+                return
+            queue.append(item)
             return
         waiting = self._waiting.pop(channel, None)  # left by a pass that failed: keep order
         self._start(channel, [*waiting, item] if waiting else [item])
+
+    def _overflowed(self, channel: str) -> None:
+        """Too much waiting for ``channel``: drop it (and the pass in progress), and have the
+        subscribers told (they recover what they missed from history)."""
+        self._metrics.delivery_overflows.inc()
+        logger.warning(
+            "delivery to %s is %d items behind: its subscribers are told to resubscribe",
+            channel,
+            self._max_queued,
+        )
+        self.drop(channel)
+        self._overflow(channel)
 
     def _start(self, channel: str, items: list[_Item]) -> None:
         """Start a pass for ``items``, and the next ones as long as passes finish at once."""

@@ -34,7 +34,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .channels import ChannelName
-from .delivery import CHUNK, FIRST_CHUNK, Delivery
+from .delivery import CHUNK, FIRST_CHUNK, MAX_QUEUED, Delivery
 from .engines.base import ChannelFilter, Engine, EngineUnavailable
 from .errors import ErrorCode, HubError, UnsubscribeCode
 from .messages import unsubscribe_push
@@ -63,7 +63,8 @@ class Fanout:
     with each subscription the fan-out itself ends (the node forgets its presence);
     ``channel_closed`` when a channel loses its last local subscriber; ``first_chunk`` and
     ``chunk``: how many subscribers get an item before delivery first yields to the loop, and
-    at most between two yields (:mod:`.delivery`).
+    at most between two yields; ``max_queued``: items a channel may have waiting behind its
+    delivery in progress, past which its subscribers are told to resubscribe (:mod:`.delivery`).
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class Fanout:
         channel_closed: Callable[[str], None],
         chunk: int = CHUNK,
         first_chunk: int = FIRST_CHUNK,
+        max_queued: int = MAX_QUEUED,
     ) -> None:
         self._engine = engine
         self._metrics = metrics
@@ -89,7 +91,14 @@ class Fanout:
         self._positions: dict[str, StreamPosition] = {}
         self._syncing: dict[str, list[Publication]] = {}
         self._subscribing: dict[str, asyncio.Future[None]] = {}
-        self._delivery = Delivery(self._channels, metrics, chunk=chunk, first_chunk=first_chunk)
+        self._delivery = Delivery(
+            self._channels,
+            metrics,
+            chunk=chunk,
+            first_chunk=first_chunk,
+            max_queued=max_queued,
+            overflow=self.insufficient_state,
+        )
         self._closing = False
 
     def close(self) -> None:
@@ -246,7 +255,7 @@ class Fanout:
             position = self._positions.get(channel)
             if position is not None:
                 if publication.epoch and position.epoch and publication.epoch != position.epoch:
-                    self._insufficient_state(channel)
+                    self.insufficient_state(channel)
                     if channel in self._channels:
                         self._positions[channel] = StreamPosition(
                             publication.offset, publication.epoch
@@ -306,7 +315,7 @@ class Fanout:
                 options = self._publish_options(channel)
                 result = await self._engine.history(channel, since=since, options=options)
             except (EngineUnavailable, HubError):
-                self._insufficient_state(channel)
+                self.insufficient_state(channel)
                 return
             publications = result.publications
             complete = result.position.epoch == since.epoch and (
@@ -314,7 +323,7 @@ class Fanout:
                 or (bool(publications) and first_follows(publications[0], since.offset))
             )
             if not complete:
-                self._insufficient_state(channel)
+                self.insufficient_state(channel)
                 if channel in self._channels:
                     self._positions[channel] = result.position
                 return
@@ -335,7 +344,7 @@ class Fanout:
         finally:
             self._syncing.pop(channel, None)
 
-    def _insufficient_state(self, channel: str) -> None:
+    def insufficient_state(self, channel: str) -> None:
         """Local subscribers can't be brought up to date: ask them to resubscribe (and
         recover); server-side subscriptions are removed and made again by their subscriber
         (no ``unsubscribe`` push: the client could not resubscribe them)."""
