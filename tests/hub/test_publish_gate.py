@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 
 from pulsewire.hub import Hub
-from pulsewire.hub.backpressure import REFRESH_INTERVAL
+from pulsewire.hub.backpressure import REFRESH_INTERVAL, Backpressure
 from pulsewire.hub.config import HubConfig
 from pulsewire.hub.control import NodeDead, NodeGone, NodeLoad
 from pulsewire.hub.errors import ErrorCode, HubError
 
 from .conftest import API_KEY, HOST, build_config
+from .fakes import FakeClock
 
 Start = Callable[..., Awaitable[Hub]]
 FOREVER = 60.0  # an overload_wait no test reaches
@@ -91,6 +92,35 @@ async def test_a_publish_is_refused_with_115_after_overload_wait(
     results = await hub.broadcast([channel, free], "x")
     assert isinstance(results[0], HubError) and results[0].code == 115
     assert not isinstance(results[1], HubError)
+
+
+async def test_a_broadcast_waits_overload_wait_in_all_not_per_channel(
+    local_hub: Start, uniq: Any
+) -> None:
+    clock = FakeClock()
+    hub = await local_hub(build_config(overload_wait=5.0))
+    hub.backpressure.stop()
+    hub.backpressure = Backpressure(
+        hub.config,
+        hub.engine,
+        hub.metrics,
+        hub.fanout,
+        hub.node_id,
+        instance=lambda: hub.instance,
+        is_own=hub.node_watch.is_own,
+        spawn=hub.spawn,
+        clock=clock,
+    )
+    first, second = uniq("chat"), uniq("chat")
+    hub.on_control(other_node(True, (first, second)))
+    broadcast = asyncio.create_task(hub.broadcast([first, second], 1))
+    await loop_runs()
+    assert not broadcast.done()
+    clock.advance(5.0)  # the broadcast's overload_wait is over
+    hub.on_control(other_node(True, (first, second, uniq("chat"))))  # news: waiters look again
+    await loop_runs()
+    assert broadcast.done()  # the second channel did not wait again
+    assert [getattr(r, "code", None) for r in broadcast.result()] == [115, 115]
 
 
 async def test_overload_wait_zero_refuses_at_once(local_hub: Start, uniq: Any) -> None:

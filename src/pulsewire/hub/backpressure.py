@@ -22,9 +22,11 @@ slowed by its reply coming later, an HTTP API publisher likewise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from .config import HubConfig
@@ -53,6 +55,11 @@ LOAD_TTL = 3.0
 """Seconds another node's overload counts after its last message."""
 MAX_CHANNELS = 256
 """A node behind on more channels than this says ``"all"`` (the message stays small)."""
+
+
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "pulsewire_publish_deadline", default=None
+)
 
 
 class Backpressure:
@@ -207,13 +214,25 @@ class Backpressure:
         """True if a publication to ``channel`` should wait at ``now`` (this node's clock)."""
         return self.detector.state.covers(channel) or self.table.blocks(channel, now)
 
+    @contextlib.contextmanager
+    def one_wait(self) -> Iterator[None]:
+        """The publishes made inside share one ``overload_wait`` (a broadcast to many held
+        channels waits that long in all, not that long per channel)."""
+        token = _DEADLINE.set(self._clock() + self._wait)
+        try:
+            yield
+        finally:
+            _DEADLINE.reset(token)
+
     async def admit(self, channel: str) -> None:
         """Return when ``channel`` may be published to: at once unless a node is behind on
         it; else once no node is, or raise :class:`HubError` 115 after ``overload_wait``."""
         if not self.enabled or (not self.detector.state.overloaded and not len(self.table)):
             return
         now = started = self._clock()
-        deadline = now + self._wait
+        deadline = _DEADLINE.get()
+        if deadline is None:
+            deadline = now + self._wait
         while self.blocks(channel, now):
             remaining = deadline - now
             if remaining <= 0:

@@ -387,11 +387,13 @@ class Hub:
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
         results: list[StreamPosition | HubError | None] = []
-        for channel in channels:
-            try:
-                results.append(await self.publish(channel, data, idempotency_key=idempotency_key))
-            except HubError as exc:
-                results.append(exc)
+        with self.backpressure.one_wait():  # held channels wait overload_wait in all
+            for channel in channels:
+                try:
+                    position = await self.publish(channel, data, idempotency_key=idempotency_key)
+                    results.append(position)
+                except HubError as exc:
+                    results.append(exc)
         return results
 
     async def presence(self, channel: str | ChannelName) -> dict[str, ClientInfo]:
