@@ -1,4 +1,4 @@
-"""The publish gate (hub/backpressure.py) on a node with the memory engine: a publication to
+"""Backpressure (hub/backpressure.py): the publish gate on a node with the memory engine: a publication to
 a channel some node is behind on waits until that node catches up, and is refused with 115
 after ``overload_wait``; other channels do not wait; a node declared dead or gone releases
 its channels; the node's own state counts without a round trip; a client's publish reply
