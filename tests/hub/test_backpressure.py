@@ -1,7 +1,8 @@
-"""Backpressure (hub/backpressure.py): the publish gate on a node with the memory engine: a publication to
-a channel some node is behind on waits until that node catches up, and is refused with 115
-after ``overload_wait``; other channels do not wait; a node declared dead or gone releases
-its channels; the node's own state counts without a round trip; a client's publish reply
+"""Backpressure (hub/backpressure.py) on a node with the memory engine: a publication to a
+channel some node is behind on waits until that node catches up, and is refused with 115
+after ``overload_wait``; other channels do not wait; a broadcast waits ``overload_wait`` in
+all; a node declared dead or gone releases its channels; a stale entry expires; the node's
+own state counts without a round trip and is told to the cluster; a client's publish reply
 waits; the HTTP API answers 115 with 503 and Retry-After; ``overload_lag = 0`` is off.
 
 Other nodes are played by handing the hub their control messages (the way the engine does).
