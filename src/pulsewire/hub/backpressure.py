@@ -224,10 +224,16 @@ class Backpressure:
         finally:
             _DEADLINE.reset(token)
 
+    @property
+    def engaged(self) -> bool:
+        """True while some node (this one included) is known to be overloaded: publishes
+        must go through :meth:`admit` (the cheap check on the publish path)."""
+        return self.enabled and (self.detector.state.overloaded or len(self.table) > 0)
+
     async def admit(self, channel: str) -> None:
         """Return when ``channel`` may be published to: at once unless a node is behind on
         it; else once no node is, or raise :class:`HubError` 115 after ``overload_wait``."""
-        if not self.enabled or (not self.detector.state.overloaded and not len(self.table)):
+        if not self.engaged:
             return
         now = started = self._clock()
         deadline = _DEADLINE.get()

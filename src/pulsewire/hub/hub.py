@@ -334,7 +334,8 @@ class Hub:
         check_data(data)
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
-        await self.backpressure.admit(channel)
+        if self.backpressure.engaged:  # cheaper than awaiting admit() on every publish
+            await self.backpressure.admit(channel)
         publication = Publication(
             data, info=info, tags=tags, origin=self.node_id, published_at=time.time()
         )
