@@ -31,6 +31,12 @@ Per subscriber: a publication at or before the subscription's offset (or of anot
 skipped, one arriving while the subscription is recovering is held in its buffer
 (:meth:`Delivery.to_one` delivers the buffer afterwards). Each item is encoded once per codec
 in use, the first time a subscriber with that codec comes up.
+
+How far behind: each item is dated when queued; :meth:`Delivery.lags` gives, per channel with
+a pass in progress, the age of the pass's first item (the oldest not yet handed to every
+subscriber), which backpressure (:mod:`pulsewire.hub.backpressure`) measures. A channel with
+more than :data:`MAX_QUEUED` items waiting is given up (its subscribers told insufficient
+state) rather than let memory grow.
 """
 
 from __future__ import annotations
