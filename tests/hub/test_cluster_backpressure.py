@@ -5,7 +5,8 @@ discard, so the test process stays cheap) and a tiny ``overload_lag``; the HTTP 
 publishes to that channel as fast as a few keep-alive connections can. B's fan-out falls
 behind the bound, B tells the cluster, and A's publishes wait and are refused with 115
 (HTTP 503 with ``Retry-After``) instead of piling up on B; with ``overload_lag = 0``
-(backpressure off) the same storm is never refused. The numbers are printed (``-s``). One layer down: test_backpressure.py, test_overload.py.
+(backpressure off) the same storm is never refused. The numbers are printed (``-s``).
+One layer down: test_backpressure.py, test_overload.py.
 
 Without Redis the test skips (and fails under ``CI=true``).
 """
