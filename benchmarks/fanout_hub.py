@@ -30,8 +30,9 @@ CPU used by everything else on the machine meanwhile. Busy-machine numbers are f
     .venv/bin/python benchmarks/fanout_hub.py --smoke    # 100 subscribers, 2 rounds, 1 s
 
 Prints the results as JSON and writes ``benchmarks/results/hub_fanout.json`` (the smoke run:
-``hub_fanout_smoke.json``). ``run_smoke() -> dict`` runs the smoke configuration for tests
-(this file has no ``from __future__ import annotations``, so that it can be loaded with
+``hub_fanout_smoke.json``), which benchmarks/hub_report.py puts in docs/benchmarks-hub.md.
+``run_smoke() -> dict`` runs the smoke configuration for tests (this file has no
+``from __future__ import annotations``, so that it can be loaded with
 ``importlib.util.spec_from_file_location`` without being put in ``sys.modules``).
 """
 
@@ -244,8 +245,14 @@ class Proc:
 
 
 def start_node(
-    directory: Path, name: str, engine: str, prefix: str, settings: Settings
+    directory: Path,
+    name: str,
+    engine: str,
+    prefix: str,
+    settings: Settings,
+    extra_args: tuple[str, ...] = (),
 ) -> tuple[Proc, int]:
+    """A ``pulsewire serve`` node (``extra_args``: more ``serve`` flags) and its port."""
     config = node_config(directory / f"{name}.toml", name=name, engine=engine, prefix=prefix)
     out, log = directory / f"{name}.out", directory / f"{name}.log"
     with open(out, "wb") as stdout, open(log, "wb") as stderr:
@@ -254,6 +261,7 @@ def start_node(
                 [
                     *(settings.server_command or pulsewire_command()),
                     *("serve", "--config", str(config), "--port", "0"),
+                    *extra_args,
                 ],
                 SERVER_CORE,
                 settings,
@@ -274,11 +282,12 @@ def start_node(
         time.sleep(0.02)
 
 
-def start_redis(directory: Path, settings: Settings) -> tuple[Proc, str]:
+def start_redis(directory: Path, settings: Settings, port: int | None = None) -> tuple[Proc, str]:
+    """A private ``redis-server`` (on ``port``, default any free one) and its URL."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed: give --redis-url")
-    port = free_port()
+    port = port or free_port()
     log = directory / "redis.log"
     args = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
     with open(log, "wb") as out:
@@ -320,8 +329,11 @@ def stopping(procs: list[Proc]) -> Iterator[list[Proc]]:
             stop(proc)
 
 
-def spawn_client(mode: str, args: list[str], settings: Settings, log: Path) -> Proc:
-    command = [sys.executable, str(Path(__file__).resolve()), "--client", mode, *args]
+def spawn_client(
+    mode: str, args: list[str], settings: Settings, log: Path, script: Path | None = None
+) -> Proc:
+    """A client process on the client core: ``script`` (default this file) ``--client MODE``."""
+    command = [sys.executable, str((script or Path(__file__)).resolve()), "--client", mode, *args]
     with open(log, "wb") as stderr:
         popen = subprocess.Popen(
             pinned(command, CLIENT_CORE, settings),
@@ -1000,65 +1012,6 @@ def run_smoke(out_path: Path | None = None) -> dict[str, Any]:
     return results
 
 
-# ------------------------------------------------------------------------------- report
-
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-hub.md"
-
-
-def write_markdown(results: dict[str, Any], path: Path) -> None:
-    """docs/benchmarks-hub.md: the hub's fan-out and cross-node numbers of this run."""
-    fanout = results["fanout"]
-    machine_info = results["machine"]
-
-    def ms(part: dict[str, Any]) -> str:
-        return f"{part.get('p50', float('nan')):.1f} / {part.get('p99', float('nan')):.1f} ms"
-
-    lines = [
-        "# Hub benchmarks",
-        "",
-        f"Measured {results['date']} by `benchmarks/fanout_hub.py` (`make bench`) on "
-        f"{machine_info.get('cpu_model', '?')}, {machine_info.get('cpus', '?')} cores; the "
-        "server pinned to one core, the clients to the other.",
-        "",
-        f"## Fan-out: one publication to {fanout['subscribers']:,} subscribers on one node",
-        "",
-        "Time from the HTTP API publish until a subscriber has the message, over "
-        f"{fanout['rounds']} rounds (p50 / p99):",
-        "",
-        "| first subscriber | median subscriber | last subscriber | server CPU per round |",
-        "|---|---|---|---|",
-        f"| {ms(fanout['first_subscriber_ms'])} | {ms(fanout['median_subscriber_ms'])} "
-        f"| {ms(fanout['last_subscriber_ms'])} | {ms(fanout['server_cpu_ms_per_round'])} |",
-        "",
-        f"Connecting and subscribing all of them took {fanout['connect_subscribe_seconds']} s. "
-        f"The node's resident memory grew by {fanout['memory_per_connection_kib']} KiB per "
-        f"subscribed idle connection; it spent {fanout['server_cpu_us_per_delivery']} µs of CPU "
-        "per delivered message (the median round's CPU over its deliveries).",
-        "",
-        "## Across nodes on Redis",
-        "",
-        "Publishers on node A (WebSocket clients), subscribers on node B, for "
-        f"{results['settings']['duration']} s:",
-        "",
-        "| channel | delivered / s | publish-to-receive p50 / p99 "
-        "| CPU µs per publication: node A / node B / Redis |",
-        "|---|---|---|---|",
-    ]
-    for name, label in (("plain", "without history"), ("hist", "with history (offsets)")):
-        part = results["cross_node_redis"].get(name, {})
-        cpu = " / ".join(
-            str(part.get(f"{node}_cpu_us_per_publication", "?"))
-            for node in ("node_a", "node_b", "redis")
-        )
-        lines.append(
-            f"| {label} | {part.get('delivered_per_second', '?'):,} | "
-            f"{ms(part.get('latency_ms', {}))} | {cpu} |"
-        )
-    if results.get("warning"):
-        lines += ["", f"Note: {results['warning']}."]
-    path.write_text("\n".join(lines) + "\n")
-
-
 # ------------------------------------------------------------------------------- main
 
 
@@ -1118,8 +1071,6 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS / ("hub_fanout_smoke.json" if args.smoke else "hub_fanout.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    if not args.smoke and args.out is None:
-        write_markdown(results, DOCS)
     print(json.dumps(results, indent=2))
     print(f"written to {out}", file=sys.stderr)
     return 0
