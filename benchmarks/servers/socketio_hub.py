@@ -6,8 +6,11 @@ the room's name (acknowledged with ``"ok"``); ``POST /api/publish`` with
 ``{"result": {}}``, like pulsewire's HTTP API. Prints ``listening on http://HOST:PORT/`` once
 it listens (``--port 0``: any free port). ``--ping-interval S``: Engine.IO pings every S seconds
 (and drops a client that has not answered S seconds later; default: python-socketio's 25 + 20).
+``--redis-url URL``: several such processes form one hub through python-socketio's
+``AsyncRedisManager`` (an emit on one reaches the room's members on all of them).
 
     python benchmarks/servers/socketio_hub.py --port 0
+    python benchmarks/servers/socketio_hub.py --port 0 --redis-url redis://127.0.0.1:7600/0
 """
 
 from __future__ import annotations
@@ -21,13 +24,26 @@ from typing import Any
 import socketio  # type: ignore[import-untyped]
 import uvicorn
 
-sio = socketio.AsyncServer(async_mode="asgi", transports=["websocket"], cors_allowed_origins=[])
+sio: socketio.AsyncServer  # made by make_server()
 
 
-@sio.event  # type: ignore[untyped-decorator]
 async def join(sid: str, room: str) -> str:
     await sio.enter_room(sid, room)
     return "ok"
+
+
+def make_server(redis_url: str | None) -> socketio.AsyncServer:
+    """The Socket.IO server: on its own, or one of several sharing ``redis_url``."""
+    global sio
+    manager = socketio.AsyncRedisManager(redis_url) if redis_url else None
+    sio = socketio.AsyncServer(
+        async_mode="asgi",
+        transports=["websocket"],
+        cors_allowed_origins=[],
+        client_manager=manager,
+    )
+    sio.on("join", join)
+    return sio
 
 
 async def publish_api(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -60,7 +76,9 @@ async def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--ping-interval", type=float, help="seconds (default: 25, timeout 20)")
+    parser.add_argument("--redis-url", help="share rooms with other processes through Redis")
     args = parser.parse_args()
+    make_server(args.redis_url)
     if args.ping_interval:
         sio.eio.ping_interval = sio.eio.ping_timeout = args.ping_interval
     # our own listening socket, so that --port 0 can announce the port it got
