@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run chat test install conformance bench lint typecheck clean vendor-yjs
+.PHONY: run chat test install conformance bench bench-hub lint typecheck clean vendor-yjs
 
 $(BIN)/.installed: pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,7 +60,20 @@ vendor-yjs: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
-	$(BIN)/python benchmarks/fanout_hub.py $(BENCH_ARGS)
+	$(MAKE) bench-hub
+
+# docs/benchmarks-hub.md and .png: fan-out against the peers at 1k/5k/10k subscribers,
+# cross-node with a rate-limited publisher (backpressure off/on, python-socketio's Redis
+# manager), closed-loop cross-node throughput; then the page from benchmarks/results/.
+HUB_SIZES ?= 1000 5000 10000
+bench-hub: install
+	for n in $(HUB_SIZES); do \
+		$(BIN)/python benchmarks/hub_peers.py --subscribers $$n --client-procs 4 \
+			--out benchmarks/results/hub_peers_$$n.json || exit 1; \
+	done
+	$(BIN)/python benchmarks/backpressure.py
+	$(BIN)/python benchmarks/fanout_hub.py > /dev/null
+	$(BIN)/python benchmarks/hub_report.py
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples
