@@ -475,7 +475,7 @@ def drive(
         newest = max(s[1] for s in status(subscribers, lines))
         seen[number] = {f"{k}_cpu_percent": round(100 * (cpu1[k] - cpu0[k]) / wall) for k in pids}
         if newest > settings.give_up_ms and number < len(settings.rates):
-            stopped = f"the newest delivery was {newest:.0f} ms late after {rate}/s"
+            stopped = f"the newest delivery was {newest:,.0f} ms late after {rate:g}/s"
             break
     tell(publisher, "END")
     sent = json.loads(lines.take(pub, "RESULT", settings.overload_wait + 60).split(" ", 1)[1])

@@ -476,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     settings = Settings(**{**asdict(settings), "pin": not args.no_pin})
     results = run(settings, tuple(args.only or PEERS))
+    results["command"] = "benchmarks/hub_peers.py " + " ".join(argv)
     out = args.out or hub.RESULTS / ("hub_peers_smoke.json" if args.smoke else "hub_peers.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
