@@ -72,7 +72,7 @@ def ok(server: dict[str, Any] | None) -> bool:
 def header(data: dict[str, Any]) -> list[str]:
     runs = [*data["peers"], data["backpressure"], data["fanout"]]
     dates = sorted(r["date"] for r in runs if r)
-    machine = next((r["machine"] for r in runs if r), {})
+    machine: dict[str, Any] = next((r["machine"] for r in runs if r), {})
     span = f"{dates[0][:16]} to {dates[-1][:16]}" if dates else "no run"
     return [
         "# Hub benchmarks",
@@ -356,17 +356,17 @@ def reproduce() -> list[str]:
     return [
         "## Reproduce",
         "",
+        "<!-- snippet: no-run -- about 20 minutes of benchmarks -->",
         "```sh",
-        "make bench-hub    # all of the below, then this page (about 15 minutes)",
-        ".venv/bin/python benchmarks/hub_peers.py --subscribers 1000 "
-        "--out benchmarks/results/hub_peers_1000.json",
-        ".venv/bin/python benchmarks/backpressure.py",
-        ".venv/bin/python benchmarks/fanout_hub.py",
-        ".venv/bin/python benchmarks/hub_report.py",
+        "make bench-hub",
         "```",
         "",
-        "The raw numbers are in `benchmarks/results/` (not committed). The harnesses are "
-        "described in `benchmarks/README.md`.",
+        "runs `benchmarks/hub_peers.py --subscribers N --client-procs 4 --out "
+        "results/hub_peers_N.json` for N = 1,000, 5,000 and 10,000 (`HUB_SIZES`), "
+        "`benchmarks/backpressure.py`, `benchmarks/fanout_hub.py`, then "
+        "`benchmarks/hub_report.py`, which writes this page and its chart from "
+        "`benchmarks/results/` (raw numbers, not committed). Each section above names the "
+        "command of its run. The harnesses are described in `benchmarks/README.md`.",
         "",
     ]
 
