@@ -19,7 +19,9 @@ arrived during the step / S) and publish-to-receive latency (until the last of t
 subscribers had it) p50 / p99 / max over the step's accepted publications; those not
 delivered by the end of the drain are counted. Stepping stops once the newest delivered
 publication is older than ``--give-up-ms`` (the backlog grows without bound; the drain would
-take minutes). The sustainable rate: the highest step with everything accepted and delivered
+take minutes). At each step's end the driver's unread bytes from node B are recorded
+(/proc/net/tcp): past 1 MiB the driver, not only the hub, was behind.
+The sustainable rate: the highest step with everything accepted and delivered
 and p99 under ``--p99-bound-ms``.
 
     .venv/bin/python benchmarks/backpressure.py             # ~3 minutes
@@ -55,6 +57,7 @@ CHANNEL = "fan:xnode"  # pulsewire's channel; the Socket.IO room has the same na
 REDIS_PORTS = range(7600, 7700)
 REFUSED = 115  # pulsewire's error code for a publish refused by backpressure
 BINS_PER_SECOND = 10  # the subscribers count arrivals in 100 ms bins
+DRIVER_BEHIND = 1 << 20  # bytes unread by the driver at a step's end: it was the limit
 RUNS = ("pulsewire-off", "pulsewire-on", "python-socketio")
 
 
@@ -426,7 +429,7 @@ def measure(
         }
         load_before = hub.loadavg()
         window = hub.CpuWindow(pids, nodes[1].pid)
-        progress = drive(settings, clients, lines, pids)
+        progress = drive(settings, clients, lines, pids, port_b)
         cpu = window.stop()
         result = collect(settings, clients, lines, progress)
     result.update({"loadavg_before": load_before, "loadavg_after": hub.loadavg(), **cpu})
@@ -455,14 +458,31 @@ def cpu(pids: dict[str, list[int]]) -> dict[str, float]:
     return {name: sum(hub.cpu_seconds(p) for p in group) for name, group in pids.items()}
 
 
+def receive_backlog(port: int) -> int:
+    """Bytes waiting in the receive queues of the TCP sockets connected to ``port`` on this
+    machine (/proc/net/tcp): what node B sent that the driver has not read yet."""
+    total = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if int(fields[2].rsplit(":", 1)[1], 16) == port:
+                    total += int(fields[4].split(":")[1], 16)
+    return total
+
+
 def drive(
     settings: Settings,
     clients: list[hub.Proc],
     lines: hub.LineReader,
     pids: dict[str, list[int]],
+    port_b: int,
 ) -> dict[str, Any]:
-    """Step the offered rate up, then drain; returns what the steps saw as they ran (with
-    each process group's CPU use during the step, in % of one core)."""
+    """Step the offered rate up, then drain; returns what the steps saw as they ran: each
+    process group's CPU use during the step (% of one core) and, at its end, how much node
+    B had sent that the driver had not read yet (past ``DRIVER_BEHIND`` bytes, the step's
+    latencies are the driver's as much as the hub's)."""
     subscribers, publisher = clients[:-1], clients[-1]
     pub = len(clients) - 1
     seen: dict[int, dict[str, Any]] = {}
@@ -472,8 +492,11 @@ def drive(
         tell(publisher, f"STEP {number} {rate} {settings.step_seconds}")
         lines.take(pub, f"STEPDONE {number} ", settings.step_seconds + 60)
         cpu1, wall = cpu(pids), time.monotonic() - t0
+        backlog = receive_backlog(port_b)
         newest = max(s[1] for s in status(subscribers, lines))
         seen[number] = {f"{k}_cpu_percent": round(100 * (cpu1[k] - cpu0[k]) / wall) for k in pids}
+        seen[number]["driver_backlog_kib"] = round(backlog / 1024)
+        seen[number]["driver_behind"] = backlog > DRIVER_BEHIND
         if newest > settings.give_up_ms and number < len(settings.rates):
             stopped = f"the newest delivery was {newest:,.0f} ms late after {rate:g}/s"
             break
@@ -620,8 +643,8 @@ def markdown(results: dict[str, Any]) -> str:
             continue
         out += [
             "| offered/s | accepted/s | refused | skipped | delivered/s | p50 | p99 | max "
-            "| undelivered | CPU: node B, driver |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| undelivered | CPU: node B, driver | driver backlog |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in r["steps"]:
             lat = s["latency_ms"]
@@ -630,7 +653,9 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {s['offered_per_second']:g} | {s['accepted_per_second']:g} | {s['refused']} "
                 f"| {s['skipped']} | {s['delivered_per_second']:g} | {' | '.join(ms)} "
                 f"| {s['undelivered']} | {s.get('node_b_cpu_percent', '-')} %, "
-                f"{s.get('driver_cpu_percent', '-')} % |"
+                f"{s.get('driver_cpu_percent', '-')} % | {s.get('driver_backlog_kib', '-')} KiB"
+                + (" (behind)" if s.get("driver_behind") else "")
+                + " |"
             )
         out.append("")
         p99 = r["sustainable_p99_ms"]
@@ -641,6 +666,12 @@ def markdown(results: dict[str, Any]) -> str:
             + (f" Stopped early: {r['stopped']}." if r.get("stopped") else "")
             + f" Other CPU {r['other_cpu_percent']} %, load {r['loadavg_before']}."
         )
+        if any(s.get("driver_behind") for s in r["steps"]):
+            out.append(
+                f"\n(behind): more than {DRIVER_BEHIND >> 20} MiB that node B had sent was still "
+                "unread in the driver's receive queues at the step's end; that step's latencies "
+                "include the driver's own backlog (an upper bound for the hub's)."
+            )
         out.append("")
     return "\n".join(out)
 
