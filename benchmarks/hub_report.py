@@ -137,7 +137,15 @@ def fanout_section(peers: list[dict[str, Any]]) -> list[str]:
                 f"| {r['driver_cpu_percent']} %{saturated} "
                 f"| {r['other_cpu_percent']} %, {r['loadavg_before']} |"
             )
-        lines += ["", *ratio_table(result), ""]
+        saturated = [n for n, r in result["servers"].items() if ok(r) and r["driver_saturated"]]
+        lines += [
+            "",
+            "The driver was saturated (its CPU at or past "
+            f"{hub_peers_saturated()} %) against: {', '.join(saturated) or 'none'}.",
+            "",
+            *ratio_table(result),
+            "",
+        ]
         lines += [f"Note: {w}." for w in result.get("warnings", [])]
         if result.get("warnings"):
             lines.append("")
@@ -151,24 +159,33 @@ def hub_peers_saturated() -> str:
 
 
 def ratio_table(result: dict[str, Any]) -> list[str]:
-    ratios = result.get("ratios_pulsewire_over_peer") or {}
-    if not ratios:
+    """pulsewire / peer of each headline figure (from the raw values, two digits)."""
+    import hub_peers
+
+    servers = result["servers"]
+    ours = servers.get("pulsewire")
+    labels = {
+        "first_receipt_p50": "first receipt",
+        "last_receipt_p50": "last receipt",
+        "deliveries_per_second": "deliveries/s",
+        "memory_per_connection": "memory / connection",
+        "server_cpu_per_delivery": "CPU / delivery",
+    }
+    peers = [n for n in PEERS[1:] if ok(servers.get(n))]
+    if not ok(ours) or not peers:
         return []
-    keys = [
-        ("first_receipt_p50", "first receipt"),
-        ("last_receipt_p50", "last receipt"),
-        ("deliveries_per_second", "deliveries/s"),
-        ("memory_per_connection", "memory / connection"),
-        ("server_cpu_per_delivery", "CPU / delivery"),
-    ]
+    assert ours is not None
     lines = [
         "pulsewire / peer (below 1 is better, except deliveries/s):",
         "",
-        "| peer | " + " | ".join(label for _, label in keys) + " |",
-        "|---|" + "---|" * len(keys),
+        "| peer | " + " | ".join(labels.values()) + " |",
+        "|---|" + "---|" * len(labels),
     ]
-    for name, part in ratios.items():
-        cells = [fmt(part.get(k), 2) if part.get(k) is not None else "-" for k, _ in keys]
+    for name in peers:
+        cells = [
+            ratio(figure(ours), figure(servers[name]))
+            for figure in (hub_peers.RATIOS[k] for k in labels)
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -184,7 +201,7 @@ def targets_section(data: dict[str, Any]) -> list[str]:
         ours = largest["servers"]["pulsewire"]
         first = ours["first_receipt_ms"]["p50"]
         rows.append((f"first receipt ≤ 2 ms at {n:,}", f"{fmt(first, 2)} ms", met(first <= 2)))
-        ratios = largest.get("ratios_pulsewire_over_peer", {})
+        ratios = exact_ratios(largest)
         checks = (
             ("node-socketio", "last_receipt_p50", "last receipt ≤ 0.8x Node's", 0.8, False),
             ("node-socketio", "deliveries_per_second", "deliveries/s ≥ 5x Node's", 5, True),
@@ -197,7 +214,7 @@ def targets_section(data: dict[str, Any]) -> list[str]:
                 rows.append((f"{label} at {n:,}", "not measured", "-"))
                 continue
             good = value >= bound if higher else value <= bound
-            rows.append((f"{label} at {n:,}", f"{value:g}x", met(good)))
+            rows.append((f"{label} at {n:,}", f"{value:.2g}x", met(good)))
     bp = data["backpressure"]
     if bp:
         for name in ("pulsewire-off", "pulsewire-on"):
@@ -221,6 +238,25 @@ def targets_section(data: dict[str, Any]) -> list[str]:
 
 def ms(value: float | None) -> str:
     return "-" if value is None else f"{fmt(value)} ms"
+
+
+def exact_ratios(result: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """pulsewire / peer of hub_peers' headline figures, unrounded."""
+    import hub_peers
+
+    servers = result["servers"]
+    ours = servers.get("pulsewire")
+    out: dict[str, dict[str, float]] = {}
+    for name in PEERS[1:]:
+        peer = servers.get(name)
+        if ok(ours) and ok(peer):
+            assert ours is not None and peer is not None
+            out[name] = {
+                key: figure(ours) / figure(peer)
+                for key, figure in hub_peers.RATIOS.items()
+                if figure(peer)
+            }
+    return out
 
 
 def met(good: bool) -> str:
@@ -286,13 +322,40 @@ def cross_node_section(bp: dict[str, Any] | None) -> list[str]:
         f"Sustainable: the highest step with every publication accepted and delivered and p99 "
         f"≤ {s['p99_bound_ms']:g} ms.",
         "",
+        *overload_summary(bp),
         *peer_ratios(bp),
         "### Per step",
         "",
         backpressure.markdown(bp),
     ]
     lines += [f"Note: {w}." for w in bp.get("warnings", [])]
-    return lines
+    return [*lines, ""]
+
+
+def overload_summary(bp: dict[str, Any]) -> list[str]:
+    """What latency did past the highest rate both pulsewire runs kept up with."""
+    off, on = bp["runs"].get("pulsewire-off"), bp["runs"].get("pulsewire-on")
+    if not (ok(off) and ok(on)):
+        return []
+    assert off is not None and on is not None
+    floor = min(off["sustainable_per_second"], on["sustainable_per_second"])
+
+    def above(run: dict[str, Any]) -> list[dict[str, Any]]:
+        return [st for st in run["steps"] if st["offered_per_second"] > floor]
+
+    def p99s(run: dict[str, Any]) -> str:
+        return ", ".join(
+            f"{st['offered_per_second']:g}/s: {fmt(st['latency_ms'].get('p99'))} ms"
+            for st in above(run)
+            if "p99" in st["latency_ms"]
+        )
+
+    pushed = sum(st["refused"] + st["skipped"] for st in above(on))
+    return [
+        f"Past {floor:g}/s, p99 by step with backpressure off: {p99s(off)}; on: {p99s(on)} "
+        f"({pushed} publications refused or held back).",
+        "",
+    ]
 
 
 def peer_ratios(bp: dict[str, Any]) -> list[str]:
@@ -397,16 +460,21 @@ def chart(data: dict[str, Any], path: Path) -> bool:
         return False
     fig, axes = plt.subplots(2, 3, figsize=(13.2, 6.4), squeeze=False)
     panels = (
-        (lambda r: r["first_receipt_ms"]["p50"], "First receipt, ms (p50, lower is better)"),
-        (lambda r: r["last_receipt_ms"]["p50"], "Last receipt, ms (p50, lower is better)"),
+        (lambda r: r["first_receipt_ms"]["p50"], "First receipt, ms (p50, log, lower is better)"),
+        (lambda r: r["last_receipt_ms"]["p50"], "Last receipt, ms (p50, log, lower is better)"),
         (lambda r: r["deliveries_per_second"] / 1000, "Deliveries/s, thousands (higher is better)"),
         (lambda r: r["memory_per_connection_kib"], "KiB per subscribed connection (lower)"),
         (lambda r: r["server_cpu_us_per_delivery"] * 100, "CPU ms per 100k deliveries (lower)"),
     )
-    for ax, (figure, title) in zip(axes.flat, panels, strict=False):
+    for i, (ax, (figure, title)) in enumerate(zip(axes.flat, panels, strict=False)):
         bars(ax, data["peers"], figure, title)
+        if i < 2:  # python-socketio's receipts are 100x the others'
+            ax.set_yscale("log")
     latency_panel(axes.flat[5], data["backpressure"])
-    fig.suptitle("Hub: pulsewire, python-socketio, Node Socket.IO (one driver)", fontsize=11)
+    runs = [*data["peers"], data.get("backpressure")]
+    dates = sorted(r["date"][:10] for r in runs if r)
+    when = f", {dates[-1]}, a shared 2-core machine" if dates else ""
+    fig.suptitle(f"Hub: pulsewire, python-socketio, Node Socket.IO (one driver){when}", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
