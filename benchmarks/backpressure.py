@@ -35,12 +35,14 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -429,12 +431,53 @@ def measure(
         }
         load_before = hub.loadavg()
         window = hub.CpuWindow(pids, nodes[1].pid)
-        progress = drive(settings, clients, lines, pids, port_b)
+        watch = GateWatch(port_a) if run.startswith("pulsewire") else None
+        try:
+            progress = drive(settings, clients, lines, pids, port_b)
+        finally:
+            if watch is not None:
+                watch.stop()
         cpu = window.stop()
+        if watch is not None:
+            progress["gate"] = watch.samples
         result = collect(settings, clients, lines, progress)
     result.update({"loadavg_before": load_before, "loadavg_after": hub.loadavg(), **cpu})
     result["node_b_wait_percent"] = result.pop("server_wait_percent")
     return result
+
+
+class GateWatch:
+    """Polls node A's ``/metrics`` (a thread, every ``period`` seconds) for
+    ``pulsewire_overloaded_nodes``: how many nodes A holds its publishers back for. Node A
+    only forwards publications, so it answers in time while node B is behind."""
+
+    METRIC = re.compile(r"^pulsewire_overloaded_nodes(?:\{[^}]*\})? (\S+)$", re.MULTILINE)
+
+    def __init__(self, port: int, period: float = 0.25) -> None:
+        self.url = f"http://{hub.HOST}:{port}/metrics"
+        self.period = period
+        self.samples: list[tuple[float, float]] = []  # (time.monotonic(), overloaded nodes)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.period):
+            with contextlib.suppress(OSError, ValueError):
+                with urllib.request.urlopen(self.url, timeout=2) as answer:
+                    match = self.METRIC.search(answer.read().decode())
+                if match:
+                    self.samples.append((time.monotonic(), float(match.group(1))))
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(5)
+
+
+def gate_percent(samples: list[tuple[float, float]], start: float, end: float) -> float | None:
+    """The share of ``samples`` in [start, end) in which node A held some node overloaded."""
+    inside = [value for t, value in samples if start <= t < end]
+    return round(100 * sum(v > 0 for v in inside) / len(inside)) if inside else None
 
 
 def tell(proc: hub.Proc, line: str) -> None:
@@ -559,6 +602,9 @@ def collect(
                 "errors": tally["errors"],
                 "answer_ms": tally["answer_ms"],
                 **progress["progress"].get(number, {}),
+                "gate_closed_percent": gate_percent(
+                    progress.get("gate", []), tally["start"], tally["end"]
+                ),
             }
         )
     result = {
@@ -622,6 +668,10 @@ def run(settings: Settings) -> dict[str, Any]:
     return results
 
 
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:g} %"
+
+
 def milliseconds(value: float) -> str:
     return f"{value:,.1f} ms" if value < 100 else f"{value:,.0f} ms"
 
@@ -643,8 +693,8 @@ def markdown(results: dict[str, Any]) -> str:
             continue
         out += [
             "| offered/s | accepted/s | refused | skipped | delivered/s | p50 | p99 | max "
-            "| undelivered | CPU: node B, driver | driver backlog |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| undelivered | CPU: node B, driver | driver backlog | A held back |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in r["steps"]:
             lat = s["latency_ms"]
@@ -655,7 +705,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {s['undelivered']} | {s.get('node_b_cpu_percent', '-')} %, "
                 f"{s.get('driver_cpu_percent', '-')} % | {s.get('driver_backlog_kib', '-')} KiB"
                 + (" (behind)" if s.get("driver_behind") else "")
-                + " |"
+                + f" | {percent(s.get('gate_closed_percent'))} |"
             )
         out.append("")
         p99 = r["sustainable_p99_ms"]
@@ -671,6 +721,12 @@ def markdown(results: dict[str, Any]) -> str:
                 f"\n(behind): more than {DRIVER_BEHIND >> 20} MiB that node B had sent was still "
                 "unread in the driver's receive queues at the step's end; that step's latencies "
                 "include the driver's own backlog (an upper bound for the hub's)."
+            )
+        if any(s.get("gate_closed_percent") is not None for s in r["steps"]):
+            out.append(
+                "\nA held back: the share of the step in which node A's "
+                "`pulsewire_overloaded_nodes` (polled every 0.25 s) was above 0: publishes to "
+                "what node B was behind on waited."
             )
         out.append("")
     return "\n".join(out)

@@ -44,6 +44,7 @@ def test_backpressure_benchmark_smoke(tmp_path: Path) -> None:
             assert 0 < step["latency_ms"]["p50"] <= step["latency_ms"]["max"], (name, step)
             assert step["deliveries_per_second"] > 0, (name, step)
             assert step["driver_backlog_kib"] >= 0 and "driver_behind" in step, (name, step)
+            assert "gate_closed_percent" in step, (name, step)
         assert run["connections_lost"] == 0, name
         # (whether p99 stayed under the bound depends on the machine's load)
         assert run["sustainable_per_second"] in (0, *bench.SMOKE.rates), name
@@ -75,3 +76,11 @@ def test_receive_backlog_counts_unread_bytes_from_the_port() -> None:
                 assert bench.receive_backlog(port) == 5000
                 client.recv(5000, socket.MSG_WAITALL)
                 assert bench.receive_backlog(port) == 0
+
+
+def test_gate_percent_is_the_share_of_samples_with_a_node_held_overloaded() -> None:
+    bench = load("backpressure")
+    samples = [(0.0, 0.0), (1.0, 1.0), (2.0, 2.0), (3.0, 0.0), (4.0, 1.0)]
+    assert bench.gate_percent(samples, 0.0, 4.0) == 50  # the sample at 4.0 is past the end
+    assert bench.gate_percent(samples, 1.0, 3.0) == 100
+    assert bench.gate_percent(samples, 5.0, 6.0) is None  # no sample: not known
