@@ -448,8 +448,8 @@ def measure(
 
 class GateWatch:
     """Polls node A's ``/metrics`` (a thread, every ``period`` seconds) for
-    ``pulsewire_overloaded_nodes``: how many nodes A holds its publishers back for. Node A
-    only forwards publications, so it answers in time while node B is behind."""
+    ``pulsewire_overloaded_nodes``: how many overloaded nodes A knows of. Node A only
+    forwards publications, so it answers in time while node B is behind."""
 
     METRIC = re.compile(r"^pulsewire_overloaded_nodes(?:\{[^}]*\})? (\S+)$", re.MULTILINE)
 
@@ -475,7 +475,7 @@ class GateWatch:
 
 
 def gate_percent(samples: list[tuple[float, float]], start: float, end: float) -> float | None:
-    """The share of ``samples`` in [start, end) in which node A held some node overloaded."""
+    """The share of ``samples`` in [start, end) in which node A knew of an overloaded node."""
     inside = [value for t, value in samples if start <= t < end]
     return round(100 * sum(v > 0 for v in inside) / len(inside)) if inside else None
 
@@ -602,7 +602,7 @@ def collect(
                 "errors": tally["errors"],
                 "answer_ms": tally["answer_ms"],
                 **progress["progress"].get(number, {}),
-                "gate_closed_percent": gate_percent(
+                "a_saw_overload_percent": gate_percent(
                     progress.get("gate", []), tally["start"], tally["end"]
                 ),
             }
@@ -693,7 +693,7 @@ def markdown(results: dict[str, Any]) -> str:
             continue
         out += [
             "| offered/s | accepted/s | refused | skipped | delivered/s | p50 | p99 | max "
-            "| undelivered | CPU: node B, driver | driver backlog | A held back |",
+            "| undelivered | CPU: node B, driver | driver backlog | A saw B overloaded |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in r["steps"]:
@@ -705,7 +705,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {s['undelivered']} | {s.get('node_b_cpu_percent', '-')} %, "
                 f"{s.get('driver_cpu_percent', '-')} % | {s.get('driver_backlog_kib', '-')} KiB"
                 + (" (behind)" if s.get("driver_behind") else "")
-                + f" | {percent(s.get('gate_closed_percent'))} |"
+                + f" | {percent(s.get('a_saw_overload_percent'))} |"
             )
         out.append("")
         p99 = r["sustainable_p99_ms"]
@@ -722,11 +722,12 @@ def markdown(results: dict[str, Any]) -> str:
                 "unread in the driver's receive queues at the step's end; that step's latencies "
                 "include the driver's own backlog (an upper bound for the hub's)."
             )
-        if any(s.get("gate_closed_percent") is not None for s in r["steps"]):
+        if any(s.get("a_saw_overload_percent") is not None for s in r["steps"]):
             out.append(
-                "\nA held back: the share of the step in which node A's "
-                "`pulsewire_overloaded_nodes` (polled every 0.25 s) was above 0: publishes to "
-                "what node B was behind on waited."
+                "\nA saw B overloaded: the share of the step in which node A's "
+                "`pulsewire_overloaded_nodes` gauge (polled every 0.25 s) was above 0, i.e. A had "
+                "an overloaded node in its load table (publishes to what that node is behind on "
+                "wait while it stays there, at most overload_wait, then are refused)."
             )
         out.append("")
     return "\n".join(out)
