@@ -16,8 +16,9 @@ waiting when its step ends is counted as ``skipped`` (the publisher was held bac
 Per step: offered/s, accepted/s, refused (error code 115, backpressure), other errors,
 skipped, the API's answer time, delivered publications/s at B's subscribers (deliveries that
 arrived during the step / S) and publish-to-receive latency (until the last of the S
-subscribers had it) p50 / p99 / max over the step's accepted publications; those not
-delivered by the end of the drain are counted. Stepping stops once the newest delivered
+subscribers had it) p50 / p99 / max over the step's accepted publications, and its p99 from
+node A's answer on (without the time A held the publish back); those not delivered by the end
+of the drain are counted. Stepping stops once the newest delivered
 publication is older than ``--give-up-ms`` (the backlog grows without bound; the drain would
 take minutes). At each step's end the driver's unread bytes from node B are recorded
 (/proc/net/tcp): past 1 MiB the driver, not only the hub, was behind.
@@ -210,6 +211,7 @@ class Publisher:
         self.due: asyncio.Queue[int] = asyncio.Queue()
         self.tallies: dict[int, Tally] = {}
         self.seq = 0
+        self.answered: dict[int, float] = {}  # seq -> ms until node A accepted it
         self.busy = 0
         self.workers: list[asyncio.Task[None]] = []
 
@@ -225,9 +227,10 @@ class Publisher:
             step = await self.due.get()
             tally = self.tallies[step]
             self.seq += 1
+            seq = self.seq
             self.busy += 1
             t0 = time.monotonic()
-            data = {"s": self.seq, "k": step, "t": t0}
+            data = {"s": seq, "k": step, "t": t0}
             body = json.dumps({"channel": CHANNEL, "data": data}).encode()
             writer.write(
                 (
@@ -239,11 +242,13 @@ class Publisher:
             )
             tally.sent += 1
             status, answer = await read_response(reader)
-            tally.answer_ms.append((time.monotonic() - t0) * 1000)
+            waited = (time.monotonic() - t0) * 1000
+            tally.answer_ms.append(waited)
             self.busy -= 1
             code = answer.get("error", {}).get("code") if isinstance(answer, dict) else None
             if status == 200 and code is None:
                 tally.accepted += 1
+                self.answered[seq] = round(waited, 2)
             elif code == REFUSED:
                 tally.refused += 1
             else:
@@ -304,7 +309,11 @@ async def publisher_client(args: argparse.Namespace) -> None:
         hub.say(f"STEPDONE {number} {json.dumps(tally.summary())}")
     await publisher.settle(args.settle)
     tallies = {n: t.summary() for n, t in publisher.tallies.items()}
-    hub.say("RESULT " + json.dumps({"steps": tallies, "outstanding": publisher.busy}))
+    answered = publisher.answered
+    hub.say(
+        "RESULT "
+        + json.dumps({"steps": tallies, "outstanding": publisher.busy, "answered": answered})
+    )
 
 
 # ---------------------------------------------------------------------- the coordinator
@@ -573,12 +582,17 @@ def collect(
     ]
     # a publication is delivered once every process has it S-share times: last = max of lasts
     shares = [c for c, _ in hub.client_shares(settings.subscribers, settings.client_procs)]
+    answered = progress["publisher"]["answered"]  # seq -> ms node A took to accept it
     done: dict[int, list[float]] = {}  # step -> latencies (ms)
+    after: dict[int, list[float]] = {}  # step -> latencies from node A's acceptance (ms)
     for seq in parts[0]["records"]:
         records = [p["records"].get(seq) for p in parts]
         if all(r is not None and r[4] == share for r, share in zip(records, shares, strict=True)):
             step, t0 = records[0][0], records[0][1]
-            done.setdefault(int(step), []).append((max(r[3] for r in records) - t0) * 1000)
+            latency = (max(r[3] for r in records) - t0) * 1000
+            done.setdefault(int(step), []).append(latency)
+            if seq in answered:
+                after.setdefault(int(step), []).append(max(0.0, latency - answered[seq]))
     bins: dict[int, int] = {}
     for part in parts:
         for slot, count in part["bins"].items():
@@ -597,6 +611,8 @@ def collect(
                 "delivered_per_second": round(arrived / settings.subscribers / seconds, 1),
                 "deliveries_per_second": round(arrived / seconds),
                 "latency_ms": hub.summary(latencies),
+                # from the answer to the publish on: without the time node A held it back
+                "after_accept_ms": hub.summary(after.get(number, [])),
                 "undelivered": tally["accepted"] - len(latencies),
                 **{k: tally[k] for k in ("offered", "sent", "accepted", "refused", "skipped")},
                 "errors": tally["errors"],
@@ -693,12 +709,15 @@ def markdown(results: dict[str, Any]) -> str:
             continue
         out += [
             "| offered/s | accepted/s | refused | skipped | delivered/s | p50 | p99 | max "
-            "| undelivered | CPU: node B, driver | driver backlog | A saw B overloaded |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| p99 after accepted | undelivered | CPU: node B, driver | driver backlog "
+            "| A saw B overloaded |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in r["steps"]:
             lat = s["latency_ms"]
             ms = [milliseconds(lat[k]) if k in lat else "-" for k in ("p50", "p99", "max")]
+            after = s["after_accept_ms"]
+            ms.append(milliseconds(after["p99"]) if "p99" in after else "-")
             out.append(
                 f"| {s['offered_per_second']:g} | {s['accepted_per_second']:g} | {s['refused']} "
                 f"| {s['skipped']} | {s['delivered_per_second']:g} | {' | '.join(ms)} "
@@ -722,6 +741,11 @@ def markdown(results: dict[str, Any]) -> str:
                 "unread in the driver's receive queues at the step's end; that step's latencies "
                 "include the driver's own backlog (an upper bound for the hub's)."
             )
+        out.append(
+            "\np50 / p99 / max: from the publisher's send until the last subscriber had it, "
+            "the time node A held the publish back included; after accepted: from node A's "
+            "answer on."
+        )
         if any(s.get("a_saw_overload_percent") is not None for s in r["steps"]):
             out.append(
                 "\nA saw B overloaded: the share of the step in which node A's "

@@ -137,11 +137,11 @@ def fanout_section(peers: list[dict[str, Any]]) -> list[str]:
                 f"| {r['driver_cpu_percent']} %{saturated} "
                 f"| {r['other_cpu_percent']} %, {r['loadavg_before']} |"
             )
-        saturated = [n for n, r in result["servers"].items() if ok(r) and r["driver_saturated"]]
+        limited = [n for n, r in result["servers"].items() if ok(r) and r["driver_saturated"]]
         lines += [
             "",
             "The driver was saturated (its CPU at or past "
-            f"{hub_peers_saturated()} %) against: {', '.join(saturated) or 'none'}.",
+            f"{hub_peers_saturated()} %) against: {', '.join(limited) or 'none'}.",
             "",
             *ratio_table(result),
             "",
@@ -345,15 +345,17 @@ def overload_summary(bp: dict[str, Any]) -> list[str]:
 
     def p99s(run: dict[str, Any]) -> str:
         return ", ".join(
-            f"{st['offered_per_second']:g}/s: {fmt(st['latency_ms'].get('p99'))} ms"
+            f"{st['offered_per_second']:g}/s: {fmt(st['latency_ms'].get('p99'))} "
+            f"({fmt(st.get('after_accept_ms', {}).get('p99'))}) ms"
             for st in above(run)
             if "p99" in st["latency_ms"]
         )
 
     pushed = sum(st["refused"] + st["skipped"] for st in above(on))
     return [
-        f"Past {floor:g}/s, p99 by step with backpressure off: {p99s(off)}; on: {p99s(on)} "
-        f"({pushed} publications refused or held back).",
+        f"Past {floor:g}/s, p99 by step (in parentheses: from node A's answer on) with "
+        f"backpressure off: {p99s(off)}; on: {p99s(on)} ({pushed} publications refused or "
+        "held back).",
         "",
     ]
 

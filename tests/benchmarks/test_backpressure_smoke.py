@@ -45,6 +45,10 @@ def test_backpressure_benchmark_smoke(tmp_path: Path) -> None:
             assert step["deliveries_per_second"] > 0, (name, step)
             assert step["driver_backlog_kib"] >= 0 and "driver_behind" in step, (name, step)
             assert "a_saw_overload_percent" in step, (name, step)
+            # the part after node A's answer: every accepted publication, never longer
+            after = step["after_accept_ms"]
+            assert after["count"] == step["accepted"], (name, step)
+            assert after["max"] <= step["latency_ms"]["max"], (name, step)
         assert run["connections_lost"] == 0, name
         # (whether p99 stayed under the bound depends on the machine's load)
         assert run["sustainable_per_second"] in (0, *bench.SMOKE.rates), name
