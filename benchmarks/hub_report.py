@@ -317,10 +317,14 @@ def cross_node_section(bp: dict[str, Any] | None) -> list[str]:
             f"| {sum(st['refused'] for st in steps)} | {sum(st['skipped'] for st in steps)} "
             f"| {fmt(worst)} ms | {r['other_cpu_percent']} %, {r['loadavg_before']} |"
         )
+    others = [r["other_cpu_percent"] for r in bp["runs"].values() if ok(r)]
     lines += [
         "",
         f"Sustainable: the highest step with every publication accepted and delivered and p99 "
-        f"≤ {s['p99_bound_ms']:g} ms.",
+        f"≤ {s['p99_bound_ms']:g} ms. The runs ran one after the other, and the CPU other "
+        f"processes used during them ranged from {min(others, default=0):g} % to "
+        f"{max(others, default=0):g} % of a core: that moves these numbers as much as the "
+        "hubs' differences do (compare the steps' node B CPU).",
         "",
         *overload_summary(bp),
         *peer_ratios(bp),
