@@ -306,17 +306,7 @@ def measure(
 
 
 def spawn_client(protocol: str, args: list[str], settings: Settings, log: Path) -> hub.Proc:
-    command = [sys.executable, str(Path(__file__).resolve()), "--client", protocol, *args]
-    with open(log, "wb") as stderr:
-        popen = subprocess.Popen(
-            hub.pinned(command, hub.CLIENT_CORE, hub_settings(settings)),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            bufsize=1,
-        )
-    return hub.Proc(f"client-{protocol}", popen, log)
+    return hub.spawn_client(protocol, args, hub_settings(settings), log, script=Path(__file__))
 
 
 # Ratio pulsewire / peer of each headline figure (below 1 is better for all but deliveries/s).
