@@ -389,6 +389,17 @@ def peer_ratios(bp: dict[str, Any]) -> list[str]:
         f"| most publications/s delivered to {n:,} (deliveries/s) | {fmt(x)} ({x * n:,.0f}) "
         f"| {fmt(y)} ({y * n:,.0f}) | {ratio(x, y)} |"
     )
+
+    def at_peak(run: dict[str, Any]) -> tuple[str, float | None, float | None]:
+        step = run["steps"][run["saturation_step"] - 1]
+        lat = step["latency_ms"]
+        return f"{step['offered_per_second']:g}/s", lat.get("p50"), lat.get("p99")
+
+    (rate_x, p50_x, p99_x), (rate_y, p50_y, p99_y) = at_peak(ours), at_peak(peer)
+    rows.append(
+        f"| latency p50 / p99 at that step (offered) | {fmt(p50_x)} / {fmt(p99_x)} ms "
+        f"({rate_x}) | {fmt(p50_y)} / {fmt(p99_y)} ms ({rate_y}) | - (different rates) |"
+    )
     return [*rows, ""]
 
 
