@@ -17,7 +17,9 @@ next read. Two kinds of memory, so that an idle connection holds none:
 
 A ``bytearray`` is never resized while a view of it may be alive (the event loop keeps the
 view it got from ``get_buffer`` until ``buffer_updated`` returns, and a resize would raise
-``BufferError``): growing or shrinking means another ``bytearray``. Own buffers let go are
+``BufferError``): growing or shrinking means another ``bytearray``. Bytes are moved by
+assigning to a ``memoryview`` (one ``memmove``): a slice assignment to a ``bytearray`` from
+anything but a ``bytearray`` copies the source into a temporary first. Own buffers let go are
 kept for the next frame of any connection (at most :data:`SPARE_BYTES` in all): a large
 ``bytearray`` is otherwise a fresh ``mmap``, zero-filled and page-faulted in, for every frame
 that takes two reads.
@@ -119,10 +121,11 @@ class InputBuffer:
         target = _capacity(held, need) if need > held else held + MIN_OWN
         if len(own) - start < target:
             if len(own) >= target:
-                own[:held] = own[start:end]  # same size: allowed while views exist
+                view = memoryview(own)  # same size: allowed while views exist
+                view[:held] = view[start:end]
             else:
                 new = _allocate(target)
-                new[:held] = memoryview(own)[start:end]
+                memoryview(new)[:held] = memoryview(own)[start:end]
                 _release(own)
                 self.own = own = new
             self.start, self.end = 0, held
@@ -146,12 +149,12 @@ class InputBuffer:
         if len(own) - end < len(data):
             # Room for more than this: bytes fed in small pieces are not copied each time.
             new = _allocate(max(held + len(data), min(GROWTH * held, _MAX_AHEAD)))
-            new[:held] = memoryview(own)[start:end]
+            memoryview(new)[:held] = memoryview(own)[start:end]
             _release(own)
             self.own = own = new
             self.start = start = 0
             end = held
-        own[end : end + len(data)] = data
+        memoryview(own)[end : end + len(data)] = data
         self.end = end = end + len(data)
         return memoryview(own)[:end], start
 
@@ -176,7 +179,7 @@ class InputBuffer:
             self.start = pos
             return
         new = _allocate(capacity)
-        new[:held] = memoryview(data)[pos:]
+        memoryview(new)[:held] = memoryview(data)[pos:]
         if own is not None:
             _release(own)
         self.own = new
