@@ -181,9 +181,9 @@ class Connection(Writer):
         if inp.own is not None:
             view, pos = inp.append(data)
             if len(view) - pos >= self._need:  # else the frame awaited is still incomplete
-                self._receive(view, pos, False)
+                self._receive(view, pos, False, True)
         elif data:
-            self._receive(data, 0, False)
+            self._receive(data, 0, False, False)
 
     def get_buffer(self, shared: memoryview) -> memoryview:
         """Where to read the next bytes from the network (never empty): then call
@@ -194,7 +194,8 @@ class Connection(Writer):
         buffer per event loop, say): it is returned unless this connection holds part of a
         frame, which then goes on in the connection's own memory. Nothing may write into
         ``shared`` between this call and :meth:`buffer_updated`, which copies out whatever
-        it does not parse. Made for ``asyncio.BufferedProtocol`` and ``socket.recv_into``."""
+        it does not parse (and may change what it parses: text is unmasked in place). Made
+        for ``asyncio.BufferedProtocol`` and ``socket.recv_into``."""
         inp = self._input
         if inp.own is None:
             self._shared = shared
@@ -212,21 +213,38 @@ class Connection(Writer):
             return
         if shared is not None:
             self._shared = None
-            self._receive(shared[:nbytes], 0, True)
+            scan = scan_messages
+            if scan is not None and not self._frame_left and not self._msg_type:
+                # The common case in one C call: the read holds whole data frames only.
+                frame_limit, message_limit = self.max_frame_size, self.max_message_size
+                if frame_limit is None or (
+                    message_limit is not None and message_limit < frame_limit
+                ):
+                    frame_limit = message_limit
+                pos = scan(shared, 0, nbytes, self.is_client, frame_limit, self._events, True)
+                if pos == nbytes:
+                    self._need = 0
+                    self.buffered_in = 0  # no message in progress, nothing kept
+                    return
+                self._receive(shared[:nbytes], pos, True, True)
+            else:
+                self._receive(shared[:nbytes], 0, True, True)
         else:
             view, pos = self._input.filled(nbytes)
             if len(view) - pos >= self._need:
-                self._receive(view, pos, True)
+                self._receive(view, pos, True, True)
             else:  # the frame awaited is still incomplete; get_buffer() may have grown it
                 self.buffered_in = self._input.memory + self._msg_held
 
-    def _receive(self, data: bytes | memoryview, pos: int, reading: bool) -> None:
+    def _receive(self, data: bytes | memoryview, pos: int, reading: bool, ours: bool) -> None:
         """Parse ``data`` from ``pos`` and keep what is left (in the connection's own memory:
         ``data`` may be a view of a buffer reused by the next read); ``reading``: the caller
-        reads into :meth:`get_buffer`, so keep room for the rest of an incomplete frame."""
+        reads into :meth:`get_buffer`, so keep room for the rest of an incomplete frame;
+        ``ours``: ``data`` is the connection's read buffer, which parsing may change (text
+        is unmasked in place), not the caller's bytes."""
         self._read_inflated = 0
         try:
-            pos = self._parse(data, pos)
+            pos = self._parse(data, pos, ours)
         except ProtocolError as exc:
             self.fail(exc.code, exc.reason, exc)
             return
@@ -270,9 +288,10 @@ class Connection(Writer):
             self._events = []
         return events
 
-    def _parse(self, data: bytes | memoryview, pos: int) -> int:
+    def _parse(self, data: bytes | memoryview, pos: int, ours: bool) -> int:
         """Consume as much of ``data`` from ``pos`` as possible; return where it stopped, and
-        set ``_need`` to the bytes from there that parsing waits for (0: any).
+        set ``_need`` to the bytes from there that parsing waits for (0: any); ``ours``: the
+        C fast path may unmask in place.
 
         ``data`` may be a view of memory the next read reuses: every payload taken from it is
         copied (``bytes()`` of a ``bytes`` slice is the same object, no second copy)."""
@@ -288,7 +307,7 @@ class Connection(Writer):
         while pos < end:
             if scan is not None and not self._frame_left and not self._msg_type:
                 # C fast path: every whole unfragmented uncompressed message at once.
-                moved = scan(data, pos, client, frame_limit, events)
+                moved = scan(data, pos, end, client, frame_limit, events, ours)
                 if moved != pos:
                     pos = moved
                     continue
