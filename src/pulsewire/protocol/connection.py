@@ -211,30 +211,30 @@ class Connection(Writer):
         if self._discard_input:
             self._shared = None
             return
+        inp = self._input
         if shared is not None:
             self._shared = None
-            scan = scan_messages
-            if scan is not None and not self._frame_left and not self._msg_type:
-                # The common case in one C call: the read holds whole data frames only.
-                frame_limit, message_limit = self.max_frame_size, self.max_message_size
-                if frame_limit is None or (
-                    message_limit is not None and message_limit < frame_limit
-                ):
-                    frame_limit = message_limit
-                pos = scan(shared, 0, nbytes, self.is_client, frame_limit, self._events, True)
-                if pos == nbytes:
-                    self._need = 0
-                    self.buffered_in = 0  # no message in progress, nothing kept
-                    return
-                self._receive(shared[:nbytes], pos, True, True)
-            else:
-                self._receive(shared[:nbytes], 0, True, True)
+            data, pos, end = shared, 0, nbytes
         else:
-            view, pos = self._input.filled(nbytes)
-            if len(view) - pos >= self._need:
-                self._receive(view, pos, True, True)
-            else:  # the frame awaited is still incomplete; get_buffer() may have grown it
-                self.buffered_in = self._input.memory + self._msg_held
+            data, pos = inp.filled(nbytes)
+            end = len(data)
+            if end - pos < self._need:  # the frame awaited is still incomplete (it may grow)
+                self.buffered_in = inp.memory + self._msg_held
+                return
+        scan = scan_messages
+        if scan is not None and not self._frame_left and not self._msg_type:
+            # The common case in one C call: the read holds (or completes) whole data frames.
+            frame_limit, message_limit = self.max_frame_size, self.max_message_size
+            if frame_limit is None or (message_limit is not None and message_limit < frame_limit):
+                frame_limit = message_limit
+            pos = scan(data, pos, end, self.is_client, frame_limit, self._events, True)
+            if pos == end:
+                if shared is None:
+                    inp.clear()  # parsed to the end: the own buffer goes
+                self._need = 0
+                self.buffered_in = 0  # no message in progress, nothing kept
+                return
+        self._receive(data[:end] if shared is not None else data, pos, True, True)
 
     def _receive(self, data: bytes | memoryview, pos: int, reading: bool, ours: bool) -> None:
         """Parse ``data`` from ``pos`` and keep what is left (in the connection's own memory:
