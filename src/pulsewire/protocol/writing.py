@@ -57,7 +57,9 @@ class Writer:
         """Bytes queued for the network and not yet taken (for write backpressure)."""
         self.is_client = side is Side.CLIENT
         """A client masks every frame it sends and expects none masked."""
-        self._plain = not self.is_client and deflate is None  # frames go out as they are
+        # Every message goes out as one unmasked, uncompressed frame (deflate is fixed at
+        # the handshake): send_text/send_binary's short way.
+        self._plain = not self.is_client and deflate is None
         self._mask_key: Callable[[], bytes] = mask_key or (lambda: os.urandom(4))
         self._out: list[bytes] = []
         self._out_fragmenting = 0  # the opcode of the fragmented message being sent
@@ -91,7 +93,7 @@ class Writer:
         """Send a text message (``bytes`` must already be UTF-8; ``fin=False`` starts fragments)."""
         payload = data.encode("utf-8") if isinstance(data, str) else data
         if self._plain and fin and self.state is State.OPEN and not self._out_fragmenting:
-            self._queue_plain(0x81, payload)  # the echo's way: _send_data's checks, decided
+            self._queue_plain(0x81, payload)  # the common case, without _send_data's calls
             return
         self._send_data(_TEXT, payload, fin, compress)
 
@@ -202,11 +204,8 @@ class Writer:
     def send_frame(self, first: int, payload: bytes) -> None:
         """Queue one frame: ``first`` is its first byte (FIN, RSV1-3, opcode); a client masks
         it. The caller keeps the protocol's rules (the core's own sends do)."""
-        mask = self._mask_key() if self.is_client else None
-        n = len(payload)
-        self.out_bytes += n + 14
-        if mask is None and n >= _LARGE_PAYLOAD:
-            self._out.append(frame_header(first, n))
-            self._out.append(payload)
-        else:
-            self._out.append(build_frame(first, payload, mask))
+        if not self.is_client:
+            self._queue_plain(first, payload)
+            return
+        self.out_bytes += len(payload) + 14
+        self._out.append(build_frame(first, payload, self._mask_key()))
