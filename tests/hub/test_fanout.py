@@ -16,7 +16,7 @@ import pytest
 
 from pulsewire.hub.channels import parse_channel
 from pulsewire.hub.config import HubConfig
-from pulsewire.hub.delivery import CHUNK, FIRST_CHUNK, MAX_QUEUED
+from pulsewire.hub.delivery import CHUNK, FIRST_CHUNK, MAX_QUEUED, PASS_ITEMS
 from pulsewire.hub.errors import UnsubscribeCode
 from pulsewire.hub.fanout import Fanout, Subscription
 from pulsewire.hub.metrics import HubMetrics
@@ -106,7 +106,11 @@ class FakeEngine:
 
 class Harness:
     def __init__(
-        self, chunk: int = CHUNK, first_chunk: int = FIRST_CHUNK, max_queued: int = MAX_QUEUED
+        self,
+        chunk: int = CHUNK,
+        first_chunk: int = FIRST_CHUNK,
+        max_queued: int = MAX_QUEUED,
+        pass_items: int = PASS_ITEMS,
     ) -> None:
         self.engine = FakeEngine()
         self.metrics = HubMetrics()
@@ -123,6 +127,7 @@ class Harness:
             chunk=chunk,
             first_chunk=first_chunk,
             max_queued=max_queued,
+            pass_items=pass_items,
         )
 
     async def subscribe(

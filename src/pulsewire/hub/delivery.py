@@ -13,15 +13,29 @@ more than its loop iteration (measured over loopback with the benchmark's client
 about 0.1 ms of the node's CPU per chunk, most likely from waking the readers again; chunks
 of at most 128 cost 10 % more CPU per delivery to 10,000 subscribers than one chunk).
 
+Bounded work per loop callback: a chunk hands every item of its pass to each of its
+subscribers, so its work is items times subscribers. A pass takes at most ``pass_items``
+(:data:`PASS_ITEMS`) of the items waiting, and its chunks have as many subscribers as keep a
+chunk to about ``chunk`` deliveries (the first to about ``first_chunk``; at least one
+subscriber). A pass that starts in the callback that finished the one before waits for the
+next callback if its first chunk would take that callback past ``chunk`` deliveries. Before,
+a pass took everything waiting: with 400 publications waiting for 2,000 subscribers, one
+callback made 1024 x 400 = 409,600 deliveries (85 ms of CPU with the tests' do-nothing
+subscribers; with real ones node B's loop lag read 0.7-3.7 s in benchmarks/backpressure.py),
+so the lag probe and backpressure's "still overloaded" refreshes ran late and publications
+waited 4-28 s (p99) with backpressure on. Several items per subscriber per pass remain: one
+write for all of them is what drains a backlog fast.
+
 The first chunk is taken from the channel's index as it is; the rest of the subscribers are
 listed only when the second chunk starts, after the first chunk's bytes were written: listing
 10,000 subscribers (two lists, touching every session and subscription object) took 1 ms of
 the node's time, the largest part of what was left before the first write.
 
 Order: a channel has at most one pass in progress. Whatever arrives for the channel meanwhile
-(publications, join/leave pushes) waits in the channel's queue, and the next pass hands all of
-it to each subscriber in arrival order (written together), so nothing overtakes anything for
-any subscriber. A pass goes to the first chunk, then to the channel's other subscriptions as
+(publications, join/leave pushes) waits in the channel's queue; the next pass hands the first
+``pass_items`` of it to each subscriber in arrival order (written together), the pass after
+that the next ones, so nothing overtakes anything for any subscriber. A pass goes to the
+first chunk, then to the channel's other subscriptions as
 listed for the second chunk (one loop iteration later: one added in between gets it too, a
 subscriber of the first chunk never twice) that it still has when their turn comes: one
 removed mid-pass (unsubscribed, disconnected as a slow consumer) gets nothing more; one added
@@ -53,17 +67,22 @@ from .metrics import HubMetrics
 from .subscription import Subscriber, Subscription
 from .types import PreparedMessage, Publication
 
-__all__ = ["CHUNK", "FIRST_CHUNK", "GROWTH", "MAX_QUEUED", "Delivery"]
+__all__ = ["CHUNK", "FIRST_CHUNK", "GROWTH", "MAX_QUEUED", "PASS_ITEMS", "Delivery"]
 
 logger = logging.getLogger("pulsewire.hub")
 
 FIRST_CHUNK = 16
-"""Subscribers handed an item before the first yield to the loop (tens of µs of work)."""
+"""Deliveries (items times subscribers) before the first yield to the loop (tens of µs of
+work): 16 subscribers for one item, one subscriber for 16 items or more."""
 GROWTH = 8
-"""Each chunk of a pass is this many times the one before (16, 128, 1024, 1024...)."""
+"""Each chunk of a pass is this many times the one before (16, 128, 1024, 1024... subscribers
+for one item)."""
 CHUNK = 1024
-"""The largest chunk, a few ms of work: what comes in meanwhile (other channels'
-publications, commands) waits no longer than that."""
+"""The most deliveries in one loop callback, a few ms of work: what comes in meanwhile (other
+channels' publications, commands, the loop lag probe) waits no longer than that."""
+PASS_ITEMS = 64
+"""The most items one pass takes from the channel's queue; the rest wait for the next pass.
+Several items per subscriber per pass is what drains a backlog fast (one write for all)."""
 MAX_QUEUED = 10_000
 """Items a channel may have waiting behind its pass in progress. One more and the node gives
 up on the channel's stream rather than grow its memory: what was waiting is dropped, and the
@@ -88,9 +107,19 @@ class _Item:
 
 class _Pass:
     """One delivery of ``items`` to the subscriptions of ``channel``: at first only the
-    first ``size`` of them, all of them once :meth:`list_rest` has run (``listed``)."""
+    first ``size`` of them, all of them once :meth:`list_rest` has run (``listed``); chunks
+    of at most ``largest`` subscribers."""
 
-    __slots__ = ("channel", "done", "items", "listed", "size", "subscribers", "subscriptions")
+    __slots__ = (
+        "channel",
+        "done",
+        "items",
+        "largest",
+        "listed",
+        "size",
+        "subscribers",
+        "subscriptions",
+    )
 
     def __init__(
         self,
@@ -98,8 +127,10 @@ class _Pass:
         items: list[_Item],
         subs: Mapping[Subscriber, Subscription],
         size: int,
+        largest: int,
     ) -> None:
         self.channel = channel
+        self.largest = largest  # subscribers of the largest chunk
         self.items = items
         self.listed = len(subs) <= size
         # Keys and values as two lists rather than list(subs.items()): with 10,000
@@ -138,8 +169,9 @@ class Delivery:
     """Delivery to local subscribers (see the module docstring).
 
     ``channels`` is the fan-out's index (channel → subscriber → subscription), read when a
-    pass starts and at each chunk; ``first_chunk`` and ``chunk`` the subscribers of a pass's
-    first chunk and of its largest; ``clock`` (``time.monotonic`` but in tests) dates each
+    pass starts and at each chunk; ``first_chunk`` and ``chunk`` the deliveries (items times
+    subscribers) of a pass's first chunk and of its largest; ``pass_items`` the most items
+    one pass takes; ``clock`` (``time.monotonic`` but in tests) dates each
     item as it is queued, for :meth:`lags`. ``overflow(channel)`` is called when a channel has
     more than ``max_queued`` items waiting: they are dropped, and it tells the subscribers.
     """
@@ -153,10 +185,12 @@ class Delivery:
         first_chunk: int = FIRST_CHUNK,
         clock: Callable[[], float] = time.monotonic,
         max_queued: int = MAX_QUEUED,
+        pass_items: int = PASS_ITEMS,
         overflow: Callable[[str], None],
     ) -> None:
-        if min(chunk, first_chunk) < 1:
-            raise ValueError(f"chunks must be at least 1, not {min(chunk, first_chunk)}")
+        smallest = min(chunk, first_chunk, pass_items)
+        if smallest < 1:
+            raise ValueError(f"chunks and pass_items must be at least 1, not {smallest}")
         if max_queued < 1:
             raise ValueError(f"max_queued must be at least 1, not {max_queued}")
         self._max_queued = max_queued
@@ -165,6 +199,7 @@ class Delivery:
         self._metrics = metrics
         self._chunk = chunk
         self._first_chunk = min(first_chunk, chunk)
+        self._pass_items = pass_items
         self._clock = clock
         self._passes: dict[str, _Pass] = {}
         self._waiting: dict[str, list[_Item]] = {}
@@ -181,7 +216,8 @@ class Delivery:
         """Deliver ``publication`` to one subscriber now, uncounted (a recovering subscriber's
         buffer: only items that passes already brought to it, so nothing is overtaken)."""
         one = {subscriber: sub}
-        self._hand(_Pass(sub.channel.name, [_Item(publication, None, 0.0)], one, 1), one, 0, 1)
+        item = _Item(publication, None, 0.0)
+        self._hand(_Pass(sub.channel.name, [item], one, 1, 1), one, 0, 1)
 
     def busy(self, channel: str) -> bool:
         """True while a pass for ``channel`` is in progress."""
@@ -204,15 +240,15 @@ class Delivery:
         self._waiting.pop(channel, None)
 
     def _add(self, channel: str, item: _Item) -> None:
+        queue = self._waiting.setdefault(channel, [])  # left by a failed pass too: keep order
         if channel in self._passes:
-            queue = self._waiting.setdefault(channel, [])
             if len(queue) >= self._max_queued:
                 self._overflowed(channel)
                 return
             queue.append(item)
             return
-        waiting = self._waiting.pop(channel, None)  # left by a pass that failed: keep order
-        self._start(channel, [*waiting, item] if waiting else [item])
+        queue.append(item)
+        self._start(channel, 0)
 
     def _overflowed(self, channel: str) -> None:
         """Too much waiting for ``channel``: drop it (and the pass in progress), and have the
@@ -226,19 +262,34 @@ class Delivery:
         self.drop(channel)
         self._overflow(channel)
 
-    def _start(self, channel: str, items: list[_Item]) -> None:
-        """Start a pass for ``items``, and the next ones as long as passes finish at once."""
+    def _start(self, channel: str, spent: int) -> None:
+        """Start a pass for the first (at most ``pass_items``) items waiting for ``channel``,
+        and the next ones as long as passes finish at once; ``spent``: the deliveries this
+        loop callback made already. A first chunk that would take the callback past ``chunk``
+        deliveries waits for the next callback (the pass is in progress meanwhile)."""
         while True:
+            waiting = self._waiting.get(channel)
             subs = self._channels.get(channel)
-            if not subs:
+            if not waiting or not subs:
+                self._waiting.pop(channel, None)  # nobody to hand them to
                 return
-            current = self._passes[channel] = _Pass(channel, items, subs, self._first_chunk)
+            if len(waiting) > self._pass_items:
+                items = waiting[: self._pass_items]
+                del waiting[: self._pass_items]
+            else:
+                items = self._waiting.pop(channel)
+            # A chunk hands every item of the pass to each of its subscribers: as many
+            # subscribers as keep it to about ``chunk`` deliveries (``first_chunk`` at first).
+            count = len(items)
+            first = max(1, self._first_chunk // count)
+            largest = max(1, self._chunk // count)
+            current = self._passes[channel] = _Pass(channel, items, subs, first, largest)
+            if spent and spent + first * count > self._chunk:
+                asyncio.get_running_loop().call_soon(self._resume, current)
+                return
             if not self._run(current):
                 return  # the rest of it comes from the loop
-            waiting = self._waiting.pop(channel, None)
-            if not waiting:
-                return
-            items = waiting
+            spent += len(current.subscribers) * count
 
     def _run(self, current: _Pass) -> bool:
         """Hand the pass's next chunk; True if that finished it (it is no longer in
@@ -250,7 +301,7 @@ class Delivery:
         total = len(current.subscribers)
         start = current.done
         stop = min(start + current.size, total)
-        current.size = min(GROWTH * current.size, self._chunk)
+        current.size = min(GROWTH * current.size, current.largest)
         try:
             if subs:
                 self._hand(current, subs, start, stop)
@@ -273,15 +324,14 @@ class Delivery:
         channel = current.channel
         if self._passes.get(channel) is not current:
             return  # dropped meanwhile
+        done = current.done
         try:
             finished = self._run(current)
         except Exception:
             logger.exception("error while delivering to the subscribers of %s", channel)
             finished = True
         if finished:
-            waiting = self._waiting.pop(channel, None)
-            if waiting:
-                self._start(channel, waiting)
+            self._start(channel, max(1, (current.done - done) * len(current.items)))
 
     def _hand(
         self,

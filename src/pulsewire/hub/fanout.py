@@ -34,7 +34,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .channels import ChannelName
-from .delivery import CHUNK, FIRST_CHUNK, MAX_QUEUED, Delivery
+from .delivery import CHUNK, FIRST_CHUNK, MAX_QUEUED, PASS_ITEMS, Delivery
 from .engines.base import ChannelFilter, Engine, EngineUnavailable
 from .errors import ErrorCode, HubError, UnsubscribeCode
 from .messages import unsubscribe_push
@@ -62,9 +62,10 @@ class Fanout:
     history options (raising :class:`HubError` for an unknown namespace); ``ended`` is called
     with each subscription the fan-out itself ends (the node forgets its presence);
     ``channel_closed`` when a channel loses its last local subscriber; ``first_chunk`` and
-    ``chunk``: how many subscribers get an item before delivery first yields to the loop, and
-    at most between two yields; ``max_queued``: items a channel may have waiting behind its
-    delivery in progress, past which its subscribers are told to resubscribe (:mod:`.delivery`).
+    ``chunk``: how many deliveries (items times subscribers) delivery makes before it first
+    yields to the loop, and at most between two yields; ``pass_items``: the most items one
+    pass hands over; ``max_queued``: items a channel may have waiting behind its delivery in
+    progress, past which its subscribers are told to resubscribe (:mod:`.delivery`).
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class Fanout:
         chunk: int = CHUNK,
         first_chunk: int = FIRST_CHUNK,
         max_queued: int = MAX_QUEUED,
+        pass_items: int = PASS_ITEMS,
     ) -> None:
         self._engine = engine
         self._metrics = metrics
@@ -97,6 +99,7 @@ class Fanout:
             chunk=chunk,
             first_chunk=first_chunk,
             max_queued=max_queued,
+            pass_items=pass_items,
             overflow=self.insufficient_state,
         )
         self._closing = False
