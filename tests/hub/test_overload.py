@@ -69,16 +69,33 @@ def test_an_entry_blocks_its_channels_until_it_expires_unless_refreshed() -> Non
     table = LoadTable(ttl=3.0)
     table.set("i1", "n1", BEHIND_A, clock())
     assert table.blocks("a", clock()) and not table.blocks("b", clock())
-    assert table.next_expiry() == clock() + 3.0
+    assert table.next_expiry() == clock() + 3.0 + 0.7  # the ttl and the lag reported
     clock.advance(2.0)
     table.set("i1", "n1", BEHIND_A, clock())  # a refresh
-    clock.advance(2.0)
+    clock.advance(3.5)
     assert table.blocks("a", clock())
     assert not table.expire(clock())
-    clock.advance(1.0)  # 3 s after the refresh: a lost "clear" holds nobody longer
+    clock.advance(0.2)  # 3.7 s after the refresh: a lost "clear" holds nobody longer
     assert not table.blocks("a", clock())
     assert table.expire(clock())
     assert len(table) == 0 and table.next_expiry() is None
+
+
+def test_a_node_late_by_its_lag_refreshes_its_entry_in_time_and_the_extra_is_capped() -> None:
+    clock = FakeClock()
+    table = LoadTable(ttl=3.0)
+    behind = LoadState(True, 2.5, ALL)  # its loop is 2.5 s late: so are its refreshes
+    table.set("i1", "n1", behind, clock())
+    clock.advance(3.25)  # past the ttl alone: its next refresh (due after 1 s) is not late yet
+    assert table.blocks("x", clock()) and not table.expire(clock())
+    table.set("i1", "n1", behind, clock())
+    clock.advance(5.25)
+    assert table.blocks("x", clock())
+    clock.advance(0.5)  # 3 + 2.5 s without a word: gone
+    assert not table.blocks("x", clock()) and table.expire(clock())
+    # A huge lag adds at most the ttl: a lost "clear" holds publishers back 6 s, no more.
+    table.set("i2", "n2", LoadState(True, 60.0, ALL), clock())
+    assert table.next_expiry() == clock() + 6.0
 
 
 def test_a_clear_state_removes_the_entry_and_says_waiting_publishers_may_go() -> None:

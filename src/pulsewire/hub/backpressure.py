@@ -8,9 +8,10 @@ loop runs) with a probe every :data:`PROBE_INTERVAL` seconds. Past ``overload_la
 when its loop is late), again every :data:`REFRESH_INTERVAL` while it stays so, and once more
 when it has caught up (under half the bound). Every node keeps the cluster's load in a
 :class:`~pulsewire.hub.overload.LoadTable` whose entries expire :data:`LOAD_TTL` seconds after
-their last refresh, and at once when their node is declared dead or says it is leaving: a
-lost "clear" or a dead node holds nobody back for long. The node's own state counts directly,
-without a round trip (one node, the memory engine: the same).
+their last refresh plus the lag reported in it (at most :data:`LOAD_TTL` more), and at once
+when their node is declared dead or says it is leaving: a lost "clear" or a dead node holds
+nobody back for long. The node's own state counts directly, without a round trip (one node,
+the memory engine: the same).
 
 The gate, :meth:`Backpressure.admit`, runs in the hub's one publish path before the engine is
 called: a publication to a channel that a node is behind on (or to any channel while a node
@@ -52,7 +53,8 @@ PROBE_INTERVAL = 0.05
 REFRESH_INTERVAL = 1.0
 """Seconds between two reminders to the cluster that this node is still overloaded."""
 LOAD_TTL = 3.0
-"""Seconds another node's overload counts after its last message."""
+"""Seconds another node's overload counts after its last message (plus the lag it reported,
+up to as much again)."""
 MAX_CHANNELS = 256
 """A node behind on more channels than this says ``"all"`` (the message stays small)."""
 

@@ -15,9 +15,15 @@ the edge does not flap), with the channels it is behind on, or :data:`ALL` when 
 It takes the time as an argument and keeps no clock of its own.
 
 :class:`LoadTable` is what one node knows of the cluster's load: an entry per overloaded node
-instance (its own included), each expiring ``ttl`` seconds after its last refresh, so a lost
-"clear" or a dead node never holds publishers back for long. :meth:`LoadTable.blocks` says
-whether a publication to a channel should wait.
+instance (its own included), each expiring ``ttl`` seconds after its last refresh, plus the
+lag that node reported (at most ``ttl`` more), so a lost "clear" or a dead node never holds
+publishers back for long. The reported lag is added because a node whose loop runs ``L``
+seconds late sends its refreshes up to ``L`` late too: with ``ttl`` alone, a node whose loop
+ran 0.7-3.7 s late had its entry on the other node expire between two refreshes, and the
+gate there reopened while it was still overloaded (benchmarks/backpressure.py, before
+delivery's work per loop callback was bounded: the other node's overloaded-nodes gauge
+flapped 1/0 about every second). :meth:`LoadTable.blocks` says whether a publication to a
+channel should wait.
 """
 
 from __future__ import annotations
@@ -94,7 +100,8 @@ class LoadEntry:
 class LoadTable:
     """The overloaded nodes of the cluster, by instance id; times are on the caller's clock
     (``time.monotonic()`` in the hub). Entries last ``ttl`` seconds after their last
-    refresh."""
+    refresh, plus the lag the node reported in it (up to ``ttl``): its next refresh may come
+    that late."""
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
@@ -108,7 +115,8 @@ class LoadTable:
         Returns True if publishers waiting may now go (an entry went or shrank)."""
         old = self._entries.pop(instance, None)
         if state.overloaded:
-            self._entries[instance] = LoadEntry(node, state, now + self.ttl)
+            grace = min(max(state.lag, 0.0), self.ttl)
+            self._entries[instance] = LoadEntry(node, state, now + self.ttl + grace)
         if old is None:
             return False
         return not state.overloaded or (old.state.channels != state.channels)
