@@ -13,15 +13,22 @@ in its data, at offered rates stepping up (``--rates``, ``--step-seconds`` each,
 A publication that is due while every connection waits for an answer waits for one; one still
 waiting when its step ends is counted as ``skipped`` (the publisher was held back).
 
+The driver is cheap so that it is not the limit: ``--sampled`` of the S subscribers (2 %,
+spread over the subscription order: the first, evenly spaced ones, the last of each client
+process) decode and timestamp every publication; the others drain (``HubConn.draining``:
+large reads, frame headers walked, text frames counted, nothing decoded), and all answer
+pings (WebSocket pings; Engine.IO's ``2`` with ``3``).
+
 Per step: offered/s, accepted/s, refused (error code 115, backpressure), other errors,
 skipped, the API's answer time, delivered publications/s at B's subscribers (deliveries that
-arrived during the step / S) and publish-to-receive latency (until the last of the S
-subscribers had it) p50 / p99 / max over the step's accepted publications, and its p99 from
-node A's answer on (without the time A held the publish back); those not delivered by the end
-of the drain are counted. Stepping stops once the newest delivered
-publication is older than ``--give-up-ms`` (the backlog grows without bound; the drain would
-take minutes). At each step's end the driver's unread bytes from node B are recorded
-(/proc/net/tcp): past 1 MiB the driver, not only the hub, was behind.
+arrived during the step at all S / S) and publish-to-receive latency (until the last sampled
+subscriber had it) p50 / p99 / max over the step's accepted publications, and its p99 from
+node A's answer on (without the time A held the publish back); those not delivered to every
+sampled subscriber by the end of the drain are counted, and after the drain each draining
+subscriber's count is checked against the publications accepted. Stepping stops once the
+newest delivered publication is older than ``--give-up-ms`` (the backlog grows without
+bound; the drain would take minutes). At each step's end the driver's unread bytes from node
+B are recorded (/proc/net/tcp): past 1 MiB the driver, not only the hub, was behind.
 The sustainable rate: the highest step with everything accepted and delivered
 and p99 under ``--p99-bound-ms``.
 
@@ -67,6 +74,7 @@ RUNS = ("pulsewire-off", "pulsewire-on", "python-socketio")
 @dataclass(frozen=True)
 class Settings:
     subscribers: int = 2_000
+    sampled: int = 40  # subscribers that decode and timestamp (2 %); the others only drain
     client_procs: int = 2
     rates: tuple[float, ...] = (5, 25, 50, 100, 200, 400, 800)
     step_seconds: float = 3.0
@@ -84,6 +92,7 @@ class Settings:
 
 SMOKE = Settings(
     subscribers=40,
+    sampled=8,
     client_procs=1,
     rates=(20, 40),
     step_seconds=0.5,
@@ -96,10 +105,27 @@ SMOKE = Settings(
 # ------------------------------------------------------------------ subscriber processes
 
 
+def sample_indexes(count: int, sampled: int) -> list[int]:
+    """``sampled`` of ``count`` subscribers spread evenly over their subscription order: the
+    first, the last, and evenly spaced ones between."""
+    sampled = min(count, sampled)
+    if sampled <= 1:
+        return [0][:sampled]
+    return sorted({round(i * (count - 1) / (sampled - 1)) for i in range(sampled)})
+
+
+def sample_split(settings: "Settings") -> list[int]:
+    """How many sampled subscribers each client process holds (at least one each)."""
+    shares = hub.client_shares(settings.subscribers, settings.client_procs)
+    want = [max(1, round(settings.sampled * c / settings.subscribers)) for c, _ in shares]
+    return [len(sample_indexes(c, k)) for (c, _), k in zip(shares, want, strict=True)]
+
+
 class Receipts:
-    """The subscribers of one process: per publication its first and last receipt and how
-    many had it; arrivals per 100 ms. All S subscribers get the same bytes for a publication,
-    so a payload is decoded once."""
+    """The subscribers of one process. The sampled ones (``count`` of them) decode every
+    publication: per publication its first and last receipt among them and how many had it
+    (all get the same bytes for a publication, so a payload is decoded once). The others
+    drain (``HubConn.draining``): they only count frames. Arrivals of both per 100 ms."""
 
     def __init__(self, count: int, decode: Any) -> None:
         self.count = count
@@ -110,11 +136,21 @@ class Receipts:
         self.complete = 0
         self.newest_ms = 0.0  # latency of the publication completed last
         self.closed = 0
+        self.frames = 0  # publications the draining subscribers got, in all
 
     def lost(self, conn: hub.HubConn) -> None:
         self.closed += 1
 
+    def drained(self, conn: hub.HubConn, frames: int, now: float) -> None:
+        self.frames += frames
+        slot = int(now * BINS_PER_SECOND)
+        self.bins[slot] = self.bins.get(slot, 0) + frames
+
     def message(self, conn: hub.HubConn, payload: bytes, now: float) -> None:
+        if conn.draining:  # came in the read that completed the connect
+            conn.count += 1
+            self.drained(conn, 1, now)
+            return
         record = self.by_payload.get(payload)
         if record is None:
             try:
@@ -132,10 +168,16 @@ class Receipts:
             self.newest_ms = (now - record[1]) * 1000
 
     def status(self) -> str:
-        return f"STATUS {self.complete} {self.newest_ms:.1f} {self.closed}"
+        return f"STATUS {self.complete} {self.newest_ms:.1f} {self.closed} {self.frames}"
 
-    def result(self) -> dict[str, Any]:
-        return {"records": self.records, "bins": self.bins, "closed": self.closed}
+    def result(self, conns: list[hub.HubConn]) -> dict[str, Any]:
+        drained = [conn.count for conn in conns if conn.draining]
+        return {
+            "records": self.records,
+            "bins": self.bins,
+            "closed": self.closed,
+            "drained": drained,
+        }
 
 
 def hub_data(payload: bytes) -> Any:
@@ -156,23 +198,31 @@ def command_lines(loop: asyncio.AbstractEventLoop) -> "asyncio.Queue[str]":
 
 
 async def subscribers_client(args: argparse.Namespace) -> None:
-    """``--count`` subscribers on node B; answers STATUS, and END with its RESULT."""
+    """``--count`` subscribers on node B, ``--sampled`` of them decoding (spread over the
+    subscription order), the others draining; answers STATUS, and END with its RESULT."""
+    sampled = sample_indexes(args.count, args.sampled)
+    draining = set(range(args.count)).difference(sampled)
     conn_class: type[hub.HubConn]
     if args.protocol == "socketio":
-        receipts = Receipts(args.count, hub_peers.socketio_data)
+        receipts = Receipts(len(sampled), hub_peers.socketio_data)
         hello, conn_class = CHANNEL.encode(), hub_peers.SocketIOConn
     else:
-        receipts = Receipts(args.count, hub_data)
+        receipts = Receipts(len(sampled), hub_data)
         hello, conn_class = hub.connect_command(args.token, CHANNEL), hub.HubConn
     commands = command_lines(asyncio.get_running_loop())
     conns = await hub.open_conns(
-        receipts, args.port, [hello] * args.count, args.addresses.split(","), conn_class=conn_class
+        receipts,
+        args.port,
+        [hello] * args.count,
+        args.addresses.split(","),
+        conn_class=conn_class,
+        draining=draining,
     )
     hub.say(f"READY {len(conns)}")
     while (line := await commands.get()) not in ("", "END"):
         hub.say(receipts.status())
     if line == "END":
-        hub.say("RESULT " + json.dumps(receipts.result()))
+        hub.say("RESULT " + json.dumps(receipts.result(conns)))
     for conn in conns:
         if conn.transport is not None:
             conn.transport.abort()
@@ -399,6 +449,7 @@ def measure(
         procs += nodes
         protocol = "socketio" if run == "python-socketio" else "pulsewire"
         shares = hub.client_shares(settings.subscribers, settings.client_procs)
+        samples = sample_split(settings)
         subscribers = [
             spawn(
                 "subscribers",
@@ -406,6 +457,7 @@ def measure(
                     f"--protocol={protocol}",
                     f"--port={port_b}",
                     f"--count={count}",
+                    f"--sampled={samples[i]}",
                     f"--addresses={','.join(addresses)}",
                     f"--token={hub.make_token(f'sub-{i}')}",
                 ],
@@ -495,14 +547,15 @@ def tell(proc: hub.Proc, line: str) -> None:
     proc.popen.stdin.flush()
 
 
-def status(subscribers: list[hub.Proc], lines: hub.LineReader) -> list[tuple[int, float, int]]:
-    """Per subscriber process: publications complete, the newest one's latency, closed."""
+def status(subscribers: list[hub.Proc], lines: hub.LineReader) -> list[tuple[int, float, int, int]]:
+    """Per subscriber process: publications complete at its sampled subscribers, the newest
+    one's latency, connections closed, publications its draining subscribers got in all."""
     for proc in subscribers:
         tell(proc, "STATUS")
     out = []
     for i in range(len(subscribers)):
-        _, complete, newest, closed = lines.take(i, "STATUS", 60).split()
-        out.append((int(complete), float(newest), int(closed)))
+        _, complete, newest, closed, frames = lines.take(i, "STATUS", 60).split()
+        out.append((int(complete), float(newest), int(closed), int(frames)))
     return out
 
 
@@ -555,11 +608,16 @@ def drive(
     tell(publisher, "END")
     sent = json.loads(lines.take(pub, "RESULT", settings.overload_wait + 60).split(" ", 1)[1])
     accepted = sum(t["accepted"] for t in sent["steps"].values())
+    draining = settings.subscribers - sum(sample_split(settings))
     drain_started = time.monotonic()
     deadline = drain_started + settings.drain_seconds
     while True:
-        complete = min(s[0] for s in status(subscribers, lines))
-        if complete >= accepted or time.monotonic() > deadline:
+        now = status(subscribers, lines)
+        complete = min(s[0] for s in now)
+        frames = sum(s[3] for s in now)
+        if complete >= accepted and frames >= accepted * draining:
+            break
+        if time.monotonic() > deadline:
             break
         time.sleep(0.2)
     return {
@@ -580,8 +638,9 @@ def collect(
     parts = [
         json.loads(lines.take(i, "RESULT", 60).split(" ", 1)[1]) for i in range(len(subscribers))
     ]
-    # a publication is delivered once every process has it S-share times: last = max of lasts
-    shares = [c for c, _ in hub.client_shares(settings.subscribers, settings.client_procs)]
+    # a publication is delivered once every process's sampled subscribers all have it:
+    # last = max of lasts
+    shares = sample_split(settings)
     answered = progress["publisher"]["answered"]  # seq -> ms node A took to accept it
     done: dict[int, list[float]] = {}  # step -> latencies (ms)
     after: dict[int, list[float]] = {}  # step -> latencies from node A's acceptance (ms)
@@ -629,9 +688,24 @@ def collect(
         "stopped": progress["stopped"],
         "drain_seconds": progress["drain_seconds"],
         "connections_lost": sum(p["closed"] for p in parts),
+        "sampled_subscribers": sum(shares),
+        **drained_check(progress["publisher"]["steps"], parts),
         **sustainable(settings, steps),
     }
     return result
+
+
+def drained_check(tallies: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The draining subscribers against the publications accepted: each should have got
+    every one of them (it counts frames, so it cannot say which ones it missed)."""
+    accepted = sum(t["accepted"] for t in tallies.values())
+    counts = [c for part in parts for c in part["drained"]]
+    return {
+        "draining_subscribers": len(counts),
+        "drained_missing": sum(max(0, accepted - c) for c in counts),
+        "drained_extra": sum(max(0, c - accepted) for c in counts),
+        "drained_fewest": min(counts, default=None),
+    }
 
 
 def sustainable(settings: Settings, steps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -735,6 +809,16 @@ def markdown(results: dict[str, Any]) -> str:
             + (f" Stopped early: {r['stopped']}." if r.get("stopped") else "")
             + f" Other CPU {r['other_cpu_percent']} %, load {r['loadavg_before']}."
         )
+        if "draining_subscribers" in r:
+            out.append(
+                f"\nThe other {r['draining_subscribers']:,} subscribers only counted frames: "
+                + (
+                    "each got every accepted publication."
+                    if r["drained_missing"] == 0 and r["drained_extra"] == 0
+                    else f"{r['drained_missing']:,} deliveries missing, {r['drained_extra']:,} "
+                    f"extra (the fewest one got: {r['drained_fewest']})."
+                )
+            )
         if any(s.get("driver_behind") for s in r["steps"]):
             out.append(
                 f"\n(behind): more than {DRIVER_BEHIND >> 20} MiB that node B had sent was still "
@@ -742,7 +826,8 @@ def markdown(results: dict[str, Any]) -> str:
                 "include the driver's own backlog (an upper bound for the hub's)."
             )
         out.append(
-            "\np50 / p99 / max: from the publisher's send until the last subscriber had it, "
+            f"\np50 / p99 / max: from the publisher's send until the last of "
+            f"{r.get('sampled_subscribers', '?')} sampled subscribers had it, "
             "the time node A held the publish back included; after accepted: from node A's "
             "answer on."
         )
@@ -766,6 +851,7 @@ def client_main(argv: list[str]) -> int:
     parser.add_argument("--protocol", choices=["pulsewire", "socketio"], default="pulsewire")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--count", type=int)
+    parser.add_argument("--sampled", type=int, default=0)
     parser.add_argument("--in-flight", type=int)
     parser.add_argument("--settle", type=float, default=7.0)
     parser.add_argument("--token", required=True)
@@ -783,6 +869,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--smoke", action="store_true", help="40 subscribers, 2 short steps")
     parser.add_argument("--subscribers", type=int, default=d.subscribers)
+    parser.add_argument(
+        "--sampled", type=int, default=d.sampled, help="subscribers that decode (the rest drain)"
+    )
     parser.add_argument("--client-procs", type=int, default=d.client_procs)
     parser.add_argument("--rates", default=",".join(f"{r:g}" for r in d.rates))
     parser.add_argument("--step-seconds", type=float, default=d.step_seconds)
@@ -801,6 +890,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         settings = Settings(
             subscribers=args.subscribers,
+            sampled=args.sampled,
             client_procs=args.client_procs,
             rates=tuple(float(r) for r in args.rates.split(",")),
             step_seconds=args.step_seconds,

@@ -53,7 +53,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -449,7 +449,16 @@ def handshake(port: int) -> bytes:
 
 
 class HubConn(asyncio.Protocol):
-    """A hub client: handshake, one connect command (with ``subs``), then text frames."""
+    """A hub client: handshake, one connect command (with ``subs``), then text frames.
+
+    A *draining* connection (``draining = True``), once ready, does not decode what it gets:
+    it walks the frame headers of each read, counts the text frames in ``count`` and tells
+    its owner how many arrived (``owner.drained(conn, frames, now)``); it still answers
+    WebSocket pings, and text pings (``TEXT_PING``, e.g. Engine.IO's ``2``) with
+    ``TEXT_PONG``, which are not counted."""
+
+    TEXT_PING: bytes | None = None
+    TEXT_PONG = b""
 
     def __init__(self, owner: Any, port: int, hello: bytes, tag: int = 0) -> None:
         self.owner = owner
@@ -461,6 +470,7 @@ class HubConn(asyncio.Protocol):
         self.open = False
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.count = 0
+        self.draining = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -490,6 +500,9 @@ class HubConn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
+        if self.draining and self.ready.done():
+            self.drain(data, now)
+            return
         buf = self.buf + data if self.buf else data
         if not self.open:
             end = buf.find(b"\r\n\r\n")
@@ -532,6 +545,45 @@ class HubConn(asyncio.Protocol):
                 return
         self.buf = buf[pos:]
 
+    def drain(self, data: bytes, now: float) -> None:
+        """A draining connection's read: count the text frames, answer pings, decode nothing
+        (server frames are not masked; one message per frame, no extensions negotiated)."""
+        buf = self.buf + data if self.buf else data
+        pos, size, frames = 0, len(buf), 0
+        ping = self.TEXT_PING
+        while size - pos >= 2:
+            length = buf[pos + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length, head = (buf[pos + 2] << 8) | buf[pos + 3], 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+            end = pos + head + length
+            if end > size:
+                break
+            opcode = buf[pos] & 0x0F
+            if opcode == 1:
+                if ping is not None and buf[pos + head : end] == ping:
+                    self.send(self.TEXT_PONG)
+                else:
+                    frames += 1
+            elif opcode == 9:
+                assert self.transport is not None
+                self.transport.write(control_frame(0xA, buf[pos + head : end]))
+            elif opcode == 8:
+                assert self.transport is not None
+                self.transport.close()
+                return
+            pos = end
+        self.buf = buf[pos:] if pos < size else b""
+        if frames:
+            self.count += frames
+            self.owner.drained(self, frames, now)
+
 
 async def open_conns(
     owner: Any,
@@ -541,18 +593,25 @@ async def open_conns(
     tags: list[int] | None = None,
     parallel: int = 100,
     conn_class: type[HubConn] = HubConn,
+    draining: Collection[int] = (),
 ) -> list[HubConn]:
     """Open one connection per hello (``PER_IP`` per source address), ``parallel`` at once;
-    returns them once every one is connected and subscribed (``conn_class``: the protocol)."""
+    returns them once every one is connected and subscribed (``conn_class``: the protocol;
+    the connections of the hello indexes in ``draining`` only drain, see ``HubConn``)."""
     loop = asyncio.get_running_loop()
     limit = asyncio.Semaphore(parallel)
     conns: list[HubConn] = []
+
+    def make(i: int, tag: int) -> HubConn:
+        conn = conn_class(owner, port, hellos[i], tag)
+        conn.draining = i in draining
+        return conn
 
     async def one(i: int) -> None:
         async with limit:
             tag = tags[i] if tags else i
             _, conn = await loop.create_connection(
-                lambda: conn_class(owner, port, hellos[i], tag),
+                lambda: make(i, tag),
                 HOST,
                 port,
                 local_addr=(addresses[i // PER_IP], 0),

@@ -85,6 +85,8 @@ class SocketIOConn(hub.HubConn):
     Written by hand (not python-socketio's client) so that all three servers face the same
     raw-asyncio driver; ``hello`` is the room to join."""
 
+    TEXT_PING, TEXT_PONG = b"2", b"3"  # Engine.IO ping and pong, answered while draining too
+
     def __init__(self, owner: Any, port: int, hello: bytes, tag: int = 0) -> None:
         join = json.dumps(["join", hello.decode()]).encode()
         super().__init__(owner, port, b"40", tag)  # HubConn sends ``hello`` once upgraded
