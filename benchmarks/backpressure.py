@@ -28,7 +28,9 @@ sampled subscriber by the end of the drain are counted, and after the drain each
 subscriber's count is checked against the publications accepted. Stepping stops once the
 newest delivered publication is older than ``--give-up-ms`` (the backlog grows without
 bound; the drain would take minutes). At each step's end the driver's unread bytes from node
-B are recorded (/proc/net/tcp): past 1 MiB the driver, not only the hub, was behind.
+B are recorded (/proc/net/tcp), and sampled every 0.25 s over the step, and the subscriber
+processes' worst event loop lag: past 1 MiB unread (median over the step) or 100 ms late, the
+driver, not only the hub, was behind.
 The sustainable rate: the highest step with everything accepted and delivered
 and p99 under ``--p99-bound-ms``.
 
@@ -67,7 +69,9 @@ CHANNEL = "fan:xnode"  # pulsewire's channel; the Socket.IO room has the same na
 REDIS_PORTS = range(7600, 7700)
 REFUSED = 115  # pulsewire's error code for a publish refused by backpressure
 BINS_PER_SECOND = 10  # the subscribers count arrivals in 100 ms bins
-DRIVER_BEHIND = 1 << 20  # bytes unread by the driver at a step's end: it was the limit
+DRIVER_BEHIND = 1 << 20  # bytes unread by the driver (median over a step): it was the limit
+DRIVER_LAG_MS = 100.0  # the driver's event loop this late: it added as much to latencies
+LAG_TICK = 0.02  # seconds between the subscriber processes' loop lag probes
 RUNS = ("pulsewire-off", "pulsewire-on", "python-socketio")
 
 
@@ -137,6 +141,7 @@ class Receipts:
         self.newest_ms = 0.0  # latency of the publication completed last
         self.closed = 0
         self.frames = 0  # publications the draining subscribers got, in all
+        self.lag_ms = 0.0  # the event loop's worst lateness since the last STATUS
 
     def lost(self, conn: hub.HubConn) -> None:
         self.closed += 1
@@ -168,7 +173,17 @@ class Receipts:
             self.newest_ms = (now - record[1]) * 1000
 
     def status(self) -> str:
-        return f"STATUS {self.complete} {self.newest_ms:.1f} {self.closed} {self.frames}"
+        """The STATUS line; the loop lag starts over."""
+        lag, self.lag_ms = self.lag_ms, 0.0
+        return f"STATUS {self.complete} {self.newest_ms:.1f} {self.closed} {self.frames} {lag:.1f}"
+
+    async def probe_lag(self, period: float) -> None:
+        """Forever: how late the event loop runs a timer of ``period`` seconds (the worst in
+        ``lag_ms``): while it is busy with reads, what arrived for the others waits as long."""
+        while True:
+            due = time.monotonic() + period
+            await asyncio.sleep(period)
+            self.lag_ms = max(self.lag_ms, (time.monotonic() - due) * 1000)
 
     def result(self, conns: list[hub.HubConn]) -> dict[str, Any]:
         drained = [conn.count for conn in conns if conn.draining]
@@ -218,9 +233,11 @@ async def subscribers_client(args: argparse.Namespace) -> None:
         conn_class=conn_class,
         draining=draining,
     )
+    probe = asyncio.create_task(receipts.probe_lag(LAG_TICK))
     hub.say(f"READY {len(conns)}")
     while (line := await commands.get()) not in ("", "END"):
         hub.say(receipts.status())
+    probe.cancel()
     if line == "END":
         hub.say("RESULT " + json.dumps(receipts.result(conns)))
     for conn in conns:
@@ -493,9 +510,11 @@ def measure(
         load_before = hub.loadavg()
         window = hub.CpuWindow(pids, nodes[1].pid)
         watch = GateWatch(port_a) if run.startswith("pulsewire") else None
+        unread = BacklogWatch(port_b)
         try:
-            progress = drive(settings, clients, lines, pids, port_b)
+            progress = drive(settings, clients, lines, pids, port_b, unread)
         finally:
+            unread.stop()
             if watch is not None:
                 watch.stop()
         cpu = window.stop()
@@ -507,32 +526,71 @@ def measure(
     return result
 
 
-class GateWatch:
-    """Polls node A's ``/metrics`` (a thread, every ``period`` seconds) for
-    ``pulsewire_overloaded_nodes``: how many overloaded nodes A knows of. Node A only
-    forwards publications, so it answers in time while node B is behind."""
+class Poller:
+    """Calls ``sample()`` every ``period`` seconds in a thread and keeps what it returns
+    (``None``: nothing this time) as ``(time.monotonic(), value)``."""
+
+    def __init__(self, period: float = 0.25) -> None:
+        self.period = period
+        self.samples: list[tuple[float, float]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def sample(self) -> float | None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._done.wait(self.period):
+            value = self.sample()
+            if value is not None:
+                self.samples.append((time.monotonic(), value))
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(5)
+
+
+class GateWatch(Poller):
+    """Polls node A's ``/metrics`` for ``pulsewire_overloaded_nodes``: how many overloaded
+    nodes A knows of. Node A only forwards publications, so it answers in time while node B
+    is behind."""
 
     METRIC = re.compile(r"^pulsewire_overloaded_nodes(?:\{[^}]*\})? (\S+)$", re.MULTILINE)
 
     def __init__(self, port: int, period: float = 0.25) -> None:
         self.url = f"http://{hub.HOST}:{port}/metrics"
-        self.period = period
-        self.samples: list[tuple[float, float]] = []  # (time.monotonic(), overloaded nodes)
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__(period)
 
-    def _run(self) -> None:
-        while not self._done.wait(self.period):
-            with contextlib.suppress(OSError, ValueError):
-                with urllib.request.urlopen(self.url, timeout=2) as answer:
-                    match = self.METRIC.search(answer.read().decode())
-                if match:
-                    self.samples.append((time.monotonic(), float(match.group(1))))
+    def sample(self) -> float | None:
+        with contextlib.suppress(OSError, ValueError):
+            with urllib.request.urlopen(self.url, timeout=2) as answer:
+                match = self.METRIC.search(answer.read().decode())
+            if match:
+                return float(match.group(1))
+        return None
 
-    def stop(self) -> None:
-        self._done.set()
-        self._thread.join(5)
+
+class BacklogWatch(Poller):
+    """Polls the bytes node B (``port``) sent that the driver has not read yet."""
+
+    def __init__(self, port: int, period: float = 0.25) -> None:
+        self.port = port
+        super().__init__(period)
+
+    def sample(self) -> float | None:
+        return receive_backlog(self.port)
+
+
+def backlog_figures(samples: list[tuple[float, float]], start: float, end: float) -> dict[str, Any]:
+    """The driver's unread bytes over [start, end): median and max (KiB) of the samples."""
+    inside = sorted(value for t, value in samples if start <= t < end)
+    if not inside:
+        return {"driver_unread_median_kib": None, "driver_unread_max_kib": None}
+    return {
+        "driver_unread_median_kib": round(inside[len(inside) // 2] / 1024),
+        "driver_unread_max_kib": round(inside[-1] / 1024),
+    }
 
 
 def gate_percent(samples: list[tuple[float, float]], start: float, end: float) -> float | None:
@@ -547,15 +605,18 @@ def tell(proc: hub.Proc, line: str) -> None:
     proc.popen.stdin.flush()
 
 
-def status(subscribers: list[hub.Proc], lines: hub.LineReader) -> list[tuple[int, float, int, int]]:
+def status(
+    subscribers: list[hub.Proc], lines: hub.LineReader
+) -> list[tuple[int, float, int, int, float]]:
     """Per subscriber process: publications complete at its sampled subscribers, the newest
-    one's latency, connections closed, publications its draining subscribers got in all."""
+    one's latency, connections closed, publications its draining subscribers got in all,
+    and its worst event loop lag (ms) since the previous STATUS."""
     for proc in subscribers:
         tell(proc, "STATUS")
     out = []
     for i in range(len(subscribers)):
-        _, complete, newest, closed, frames = lines.take(i, "STATUS", 60).split()
-        out.append((int(complete), float(newest), int(closed), int(frames)))
+        _, complete, newest, closed, frames, lag = lines.take(i, "STATUS", 60).split()
+        out.append((int(complete), float(newest), int(closed), int(frames), float(lag)))
     return out
 
 
@@ -583,11 +644,14 @@ def drive(
     lines: hub.LineReader,
     pids: dict[str, list[int]],
     port_b: int,
+    unread: Poller,
 ) -> dict[str, Any]:
     """Step the offered rate up, then drain; returns what the steps saw as they ran: each
-    process group's CPU use during the step (% of one core) and, at its end, how much node
-    B had sent that the driver had not read yet (past ``DRIVER_BEHIND`` bytes, the step's
-    latencies are the driver's as much as the hub's)."""
+    process group's CPU use during the step (% of one core); how much node B had sent that
+    the driver had not read yet, at the step's end and over it (``unread``'s samples); and
+    the driver's event loop lag (its worst over the step). The driver was *behind* (the
+    step's latencies are the driver's as much as the hub's) when the median unread bytes over
+    the step were past ``DRIVER_BEHIND`` or its loop was ``DRIVER_LAG_MS`` late."""
     subscribers, publisher = clients[:-1], clients[-1]
     pub = len(clients) - 1
     seen: dict[int, dict[str, Any]] = {}
@@ -596,12 +660,21 @@ def drive(
         cpu0, t0 = cpu(pids), time.monotonic()
         tell(publisher, f"STEP {number} {rate} {settings.step_seconds}")
         lines.take(pub, f"STEPDONE {number} ", settings.step_seconds + 60)
-        cpu1, wall = cpu(pids), time.monotonic() - t0
+        cpu1, t1 = cpu(pids), time.monotonic()
+        wall = t1 - t0
         backlog = receive_backlog(port_b)
-        newest = max(s[1] for s in status(subscribers, lines))
-        seen[number] = {f"{k}_cpu_percent": round(100 * (cpu1[k] - cpu0[k]) / wall) for k in pids}
-        seen[number]["driver_backlog_kib"] = round(backlog / 1024)
-        seen[number]["driver_behind"] = backlog > DRIVER_BEHIND
+        now = status(subscribers, lines)
+        newest, lag = max(s[1] for s in now), max(s[4] for s in now)
+        step = seen[number] = {
+            f"{k}_cpu_percent": round(100 * (cpu1[k] - cpu0[k]) / wall) for k in pids
+        }
+        step["driver_backlog_kib"] = round(backlog / 1024)
+        step.update(backlog_figures(unread.samples, t0, t1))
+        step["driver_loop_lag_ms"] = round(lag, 1)
+        median = step["driver_unread_median_kib"]
+        step["driver_behind"] = lag >= DRIVER_LAG_MS or (
+            median is not None and median * 1024 > DRIVER_BEHIND
+        )
         if newest > settings.give_up_ms and number < len(settings.rates):
             stopped = f"the newest delivery was {newest:,.0f} ms late after {rate:g}/s"
             break
@@ -758,6 +831,19 @@ def run(settings: Settings) -> dict[str, Any]:
     return results
 
 
+def unread(step: dict[str, Any]) -> str:
+    """The driver's unread KiB: at the step's end, median / max over it."""
+    end = step.get("driver_backlog_kib", "-")
+    if step.get("driver_unread_max_kib") is None:
+        return f"{end} KiB"
+    return f"{end} KiB, {step['driver_unread_median_kib']} / {step['driver_unread_max_kib']} KiB"
+
+
+def lag(step: dict[str, Any]) -> str:
+    value = step.get("driver_loop_lag_ms")
+    return "-" if value is None else milliseconds(value)
+
+
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:g} %"
 
@@ -783,9 +869,9 @@ def markdown(results: dict[str, Any]) -> str:
             continue
         out += [
             "| offered/s | accepted/s | refused | skipped | delivered/s | p50 | p99 | max "
-            "| p99 after accepted | undelivered | CPU: node B, driver | driver backlog "
-            "| A saw B overloaded |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| p99 after accepted | undelivered | CPU: node B, driver "
+            "| driver unread: end, median / max | driver loop lag | A saw B overloaded |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in r["steps"]:
             lat = s["latency_ms"]
@@ -796,9 +882,9 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {s['offered_per_second']:g} | {s['accepted_per_second']:g} | {s['refused']} "
                 f"| {s['skipped']} | {s['delivered_per_second']:g} | {' | '.join(ms)} "
                 f"| {s['undelivered']} | {s.get('node_b_cpu_percent', '-')} %, "
-                f"{s.get('driver_cpu_percent', '-')} % | {s.get('driver_backlog_kib', '-')} KiB"
-                + (" (behind)" if s.get("driver_behind") else "")
-                + f" | {percent(s.get('a_saw_overload_percent'))} |"
+                f"{s.get('driver_cpu_percent', '-')} % | {unread(s)} "
+                f"| {lag(s)}{' (behind)' if s.get('driver_behind') else ''} "
+                f"| {percent(s.get('a_saw_overload_percent'))} |"
             )
         out.append("")
         p99 = r["sustainable_p99_ms"]
@@ -819,12 +905,22 @@ def markdown(results: dict[str, Any]) -> str:
                     f"extra (the fewest one got: {r['drained_fewest']})."
                 )
             )
-        if any(s.get("driver_behind") for s in r["steps"]):
-            out.append(
-                f"\n(behind): more than {DRIVER_BEHIND >> 20} MiB that node B had sent was still "
-                "unread in the driver's receive queues at the step's end; that step's latencies "
-                "include the driver's own backlog (an upper bound for the hub's)."
+        out.append(
+            "\nDriver unread: what node B had sent that the driver had not read yet (its "
+            "receive queues, /proc/net/tcp) at the step's end, and the median / max of "
+            "samples every 0.25 s over the step (node B writes its backlog in bursts: a "
+            "large max with a small median is a burst read in time). Driver loop lag: how "
+            "late the subscriber processes' event loops ran a 20 ms timer, at worst, over the "
+            "step: the most the driver added to a latency."
+            + (
+                f" (behind): the median unread was over {DRIVER_BEHIND >> 20} MiB or the loop "
+                f"lag {DRIVER_LAG_MS:g} ms or more; that step's latencies include the driver's "
+                "own delay (an upper bound for the hub's)."
+                if any(s.get("driver_behind") for s in r["steps"])
+                else f" The driver was never behind (median unread over "
+                f"{DRIVER_BEHIND >> 20} MiB or loop lag {DRIVER_LAG_MS:g} ms or more)."
             )
+        )
         out.append(
             f"\np50 / p99 / max: from the publisher's send until the last of "
             f"{r.get('sampled_subscribers', '?')} sampled subscribers had it, "

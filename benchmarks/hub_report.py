@@ -285,6 +285,12 @@ def cross_node_section(bp: dict[str, Any] | None) -> list[str]:
         return [*lines, "No `backpressure.json` in this run.", ""]
     s = bp["settings"]
     rates = ", ".join(f"{r:g}" for r in s["rates"])
+    sampled = (
+        f"{s['sampled']} sampled subscribers (spread over the subscription order; the others "
+        "only count what they get, so that the driver keeps up)"
+        if "sampled" in s
+        else "the S subscribers"
+    )
     lines += [
         f"`{bp.get('command', 'benchmarks/backpressure.py')}`, {bp['date']}. A private "
         f"redis-server, node A and node B on it, {s['subscribers']:,} subscribers on B in "
@@ -295,7 +301,7 @@ def cross_node_section(bp: dict[str, Any] | None) -> list[str]:
         f"error 115 (backpressure); *skipped*: still waiting for a free connection when the "
         "step ended (the publisher was held back); *delivered/s*: deliveries that arrived at "
         "B's subscribers during the step, over S; latency: from the publisher's send until "
-        "the last of the S subscribers had it, over the step's accepted publications "
+        f"the last of {sampled} had it, over the step's accepted publications "
         "(*undelivered*: not there by the end of the drain). Stepping stops once the newest "
         f"delivery is more than {s['give_up_ms'] / 1000:g} s late. Backpressure on: "
         f"`--overload-lag {s['overload_lag']:g} --overload-wait {s['overload_wait']:g}`; off: "

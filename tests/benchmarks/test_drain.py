@@ -140,3 +140,20 @@ def test_the_drained_check_counts_what_each_draining_subscriber_missed() -> None
         "drained_extra": 1,
         "drained_fewest": 4,
     }
+
+
+def test_backlog_figures_are_the_median_and_max_of_the_step_samples() -> None:
+    bench = load("backpressure")
+    kib = 1024
+    samples = [(0.5, 9 * kib), (1.0, 1 * kib), (1.5, 3 * kib), (2.0, 2 * kib), (3.0, 99 * kib)]
+    figures = bench.backlog_figures(samples, 1.0, 3.0)  # the sample at 3.0 is past the end
+    assert figures == {"driver_unread_median_kib": 2, "driver_unread_max_kib": 3}
+    assert bench.backlog_figures(samples, 4.0, 5.0)["driver_unread_median_kib"] is None
+
+
+def test_a_status_line_reports_the_worst_loop_lag_since_the_last_one() -> None:
+    bench = load("backpressure")
+    receipts = bench.Receipts(1, bench.hub_data)
+    receipts.frames, receipts.lag_ms = 7, 12.5
+    assert receipts.status() == "STATUS 0 0.0 0 7 12.5"
+    assert receipts.status() == "STATUS 0 0.0 0 7 0.0"
