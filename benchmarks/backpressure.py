@@ -620,6 +620,11 @@ def status(
     return out
 
 
+def waited(procs: list[hub.Proc]) -> float:
+    """Seconds the processes' main threads were runnable but had no CPU, in all."""
+    return sum(hub.wait_seconds(proc.pid) for proc in procs)
+
+
 def cpu(pids: dict[str, list[int]]) -> dict[str, float]:
     return {name: sum(hub.cpu_seconds(p) for p in group) for name, group in pids.items()}
 
@@ -657,10 +662,10 @@ def drive(
     seen: dict[int, dict[str, Any]] = {}
     stopped = None
     for number, rate in enumerate(settings.rates, 1):
-        cpu0, t0 = cpu(pids), time.monotonic()
+        cpu0, t0, wait0 = cpu(pids), time.monotonic(), waited(subscribers)
         tell(publisher, f"STEP {number} {rate} {settings.step_seconds}")
         lines.take(pub, f"STEPDONE {number} ", settings.step_seconds + 60)
-        cpu1, t1 = cpu(pids), time.monotonic()
+        cpu1, t1, wait1 = cpu(pids), time.monotonic(), waited(subscribers)
         wall = t1 - t0
         backlog = receive_backlog(port_b)
         now = status(subscribers, lines)
@@ -671,6 +676,8 @@ def drive(
         step["driver_backlog_kib"] = round(backlog / 1024)
         step.update(backlog_figures(unread.samples, t0, t1))
         step["driver_loop_lag_ms"] = round(lag, 1)
+        # runnable but without a CPU (other processes had core 1), % of the step per process
+        step["driver_cpu_wait_percent"] = round(100 * (wait1 - wait0) / wall / len(subscribers))
         median = step["driver_unread_median_kib"]
         step["driver_behind"] = lag >= DRIVER_LAG_MS or (
             median is not None and median * 1024 > DRIVER_BEHIND
@@ -840,8 +847,10 @@ def unread(step: dict[str, Any]) -> str:
 
 
 def lag(step: dict[str, Any]) -> str:
-    value = step.get("driver_loop_lag_ms")
-    return "-" if value is None else milliseconds(value)
+    """The driver's worst loop lag, and the share of the step it waited for a CPU."""
+    value, wait = step.get("driver_loop_lag_ms"), step.get("driver_cpu_wait_percent")
+    text = "-" if value is None else milliseconds(value)
+    return text if wait is None else f"{text}, {wait} %"
 
 
 def percent(value: float | None) -> str:
@@ -870,7 +879,7 @@ def markdown(results: dict[str, Any]) -> str:
         out += [
             "| offered/s | accepted/s | refused | skipped | delivered/s | p50 | p99 | max "
             "| p99 after accepted | undelivered | CPU: node B, driver "
-            "| driver unread: end, median / max | driver loop lag | A saw B overloaded |",
+            "| driver unread: end, median / max | driver loop lag, CPU wait | A saw B overloaded |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in r["steps"]:
@@ -911,7 +920,9 @@ def markdown(results: dict[str, Any]) -> str:
             "samples every 0.25 s over the step (node B writes its backlog in bursts: a "
             "large max with a small median is a burst read in time). Driver loop lag: how "
             "late the subscriber processes' event loops ran a 20 ms timer, at worst, over the "
-            "step: the most the driver added to a latency."
+            "step: the most the driver added to a latency; CPU wait: the share of the step "
+            "its subscriber processes were runnable but had no CPU (other processes had "
+            "core 1; /proc/PID/schedstat)."
             + (
                 f" (behind): the median unread was over {DRIVER_BEHIND >> 20} MiB or the loop "
                 f"lag {DRIVER_LAG_MS:g} ms or more; that step's latencies include the driver's "
