@@ -13,6 +13,7 @@ is missing leaves its section out (and says so); nothing is measured here.
 import argparse
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -191,16 +192,19 @@ def ratio_table(result: dict[str, Any]) -> list[str]:
 
 
 def targets_section(data: dict[str, Any]) -> list[str]:
-    """Issue #15's targets against this run's numbers."""
+    """Issue #15's targets against this run's numbers, and for each what the numbers say
+    about why it is met or missed."""
     lines = ["## Targets", ""]
     peers = [r for r in data["peers"] if ok(r["servers"].get("pulsewire"))]
-    rows: list[tuple[str, str, str]] = []
+    rows: list[tuple[str, str, str, str]] = []
     if peers:
         largest = peers[-1]
         n = largest["settings"]["subscribers"]
         ours = largest["servers"]["pulsewire"]
         first = ours["first_receipt_ms"]["p50"]
-        rows.append((f"first receipt ≤ 2 ms at {n:,}", f"{fmt(first, 2)} ms", met(first <= 2)))
+        rows.append(
+            (f"first receipt ≤ 2 ms at {n:,}", f"{fmt(first, 2)} ms", met(first <= 2), "")
+        )
         ratios = exact_ratios(largest)
         checks = (
             ("node-socketio", "last_receipt_p50", "last receipt ≤ 0.8x Node's", 0.8, False),
@@ -211,29 +215,89 @@ def targets_section(data: dict[str, Any]) -> list[str]:
         for peer, key, label, bound, higher in checks:
             value = ratios.get(peer, {}).get(key)
             if value is None:
-                rows.append((f"{label} at {n:,}", "not measured", "-"))
+                rows.append((f"{label} at {n:,}", "not measured", "-", ""))
                 continue
             good = value >= bound if higher else value <= bound
-            rows.append((f"{label} at {n:,}", f"{value:.2g}x", met(good)))
+            why = "" if good else fanout_why(largest, peer, key, bound)
+            rows.append((f"{label} at {n:,}", f"{value:.2g}x", met(good), why))
     bp = data["backpressure"]
     if bp:
         for name in ("pulsewire-off", "pulsewire-on"):
             r = bp["runs"].get(name, {})
             if not ok(r):
-                rows.append((f"cross-node, {RUN_LABELS[name]}", "not run", "-"))
+                rows.append((f"cross-node, {RUN_LABELS[name]}", "not run", "-", ""))
                 continue
             rows.append(
                 (
                     f"cross-node sustainable rate, {RUN_LABELS[name]}",
                     f"{r['sustainable_per_second']:g}/s, p99 {ms(r['sustainable_p99_ms'])}",
+                    "reported",
                     bounded(r, bp["settings"]),
                 )
             )
+        on = bp["runs"].get("pulsewire-on", {})
+        if ok(on):
+            rows.append(latency_bound_row(on, bp["settings"]))
     if not rows:
         return [*lines, "Nothing measured.", ""]
-    lines += ["| target | this run | |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines += ["| target | this run | | why |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return [*lines, ""]
+
+
+def on_cpu(result: dict[str, Any]) -> float:
+    """The share of its rounds' last receipt a server was on the CPU (median CPU per round
+    over the median last receipt; /proc counts CPU in 10 ms steps)."""
+    rounds = result["per_round"]
+    cpu = statistics.median(r["server_cpu_ms"] for r in rounds)
+    return float(cpu / statistics.median(r["last_ms"] for r in rounds))
+
+
+def fanout_why(result: dict[str, Any], peer: str, key: str, bound: float) -> str:
+    """What the fan-out run says about a missed target."""
+    ours, theirs = result["servers"]["pulsewire"], result["servers"][peer]
+    cpu_ratio = ours["server_cpu_us_per_delivery"] / theirs["server_cpu_us_per_delivery"]
+    if key == "memory_per_connection":
+        return (
+            f"{fmt(ours['memory_per_connection_kib'])} KiB per subscribed idle connection "
+            f"against {fmt(theirs['memory_per_connection_kib'])}; not profiled in this run"
+        )
+    share, peer_share = on_cpu(ours), on_cpu(theirs)
+    text = (
+        f"CPU per delivery {cpu_ratio:.2g}x the peer's; pulsewire was on the CPU "
+        f"{100 * share:.0f} % of its last receipt (the peer {100 * peer_share:.0f} %; other "
+        f"processes used {ours['other_cpu_percent']:g} % of a core meanwhile)"
+    )
+    if key == "deliveries_per_second":
+        return text + f": {bound:g}x the deliveries needs about {1 / bound:.2g}x the CPU"
+    return text + f"; on the CPU all the time it would be {cpu_ratio * peer_share:.2g}x"
+
+
+def latency_bound_row(
+    run: dict[str, Any], settings: dict[str, Any]
+) -> tuple[str, str, str, str]:
+    """Backpressure on: did latency behind node A stay near ``overload_lag`` at every step?"""
+    bound = 2 * settings["overload_lag"] * 1000
+    worst = max(run["steps"], key=lambda st: st["after_accept_ms"].get("p99", 0))
+    p99 = worst["after_accept_ms"].get("p99", 0)
+    gate = worst.get("a_saw_overload_percent")
+    why = ""
+    if p99 > bound:
+        why = (
+            f"at {worst['offered_per_second']:g}/s node A saw node B overloaded "
+            f"{percent_text(gate)} of the step, and what it accepted queued behind B"
+        )
+    return (
+        f"latency bounded with backpressure on: p99 after node A's answer ≤ "
+        f"2 x overload_lag ({fmt(bound)} ms) at every step",
+        f"worst {fmt(p99)} ms at {worst['offered_per_second']:g}/s",
+        met(p99 <= bound),
+        why,
+    )
+
+
+def percent_text(value: float | None) -> str:
+    return "an unknown share" if value is None else f"{value:g} %"
 
 
 def ms(value: float | None) -> str:
