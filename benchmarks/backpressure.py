@@ -44,6 +44,7 @@ Writes ``benchmarks/results/backpressure.json`` (smoke: ``backpressure_smoke.jso
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import re
 import socket
@@ -233,6 +234,7 @@ async def subscribers_client(args: argparse.Namespace) -> None:
         conn_class=conn_class,
         draining=draining,
     )
+    gc.freeze()  # the connections stay: collections need not walk them (shorter pauses)
     probe = asyncio.create_task(receipts.probe_lag(LAG_TICK))
     hub.say(f"READY {len(conns)}")
     while (line := await commands.get()) not in ("", "END"):

@@ -283,9 +283,14 @@ def latency_bound_row(
     gate = worst.get("a_saw_overload_percent")
     why = ""
     if p99 > bound:
+        pushed = worst["refused"] + worst["skipped"]
         why = (
-            f"at {worst['offered_per_second']:g}/s node A saw node B overloaded "
-            f"{percent_text(gate)} of the step, and what it accepted queued behind B"
+            f"at {worst['offered_per_second']:g}/s node A held the publisher back ({pushed} "
+            f"refused or held back; it saw node B overloaded {percent_text(gate)} of the "
+            f"step), yet what it accepted waited {fmt(p99)} ms (p99) behind node B, which "
+            f"delivered {fmt(worst['delivered_per_second'])} publications/s at "
+            f"{worst.get('node_b_cpu_percent', '?')} % CPU; where that wait is (B's "
+            "measured lag, which the gate follows, or before it) was not profiled in this run"
         )
     return (
         f"latency bounded with backpressure on: p99 after node A's answer ≤ "
