@@ -511,17 +511,19 @@ def measure(
         }
         load_before = hub.loadavg()
         window = hub.CpuWindow(pids, nodes[1].pid)
-        watch = GateWatch(port_a) if run.startswith("pulsewire") else None
+        watches: dict[str, Poller] = {}
+        if run.startswith("pulsewire"):
+            watches["gate"] = MetricWatch(port_a, OVERLOADED_NODES)
+            watches["b_lag"] = MetricWatch(port_b, REPORTED_LAG)
         unread = BacklogWatch(port_b)
         try:
             progress = drive(settings, clients, lines, pids, port_b, unread)
         finally:
-            unread.stop()
-            if watch is not None:
-                watch.stop()
+            for poller in (unread, *watches.values()):
+                poller.stop()
         cpu = window.stop()
-        if watch is not None:
-            progress["gate"] = watch.samples
+        for key, poller in watches.items():
+            progress[key] = poller.samples
         result = collect(settings, clients, lines, progress)
     result.update({"loadavg_before": load_before, "loadavg_after": hub.loadavg(), **cpu})
     result["node_b_wait_percent"] = result.pop("server_wait_percent")
@@ -553,24 +555,35 @@ class Poller:
         self._thread.join(5)
 
 
-class GateWatch(Poller):
-    """Polls node A's ``/metrics`` for ``pulsewire_overloaded_nodes``: how many overloaded
-    nodes A knows of. Node A only forwards publications, so it answers in time while node B
-    is behind."""
+class MetricWatch(Poller):
+    """Polls a node's ``/metrics`` for gauges: each sample is the largest of ``names``.
+    On node A, ``pulsewire_overloaded_nodes``: how many overloaded nodes A knows of (node A
+    only forwards publications, so it answers in time while node B is behind). On node B,
+    its delivery and loop lag: what it reports to the others, which the gate follows."""
 
-    METRIC = re.compile(r"^pulsewire_overloaded_nodes(?:\{[^}]*\})? (\S+)$", re.MULTILINE)
-
-    def __init__(self, port: int, period: float = 0.25) -> None:
+    def __init__(self, port: int, names: tuple[str, ...], period: float = 0.25) -> None:
         self.url = f"http://{hub.HOST}:{port}/metrics"
+        alternatives = "|".join(re.escape(name) for name in names)
+        self.metric = re.compile(rf"^(?:{alternatives})(?:\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
         super().__init__(period)
 
     def sample(self) -> float | None:
         with contextlib.suppress(OSError, ValueError):
             with urllib.request.urlopen(self.url, timeout=2) as answer:
-                match = self.METRIC.search(answer.read().decode())
-            if match:
-                return float(match.group(1))
+                values = [float(v) for v in self.metric.findall(answer.read().decode())]
+            if values:
+                return max(values)
         return None
+
+
+OVERLOADED_NODES = ("pulsewire_overloaded_nodes",)
+REPORTED_LAG = ("pulsewire_delivery_lag_seconds", "pulsewire_loop_lag_seconds")
+
+
+def worst_ms(samples: list[tuple[float, float]], start: float, end: float) -> float | None:
+    """The largest of ``samples`` (seconds) in [start, end), in ms."""
+    inside = [value for t, value in samples if start <= t < end]
+    return round(max(inside) * 1000, 1) if inside else None
 
 
 class BacklogWatch(Poller):
@@ -762,6 +775,10 @@ def collect(
                 "a_saw_overload_percent": gate_percent(
                     progress.get("gate", []), tally["start"], tally["end"]
                 ),
+                # the largest lag node B reported (delivery or loop), which the gate follows
+                "b_reported_lag_ms": worst_ms(
+                    progress.get("b_lag", []), tally["start"], tally["end"]
+                ),
             }
         )
     result = {
@@ -855,6 +872,10 @@ def lag(step: dict[str, Any]) -> str:
     return text if wait is None else f"{text}, {wait} %"
 
 
+def reported(value: float | None) -> str:
+    return "-" if value is None else milliseconds(value)
+
+
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:g} %"
 
@@ -881,8 +902,9 @@ def markdown(results: dict[str, Any]) -> str:
         out += [
             "| offered/s | accepted/s | refused | skipped | delivered/s | p50 | p99 | max "
             "| p99 after accepted | undelivered | CPU: node B, driver "
-            "| driver unread: end, median / max | driver loop lag, CPU wait | A saw B overloaded |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| driver unread: end, median / max | driver loop lag, CPU wait | A saw B overloaded "
+            "| B reported lag |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in r["steps"]:
             lat = s["latency_ms"]
@@ -895,7 +917,8 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {s['undelivered']} | {s.get('node_b_cpu_percent', '-')} %, "
                 f"{s.get('driver_cpu_percent', '-')} % | {unread(s)} "
                 f"| {lag(s)}{' (behind)' if s.get('driver_behind') else ''} "
-                f"| {percent(s.get('a_saw_overload_percent'))} |"
+                f"| {percent(s.get('a_saw_overload_percent'))} "
+                f"| {reported(s.get('b_reported_lag_ms'))} |"
             )
         out.append("")
         p99 = r["sustainable_p99_ms"]
@@ -945,7 +968,11 @@ def markdown(results: dict[str, Any]) -> str:
                 "\nA saw B overloaded: the share of the step in which node A's "
                 "`pulsewire_overloaded_nodes` gauge (polled every 0.25 s) was above 0, i.e. A had "
                 "an overloaded node in its load table (publishes to what that node is behind on "
-                "wait while it stays there, at most overload_wait, then are refused)."
+                "wait while it stays there, at most overload_wait, then are refused). B "
+                "reported lag: the largest of node B's `pulsewire_delivery_lag_seconds` and "
+                "`pulsewire_loop_lag_seconds` over the step (polled every 0.25 s): what B "
+                "tells the other nodes, which the gate follows (with backpressure off B does "
+                "not measure it: 0)."
             )
         out.append("")
     return "\n".join(out)

@@ -45,6 +45,8 @@ def test_backpressure_benchmark_smoke(tmp_path: Path) -> None:
             assert step["deliveries_per_second"] > 0, (name, step)
             assert step["driver_backlog_kib"] >= 0 and "driver_behind" in step, (name, step)
             assert "a_saw_overload_percent" in step, (name, step)
+            if name.startswith("pulsewire"):  # node B's /metrics polled during the step
+                assert step["b_reported_lag_ms"] is not None, (name, step)
             # the part after node A's answer: every accepted publication, never longer
             after = step["after_accept_ms"]
             assert after["count"] == step["accepted"], (name, step)
@@ -88,3 +90,10 @@ def test_gate_percent_is_the_share_of_samples_with_a_node_held_overloaded() -> N
     assert bench.gate_percent(samples, 0.0, 4.0) == 50  # the sample at 4.0 is past the end
     assert bench.gate_percent(samples, 1.0, 3.0) == 100
     assert bench.gate_percent(samples, 5.0, 6.0) is None  # no sample: not known
+
+
+def test_worst_ms_is_the_largest_sample_of_the_step_in_milliseconds() -> None:
+    bench = load("backpressure")
+    samples = [(0.0, 9.0), (1.0, 0.25), (2.0, 0.5), (3.0, 7.0)]
+    assert bench.worst_ms(samples, 1.0, 3.0) == 500.0  # the sample at 3.0 is past the end
+    assert bench.worst_ms(samples, 4.0, 5.0) is None
