@@ -244,3 +244,52 @@ async def test_the_api_answers_115_with_503_and_retry_after(hub_server: Any, uni
     assert lines[0].split(" ")[1] == "503"
     assert headers["retry-after"] == "1"
     assert json.loads(payload)["error"]["code"] == 115
+
+
+class QueuedWork:
+    """Stands for the fan-out: what the probe reads of it (ages, deliveries made and left)."""
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.backlog: dict[str, int] = {}
+        self.ages: dict[str, float] = {}
+
+    def delivery_lags(self, now: float) -> dict[str, float]:
+        return dict(self.ages)
+
+    def delivery_backlog(self) -> tuple[int, dict[str, int]]:
+        return self.delivered, dict(self.backlog)
+
+
+async def test_the_probe_counts_the_time_to_deliver_what_is_queued(
+    local_hub: Start, uniq: Any
+) -> None:
+    """A node fed faster than it delivers is behind by what it has queued, at the rate it
+    delivers while behind, before its oldest item is ``overload_lag`` old."""
+    hub = await local_hub(build_config(overload_lag=0.5))
+    hub.backpressure.stop()
+    work = QueuedWork()
+    backpressure = Backpressure(
+        hub.config,
+        hub.engine,
+        hub.metrics,
+        work,  # type: ignore[arg-type]
+        hub.node_id,
+        instance=lambda: hub.instance,
+        is_own=hub.node_watch.is_own,
+        spawn=hub.spawn,
+    )
+    channel = uniq("chat")
+    work.backlog, work.ages = {channel: 100}, {channel: 0.01}
+    backpressure.probe(10.0, loop_lag=0.0)
+    work.delivered = 1_000
+    backpressure.probe(11.0, loop_lag=0.0)  # 1,000 deliveries/s while behind
+    assert not backpressure.overloaded  # 100 deliveries queued: 0.1 s
+    work.delivered, work.backlog = 1_050, {channel: 900}
+    backpressure.probe(11.05, loop_lag=0.0)  # 900 queued at 1,000/s: 0.9 s, the oldest 0.01 s
+    assert backpressure.overloaded
+    assert backpressure.detector.state.channels == (channel,)
+    assert metric(hub, "pulsewire_delivery_lag_seconds") == pytest.approx(0.9)
+    work.delivered, work.backlog = 1_950, {channel: 100}
+    backpressure.probe(11.95, loop_lag=0.0)  # 0.1 s left: under half the bound, caught up
+    assert not backpressure.overloaded

@@ -97,3 +97,20 @@ async def test_a_first_chunk_of_many_items_goes_to_one_subscriber_at_once() -> N
     # 20 items: at least one subscriber per callback, whatever the bound.
     assert max(sends_per_iteration(log)) == 20
     assert all(s.offsets_of(CHANNEL) == list(range(1, 22)) for s in subs)
+
+
+async def test_the_backlog_counts_the_deliveries_left_and_delivered_counts_those_made() -> None:
+    log: Log = []
+    h = Harness(chunk=8, first_chunk=2, pass_items=4)
+    subs = peers(6, log)
+    await subscribe_all(h, subs)
+    assert h.fanout.delivery_backlog() == (0, {})
+    h.fanout.on_publication(CHANNEL, pub(1))  # first chunk (2 subscribers) handed at once
+    for offset in range(2, 12):
+        h.fanout.on_publication(CHANNEL, pub(offset))
+    delivered, backlog = h.fanout.delivery_backlog()
+    assert delivered == 2
+    # the first pass's item to its 4 other subscribers, and 10 waiting items to all 6
+    assert backlog == {CHANNEL: 4 + 10 * 6}
+    await drain(h)
+    assert h.fanout.delivery_backlog() == (6 * 11, {})

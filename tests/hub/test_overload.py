@@ -11,7 +11,14 @@ import pytest
 from pulsewire.hub.channels import parse_channel
 from pulsewire.hub.delivery import Delivery
 from pulsewire.hub.metrics import HubMetrics
-from pulsewire.hub.overload import ALL, LoadState, LoadTable, OverloadDetector
+from pulsewire.hub.overload import (
+    ALL,
+    DrainRate,
+    LoadState,
+    LoadTable,
+    OverloadDetector,
+    expected_lags,
+)
 from pulsewire.hub.subscription import Subscription
 from pulsewire.hub.types import ClientInfo
 
@@ -143,3 +150,32 @@ async def test_the_delivery_lag_is_the_age_of_the_oldest_item_not_handed_to_ever
         clock.advance(0.01)
     assert delivery.lags(clock()) == {}  # both passes ended: nothing is behind
     assert all(len(s.prepared) == 2 for s in subs)
+
+
+def test_the_drain_rate_counts_only_intervals_with_a_backlog_at_both_ends() -> None:
+    rate = DrainRate(smoothing=0.5)
+    rate.update(0.0, 0, busy=False)
+    rate.update(1.0, 100, busy=True)  # idle at the start: not a measure of capacity
+    assert rate.per_second == 0.0
+    rate.update(2.0, 1_100, busy=True)
+    assert rate.per_second == 1_000.0  # the first measure is taken as it is
+    rate.update(3.0, 1_600, busy=True)
+    assert rate.per_second == 750.0  # then smoothed: 1000 + 0.5 * (500 - 1000)
+    rate.update(4.0, 1_600, busy=False)  # caught up: the interval does not count
+    rate.update(5.0, 1_600, busy=False)
+    assert rate.per_second == 750.0
+
+
+def test_the_lag_of_a_backlog_is_the_time_to_deliver_it_when_that_is_longer() -> None:
+    ages = {"a": 0.1, "b": 2.0}
+    # 1,500 deliveries queued at 1,000/s: a publication arriving now waits 1.5 s
+    assert expected_lags(ages, {"a": 1_000, "b": 500}, 1_000.0) == {"a": 1.5, "b": 2.0}
+    assert expected_lags(ages, {"a": 1_000, "b": 500}, 0.0) == ages  # rate not known yet
+    assert expected_lags({}, {"c": 0}, 1_000.0) == {}
+
+
+def test_a_node_taking_publications_faster_than_it_delivers_is_overloaded_at_once() -> None:
+    detector = OverloadDetector(0.5)
+    # its oldest item is only 0.1 s old, but 0.9 s of work is queued behind it
+    assert detector.update(expected_lags({"a": 0.1}, {"a": 900}, 1_000.0), 0.0)
+    assert detector.state == LoadState(True, 0.9, ("a",))

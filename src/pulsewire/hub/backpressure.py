@@ -36,7 +36,7 @@ from .engines.base import Engine, EngineUnavailable
 from .errors import ErrorCode, HubError
 from .fanout import Fanout
 from .metrics import HubMetrics
-from .overload import ALL, LoadState, LoadTable, OverloadDetector
+from .overload import ALL, DrainRate, LoadState, LoadTable, OverloadDetector, expected_lags
 
 __all__ = [
     "LOAD_TTL",
@@ -99,6 +99,8 @@ class Backpressure:
         """This node's own state (:attr:`OverloadDetector.state`)."""
         self.table = LoadTable(LOAD_TTL)
         """The other nodes' overload, by instance id."""
+        self.rate = DrainRate()
+        """This node's delivery rate while behind (for the lag of what is queued)."""
         self.interval = min(PROBE_INTERVAL, config.overload_lag / 4) if self.enabled else 0.0
         """Seconds between two probes."""
         self._changed = asyncio.Event()
@@ -132,7 +134,9 @@ class Backpressure:
         """Measure the node at ``now`` (its clock) given how late the probe's timer fired:
         update the state and the metrics, tell the cluster what changed (and remind it every
         :data:`REFRESH_INTERVAL` while overloaded), forget expired entries."""
-        lags = self._fanout.delivery_lags(now)
+        delivered, backlog = self._fanout.delivery_backlog()
+        self.rate.update(now, delivered, any(backlog.values()))
+        lags = expected_lags(self._fanout.delivery_lags(now), backlog, self.rate.per_second)
         self._metrics.delivery_lag.set(max(lags.values(), default=0.0))
         self._metrics.loop_lag.set(loop_lag)
         detector = self.detector

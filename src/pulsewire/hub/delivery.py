@@ -200,6 +200,9 @@ class Delivery:
         self._chunk = chunk
         self._first_chunk = min(first_chunk, chunk)
         self._pass_items = pass_items
+        self.delivered = 0
+        """Deliveries handed so far (an item to a subscriber; a pass's subscribers removed
+        meanwhile included): the probe's measure of the node's delivery rate."""
         self._clock = clock
         self._passes: dict[str, _Pass] = {}
         self._waiting: dict[str, list[_Item]] = {}
@@ -228,6 +231,23 @@ class Delivery:
         ``time.monotonic()`` value) of the oldest item not yet handed to every subscriber:
         the pass's first (what waits behind the pass is younger)."""
         return {channel: now - current.items[0].queued for channel, current in self._passes.items()}
+
+    def backlog(self) -> dict[str, int]:
+        """The channels with a pass in progress, and the deliveries still to make for them:
+        the pass's items to its subscribers not served yet, and each waiting item to every
+        subscriber (what a publication arriving now waits behind)."""
+        out: dict[str, int] = {}
+        for channel, current in self._passes.items():
+            subscribers = len(self._channels.get(channel, ()))
+            if current.listed:
+                left = len(current.subscribers) - current.done
+            else:  # only the first chunk is listed yet
+                left = subscribers - current.done
+            waiting = self._waiting.get(channel)
+            out[channel] = max(0, left) * len(current.items) + (
+                len(waiting) * subscribers if waiting else 0
+            )
+        return out
 
     def lag(self, now: float) -> float:
         """The age of the oldest item not yet handed to every subscriber (0 when none)."""
@@ -310,6 +330,7 @@ class Delivery:
                 del self._passes[channel]
             raise
         current.done = stop
+        self.delivered += (stop - start) * len(current.items)
         if self._passes.get(channel) is not current:
             return False
         if stop < total or not current.listed:

@@ -154,6 +154,11 @@ class Fanout:
         ``time.monotonic()`` value): see :meth:`Delivery.lags`."""
         return self._delivery.lags(now)
 
+    def delivery_backlog(self) -> tuple[int, dict[str, int]]:
+        """Deliveries made so far, and those still to make by channel (channels with a pass
+        in progress): see :meth:`Delivery.backlog`."""
+        return self._delivery.delivered, self._delivery.backlog()
+
     async def add(self, subscriber: Subscriber, sub: Subscription) -> None:
         """Register ``sub`` for live publications; returns once this node receives the channel
         from the engine (so a history read after it misses nothing). On failure (108 when the

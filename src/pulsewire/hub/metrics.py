@@ -110,7 +110,8 @@ class HubMetrics:
         )
         self.delivery_lag = Gauge(
             "pulsewire_delivery_lag_seconds",
-            "Age of the oldest publication not yet handed to every local subscriber",
+            "How far behind delivery is: the oldest publication not yet handed to every local "
+            "subscriber, or the time to deliver all that is queued when longer",
             registry=r,
         )
         self.loop_lag = Gauge(

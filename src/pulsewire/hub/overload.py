@@ -5,7 +5,9 @@ A node is *behind* by the larger of two lags:
 
 * the delivery lag: the age of the oldest publication (or push) that the node's
   :class:`~pulsewire.hub.delivery.Delivery` has not yet handed to every local subscriber of
-  its channel (measured per channel: only the channels with a pass in progress count);
+  its channel or, when longer, the time the node needs for all it has queued
+  (:func:`expected_lags`, at the :class:`DrainRate` it delivers at while behind); measured
+  per channel: only the channels with a pass in progress count;
 * the loop lag: how late a periodic timer of the node's event loop fires (everything the
   node does waits that long, whatever the channel).
 
@@ -31,7 +33,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["ALL", "LoadEntry", "LoadState", "LoadTable", "OverloadDetector"]
+__all__ = [
+    "ALL",
+    "DrainRate",
+    "LoadEntry",
+    "LoadState",
+    "LoadTable",
+    "OverloadDetector",
+    "expected_lags",
+]
 
 ALL = "all"
 """In place of a list of channels: the node is behind on every channel (its loop is late)."""
@@ -85,6 +95,50 @@ class OverloadDetector:
             channels = tuple(sorted(name for name, lag in delivery.items() if lag >= clear))
         self.state = LoadState(True, worst, channels)
         return not old.overloaded or old.channels != channels
+
+
+class DrainRate:
+    """The node's delivery rate while it has a backlog (deliveries per second: what it can
+    do, not what it was asked), smoothed over the probes.
+
+    Only intervals with a backlog at both ends count: an idle node's rate says nothing of
+    its capacity. 0 until the first such interval."""
+
+    def __init__(self, smoothing: float = 0.3) -> None:
+        self.smoothing = smoothing
+        self.per_second = 0.0
+        self._last: tuple[float, int, bool] | None = None
+
+    def update(self, now: float, delivered: int, busy: bool) -> None:
+        """Feed a probe: ``delivered`` so far (a counter) at ``now``, ``busy`` if there was
+        a backlog."""
+        last, self._last = self._last, (now, delivered, busy)
+        if last is None or not (busy and last[2]) or now <= last[0]:
+            return
+        sample = (delivered - last[1]) / (now - last[0])
+        if self.per_second == 0.0:
+            self.per_second = sample
+        else:
+            self.per_second += self.smoothing * (sample - self.per_second)
+
+
+def expected_lags(ages: dict[str, float], backlog: dict[str, int], rate: float) -> dict[str, float]:
+    """Each behind channel's lag: the age of its oldest item not yet delivered or, when
+    larger, how long the node needs for every delivery queued (``backlog`` over ``rate``;
+    the loop serves all channels together): what a publication arriving now would wait.
+
+    The age alone rises only as fast as time: a node taking publications faster than it
+    delivers them was found behind only once its oldest item was ``bound`` old, with
+    seconds of work queued behind it by then (benchmarks/backpressure.py at 800/s to 2,000
+    subscribers: its lag rose to 5 s between two clears, in a saw-tooth)."""
+    if rate <= 0:
+        return dict(ages)
+    drain = sum(backlog.values()) / rate
+    out = dict(ages)
+    for channel, pending in backlog.items():
+        if pending:
+            out[channel] = max(out.get(channel, 0.0), drain)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
