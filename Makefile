@@ -64,7 +64,8 @@ bench: install
 
 # docs/benchmarks-hub.md and .png: fan-out against the peers at 1k/5k/10k subscribers,
 # cross-node with a rate-limited publisher (backpressure off/on, python-socketio's Redis
-# manager), closed-loop cross-node throughput; then the page from benchmarks/results/.
+# manager), closed-loop cross-node throughput, where the node's time goes (py-spy); then
+# the page from benchmarks/results/.
 HUB_SIZES ?= 1000 5000 10000
 bench-hub: install
 	for n in $(HUB_SIZES); do \
@@ -73,6 +74,7 @@ bench-hub: install
 	done
 	$(BIN)/python benchmarks/backpressure.py
 	$(BIN)/python benchmarks/fanout_hub.py > /dev/null
+	$(BIN)/python benchmarks/profile_hub.py --subscribers 10000
 	$(BIN)/python benchmarks/hub_report.py
 
 lint: install

@@ -44,7 +44,11 @@ def load(results: Path) -> dict[str, Any]:
             peers.append(json.loads(path.read_text()))
     peers.sort(key=lambda r: r["settings"]["subscribers"])
     data: dict[str, Any] = {"peers": peers}
-    for key, name in (("backpressure", "backpressure.json"), ("fanout", "hub_fanout.json")):
+    for key, name in (
+        ("backpressure", "backpressure.json"),
+        ("fanout", "hub_fanout.json"),
+        ("profile", "hub_profile.json"),
+    ):
         path = results / name
         data[key] = json.loads(path.read_text()) if path.exists() else None
     return data
@@ -202,9 +206,7 @@ def targets_section(data: dict[str, Any]) -> list[str]:
         n = largest["settings"]["subscribers"]
         ours = largest["servers"]["pulsewire"]
         first = ours["first_receipt_ms"]["p50"]
-        rows.append(
-            (f"first receipt ≤ 2 ms at {n:,}", f"{fmt(first, 2)} ms", met(first <= 2), "")
-        )
+        rows.append((f"first receipt ≤ 2 ms at {n:,}", f"{fmt(first, 2)} ms", met(first <= 2), ""))
         ratios = exact_ratios(largest)
         checks = (
             ("node-socketio", "last_receipt_p50", "last receipt ≤ 0.8x Node's", 0.8, False),
@@ -273,9 +275,7 @@ def fanout_why(result: dict[str, Any], peer: str, key: str, bound: float) -> str
     return text + f"; on the CPU all the time it would be {cpu_ratio * peer_share:.2g}x"
 
 
-def latency_bound_row(
-    run: dict[str, Any], settings: dict[str, Any]
-) -> tuple[str, str, str, str]:
+def latency_bound_row(run: dict[str, Any], settings: dict[str, Any]) -> tuple[str, str, str, str]:
     """Backpressure on: did latency behind node A stay near ``overload_lag`` at every step?"""
     bound = 2 * settings["overload_lag"] * 1000
     worst = max(run["steps"], key=lambda st: st["after_accept_ms"].get("p99", 0))
@@ -515,6 +515,41 @@ def closed_loop_section(fanout: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
+def profile_section(profile: dict[str, Any] | None) -> list[str]:
+    """Where the node's time goes while it fans out (benchmarks/profile_hub.py)."""
+    lines = ["## Where the node's time goes", ""]
+    if not profile:
+        return [*lines, "No `hub_profile.json` in this run (`benchmarks/profile_hub.py`).", ""]
+    n = profile["settings"]["subscribers"]
+    shares = profile["percent_of_busy"]
+    lines += [
+        f"`{profile['command']}`, {profile['date']}: py-spy (`--native`) sampled "
+        f"`pulsewire serve` for {profile['seconds']:g} s while it fanned {profile['rounds']} "
+        f"publications out to {n:,} subscribers ({profile['busy_samples']:,} samples at work; "
+        f"{profile['server_cpu_us_per_delivery']} µs of CPU per delivery; load "
+        f"{profile['loadavg']}). Samples by the frame they were taken in:",
+        "",
+        "| where | share of the samples at work |",
+        "|---|---|",
+        *(f"| {where} | {share} % |" for where, share in shares.items()),
+        "",
+        "`write(2)` is libc's `write`: the kernel's TCP send, one per subscriber and batch. "
+        "Over loopback the sending core also runs the receiving side's TCP processing, so it is "
+        "the kernel work of both ends, which every server pays per delivery whatever its "
+        "language. What is left to gain in pulsewire's own code is the other rows; more than "
+        "that needs fewer system calls per delivery (several deliveries per write, as delivery "
+        "does when a backlog builds up; io_uring) or more cores (several nodes or workers).",
+        "",
+        "The frames sampled most:",
+        "",
+        "| frame | share |",
+        "|---|---|",
+        *(f"| `{t['frame']}` | {t['percent_of_busy']} % |" for t in profile["top_leaves"][:8]),
+        "",
+    ]
+    return lines
+
+
 def reproduce() -> list[str]:
     return [
         "## Reproduce",
@@ -526,7 +561,8 @@ def reproduce() -> list[str]:
         "",
         "runs `benchmarks/hub_peers.py --subscribers N --client-procs 4 --out "
         "results/hub_peers_N.json` for N = 1,000, 5,000 and 10,000 (`HUB_SIZES`), "
-        "`benchmarks/backpressure.py`, `benchmarks/fanout_hub.py`, then "
+        "`benchmarks/backpressure.py`, `benchmarks/fanout_hub.py`, "
+        "`benchmarks/profile_hub.py --subscribers 10000`, then "
         "`benchmarks/hub_report.py`, which writes this page and its chart from "
         "`benchmarks/results/` (raw numbers, not committed). Each section above names the "
         "command of its run. The harnesses are described in `benchmarks/README.md`.",
@@ -541,6 +577,7 @@ def markdown(data: dict[str, Any]) -> str:
         *fanout_section(data["peers"]),
         *cross_node_section(data["backpressure"]),
         *closed_loop_section(data["fanout"]),
+        *profile_section(data.get("profile")),
         *reproduce(),
     ]
     return "\n".join(lines).rstrip() + "\n"

@@ -55,3 +55,5 @@ def test_profile_hub_smoke() -> None:
     assert result["server_cpu_us_per_delivery"] > 0
     assert set(result["percent_of_busy"]) == set(bench.GROUPS) - {"waiting (epoll)"}
     assert "| write(2) |" in bench.markdown(result)
+    section = "\n".join(load("hub_report").profile_section(result))
+    assert "## Where the node's time goes" in section and "| write(2) |" in section
