@@ -91,14 +91,35 @@ def header(data: dict[str, Any]) -> list[str]:
         "`benchmarks/hub_report.py` (`make bench-hub` runs everything, then it). "
         "Servers are pinned to core 0, the driver to core 1 with `taskset`.",
         "",
-        "**The machine was shared**: other engineers' builds and tests ran on it during the "
-        "run. Each table gives the 1-minute load average and the CPU used by other processes "
-        "while it was measured; CPU per delivery (CPU time) holds on a busy machine where "
-        "latencies and rates do not. Compare rows of one table, not absolute values.",
+        f"{busy_sentence(data)} Each table gives the 1-minute load average and the CPU used "
+        "by other processes while it was measured; CPU per delivery (CPU time) holds on a "
+        "busy machine where latencies and rates do not. Compare rows of one table, not "
+        "absolute values.",
         "",
         "![hub benchmark chart](benchmarks-hub.png)",
         "",
     ]
+
+
+def busy_sentence(data: dict[str, Any]) -> str:
+    """How much CPU other processes took during the runs, from the results themselves."""
+    others = [
+        server["other_cpu_percent"]
+        for result in data["peers"]
+        for server in result["servers"].values()
+        if "other_cpu_percent" in server
+    ]
+    if data["backpressure"]:
+        others += [r["other_cpu_percent"] for r in data["backpressure"]["runs"].values() if ok(r)]
+    if not others:
+        return "How busy the machine was is not recorded."
+    worst = max(others)
+    if worst > hub.BUSY_PERCENT:
+        return (
+            f"**The machine was busy at times**: other processes used up to {worst:g} % of a "
+            "core during a measurement."
+        )
+    return f"Other processes used at most {worst:g} % of a core during any measurement."
 
 
 def fanout_section(peers: list[dict[str, Any]]) -> list[str]:
@@ -610,7 +631,7 @@ def chart(data: dict[str, Any], path: Path) -> bool:
     latency_panel(axes.flat[5], data["backpressure"])
     runs = [*data["peers"], data.get("backpressure")]
     dates = sorted(r["date"][:10] for r in runs if r)
-    when = f", {dates[-1]}, a shared 2-core machine" if dates else ""
+    when = f", {dates[-1]}, one 2-core machine" if dates else ""
     fig.suptitle(f"Hub: pulsewire, python-socketio, Node Socket.IO (one driver){when}", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
