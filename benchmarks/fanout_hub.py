@@ -448,6 +448,24 @@ def handshake(port: int) -> bytes:
     ).encode()
 
 
+def frame_at(buf: bytes, pos: int, size: int) -> tuple[int, int] | None:
+    """The header size and payload length of the server frame (unmasked) at ``pos`` in
+    ``buf[:size]``, or None when the frame is not whole there yet."""
+    if size - pos < 2:
+        return None
+    length = buf[pos + 1] & 0x7F
+    head = 2
+    if length == 126:
+        if size - pos < 4:
+            return None
+        length, head = (buf[pos + 2] << 8) | buf[pos + 3], 4
+    elif length == 127:
+        if size - pos < 10:
+            return None
+        length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+    return None if size - pos < head + length else (head, length)
+
+
 class HubConn(asyncio.Protocol):
     """A hub client: handshake, one connect command (with ``subs``), then text frames.
 
@@ -518,19 +536,8 @@ class HubConn(asyncio.Protocol):
             buf = buf[end + 4 :]
             self.send(self.hello)
         pos, size = 0, len(buf)
-        while size - pos >= 2:
-            length = buf[pos + 1] & 0x7F
-            head = 2
-            if length == 126:
-                if size - pos < 4:
-                    break
-                length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
-            elif length == 127:
-                if size - pos < 10:
-                    break
-                length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
-            if size - pos < head + length:
-                break
+        while (frame := frame_at(buf, pos, size)) is not None:
+            head, length = frame
             opcode = buf[pos] & 0x0F
             payload = buf[pos + head : pos + head + length]
             pos += head + length
@@ -551,20 +558,9 @@ class HubConn(asyncio.Protocol):
         buf = self.buf + data if self.buf else data
         pos, size, frames = 0, len(buf), 0
         ping = self.TEXT_PING
-        while size - pos >= 2:
-            length = buf[pos + 1] & 0x7F
-            head = 2
-            if length == 126:
-                if size - pos < 4:
-                    break
-                length, head = (buf[pos + 2] << 8) | buf[pos + 3], 4
-            elif length == 127:
-                if size - pos < 10:
-                    break
-                length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+        while (frame := frame_at(buf, pos, size)) is not None:
+            head, length = frame
             end = pos + head + length
-            if end > size:
-                break
             opcode = buf[pos] & 0x0F
             if opcode == 1:
                 if ping is not None and buf[pos + head : end] == ping:
