@@ -21,6 +21,7 @@ from pulsewire.hub import Hub
 from pulsewire.hub.backpressure import REFRESH_INTERVAL, Backpressure
 from pulsewire.hub.config import HubConfig
 from pulsewire.hub.control import NodeDead, NodeGone, NodeLoad
+from pulsewire.hub.engines.base import EngineUnavailable
 from pulsewire.hub.errors import ErrorCode, HubError
 
 from .conftest import API_KEY, HOST, build_config
@@ -189,6 +190,39 @@ async def test_the_node_s_own_lag_holds_its_publishers_and_the_cluster_is_told(
     ]
     assert all(m["from"] == hub.node_id and m["instance"] == hub.instance for m in sent)
     assert metric(hub, "pulsewire_overloaded") == 0
+
+
+async def test_a_clear_the_engine_failed_to_send_is_sent_again_at_the_next_refresh(
+    local_hub: Start,
+) -> None:
+    hub = await local_hub(build_config())
+    sent: list[dict[str, Any]] = []
+    failing = [True]
+
+    async def flaky(message: dict[str, Any]) -> None:
+        if message.get("op") != "load":
+            return
+        if failing[0]:
+            raise EngineUnavailable("the engine is down")
+        sent.append(message)
+
+    hub.engine.publish_control = flaky  # type: ignore[method-assign]
+    bp = hub.backpressure
+    bp.stop()
+    bp.probe(100.0, loop_lag=0.8)  # behind: the message is lost
+    await loop_runs()
+    bp.probe(100.1, loop_lag=0.0)  # caught up: the "clear" is lost too
+    await loop_runs()
+    failing[0] = False
+    bp.probe(100.1 + REFRESH_INTERVAL / 2, loop_lag=0.0)  # not due yet
+    await loop_runs()
+    assert sent == []
+    bp.probe(100.1 + REFRESH_INTERVAL, loop_lag=0.0)  # due: the latest state goes again
+    await loop_runs()
+    assert [m["overloaded"] for m in sent] == [False]
+    bp.probe(100.1 + 3 * REFRESH_INTERVAL, loop_lag=0.0)  # sent: no more reminders
+    await loop_runs()
+    assert len(sent) == 1
 
 
 async def test_a_stale_entry_expires(local_hub: Start, uniq: Any) -> None:

@@ -119,13 +119,30 @@ def test_a_node_declared_dead_or_gone_releases_its_channels_at_once() -> None:
     table = LoadTable(ttl=3.0)
     table.set("i1", "n1", LoadState(True, 1.0, ALL), 0.0)
     table.set("i2", "n2", BEHIND_A, 0.0)
-    table.set("i3", "n2", LoadState(True, 1.0, ("c",)), 0.0)  # n2 again, another instance
+    table.set("i3", "n3", LoadState(True, 1.0, ("c",)), 0.0)
     assert table.blocks("z", 0.1)  # n1 is behind on all
     assert table.drop(["i1"])
     assert not table.blocks("z", 0.1) and table.blocks("a", 0.1)
     assert not table.drop(["i1"])  # gone already
     assert table.drop(node="n2")
-    assert len(table) == 0
+    assert not table.blocks("a", 0.1) and table.blocks("c", 0.1)
+    assert len(table) == 1
+
+
+def test_a_nodes_new_instance_replaces_what_its_earlier_one_said() -> None:
+    # A node frozen past dead_after, thawing: its first probe finds the loop seconds late and
+    # says so as the instance the others declared dead; it rejoins as a new instance, and
+    # says it caught up as that one. The old word must not hold publishers for seconds more.
+    table = LoadTable(ttl=3.0)
+    table.set("old", "n1", LoadState(True, 12.0, ALL), 0.0)
+    table.set("other", "n2", BEHIND_A, 0.0)
+    assert table.set("new", "n1", LoadState(False, 0.0), 0.1)  # publishers may go
+    assert not table.blocks("z", 0.1) and table.blocks("a", 0.1)
+    assert list(table.entries()) == ["other"]
+    table.set("old", "n1", LoadState(True, 1.0, ("b",)), 0.2)
+    assert table.set("new", "n1", LoadState(True, 1.0, ("c",)), 0.3)  # b released
+    assert not table.blocks("b", 0.3) and table.blocks("c", 0.3)
+    assert sorted(table.entries()) == ["new", "other"]
 
 
 # --------------------------------------------------------------------- the delivery lag

@@ -107,6 +107,7 @@ class Backpressure:
         self._sent_at = float("-inf")
         self._to_send: LoadState | None = None
         self._sending = False
+        self._unsent = False
         self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------------ the node
@@ -154,7 +155,8 @@ class Backpressure:
             else:
                 logger.info("delivery caught up: publishers go again")
             self._wake()
-        if changed or (state.overloaded and now - self._sent_at >= REFRESH_INTERVAL):
+        due = now - self._sent_at >= REFRESH_INTERVAL
+        if changed or (due and (state.overloaded or self._unsent)):
             self._sent_at = now
             self._send(state)
         if self.table.expire(now):
@@ -182,7 +184,12 @@ class Backpressure:
                 try:
                     await self._engine.publish_control(control.to_dict())
                 except EngineUnavailable:
+                    # Sent again at the next refresh (a lost "clear" would otherwise hold
+                    # the others' publishers until its entry expires), unless newer is due.
                     self._metrics.engine_errors.inc()
+                    self._unsent = True
+                else:
+                    self._unsent = False
         finally:
             self._sending = False
 

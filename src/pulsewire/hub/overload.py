@@ -166,11 +166,19 @@ class LoadTable:
 
     def set(self, instance: str, node: str, state: LoadState, now: float) -> bool:
         """Record what ``instance`` (of the node ``node``) said; a clear state removes it.
-        Returns True if publishers waiting may now go (an entry went or shrank)."""
+        It also replaces what the node's earlier instances said: a node that rejoins (it was
+        frozen, declared dead, and thawed) says it was behind as the old instance and that it
+        caught up as the new one. Returns True if publishers waiting may now go (an entry went
+        or shrank)."""
         old = self._entries.pop(instance, None)
+        earlier = [i for i, entry in self._entries.items() if entry.node == node]
+        for gone in earlier:
+            del self._entries[gone]
         if state.overloaded:
             grace = min(max(state.lag, 0.0), self.ttl)
             self._entries[instance] = LoadEntry(node, state, now + self.ttl + grace)
+        if earlier:
+            return True
         if old is None:
             return False
         return not state.overloaded or (old.state.channels != state.channels)
