@@ -18,6 +18,7 @@ from .channels import ChannelName
 from .config import HubConfig
 from .fanout import Fanout, Subscription
 from .metrics import HubMetrics
+from .timers import TimerQueue
 from .types import ClientInfo, HistoryResult, PreparedMessage, Publication, StreamPosition
 
 __all__ = ["ConnectRequest", "Hook", "HookSession", "SessionHost", "Transport"]
@@ -110,6 +111,7 @@ class SessionHost(Protocol[S_contra]):
     tokens: TokenVerifier
     auth_guard: AuthGuard
     fanout: Fanout
+    timers: TimerQueue
     authenticate: Hook | None
     on_connect: Hook | None
     on_subscribe: Hook | None

@@ -14,7 +14,8 @@ and, when one falls due:
   the subscription ends with an ``unsubscribe`` push, code 2501, ``resubscribe: true`` (the
   client subscribes again and the application decides anew). Without the hook it ends.
 
-Timers are wall-clock expiries (Unix time) turned into loop delays when armed. An
+Timers are wall-clock expiries (Unix time) turned into loop delays when armed, kept in the
+node's :class:`~pulsewire.hub.timers.TimerQueue` (one loop timer for them all). An
 :class:`Expiry` belongs to one session but does not hold it (the session is given to each
 call and to the timers, which drop it when cancelled): a session must be freed by reference
 counting alone once it ends, without the garbage collector.
@@ -33,6 +34,7 @@ from .contracts import Hook, HookSession
 from .errors import Disconnect, DisconnectCode, HubError, UnsubscribeCode
 from .fanout import Fanout, Subscriber, Subscription
 from .hooks import call_hook
+from .timers import Timer, TimerQueue
 
 __all__ = ["ExpiringSession", "Expiry", "ExpiryHost"]
 
@@ -49,6 +51,7 @@ class ExpiryHost(Protocol):
     """What :class:`Expiry` needs from the node (a :class:`~pulsewire.hub.Hub`)."""
 
     fanout: Fanout
+    timers: TimerQueue
     on_refresh: Hook | None
     on_sub_refresh: Hook | None
 
@@ -56,12 +59,13 @@ class ExpiryHost(Protocol):
 class Expiry:
     """The expiry timers of one session (see the module docstring)."""
 
-    def __init__(self, host: ExpiryHost, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, host: ExpiryHost) -> None:
         self._host = host
-        self._loop = loop
-        self._timer: asyncio.TimerHandle | None = None
-        self._subs: dict[str, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Future[Any]] = set()
+        self._timers = host.timers
+        self._timer: Timer | None = None
+        # Created when first needed: most sessions never hold one (an empty set is 216 bytes).
+        self._subs: dict[str, Timer] | None = None
+        self._tasks: set[asyncio.Future[Any]] | None = None
 
     @property
     def refreshes(self) -> bool:
@@ -78,7 +82,7 @@ class Expiry:
         if expires_at is None:
             return None
         ttl = expires_at - time.time()
-        self._timer = self._loop.call_later(max(ttl, 0), self._credentials_expired, session)
+        self._timer = self._timers.call_later(ttl, self._credentials_expired, session)
         return ttl
 
     def arm_subscription(
@@ -86,28 +90,37 @@ class Expiry:
     ) -> None:
         """Arm ``sub``'s timer (``None``: it does not expire)."""
         name = sub.channel.name
-        old = self._subs.pop(name, None)
+        subs = self._subs
+        if subs is None:
+            if expires_at is None:
+                return
+            subs = self._subs = {}
+        old = subs.pop(name, None)
         if old is not None:
             old.cancel()
         if expires_at is not None:
-            delay = max(expires_at - time.time(), 0)
-            self._subs[name] = self._loop.call_later(delay, self._sub_expired, session, sub)
+            delay = expires_at - time.time()
+            subs[name] = self._timers.call_later(delay, self._sub_expired, session, sub)
 
     def cancel(self) -> None:
         """The session ended: no timer fires, no refresh goes on."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for timer in self._subs.values():
-            timer.cancel()
-        self._subs.clear()
-        for task in self._tasks:
+        if self._subs is not None:
+            for timer in self._subs.values():
+                timer.cancel()
+            self._subs.clear()
+        for task in self._tasks or ():
             task.cancel()
 
     def _spawn(self, awaitable: Awaitable[None]) -> None:
         task = asyncio.ensure_future(awaitable)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        tasks = self._tasks
+        if tasks is None:
+            tasks = self._tasks = set()
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     # ------------------------------------------------------------------------ credentials
 
@@ -156,7 +169,8 @@ class Expiry:
     # ---------------------------------------------------------------------- subscriptions
 
     def _sub_expired(self, session: ExpiringSession, sub: Subscription) -> None:
-        self._subs.pop(sub.channel.name, None)
+        if self._subs is not None:
+            self._subs.pop(sub.channel.name, None)
         if not self._current(session, sub):
             return
         hook = self._host.on_sub_refresh

@@ -57,6 +57,7 @@ from .node_watch import NodeWatch
 from .presence import PresenceKeeper
 from .serversubs import make_until_done
 from .session import ConnectRequest, Session, Transport
+from .timers import TimerQueue
 from .types import ClientInfo, HistoryResult, Publication, PublishOptions, StreamPosition
 from .wire import Codec
 
@@ -114,6 +115,7 @@ class Hub:
         self.on_message = on_message
         self.on_refresh = on_refresh
         self.on_sub_refresh = on_sub_refresh
+        self.timers = TimerQueue()  # the sessions' expiry timers, under one loop timer
         self.sessions: dict[str, Session] = {}
         self.users: dict[str, set[Session]] = {}
         self.fanout = Fanout(

@@ -96,7 +96,7 @@ class Session:
         self._byte_rate = TokenBucket(config.client_bytes_per_second, config.client_bytes_burst)
         self._traffic = hub.metrics.traffic_of(transport.kind)
         self._queue_max = config.client_queue_max_bytes
-        self.expiry = Expiry(hub, self._loop)
+        self.expiry = Expiry(hub)
         """The credentials' and subscriptions' expiry timers (refresh hooks)."""
         self._turn = asyncio.Lock()
         """Held by each command and each server-side subscription made after connect: they
