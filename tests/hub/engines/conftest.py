@@ -437,6 +437,21 @@ class Cluster:
             await self.add_engine()
         return self.engines[:want]
 
+    async def subscribe(self, channel: str, nodes: list[Engine]) -> None:
+        """Subscribe ``nodes`` to ``channel``, then wait until every node's service knows it.
+
+        In a NATS cluster a subscription reaches the other servers over their routes a
+        moment after ``subscribe`` returns, and a publication without history sent before
+        that misses it (core NATS delivers to the interest known when it is published; seen
+        in CI, on a loaded machine). A control message each subscriber sends afterwards
+        travels the same routes behind that interest: once every node has it, the interest
+        is known everywhere."""
+        for node in nodes:
+            await node.subscribe(channel)
+        if self.multi_node:
+            for node in nodes:
+                await self.settle([node, *(e for e in self.engines if e is not node)])
+
     async def settle(self, engines: list[Engine] | None = None) -> None:
         """Wait until a control message sent now has reached every node: whatever was
         published before it has been delivered."""

@@ -44,8 +44,7 @@ async def test_publish_without_history_reaches_subscribed_nodes(
     cluster: Cluster, engine: Engine
 ) -> None:
     nodes = await cluster.up_to(3)
-    for node in nodes[:2]:
-        await node.subscribe("chat")
+    await cluster.subscribe("chat", nodes[:2])
     sent = pub({"n": 1}, origin=engine.node_id)
     position = await engine.publish("chat", sent, NO_HISTORY)
     assert position is None
@@ -90,7 +89,7 @@ async def test_publish_does_not_change_the_publication(cluster: Cluster, engine:
 async def test_unsubscribe_stops_delivery(cluster: Cluster, engine: Engine) -> None:
     nodes = await cluster.up_to(2)
     publisher = nodes[-1]
-    await engine.subscribe("h")
+    await cluster.subscribe("h", [engine])
     await publisher.publish("h", pub("one"), HISTORY)
     rec = recorder(engine)
     await rec.wait_for(lambda: len(rec.pubs("h")) == 1)
@@ -102,8 +101,7 @@ async def test_unsubscribe_stops_delivery(cluster: Cluster, engine: Engine) -> N
 
 async def test_publication_fields_round_trip(cluster: Cluster, engine: Engine) -> None:
     nodes = await cluster.up_to(2)
-    for node in nodes:
-        await node.subscribe("h")
+    await cluster.subscribe("h", nodes)
     info = ClientInfo("client-1", "user-1", {"name": "Zoë"}, ["chan", 1])
     data = {"text": "héllo ✓", "n": [1, 2.5, None, True], "big": 2**53}
     sent = pub(data, info=info, tags={"k": "v"})
@@ -125,8 +123,7 @@ async def test_publication_fields_round_trip(cluster: Cluster, engine: Engine) -
 async def test_join_and_leave_reach_subscribed_nodes(cluster: Cluster, engine: Engine) -> None:
     nodes = await cluster.up_to(3)
     subscribed = nodes[:2]
-    for node in subscribed:
-        await node.subscribe("room")
+    await cluster.subscribe("room", subscribed)
     info = ClientInfo("c1", "u1", {"a": 1})
     await subscribed[-1].publish_join("room", info)
     await subscribed[-1].publish_leave("room", info)
@@ -155,8 +152,7 @@ async def test_control_reaches_every_node(cluster: Cluster, engine: Engine) -> N
 
 async def test_history_offsets_prev_and_epoch(cluster: Cluster, engine: Engine) -> None:
     nodes = await cluster.up_to(2)
-    for node in nodes:
-        await node.subscribe("h")
+    await cluster.subscribe("h", nodes)
     positions = await publish_many(engine, "h", 5, HISTORY)
     assert [p.offset for p in positions] == [1, 2, 3, 4, 5]
     epoch = positions[0].epoch
@@ -268,8 +264,7 @@ async def test_concurrent_publishers_keep_offset_order(
     if cluster.kind.racy_cas:
         request.applymarker(pytest.mark.xfail(reason=cluster.kind.racy_cas, strict=False))
     nodes = await cluster.up_to(2)
-    for node in nodes:
-        await node.subscribe("h")
+    await cluster.subscribe("h", nodes)
     publishers = nodes if len(nodes) > 1 else [engine, engine]
     options = PublishOptions(history_size=1000, history_ttl=60.0)
 
@@ -320,8 +315,7 @@ async def test_same_key_publishes_once_and_returns_the_first_result(
     cluster: Cluster, engine: Engine, options: PublishOptions
 ) -> None:
     nodes = await cluster.up_to(2)
-    for node in nodes:
-        await node.subscribe("c")
+    await cluster.subscribe("c", nodes)
     first = await engine.publish_once("c", pub("one", origin=engine.node_id), options, "k", WINDOW)
     assert not first.duplicate
     if options.history:
@@ -350,8 +344,7 @@ async def test_concurrent_publishes_with_one_key_publish_once(
     cluster: Cluster, engine: Engine, options: PublishOptions
 ) -> None:
     nodes = await cluster.up_to(2)
-    for node in nodes:
-        await node.subscribe("c")
+    await cluster.subscribe("c", nodes)
     outcomes = await asyncio.gather(
         *(
             node.publish_once("c", pub(f"try-{i}"), options, "k", WINDOW)
@@ -472,8 +465,7 @@ async def test_a_node_presence_is_removed_once_with_its_leaves(
     """Every survivor cleans up at once: each entry is removed, and its leave published, by
     exactly one of them; other owners' entries stay."""
     nodes = await cluster.up_to(3)
-    for node in nodes:
-        await node.subscribe("room")
+    await cluster.subscribe("room", nodes)
     dead = [ClientInfo(f"d{i:02}", f"u{i}", {"i": i}) for i in range(40)]
     alive = ClientInfo("a1", "ua")
     for info in dead:
@@ -585,8 +577,7 @@ async def test_the_node_index_expires(cluster: Cluster, engine: Engine) -> None:
 
 async def test_a_join_says_which_node_published_it(cluster: Cluster, engine: Engine) -> None:
     nodes = await cluster.up_to(2)
-    for node in nodes:
-        await node.subscribe("room")
+    await cluster.subscribe("room", nodes)
     await nodes[-1].publish_join("room", ClientInfo("c1", "u1"), "instance-7")
     await nodes[-1].publish_join("room", ClientInfo("c2", "u2"))
     await cluster.settle()
