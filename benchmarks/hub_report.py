@@ -242,7 +242,7 @@ def targets_section(data: dict[str, Any]) -> list[str]:
                 continue
             good = value >= bound if higher else value <= bound
             why = "" if good else fanout_why(largest, peer, key, bound)
-            rows.append((f"{label} at {n:,}", f"{value:.2g}x", met(good), why))
+            rows.append((f"{label} at {n:,}", f"{value:.3g}x", met(good), why))
     bp = data["backpressure"]
     if bp:
         for name in ("pulsewire-off", "pulsewire-on"):
