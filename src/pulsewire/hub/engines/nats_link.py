@@ -69,6 +69,7 @@ _NOT_SENT = (
 WRONG_LAST = 10071  # JetStream error codes
 NAME_IN_USE = 10058
 NO_STREAM = 10059
+_SUBJECTS_OVERLAP = 10065  # "subjects overlap with an existing stream": also a racing create
 _JS_NOT_READY = 10008  # "JetStream system temporarily unavailable" (e.g. no meta leader yet)
 MAX_ATTEMPTS = 64
 _CREATE_TIMEOUTS = 4  # stream creation and its leader: given up after this many timeouts
@@ -226,7 +227,20 @@ class NatsLink:
                     if not same_config(config, info.config):
                         return None
                     break
-                if exc.err_code != _JS_NOT_READY or time.monotonic() > deadline:
+                if exc.err_code == _SUBJECTS_OVERLAP:
+                    # Another node creating the same stream at this moment (nats-server 2.9
+                    # answers a racing create so; CI saw it): once it exists under this
+                    # name it is the name-in-use case; overlap with another stream raises.
+                    try:
+                        info = await js.stream_info(config.name or "")
+                    except nats.js.errors.NotFoundError:
+                        if time.monotonic() > deadline:
+                            raise exc from None
+                    else:
+                        if not same_config(config, info.config):
+                            return None
+                        break
+                elif exc.err_code != _JS_NOT_READY or time.monotonic() > deadline:
                     raise
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
                 if time.monotonic() > deadline:
