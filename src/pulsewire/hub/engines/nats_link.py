@@ -222,15 +222,10 @@ class NatsLink:
                 info = await js.add_stream(config)
                 break
             except nats.js.errors.APIError as exc:
-                if exc.err_code == NAME_IN_USE:
-                    info = await js.stream_info(config.name or "")
-                    if not same_config(config, info.config):
-                        return None
-                    break
-                if exc.err_code == _SUBJECTS_OVERLAP:
-                    # Another node creating the same stream at this moment (nats-server 2.9
-                    # answers a racing create so; CI saw it): once it exists under this
-                    # name it is the name-in-use case; overlap with another stream raises.
+                if exc.err_code in (NAME_IN_USE, _SUBJECTS_OVERLAP):
+                    # Another node created it, or is creating it at this moment (nats-server
+                    # 2.9 may answer a racing create "subjects overlap"; CI saw it): success
+                    # once it exists under this name; overlap with another stream raises.
                     try:
                         info = await js.stream_info(config.name or "")
                     except nats.js.errors.NotFoundError:
